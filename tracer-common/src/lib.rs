@@ -1,0 +1,261 @@
+//! Records and constants shared by `tracer-ebpf` (kernel) and `tracer` (userspace).
+//!
+//! Every struct is `#[repr(C)]` with explicit padding so both sides agree byte for byte;
+//! flags are `u32`, never `bool`.
+#![no_std]
+
+/// Largest payload one data record carries.
+pub const MAX_RECORD: usize = 16 * 1024;
+/// Data records one syscall may produce; the rest of its bytes become one gap record.
+pub const MAX_RECORDS_PER_SYSCALL: usize = 4;
+/// iovec entries walked per vectored syscall; bytes in later entries are reported as a gap.
+pub const MAX_IOVECS: usize = 16;
+/// Scratch area for one record: the payload is copied at offsets masked by
+/// `SCRATCH_MASK`, so the verifier can bound every copy without knowing the loop state.
+pub const SCRATCH_MASK: usize = 2 * MAX_RECORD - 1;
+pub const SCRATCH_BYTES: usize = MAX_RECORD + SCRATCH_MASK + 1;
+
+/// `EventHeader::kind` values.
+pub const EVENT_DATA: u32 = 1;
+pub const EVENT_CONN_OPEN: u32 = 2;
+pub const EVENT_CONN_CLOSE: u32 = 3;
+pub const EVENT_CONN_ADDR: u32 = 4;
+pub const EVENT_PROCESS_EXIT: u32 = 5;
+
+/// Which end of the connection the traced process is.
+pub const ROLE_UNKNOWN: u32 = 0;
+/// The process called `connect`.
+pub const ROLE_CLIENT: u32 = 1;
+/// The process got the socket from `accept`/`accept4`.
+pub const ROLE_SERVER: u32 = 2;
+
+/// Bytes the process wrote to the socket.
+pub const DIR_EGRESS: u32 = 0;
+/// Bytes the process read from the socket.
+pub const DIR_INGRESS: u32 = 1;
+
+/// Syscall that produced a data record (`DataEvent::syscall`).
+pub const SYS_READ: u32 = 0;
+pub const SYS_READV: u32 = 1;
+pub const SYS_RECVFROM: u32 = 2;
+pub const SYS_RECVMSG: u32 = 3;
+pub const SYS_WRITE: u32 = 4;
+pub const SYS_WRITEV: u32 = 5;
+pub const SYS_SENDTO: u32 = 6;
+pub const SYS_SENDMSG: u32 = 7;
+/// Not data syscalls: stashed between enter and exit to learn a connection's role.
+pub const SYS_CONNECT: u32 = 100;
+pub const SYS_ACCEPT: u32 = 101;
+
+/// `ConnClose::reason` values.
+pub const CLOSE_SYSCALL: u32 = 0;
+/// The socket turned out not to be TCP (UNIX, UDP, …) and is no longer followed.
+pub const CLOSE_NOT_TCP: u32 = 1;
+
+/// `ConnControl::flags`: stop copying payload; positions still advance.
+pub const CONTROL_NO_PAYLOAD: u32 = 1;
+
+/// `CaptureConfig::mode`: trace every process except the agent.
+pub const SELECT_ALL: u32 = 0;
+/// Trace only processes whose tgid is in the `TRACED_PROCESSES` map.
+pub const SELECT_LISTED: u32 = 1;
+
+/// Indices into the per-CPU `COUNTERS` array.
+pub const COUNTER_RINGBUF_DATA_LOST: u32 = 0;
+pub const COUNTER_RINGBUF_CONN_LOST: u32 = 1;
+pub const COUNTER_SYSCALL_STASH_FULL: u32 = 2;
+pub const COUNTER_CONN_TABLE_FULL: u32 = 3;
+pub const COUNTER_USER_READ_FAILED: u32 = 4;
+pub const COUNTER_DATA_RECORDS: u32 = 5;
+pub const COUNTER_GAP_RECORDS: u32 = 6;
+pub const COUNTERS: u32 = 7;
+
+/// Names of the counters, in index order, for metrics and logs.
+pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
+    "ringbuf_data_lost",
+    "ringbuf_conn_lost",
+    "syscall_stash_full",
+    "conn_table_full",
+    "user_read_failed",
+    "data_records",
+    "gap_records",
+];
+
+/// A socket as the kernel side knows it: process and file descriptor.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// One connection: a `(tgid, fd)` plus a generation, so a reused fd is a new connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    pub tgid: u32,
+    pub fd: u32,
+    /// Kernel time (ns) the connection was first seen; unique per `(tgid, fd)`.
+    pub generation: u64,
+}
+
+/// Kernel-side state of a followed socket (`SOCKETS` map value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnState {
+    pub generation: u64,
+    /// Kernel address of the `struct sock`, learnt from socket tracepoints; 0 if unknown.
+    pub sk: u64,
+    /// Next stream position per direction (`DIR_EGRESS`, `DIR_INGRESS`).
+    pub position: [u64; 2],
+    pub role: u32,
+    /// 1 once the 4-tuple has been sent to userspace.
+    pub addr_sent: u32,
+}
+
+/// Userspace's instructions for one connection (`CONN_CONTROL` map value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnControl {
+    /// Applies only while it equals the connection's generation.
+    pub generation: u64,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Agent-wide capture settings (`CAPTURE_CONFIG[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CaptureConfig {
+    /// The agent's own tgid: never traced.
+    pub self_tgid: u32,
+    pub mode: u32,
+}
+
+/// A TCP 4-tuple. Addresses are IPv6 or IPv4-mapped IPv6, ports in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockTuple {
+    /// `AF_INET` (2) or `AF_INET6` (10); 0 if unknown.
+    pub family: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// Arguments of a data syscall between its enter and exit (`ACTIVE_SYSCALLS` value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallArgs {
+    /// Buffer, iovec array or msghdr pointer, depending on `syscall`.
+    pub buf: u64,
+    /// Buffer length or iovec count.
+    pub count: u64,
+    /// `struct sock` seen by the socket tracepoints during this syscall; 0 if none.
+    pub sk: u64,
+    /// For connect: the sockaddr pointer.
+    pub addr: u64,
+    pub fd: u32,
+    pub syscall: u32,
+    /// Address family and protocol of `sk`, from the same tracepoints; 0 if unknown.
+    pub sk_family: u32,
+    pub sk_protocol: u32,
+}
+
+/// Common prefix of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub tid: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event happened.
+    pub ktime_ns: u64,
+    pub conn: ConnId,
+}
+
+/// A run of stream bytes. `captured` payload bytes follow the struct in the ring buffer;
+/// when `captured < length` the remaining `length - captured` bytes are a gap.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    pub direction: u32,
+    pub syscall: u32,
+    /// Stream offset of the first byte, per connection and direction.
+    pub position: u64,
+    /// Bytes of the stream this record covers.
+    pub length: u64,
+    pub captured: u32,
+    pub _pad: u32,
+}
+
+/// A connection began (accept/connect), or its addresses became known.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnEvent {
+    pub header: EventHeader,
+    pub role: u32,
+    /// `CLOSE_*` reason for `EVENT_CONN_CLOSE`, else 0.
+    pub reason: u32,
+    pub tuple: SockTuple,
+    /// The thread's command name (`bpf_get_current_comm`), for processes that exit
+    /// before userspace can read `/proc`.
+    pub comm: [u8; 16],
+}
+
+/// Where the copy loop stands. Kept in map memory rather than registers on purpose: the
+/// verifier then sees unknown-but-masked values and can prune loop iterations.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CopyCursor {
+    /// iovec array and its length (0 for a single buffer).
+    pub iov: u64,
+    pub iov_count: u64,
+    pub next_iov: u64,
+    /// Current user-memory segment.
+    pub base: u64,
+    pub left: u64,
+    /// Bytes of the syscall not yet copied or reported.
+    pub remaining: u64,
+    /// Payload bytes in the record being built.
+    pub filled: u64,
+    pub records: u64,
+}
+
+/// Per-CPU scratch space for building one data record. `event` must stay first: the
+/// record sent to the ring buffer is `event` followed directly by `payload`.
+#[repr(C)]
+pub struct DataScratch {
+    pub event: DataEvent,
+    pub payload: [u8; SCRATCH_BYTES],
+    pub cursor: CopyCursor,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for ConnId {}
+    unsafe impl aya::Pod for ConnState {}
+    unsafe impl aya::Pod for ConnControl {}
+    unsafe impl aya::Pod for CaptureConfig {}
+    unsafe impl aya::Pod for SockTuple {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    #[test]
+    fn records_have_no_padding_holes() {
+        assert_eq!(size_of::<EventHeader>(), 32);
+        assert_eq!(size_of::<DataEvent>(), 64);
+        assert_eq!(size_of::<SockTuple>(), 40);
+        assert_eq!(size_of::<ConnEvent>(), 32 + 8 + 40 + 16);
+        assert_eq!(size_of::<ConnState>(), 40);
+    }
+}

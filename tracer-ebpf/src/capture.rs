@@ -1,0 +1,301 @@
+//! The data path: stash a data syscall's buffer at enter, copy exactly the returned byte
+//! count at exit into at most `MAX_RECORDS_PER_SYSCALL` records, then one gap record.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_probe_read_user as probe_read_user_raw,
+    },
+    programs::TracePointContext,
+};
+use tracer_common::{
+    ConnId, CopyCursor, DataEvent, DataScratch, EventHeader, SockKey, SyscallArgs,
+    CONTROL_NO_PAYLOAD, COUNTER_DATA_RECORDS, COUNTER_GAP_RECORDS, COUNTER_RINGBUF_DATA_LOST,
+    COUNTER_SYSCALL_STASH_FULL, COUNTER_USER_READ_FAILED, EVENT_DATA, MAX_IOVECS, MAX_RECORD,
+    MAX_RECORDS_PER_SYSCALL, SCRATCH_MASK, SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG,
+    SYS_WRITEV,
+};
+
+use crate::{
+    args::{syscall_arg, syscall_ret},
+    conn::check_socket,
+    maps::{count, ACTIVE_SYSCALLS, CONN_CONTROL, DATA_SCRATCH, EVENTS, SOCKETS},
+    select::is_traced,
+};
+
+const MSG_PEEK: u64 = 2;
+/// Data records do not wake the reader: it polls on a timer (a wake-up costs ~1.4 µs).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const HEADER: usize = core::mem::size_of::<DataEvent>();
+
+/// Enter of read/write-like syscalls: arguments 1 and 2 are buffer and length (or iovec
+/// array and count; for sendmsg/recvmsg argument 1 is the msghdr).
+pub fn try_enter_data(ctx: &TracePointContext, syscall: u32) -> Result<u32, u32> {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if !is_traced(tgid) {
+        return Ok(0);
+    }
+    let fd = syscall_arg(ctx, 0) as u32;
+    if SOCKETS.get_ptr(SockKey { tgid, fd }).is_none() {
+        return Ok(0); // files, pipes, sockets we do not follow
+    }
+    let flags = match syscall {
+        SYS_RECVFROM => syscall_arg(ctx, 3),
+        SYS_RECVMSG => syscall_arg(ctx, 2),
+        _ => 0,
+    };
+    if flags & MSG_PEEK != 0 {
+        return Ok(0); // peeked bytes are read again later
+    }
+    let args = SyscallArgs {
+        buf: syscall_arg(ctx, 1),
+        count: syscall_arg(ctx, 2),
+        sk: 0,
+        addr: 0,
+        fd,
+        syscall,
+        sk_family: 0,
+        sk_protocol: 0,
+    };
+    if ACTIVE_SYSCALLS.insert(id, args, 0).is_err() {
+        count(COUNTER_SYSCALL_STASH_FULL);
+    }
+    Ok(0)
+}
+
+pub fn try_exit_data(ctx: &TracePointContext, direction: u32) -> Result<u32, u32> {
+    let id = bpf_get_current_pid_tgid();
+    let Some(args) = ACTIVE_SYSCALLS.get_ptr(id) else {
+        return Ok(0);
+    };
+    let args = unsafe { *args };
+    let _ = ACTIVE_SYSCALLS.remove(id);
+    let ret = syscall_ret(ctx);
+    if ret <= 0 {
+        return Ok(0); // EOF, EAGAIN, errors: no bytes moved
+    }
+    let key = SockKey {
+        tgid: (id >> 32) as u32,
+        fd: args.fd,
+    };
+    let Some(state) = SOCKETS.get_ptr_mut(key) else {
+        return Ok(0);
+    };
+    if !check_socket(id, key, state, &args) {
+        return Ok(0);
+    }
+    let state = unsafe { &mut *state };
+    let dir = (direction & 1) as usize;
+    let position = state.position[dir];
+    state.position[dir] = position + ret as u64;
+    let conn = ConnId {
+        tgid: key.tgid,
+        fd: key.fd,
+        generation: state.generation,
+    };
+    if let Some(control) = CONN_CONTROL.get_ptr(key) {
+        let control = unsafe { *control };
+        if control.generation == conn.generation && control.flags & CONTROL_NO_PAYLOAD != 0 {
+            return Ok(0);
+        }
+    }
+    emit_records(&args, conn, id as u32, direction, position, ret as u64);
+    Ok(0)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Iovec {
+    base: u64,
+    len: u64,
+}
+
+/// Volatile accessors: the cursor must live in map memory, not in registers (see CopyCursor).
+macro_rules! get {
+    ($c:expr, $f:ident) => {
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*$c).$f)) }
+    };
+}
+macro_rules! set {
+    ($c:expr, $f:ident, $v:expr) => {
+        unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!((*$c).$f), $v) }
+    };
+}
+
+/// Points the cursor at the syscall's bytes: one buffer, or an iovec array (for
+/// sendmsg/recvmsg, the one in the msghdr). False if user memory was unreadable.
+#[inline(always)]
+fn init_cursor(cursor: *mut CopyCursor, args: &SyscallArgs, total: u64) -> bool {
+    let (iov, iov_count, base, left) = match args.syscall {
+        SYS_READV | SYS_WRITEV => (args.buf, args.count, 0, 0),
+        SYS_RECVMSG | SYS_SENDMSG => {
+            // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
+            let Ok(iov) = (unsafe { bpf_probe_read_user((args.buf + 16) as *const u64) }) else {
+                return false;
+            };
+            let Ok(n) = (unsafe { bpf_probe_read_user((args.buf + 24) as *const u64) }) else {
+                return false;
+            };
+            (iov, n, 0, 0)
+        }
+        _ => (0, 0, args.buf, total),
+    };
+    set!(cursor, iov, iov);
+    set!(cursor, iov_count, iov_count);
+    set!(cursor, next_iov, 0);
+    set!(cursor, base, base);
+    set!(cursor, left, left);
+    set!(cursor, remaining, total);
+    set!(cursor, filled, 0);
+    set!(cursor, records, 0);
+    true
+}
+
+/// Copy steps per syscall: each step copies from one iovec into the current record, so a
+/// syscall may touch every walked iovec and still fill `MAX_RECORDS_PER_SYSCALL` records.
+const MAX_STEPS: usize = MAX_IOVECS + MAX_RECORDS_PER_SYSCALL;
+
+#[inline(always)]
+fn emit_records(
+    args: &SyscallArgs,
+    conn: ConnId,
+    tid: u32,
+    direction: u32,
+    position: u64,
+    total: u64,
+) {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(scratch) = DATA_SCRATCH.get_ptr_mut(cpu) else {
+        return;
+    };
+    let cursor = unsafe { core::ptr::addr_of_mut!((*scratch).cursor) };
+    if !init_cursor(cursor, args, total) {
+        count(COUNTER_USER_READ_FAILED);
+        return;
+    }
+    unsafe {
+        (*scratch).event = DataEvent {
+            header: EventHeader {
+                kind: EVENT_DATA,
+                tid,
+                ktime_ns: bpf_ktime_get_ns(),
+                conn,
+            },
+            direction,
+            syscall: args.syscall,
+            position,
+            length: 0,
+            captured: 0,
+            _pad: 0,
+        };
+    }
+    for _ in 0..MAX_STEPS {
+        if !copy_step(scratch) {
+            break;
+        }
+    }
+    let filled = get!(cursor, filled);
+    if filled > 0 {
+        output_record(scratch, filled as usize);
+    }
+    let remaining = get!(cursor, remaining);
+    if remaining > 0 {
+        // Beyond the per-syscall budget: say how many bytes we skipped, so the stream
+        // positions stay exact and userspace can resynchronise.
+        let event = unsafe { &mut (*scratch).event };
+        event.length = remaining;
+        event.captured = 0;
+        if EVENTS
+            .output::<DataEvent>(&*event, BPF_RB_NO_WAKEUP)
+            .is_err()
+        {
+            count(COUNTER_RINGBUF_DATA_LOST);
+        } else {
+            count(COUNTER_GAP_RECORDS);
+        }
+    }
+}
+
+/// One copy from the current segment into the record being built; sends the record when
+/// it is full or the syscall's bytes are all copied. False when there is nothing more to do.
+#[inline(never)]
+fn copy_step(scratch: *mut DataScratch) -> bool {
+    let cursor = unsafe { core::ptr::addr_of_mut!((*scratch).cursor) };
+    let remaining = get!(cursor, remaining);
+    if remaining == 0 || get!(cursor, records) >= MAX_RECORDS_PER_SYSCALL as u64 {
+        return false;
+    }
+    let mut left = get!(cursor, left);
+    if left == 0 {
+        let next = get!(cursor, next_iov);
+        if next >= get!(cursor, iov_count) || next >= MAX_IOVECS as u64 {
+            return false;
+        }
+        set!(cursor, next_iov, next + 1);
+        let entry = get!(cursor, iov) + (next & (MAX_IOVECS as u64 - 1)) * 16;
+        let Ok(iovec) = (unsafe { bpf_probe_read_user(entry as *const Iovec) }) else {
+            count(COUNTER_USER_READ_FAILED);
+            return false;
+        };
+        set!(cursor, base, iovec.base);
+        left = iovec.len;
+        set!(cursor, left, left);
+    }
+    let filled = get!(cursor, filled) as usize & (MAX_RECORD - 1);
+    let mut n = MAX_RECORD - filled;
+    if (left as usize) < n {
+        n = left as usize;
+    }
+    if (remaining as usize) < n {
+        n = remaining as usize;
+    }
+    let n = n & SCRATCH_MASK;
+    let base = get!(cursor, base);
+    // The masks bound the copy for the verifier; they never change the values, because
+    // filled < MAX_RECORD and n <= MAX_RECORD.
+    let ret = unsafe {
+        let dst = core::ptr::addr_of_mut!((*scratch).payload)
+            .cast::<u8>()
+            .add(filled);
+        probe_read_user_raw(dst as *mut _, n as u32, base as *const _)
+    };
+    if ret < 0 {
+        count(COUNTER_USER_READ_FAILED);
+        return false;
+    }
+    set!(cursor, base, base + n as u64);
+    set!(cursor, left, left - n as u64);
+    set!(cursor, remaining, remaining - n as u64);
+    let filled = filled + n;
+    if filled >= MAX_RECORD || remaining == n as u64 {
+        output_record(scratch, filled);
+        set!(cursor, records, get!(cursor, records) + 1);
+        set!(cursor, filled, 0);
+    } else {
+        set!(cursor, filled, filled as u64);
+    }
+    true
+}
+
+/// Sends the record being built (`filled` payload bytes) and advances the header's position.
+#[inline(never)]
+fn output_record(scratch: *mut DataScratch, filled: usize) {
+    let filled = filled & SCRATCH_MASK;
+    let event = unsafe { &mut (*scratch).event };
+    event.length = filled as u64;
+    event.captured = filled as u32;
+    let ret = unsafe {
+        aya_ebpf::helpers::generated::bpf_ringbuf_output(
+            &EVENTS as *const _ as *mut _,
+            scratch as *mut _,
+            (HEADER + filled) as u64,
+            BPF_RB_NO_WAKEUP,
+        )
+    };
+    if ret < 0 {
+        count(COUNTER_RINGBUF_DATA_LOST);
+    } else {
+        count(COUNTER_DATA_RECORDS);
+    }
+    event.position += filled as u64;
+}

@@ -1,0 +1,341 @@
+//! Connection lifecycle: role from accept/connect, 4-tuple from socket tracepoints, close.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    },
+    programs::TracePointContext,
+};
+use tracer_common::{
+    ConnEvent, ConnId, ConnState, EventHeader, SockKey, SockTuple, SyscallArgs, CLOSE_NOT_TCP,
+    CLOSE_SYSCALL, COUNTER_CONN_TABLE_FULL, COUNTER_RINGBUF_CONN_LOST, COUNTER_SYSCALL_STASH_FULL,
+    EVENT_CONN_ADDR, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_PROCESS_EXIT, ROLE_CLIENT,
+    ROLE_SERVER, SYS_CONNECT,
+};
+
+use crate::{
+    args::{syscall_arg, syscall_ret},
+    maps::{count, ACTIVE_SYSCALLS, EVENTS, SOCKETS, SOCK_TUPLES},
+    select::is_traced,
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
+const EINPROGRESS: i64 = -115;
+
+/// Offsets in `sock:inet_sock_set_state` (see its `format` file in tracefs).
+mod set_state {
+    pub const SKADDR: usize = 8;
+    pub const NEWSTATE: usize = 20;
+    pub const SPORT: usize = 24;
+    pub const DPORT: usize = 26;
+    pub const FAMILY: usize = 28;
+    pub const PROTOCOL: usize = 30;
+    pub const SADDR: usize = 32;
+    pub const DADDR: usize = 36;
+    pub const SADDR_V6: usize = 40;
+    pub const DADDR_V6: usize = 56;
+}
+
+/// Offsets in `sock:sock_send_length` / `sock:sock_recv_length`.
+mod sock_length {
+    pub const SK: usize = 8;
+    pub const FAMILY: usize = 16;
+    pub const PROTOCOL: usize = 18;
+}
+
+/// `sys_enter_connect` / `sys_enter_accept*`: remember the fd until the exit.
+pub fn try_enter_role(ctx: &TracePointContext, syscall: u32) -> Result<u32, u32> {
+    let id = bpf_get_current_pid_tgid();
+    if !is_traced((id >> 32) as u32) {
+        return Ok(0);
+    }
+    let args = SyscallArgs {
+        buf: 0,
+        count: 0,
+        sk: 0,
+        addr: syscall_arg(ctx, 1),
+        fd: syscall_arg(ctx, 0) as u32,
+        syscall,
+        sk_family: 0,
+        sk_protocol: 0,
+    };
+    if ACTIVE_SYSCALLS.insert(id, args, 0).is_err() {
+        count(COUNTER_SYSCALL_STASH_FULL);
+    }
+    Ok(0)
+}
+
+/// `sys_exit_connect` / `sys_exit_accept*`: a new connection with a known role.
+pub fn try_exit_role(ctx: &TracePointContext, syscall: u32) -> Result<u32, u32> {
+    let id = bpf_get_current_pid_tgid();
+    let Some(args) = ACTIVE_SYSCALLS.get_ptr(id) else {
+        return Ok(0);
+    };
+    // SAFETY: value pointer from a successful lookup; copied before removal.
+    let args = unsafe { *args };
+    let _ = ACTIVE_SYSCALLS.remove(id);
+    if args.syscall != syscall {
+        return Ok(0);
+    }
+    let ret = syscall_ret(ctx);
+    let tgid = (id >> 32) as u32;
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (fd, role, mut tuple) = if syscall == SYS_CONNECT {
+        if ret != 0 && ret != EINPROGRESS {
+            return Ok(0);
+        }
+        let Some(remote) = read_sockaddr(args.addr) else {
+            return Ok(0); // not an IP socket: UNIX, netlink, …
+        };
+        (args.fd, ROLE_CLIENT, remote)
+    } else {
+        if ret < 0 {
+            return Ok(0);
+        }
+        (ret as u32, ROLE_SERVER, SockTuple::default())
+    };
+    if args.sk != 0 {
+        if let Some(known) = SOCK_TUPLES.get_ptr(args.sk) {
+            tuple = unsafe { *known };
+        }
+    }
+    let state = ConnState {
+        generation: now,
+        sk: args.sk,
+        position: [0, 0],
+        role,
+        addr_sent: (tuple.local_port != 0) as u32,
+    };
+    if SOCKETS.insert(SockKey { tgid, fd }, state, 0).is_err() {
+        count(COUNTER_CONN_TABLE_FULL);
+        return Ok(0);
+    }
+    let conn = ConnId {
+        tgid,
+        fd,
+        generation: now,
+    };
+    emit_conn(EVENT_CONN_OPEN, id, now, conn, role, 0, tuple);
+    Ok(0)
+}
+
+/// `sys_enter_close`: the end of a followed connection.
+pub fn try_enter_close(ctx: &TracePointContext) -> Result<u32, u32> {
+    let id = bpf_get_current_pid_tgid();
+    let key = SockKey {
+        tgid: (id >> 32) as u32,
+        fd: syscall_arg(ctx, 0) as u32,
+    };
+    let Some(state) = SOCKETS.get_ptr(key) else {
+        return Ok(0);
+    };
+    let (generation, role) = unsafe { ((*state).generation, (*state).role) };
+    let _ = SOCKETS.remove(key);
+    let conn = ConnId {
+        tgid: key.tgid,
+        fd: key.fd,
+        generation,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    emit_conn(
+        EVENT_CONN_CLOSE,
+        id,
+        now,
+        conn,
+        role,
+        CLOSE_SYSCALL,
+        SockTuple::default(),
+    );
+    Ok(0)
+}
+
+/// `sock:inet_sock_set_state`: learn each TCP socket's 4-tuple once it is established.
+pub fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
+    let read = |offset| unsafe { ctx.read_at::<u16>(offset) }.map_err(|_| 0u32);
+    if read(set_state::PROTOCOL)? != IPPROTO_TCP {
+        return Ok(0);
+    }
+    let skaddr = unsafe { ctx.read_at::<u64>(set_state::SKADDR) }.map_err(|_| 0u32)?;
+    let newstate = unsafe { ctx.read_at::<i32>(set_state::NEWSTATE) }.map_err(|_| 0u32)?;
+    match newstate {
+        TCP_SYN_SENT => {
+            // In the connecting thread's own context: tie its pending connect to the sock.
+            let id = bpf_get_current_pid_tgid();
+            if let Some(args) = ACTIVE_SYSCALLS.get_ptr_mut(id) {
+                unsafe { (*args).sk = skaddr };
+            }
+        }
+        TCP_ESTABLISHED => {
+            let family = read(set_state::FAMILY)?;
+            let mut tuple = SockTuple {
+                family,
+                local_port: read(set_state::SPORT)?,
+                remote_port: read(set_state::DPORT)?,
+                ..SockTuple::default()
+            };
+            if family == AF_INET {
+                let saddr =
+                    unsafe { ctx.read_at::<[u8; 4]>(set_state::SADDR) }.map_err(|_| 0u32)?;
+                let daddr =
+                    unsafe { ctx.read_at::<[u8; 4]>(set_state::DADDR) }.map_err(|_| 0u32)?;
+                tuple.local_addr = v4_mapped(saddr);
+                tuple.remote_addr = v4_mapped(daddr);
+            } else {
+                tuple.local_addr =
+                    unsafe { ctx.read_at::<[u8; 16]>(set_state::SADDR_V6) }.map_err(|_| 0u32)?;
+                tuple.remote_addr =
+                    unsafe { ctx.read_at::<[u8; 16]>(set_state::DADDR_V6) }.map_err(|_| 0u32)?;
+            }
+            let _ = SOCK_TUPLES.insert(skaddr, tuple, 0);
+        }
+        TCP_CLOSE => {
+            let _ = SOCK_TUPLES.remove(skaddr);
+        }
+        _ => {}
+    }
+    Ok(0)
+}
+
+/// `sock:sock_send_length` / `sock:sock_recv_length`: which `struct sock` the current data
+/// syscall is using, and whether it is TCP at all.
+pub fn try_sock_length(ctx: &TracePointContext) -> Result<u32, u32> {
+    let id = bpf_get_current_pid_tgid();
+    let Some(args) = ACTIVE_SYSCALLS.get_ptr_mut(id) else {
+        return Ok(0);
+    };
+    let sk = unsafe { ctx.read_at::<u64>(sock_length::SK) }.map_err(|_| 0u32)?;
+    let family = unsafe { ctx.read_at::<u16>(sock_length::FAMILY) }.map_err(|_| 0u32)?;
+    let protocol = unsafe { ctx.read_at::<u16>(sock_length::PROTOCOL) }.map_err(|_| 0u32)?;
+    unsafe {
+        (*args).sk = sk;
+        (*args).sk_family = family as u32;
+        (*args).sk_protocol = protocol as u32;
+    }
+    Ok(0)
+}
+
+/// Called from a data syscall's exit: stop following non-TCP sockets, and tell userspace
+/// the 4-tuple the first time it is known. Returns false when the socket was dropped.
+#[inline(always)]
+pub fn check_socket(id: u64, key: SockKey, state: *mut ConnState, args: &SyscallArgs) -> bool {
+    let state = unsafe { &mut *state };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let conn = ConnId {
+        tgid: key.tgid,
+        fd: key.fd,
+        generation: state.generation,
+    };
+    if args.sk_family != 0 {
+        let family = args.sk_family as u16;
+        let tcp =
+            (family == AF_INET || family == AF_INET6) && args.sk_protocol as u16 == IPPROTO_TCP;
+        if !tcp {
+            let role = state.role;
+            let _ = SOCKETS.remove(key);
+            emit_conn(
+                EVENT_CONN_CLOSE,
+                id,
+                now,
+                conn,
+                role,
+                CLOSE_NOT_TCP,
+                SockTuple::default(),
+            );
+            return false;
+        }
+    }
+    if state.sk == 0 {
+        state.sk = args.sk;
+    }
+    if state.addr_sent == 0 && state.sk != 0 {
+        if let Some(tuple) = SOCK_TUPLES.get_ptr(state.sk) {
+            state.addr_sent = 1;
+            let tuple = unsafe { *tuple };
+            emit_conn(EVENT_CONN_ADDR, id, now, conn, state.role, 0, tuple);
+        }
+    }
+    true
+}
+
+/// `sched:sched_process_exit`: a process is gone, and with it all its sockets.
+pub fn try_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
+    const GROUP_DEAD: usize = 32;
+    let group_dead = unsafe { ctx.read_at::<u8>(GROUP_DEAD) }.map_err(|_| 0u32)?;
+    let id = bpf_get_current_pid_tgid();
+    if group_dead == 0 || !is_traced((id >> 32) as u32) {
+        return Ok(0);
+    }
+    let conn = ConnId {
+        tgid: (id >> 32) as u32,
+        fd: 0,
+        generation: 0,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    emit_conn(
+        EVENT_PROCESS_EXIT,
+        id,
+        now,
+        conn,
+        0,
+        0,
+        SockTuple::default(),
+    );
+    Ok(0)
+}
+
+#[inline(always)]
+fn emit_conn(kind: u32, id: u64, now: u64, conn: ConnId, role: u32, reason: u32, tuple: SockTuple) {
+    let event = ConnEvent {
+        header: EventHeader {
+            kind,
+            tid: id as u32,
+            ktime_ns: now,
+            conn,
+        },
+        role,
+        reason,
+        tuple,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    if EVENTS.output::<ConnEvent>(&event, 0).is_err() {
+        count(COUNTER_RINGBUF_CONN_LOST);
+    }
+}
+
+/// The remote address a client passed to `connect`, or None if it is not IPv4/IPv6.
+#[inline(always)]
+fn read_sockaddr(addr: u64) -> Option<SockTuple> {
+    if addr == 0 {
+        return None;
+    }
+    // sockaddr_in6 is the larger of the two: family(2) port(2) flowinfo(4) addr(16) scope(4).
+    let raw: [u8; 28] = unsafe { bpf_probe_read_user(addr as *const [u8; 28]) }.ok()?;
+    let family = u16::from_ne_bytes([raw[0], raw[1]]);
+    let remote_port = u16::from_be_bytes([raw[2], raw[3]]);
+    let remote_addr = match family {
+        AF_INET => v4_mapped([raw[4], raw[5], raw[6], raw[7]]),
+        AF_INET6 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&raw[8..24]);
+            a
+        }
+        _ => return None,
+    };
+    Some(SockTuple {
+        family,
+        remote_port,
+        remote_addr,
+        ..SockTuple::default()
+    })
+}
+
+#[inline(always)]
+fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}

@@ -1,0 +1,63 @@
+//! tracer's kernel programs. Protocol-agnostic: they follow TCP sockets of traced
+//! processes and copy the bytes that read/write-like syscalls moved, nothing more.
+#![no_std]
+#![no_main]
+
+mod args;
+mod capture;
+mod conn;
+mod maps;
+mod select;
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use tracer_common::{
+    DIR_EGRESS, DIR_INGRESS, SYS_ACCEPT, SYS_CONNECT, SYS_READ, SYS_READV, SYS_RECVFROM,
+    SYS_RECVMSG, SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV,
+};
+
+/// Entry points are thin shims; the logic lives in `try_*` functions.
+macro_rules! shim {
+    ($name:ident, $body:expr) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            match ($body)(&ctx) {
+                Ok(r) | Err(r) => r,
+            }
+        }
+    };
+}
+
+macro_rules! data_syscall {
+    ($enter:ident, $exit:ident, $sys:expr, $dir:expr) => {
+        shim!($enter, |ctx| capture::try_enter_data(ctx, $sys));
+        shim!($exit, |ctx| capture::try_exit_data(ctx, $dir));
+    };
+}
+
+data_syscall!(enter_read, exit_read, SYS_READ, DIR_INGRESS);
+data_syscall!(enter_readv, exit_readv, SYS_READV, DIR_INGRESS);
+data_syscall!(enter_recvfrom, exit_recvfrom, SYS_RECVFROM, DIR_INGRESS);
+data_syscall!(enter_recvmsg, exit_recvmsg, SYS_RECVMSG, DIR_INGRESS);
+data_syscall!(enter_write, exit_write, SYS_WRITE, DIR_EGRESS);
+data_syscall!(enter_writev, exit_writev, SYS_WRITEV, DIR_EGRESS);
+data_syscall!(enter_sendto, exit_sendto, SYS_SENDTO, DIR_EGRESS);
+data_syscall!(enter_sendmsg, exit_sendmsg, SYS_SENDMSG, DIR_EGRESS);
+
+shim!(enter_connect, |ctx| conn::try_enter_role(ctx, SYS_CONNECT));
+shim!(exit_connect, |ctx| conn::try_exit_role(ctx, SYS_CONNECT));
+shim!(enter_accept, |ctx| conn::try_enter_role(ctx, SYS_ACCEPT));
+shim!(exit_accept, |ctx| conn::try_exit_role(ctx, SYS_ACCEPT));
+shim!(enter_close, conn::try_enter_close);
+shim!(sock_set_state, conn::try_sock_set_state);
+shim!(sock_length, conn::try_sock_length);
+shim!(process_exit, conn::try_process_exit);
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,54 @@
+//! The maps shared between the programs and with userspace.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{
+    CaptureConfig, ConnControl, ConnState, DataScratch, SockKey, SockTuple, SyscallArgs, COUNTERS,
+};
+
+/// Records for userspace. Userspace resizes it at load time (`--ring-buffer-bytes`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(32 * 1024 * 1024, 0);
+
+/// `[0]`: agent-wide settings written by userspace before attaching.
+#[map]
+pub static CAPTURE_CONFIG: Array<CaptureConfig> = Array::with_max_entries(1, 0);
+
+/// tgids to trace when `CaptureConfig::mode == SELECT_LISTED`.
+#[map]
+pub static TRACED_PROCESSES: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
+
+/// Followed TCP sockets: created by accept/connect exits, or seeded by userspace from
+/// `/proc` for connections that predate the agent. Files and pipes are never here.
+#[map]
+pub static SOCKETS: HashMap<SockKey, ConnState> = HashMap::with_max_entries(65536, 0);
+
+/// Per-connection instructions from userspace (e.g. stop copying payload).
+#[map]
+pub static CONN_CONTROL: HashMap<SockKey, ConnControl> = HashMap::with_max_entries(65536, 0);
+
+/// `struct sock` address → 4-tuple, from `sock:inet_sock_set_state`.
+#[map]
+pub static SOCK_TUPLES: LruHashMap<u64, SockTuple> = LruHashMap::with_max_entries(65536, 0);
+
+/// Syscall arguments between enter and exit, by `pid_tgid` (one syscall per thread).
+#[map]
+pub static ACTIVE_SYSCALLS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(16384, 0);
+
+/// One record-building area per CPU. A plain array indexed by CPU, because per-CPU
+/// values are limited to 32 KiB; userspace sizes it to the number of possible CPUs.
+#[map]
+pub static DATA_SCRATCH: Array<DataScratch> = Array::with_max_entries(1, 0);
+
+/// Drop and activity counters (`tracer_common::COUNTER_*`).
+#[map]
+pub static COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(counter) = COUNTERS_MAP.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot; tracepoint programs do not nest on one CPU for this map.
+        unsafe { *counter += 1 };
+    }
+}

@@ -1,0 +1,154 @@
+//! Userspace view of followed connections: process, role and 4-tuple per `ConnId`.
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use tracer_common::ConnId;
+
+use super::{
+    procfs::{self, ExistingConnection, ProcessInfo},
+    ConnChange, Role,
+};
+
+#[derive(Clone, Debug)]
+pub struct Connection {
+    pub id: ConnId,
+    pub role: Role,
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    pub process: Arc<ProcessInfo>,
+    /// True once we asked `/proc` for missing addresses, so we ask at most once.
+    proc_lookup_done: bool,
+}
+
+/// The connection and process tables, fed by kernel events.
+#[derive(Default)]
+pub struct Connections {
+    conns: HashMap<ConnId, Connection>,
+    processes: HashMap<u32, Arc<ProcessInfo>>,
+}
+
+impl Connections {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies a connection event; returns the connection as it stands afterwards
+    /// (for `Close`, as it was just before removal).
+    pub fn apply(&mut self, conn: ConnId, change: &ConnChange, comm: &str) -> Connection {
+        self.note_comm(conn.tgid, comm);
+        match change {
+            ConnChange::Open {
+                role,
+                local,
+                remote,
+            } => {
+                let entry = self.entry(conn);
+                entry.role = *role;
+                entry.local = entry.local.or(*local);
+                entry.remote = entry.remote.or(*remote);
+                entry.clone()
+            }
+            ConnChange::Addresses { local, remote } => {
+                let entry = self.entry(conn);
+                entry.local = Some(*local);
+                entry.remote = Some(*remote);
+                entry.clone()
+            }
+            ConnChange::Close { .. } => {
+                let entry = self.entry(conn).clone();
+                self.conns.remove(&conn);
+                entry
+            }
+        }
+    }
+
+    /// The connection a data record belongs to. Unknown connections (their open event was
+    /// lost) are created; missing addresses are looked up in `/proc` once.
+    pub fn for_data(&mut self, conn: ConnId) -> &Connection {
+        let entry = self.entry(conn);
+        if entry.local.is_none() && !entry.proc_lookup_done {
+            entry.proc_lookup_done = true;
+            if let Some(found) = procfs::resolve_socket(conn.tgid, conn.fd) {
+                entry.local = Some(found.local);
+                entry.remote = Some(found.remote);
+                if entry.role == Role::Unknown {
+                    entry.role = found.role;
+                }
+            }
+        }
+        entry
+    }
+
+    pub fn get(&self, conn: &ConnId) -> Option<&Connection> {
+        self.conns.get(conn)
+    }
+
+    /// Registers a connection found in `/proc` at start-up.
+    pub fn seed(&mut self, conn: ConnId, existing: &ExistingConnection) -> Connection {
+        let entry = self.entry(conn);
+        entry.role = existing.role;
+        entry.local = Some(existing.local);
+        entry.remote = Some(existing.remote);
+        entry.proc_lookup_done = true;
+        entry.clone()
+    }
+
+    /// Forgets a process and its connections; returns the connections it had.
+    pub fn process_exited(&mut self, tgid: u32) -> Vec<Connection> {
+        self.processes.remove(&tgid);
+        let gone: Vec<ConnId> = self
+            .conns
+            .keys()
+            .filter(|c| c.tgid == tgid)
+            .copied()
+            .collect();
+        gone.iter().filter_map(|c| self.conns.remove(c)).collect()
+    }
+
+    /// Keeps the kernel's command name for processes that were gone before `/proc` was read.
+    fn note_comm(&mut self, pid: u32, comm: &str) {
+        let process = self.process(pid);
+        if process.comm.is_empty() && !comm.is_empty() {
+            let known = Arc::new(ProcessInfo {
+                comm: comm.to_owned(),
+                ..(*process).clone()
+            });
+            self.processes.insert(pid, known.clone());
+            for conn in self.conns.values_mut().filter(|c| c.id.tgid == pid) {
+                conn.process = known.clone();
+            }
+        }
+    }
+
+    pub fn process(&mut self, pid: u32) -> Arc<ProcessInfo> {
+        self.processes
+            .entry(pid)
+            .or_insert_with(|| Arc::new(ProcessInfo::read(pid)))
+            .clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    fn entry(&mut self, conn: ConnId) -> &mut Connection {
+        if !self.conns.contains_key(&conn) {
+            let process = self.process(conn.tgid);
+            self.conns.insert(
+                conn,
+                Connection {
+                    id: conn,
+                    role: Role::Unknown,
+                    local: None,
+                    remote: None,
+                    process,
+                    proc_lookup_done: false,
+                },
+            );
+        }
+        self.conns.get_mut(&conn).expect("inserted above")
+    }
+}

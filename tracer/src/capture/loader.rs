@@ -1,0 +1,450 @@
+//! Loading and attaching the eBPF programs, with checks that say what is missing.
+use std::{io, path::Path};
+
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{ProgramError, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use thiserror::Error;
+use tracer_common::{
+    CaptureConfig, ConnControl, ConnId, ConnState, SockKey, CONTROL_NO_PAYLOAD, COUNTERS,
+    ROLE_CLIENT, ROLE_SERVER, SELECT_ALL, SELECT_LISTED,
+};
+
+use super::{clock::monotonic_ns, procfs::ExistingConnection, Role};
+
+/// The compiled kernel programs (empty when built with `TRACER_EBPF_STUB=1`).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const BTF: &str = "/sys/kernel/btf/vmlinux";
+const BPF_NOEXIST: u64 = 1;
+
+/// Which processes the kernel side follows.
+#[derive(Clone, Debug, Default)]
+pub enum Selection {
+    /// Every process except the agent.
+    #[default]
+    All,
+    /// Only these tgids.
+    Pids(Vec<u32>),
+}
+
+#[derive(Clone, Debug)]
+pub struct CaptureOptions {
+    /// Ring buffer size; a power of two, at least one page.
+    pub ring_buffer_bytes: u32,
+    pub selection: Selection,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        Self {
+            ring_buffer_bytes: 32 * 1024 * 1024,
+            selection: Selection::All,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum CaptureError {
+    #[error("tracer must run as root (it loads eBPF programs); run it with sudo")]
+    NotRoot,
+    #[error("tracefs is not available at {TRACEFS} and mounting it failed ({0}); mount it with `mount -t tracefs nodev {TRACEFS}`")]
+    NoTracefs(io::Error),
+    #[error("the kernel has no BTF ({BTF} is missing); tracer needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
+    NoBtf,
+    #[error("this tracer binary was built without its eBPF programs (TRACER_EBPF_STUB=1); rebuild with `cargo xtask build`")]
+    StubObject,
+    #[error("ring buffer size {0} must be a power of two and at least 4096 bytes")]
+    RingBufferSize(u32),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the kernel refused program `{program}`: {reason}")]
+    Refused { program: String, reason: String },
+    #[error("attaching `{program}` to tracepoint {category}:{name} failed: {source}")]
+    Attach {
+        program: String,
+        category: String,
+        name: String,
+        source: ProgramError,
+    },
+    #[error("eBPF map `{0}` is missing from the object")]
+    MissingMap(&'static str),
+    #[error("eBPF map `{map}`: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+/// One program and the tracepoints it runs on.
+struct Attachment {
+    program: &'static str,
+    tracepoints: &'static [(&'static str, &'static str)],
+    /// Optional tracepoints (newer kernels) only warn when missing.
+    required: bool,
+}
+
+const fn syscall(
+    program: &'static str,
+    tracepoints: &'static [(&'static str, &'static str)],
+) -> Attachment {
+    Attachment {
+        program,
+        tracepoints,
+        required: true,
+    }
+}
+
+const ATTACHMENTS: &[Attachment] = &[
+    syscall("enter_read", &[("syscalls", "sys_enter_read")]),
+    syscall("exit_read", &[("syscalls", "sys_exit_read")]),
+    syscall("enter_readv", &[("syscalls", "sys_enter_readv")]),
+    syscall("exit_readv", &[("syscalls", "sys_exit_readv")]),
+    syscall("enter_recvfrom", &[("syscalls", "sys_enter_recvfrom")]),
+    syscall("exit_recvfrom", &[("syscalls", "sys_exit_recvfrom")]),
+    syscall("enter_recvmsg", &[("syscalls", "sys_enter_recvmsg")]),
+    syscall("exit_recvmsg", &[("syscalls", "sys_exit_recvmsg")]),
+    syscall("enter_write", &[("syscalls", "sys_enter_write")]),
+    syscall("exit_write", &[("syscalls", "sys_exit_write")]),
+    syscall("enter_writev", &[("syscalls", "sys_enter_writev")]),
+    syscall("exit_writev", &[("syscalls", "sys_exit_writev")]),
+    syscall("enter_sendto", &[("syscalls", "sys_enter_sendto")]),
+    syscall("exit_sendto", &[("syscalls", "sys_exit_sendto")]),
+    syscall("enter_sendmsg", &[("syscalls", "sys_enter_sendmsg")]),
+    syscall("exit_sendmsg", &[("syscalls", "sys_exit_sendmsg")]),
+    syscall("enter_connect", &[("syscalls", "sys_enter_connect")]),
+    syscall("exit_connect", &[("syscalls", "sys_exit_connect")]),
+    syscall(
+        "enter_accept",
+        &[
+            ("syscalls", "sys_enter_accept"),
+            ("syscalls", "sys_enter_accept4"),
+        ],
+    ),
+    syscall(
+        "exit_accept",
+        &[
+            ("syscalls", "sys_exit_accept"),
+            ("syscalls", "sys_exit_accept4"),
+        ],
+    ),
+    syscall("enter_close", &[("syscalls", "sys_enter_close")]),
+    syscall("sock_set_state", &[("sock", "inet_sock_set_state")]),
+    syscall("process_exit", &[("sched", "sched_process_exit")]),
+    // Linux ≥ 6.3. Without them, accepted sockets get their 4-tuple from /proc instead.
+    Attachment {
+        program: "sock_length",
+        tracepoints: &[("sock", "sock_send_length"), ("sock", "sock_recv_length")],
+        required: false,
+    },
+];
+
+/// The loaded and attached kernel programs plus the maps userspace talks to.
+pub struct KernelCapture {
+    ebpf: Ebpf,
+    events: RingBuf<MapData>,
+    /// Optional tracepoints that could not be attached, for `status` and logs.
+    pub missing_optional: Vec<String>,
+}
+
+impl KernelCapture {
+    /// Checks the host, loads the programs and attaches them. Tracing starts on return.
+    pub fn start(options: &CaptureOptions) -> Result<Self, CaptureError> {
+        preflight()?;
+        let size = options.ring_buffer_bytes;
+        if !size.is_power_of_two() || size < 4096 {
+            return Err(CaptureError::RingBufferSize(size));
+        }
+        raise_memlock_limit();
+        let cpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(256);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", size)
+            .map_max_entries("DATA_SCRATCH", cpus)
+            .load(EBPF_OBJECT)?;
+        configure(&mut ebpf, &options.selection)?;
+        let mut missing_optional = Vec::new();
+        for attachment in ATTACHMENTS {
+            attach(&mut ebpf, attachment, &mut missing_optional)?;
+        }
+        let events = ebpf
+            .take_map("EVENTS")
+            .ok_or(CaptureError::MissingMap("EVENTS"))?;
+        let events = RingBuf::try_from(events).map_err(|source| CaptureError::Map {
+            map: "EVENTS",
+            source,
+        })?;
+        Ok(Self {
+            ebpf,
+            events,
+            missing_optional,
+        })
+    }
+
+    /// Hands every record in the ring buffer to `handle`; returns how many there were.
+    pub fn drain(&mut self, mut handle: impl FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.events.next() {
+            handle(&item);
+            n += 1;
+        }
+        n
+    }
+
+    /// Follows connections that existed before the agent started. Sockets the kernel side
+    /// already knows (accepted or connected since attach) are left alone.
+    pub fn seed(&mut self, existing: &ExistingConnection) -> Result<Option<ConnId>, CaptureError> {
+        let generation = monotonic_ns();
+        let key = SockKey {
+            tgid: existing.pid,
+            fd: existing.fd,
+        };
+        let role = match existing.role {
+            Role::Client => ROLE_CLIENT,
+            Role::Server => ROLE_SERVER,
+            Role::Unknown => 0,
+        };
+        let state = ConnState {
+            generation,
+            sk: 0,
+            position: [0, 0],
+            role,
+            addr_sent: 1,
+        };
+        let mut sockets = self.hash_map::<SockKey, ConnState>("SOCKETS")?;
+        match sockets.insert(key, state, BPF_NOEXIST) {
+            Ok(()) => Ok(Some(ConnId {
+                tgid: key.tgid,
+                fd: key.fd,
+                generation,
+            })),
+            Err(_) => Ok(None), // already followed
+        }
+    }
+
+    /// Turns payload copying for one connection off (or back on); positions keep counting.
+    pub fn set_payload_capture(&mut self, conn: ConnId, enabled: bool) -> Result<(), CaptureError> {
+        let key = SockKey {
+            tgid: conn.tgid,
+            fd: conn.fd,
+        };
+        let mut control = self.hash_map::<SockKey, ConnControl>("CONN_CONTROL")?;
+        let result = if enabled {
+            control.remove(&key)
+        } else {
+            let value = ConnControl {
+                generation: conn.generation,
+                flags: CONTROL_NO_PAYLOAD,
+                _pad: 0,
+            };
+            control.insert(key, value, 0)
+        };
+        result
+            .or_else(ignore_missing)
+            .map_err(|source| CaptureError::Map {
+                map: "CONN_CONTROL",
+                source,
+            })
+    }
+
+    /// Drops kernel state for sockets of a process that exited without closing them.
+    pub fn forget(&mut self, conn: ConnId) {
+        let key = SockKey {
+            tgid: conn.tgid,
+            fd: conn.fd,
+        };
+        if let Ok(mut sockets) = self.hash_map::<SockKey, ConnState>("SOCKETS") {
+            if sockets
+                .get(&key, 0)
+                .is_ok_and(|state| state.generation == conn.generation)
+            {
+                let _ = sockets.remove(&key);
+            }
+        }
+        if let Ok(mut control) = self.hash_map::<SockKey, ConnControl>("CONN_CONTROL") {
+            let _ = control.remove(&key);
+        }
+    }
+
+    /// Kernel-side counters summed over CPUs, in `tracer_common::COUNTER_NAMES` order.
+    pub fn counters(&self) -> [u64; COUNTERS as usize] {
+        let mut totals = [0u64; COUNTERS as usize];
+        let Some(map) = self.ebpf.map("COUNTERS_MAP") else {
+            return totals;
+        };
+        let Ok(counters) = PerCpuArray::<_, u64>::try_from(map) else {
+            return totals;
+        };
+        for (index, total) in totals.iter_mut().enumerate() {
+            if let Ok(values) = counters.get(&(index as u32), 0) {
+                *total = values.iter().sum();
+            }
+        }
+        totals
+    }
+
+    fn hash_map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>, CaptureError> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(CaptureError::MissingMap(name))?;
+        HashMap::try_from(map).map_err(|source| CaptureError::Map { map: name, source })
+    }
+}
+
+fn ignore_missing(error: aya::maps::MapError) -> Result<(), aya::maps::MapError> {
+    match error {
+        aya::maps::MapError::KeyNotFound => Ok(()),
+        other => Err(other),
+    }
+}
+
+fn preflight() -> Result<(), CaptureError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(CaptureError::NotRoot);
+    }
+    if EBPF_OBJECT.is_empty() {
+        return Err(CaptureError::StubObject);
+    }
+    if !Path::new(TRACEFS).join("events/syscalls").exists() {
+        mount_tracefs().map_err(CaptureError::NoTracefs)?;
+    }
+    if !Path::new(BTF).exists() {
+        return Err(CaptureError::NoBtf);
+    }
+    Ok(())
+}
+
+fn mount_tracefs() -> io::Result<()> {
+    let ret = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    tracing::info!("mounted tracefs at {TRACEFS}");
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
+fn raise_memlock_limit() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid rlimit pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+fn configure(ebpf: &mut Ebpf, selection: &Selection) -> Result<(), CaptureError> {
+    let mode = match selection {
+        Selection::All => SELECT_ALL,
+        Selection::Pids(pids) => {
+            let map = ebpf
+                .map_mut("TRACED_PROCESSES")
+                .ok_or(CaptureError::MissingMap("TRACED_PROCESSES"))?;
+            let mut traced =
+                HashMap::<_, u32, u32>::try_from(map).map_err(|source| CaptureError::Map {
+                    map: "TRACED_PROCESSES",
+                    source,
+                })?;
+            for pid in pids {
+                traced
+                    .insert(pid, 1, 0)
+                    .map_err(|source| CaptureError::Map {
+                        map: "TRACED_PROCESSES",
+                        source,
+                    })?;
+            }
+            SELECT_LISTED
+        }
+    };
+    let map = ebpf
+        .map_mut("CAPTURE_CONFIG")
+        .ok_or(CaptureError::MissingMap("CAPTURE_CONFIG"))?;
+    let mut config =
+        Array::<_, CaptureConfig>::try_from(map).map_err(|source| CaptureError::Map {
+            map: "CAPTURE_CONFIG",
+            source,
+        })?;
+    let value = CaptureConfig {
+        self_tgid: std::process::id(),
+        mode,
+    };
+    config.set(0, value, 0).map_err(|source| CaptureError::Map {
+        map: "CAPTURE_CONFIG",
+        source,
+    })
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    attachment: &Attachment,
+    missing: &mut Vec<String>,
+) -> Result<(), CaptureError> {
+    let name = attachment.program;
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or_else(|| CaptureError::Refused {
+            program: name.into(),
+            reason: "not in the eBPF object".into(),
+        })?
+        .try_into()
+        .map_err(|e: ProgramError| CaptureError::Refused {
+            program: name.into(),
+            reason: e.to_string(),
+        })?;
+    program.load().map_err(|e| refused(name, e))?;
+    for (category, tracepoint) in attachment.tracepoints {
+        if let Err(source) = program.attach(category, tracepoint) {
+            if attachment.required {
+                return Err(CaptureError::Attach {
+                    program: name.into(),
+                    category: (*category).into(),
+                    name: (*tracepoint).into(),
+                    source,
+                });
+            }
+            tracing::warn!("optional tracepoint {category}:{tracepoint} unavailable ({source}); using /proc to find 4-tuples of accepted sockets");
+            missing.push(format!("{category}:{tracepoint}"));
+        }
+    }
+    Ok(())
+}
+
+/// The verifier's own words, trimmed to the lines that say why.
+fn refused(program: &str, error: ProgramError) -> CaptureError {
+    let reason = match &error {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(12).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("{io_error}; verifier says:\n{}", tail.join("\n"))
+        }
+        other => other.to_string(),
+    };
+    CaptureError::Refused {
+        program: program.into(),
+        reason,
+    }
+}

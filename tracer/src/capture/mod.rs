@@ -1,0 +1,12 @@
+//! The kernel side seen from userspace: load and attach the eBPF programs, read their
+//! ring buffer, convert kernel time, and know which process and 4-tuple each socket is.
+mod clock;
+mod connections;
+mod events;
+mod loader;
+pub mod procfs;
+
+pub use clock::{monotonic_ns as monotonic_now, KernelClock};
+pub use connections::{Connection, Connections};
+pub use events::{decode, ConnChange, DataRecord, Direction, KernelEvent, Role};
+pub use loader::{CaptureError, CaptureOptions, KernelCapture, Selection};

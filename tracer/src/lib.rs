@@ -1,0 +1,7 @@
+//! tracer: an eBPF zero-instrumentation tracer. The kernel side (`tracer-ebpf`) copies
+//! socket bytes of unmodified processes; this crate turns them into ordered streams and,
+//! from there, into spans.
+pub mod capture;
+pub mod cli;
+pub mod reassembly;
+pub mod session;

@@ -1,0 +1,33 @@
+//! The `tracer` command.
+use clap::{Parser, Subcommand};
+use tracer::cli;
+
+#[derive(Parser)]
+#[command(
+    name = "tracer",
+    version,
+    about = "eBPF zero-instrumentation tracer: see unmodified services' conversations as spans"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show what the kernel side captures: connections and their bytes, per process.
+    Capture(cli::capture::CaptureArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRACER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Capture(args) => cli::capture::run(args),
+    }
+}

@@ -1,0 +1,7 @@
+//! Ordered per-connection, per-direction byte streams from position-stamped records.
+mod stream;
+
+pub use stream::{GapReason, Limits, Reassembler, ReassemblyStats, StreamEvent};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,145 @@
+use tracer_common::ConnId;
+
+use super::*;
+use crate::capture::{DataRecord, Direction};
+
+const CONN: ConnId = ConnId {
+    tgid: 10,
+    fd: 4,
+    generation: 1,
+};
+
+fn record(position: u64, payload: &[u8], length: u64, ktime_ns: u64) -> DataRecord {
+    DataRecord {
+        conn: CONN,
+        tid: 10,
+        ktime_ns,
+        direction: Direction::Ingress,
+        syscall: 0,
+        position,
+        length,
+        payload: payload.to_vec(),
+    }
+}
+
+/// Concatenates data and renders gaps as `<gap N>`, to compare whole streams at a glance.
+fn render(events: &[StreamEvent]) -> String {
+    events
+        .iter()
+        .map(|e| match e {
+            StreamEvent::Data { bytes, .. } => String::from_utf8_lossy(bytes).into_owned(),
+            StreamEvent::Gap { length, .. } => format!("<gap {length}>"),
+        })
+        .collect()
+}
+
+#[test]
+fn in_order_records_pass_straight_through() {
+    let mut r = Reassembler::new(Limits::default());
+    let mut out = Vec::new();
+    r.push(record(0, b"GET / ", 6, 1), &mut out);
+    r.push(record(6, b"HTTP/1.1", 8, 2), &mut out);
+    assert_eq!(render(&out), "GET / HTTP/1.1");
+}
+
+#[test]
+fn records_from_other_cpus_are_put_back_in_order() {
+    let mut r = Reassembler::new(Limits::default());
+    let mut out = Vec::new();
+    r.push(record(5, b"world", 5, 2), &mut out);
+    assert!(out.is_empty(), "held until the hole is filled");
+    r.push(record(0, b"hello", 5, 1), &mut out);
+    assert_eq!(render(&out), "helloworld");
+    assert_eq!(r.stats().reordered, 1);
+}
+
+#[test]
+fn uncaptured_tail_becomes_a_gap_with_exact_length() {
+    let mut r = Reassembler::new(Limits::default());
+    let mut out = Vec::new();
+    r.push(record(0, b"abc", 1000, 1), &mut out);
+    r.push(record(1000, b"xyz", 3, 2), &mut out);
+    assert_eq!(render(&out), "abc<gap 997>xyz");
+    assert!(matches!(
+        out[1],
+        StreamEvent::Gap {
+            reason: GapReason::NotCaptured,
+            offset: 3,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn lost_records_become_a_gap_after_the_reorder_window() {
+    let limits = Limits {
+        reorder_window_ns: 100,
+        ..Limits::default()
+    };
+    let mut r = Reassembler::new(limits);
+    let mut out = Vec::new();
+    r.push(record(0, b"aa", 2, 0), &mut out);
+    r.push(record(10, b"bb", 2, 50), &mut out);
+    r.expire(100, &mut out);
+    assert_eq!(render(&out), "aa", "still inside the window");
+    r.expire(150, &mut out);
+    assert_eq!(render(&out), "aa<gap 8>bb");
+    assert!(matches!(
+        out[1],
+        StreamEvent::Gap {
+            reason: GapReason::Lost,
+            ..
+        }
+    ));
+    assert_eq!(r.stats().gap_bytes_lost, 8);
+}
+
+#[test]
+fn duplicates_and_overlaps_are_trimmed() {
+    let mut r = Reassembler::new(Limits::default());
+    let mut out = Vec::new();
+    r.push(record(0, b"abcd", 4, 1), &mut out);
+    r.push(record(0, b"abcd", 4, 1), &mut out);
+    r.push(record(2, b"cdef", 4, 2), &mut out);
+    assert_eq!(render(&out), "abcdef");
+    assert_eq!(r.stats().duplicates, 1);
+}
+
+#[test]
+fn memory_cap_gives_up_the_hole_instead_of_growing() {
+    let limits = Limits {
+        max_pending_per_stream: 8,
+        ..Limits::default()
+    };
+    let mut r = Reassembler::new(limits);
+    let mut out = Vec::new();
+    r.push(record(100, b"12345", 5, 1), &mut out);
+    r.push(record(105, b"67890", 5, 1), &mut out);
+    assert_eq!(render(&out), "<gap 100>1234567890");
+    assert_eq!(r.stats().pending_bytes, 0);
+    assert_eq!(r.stats().memory_cap_hits, 1);
+}
+
+#[test]
+fn close_flushes_held_records_and_forgets_the_connection() {
+    let mut r = Reassembler::new(Limits::default());
+    let mut out = Vec::new();
+    r.push(record(4, b"tail", 4, 1), &mut out);
+    r.close(CONN, &mut out);
+    assert_eq!(render(&out), "<gap 4>tail");
+    assert!(r.is_empty());
+}
+
+#[test]
+fn idle_streams_expire() {
+    let limits = Limits {
+        idle_timeout_ns: 1_000,
+        ..Limits::default()
+    };
+    let mut r = Reassembler::new(limits);
+    let mut out = Vec::new();
+    r.push(record(0, b"x", 1, 0), &mut out);
+    r.expire(2_000, &mut out);
+    assert!(r.is_empty());
+    assert_eq!(r.stats().idle_expired, 1);
+}

@@ -1,0 +1,204 @@
+//! Capture and reassembly joined: ordered byte streams with their connection and process.
+use tracer_common::COUNTER_NAMES;
+
+use crate::{
+    capture::{
+        self, procfs, CaptureError, CaptureOptions, ConnChange, Connection, Connections,
+        KernelCapture, KernelClock, KernelEvent,
+    },
+    reassembly::{Limits, Reassembler, ReassemblyStats, StreamEvent},
+};
+
+/// What a session hands to its consumer, in order.
+#[derive(Debug)]
+pub enum SessionEvent {
+    Conn {
+        conn: Connection,
+        change: ConnChange,
+        ktime_ns: u64,
+        seeded: bool,
+    },
+    /// Ordered bytes or a gap, with the connection as it stood when they were read.
+    Stream {
+        conn: Connection,
+        event: StreamEvent,
+    },
+}
+
+/// Everything the agent counts about capture, for `/metrics`, logs and `capture` stats.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionStats {
+    pub kernel: Vec<(&'static str, u64)>,
+    pub records_read: u64,
+    pub decode_errors: u64,
+    pub reassembly: ReassemblyStats,
+    pub connections: usize,
+}
+
+pub struct CaptureSession {
+    kernel: KernelCapture,
+    pub conns: Connections,
+    reassembler: Reassembler,
+    pub clock: KernelClock,
+    records_read: u64,
+    decode_errors: u64,
+    scratch: Vec<StreamEvent>,
+}
+
+impl CaptureSession {
+    /// Loads the kernel programs and starts following connections, including the ones
+    /// that already existed (they are reported as `seeded` Conn events by the first poll).
+    pub fn start(
+        options: &CaptureOptions,
+        limits: Limits,
+        out: &mut Vec<SessionEvent>,
+    ) -> Result<Self, CaptureError> {
+        let kernel = KernelCapture::start(options)?;
+        let mut session = Self {
+            kernel,
+            conns: Connections::new(),
+            reassembler: Reassembler::new(limits),
+            clock: KernelClock::new(),
+            records_read: 0,
+            decode_errors: 0,
+            scratch: Vec::new(),
+        };
+        session.seed_existing(options, out)?;
+        Ok(session)
+    }
+
+    fn seed_existing(
+        &mut self,
+        options: &CaptureOptions,
+        out: &mut Vec<SessionEvent>,
+    ) -> Result<(), CaptureError> {
+        let own = std::process::id();
+        let wanted = |pid: u32| {
+            pid != own
+                && match &options.selection {
+                    capture::Selection::All => true,
+                    capture::Selection::Pids(pids) => pids.contains(&pid),
+                }
+        };
+        for existing in procfs::existing_connections(wanted) {
+            if let Some(conn) = self.kernel.seed(&existing)? {
+                let connection = self.conns.seed(conn, &existing);
+                let change = ConnChange::Addresses {
+                    local: existing.local,
+                    remote: existing.remote,
+                };
+                out.push(SessionEvent::Conn {
+                    conn: connection,
+                    change,
+                    ktime_ns: conn.generation,
+                    seeded: true,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads everything the kernel has produced and expires old holes. Returns the number
+    /// of ring-buffer records read.
+    pub fn poll(&mut self, out: &mut Vec<SessionEvent>) -> usize {
+        let mut raw = Vec::new();
+        let n = self.kernel.drain(|bytes| raw.push(capture::decode(bytes)));
+        self.records_read += n as u64;
+        for event in raw {
+            match event {
+                Ok(event) => self.handle(event, out),
+                Err(error) => {
+                    self.decode_errors += 1;
+                    tracing::warn!(%error, "undecodable ring-buffer record");
+                }
+            }
+        }
+        self.clock.refresh();
+        self.reassembler
+            .expire(capture::monotonic_now(), &mut self.scratch);
+        self.flush_stream_events(out);
+        n
+    }
+
+    fn handle(&mut self, event: KernelEvent, out: &mut Vec<SessionEvent>) {
+        match event {
+            KernelEvent::Data(record) => {
+                self.conns.for_data(record.conn);
+                self.reassembler.push(record, &mut self.scratch);
+                self.flush_stream_events(out);
+            }
+            KernelEvent::Conn {
+                conn,
+                ktime_ns,
+                change,
+                comm,
+                ..
+            } => {
+                if let ConnChange::Close { .. } = change {
+                    self.reassembler.close(conn, &mut self.scratch);
+                    self.flush_stream_events(out);
+                }
+                let connection = self.conns.apply(conn, &change, &comm);
+                out.push(SessionEvent::Conn {
+                    conn: connection,
+                    change,
+                    ktime_ns,
+                    seeded: false,
+                });
+            }
+            KernelEvent::ProcessExit { tgid } => {
+                for connection in self.conns.process_exited(tgid) {
+                    self.kernel.forget(connection.id);
+                    self.reassembler.close(connection.id, &mut self.scratch);
+                    for event in self.scratch.drain(..) {
+                        out.push(SessionEvent::Stream {
+                            conn: connection.clone(),
+                            event,
+                        });
+                    }
+                    let change = ConnChange::Close { not_tcp: false };
+                    out.push(SessionEvent::Conn {
+                        conn: connection,
+                        change,
+                        ktime_ns: capture::monotonic_now(),
+                        seeded: false,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Pairs reassembled events with their connection (still in the table at this point).
+    fn flush_stream_events(&mut self, out: &mut Vec<SessionEvent>) {
+        for event in self.scratch.drain(..) {
+            let id = match &event {
+                StreamEvent::Data { conn, .. } | StreamEvent::Gap { conn, .. } => *conn,
+            };
+            let conn = self.conns.for_data(id).clone();
+            out.push(SessionEvent::Stream { conn, event });
+        }
+    }
+
+    /// Stops payload copying for a connection nobody wants (filtered out, or a protocol
+    /// we do not parse); stream positions keep counting in the kernel.
+    pub fn ignore_payload(&mut self, conn: tracer_common::ConnId) {
+        if let Err(error) = self.kernel.set_payload_capture(conn, false) {
+            tracing::warn!(%error, "could not turn payload capture off");
+        }
+    }
+
+    pub fn stats(&self) -> SessionStats {
+        let counters = self.kernel.counters();
+        SessionStats {
+            kernel: COUNTER_NAMES.iter().copied().zip(counters).collect(),
+            records_read: self.records_read,
+            decode_errors: self.decode_errors,
+            reassembly: self.reassembler.stats(),
+            connections: self.conns.len(),
+        }
+    }
+
+    pub fn missing_optional_tracepoints(&self) -> &[String] {
+        &self.kernel.missing_optional
+    }
+}

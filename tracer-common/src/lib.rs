@@ -203,6 +203,9 @@ pub struct ConnEvent {
     /// The thread's command name (`bpf_get_current_comm`), for processes that exit
     /// before userspace can read `/proc`.
     pub comm: [u8; 16],
+    /// For `EVENT_CONN_CLOSE`: final stream positions per direction, so userspace can
+    /// account for lost records at the very end of a stream.
+    pub positions: [u64; 2],
 }
 
 /// Where the copy loop stands. Kept in map memory rather than registers on purpose: the
@@ -255,7 +258,7 @@ mod tests {
         assert_eq!(size_of::<EventHeader>(), 32);
         assert_eq!(size_of::<DataEvent>(), 64);
         assert_eq!(size_of::<SockTuple>(), 40);
-        assert_eq!(size_of::<ConnEvent>(), 32 + 8 + 40 + 16);
+        assert_eq!(size_of::<ConnEvent>(), 32 + 8 + 40 + 16 + 16);
         assert_eq!(size_of::<ConnState>(), 40);
     }
 }

@@ -269,7 +269,8 @@ fn copy_step(scratch: *mut DataScratch) -> bool {
     let filled = filled + n;
     if filled >= MAX_RECORD || remaining == n as u64 {
         output_record(scratch, filled);
-        set!(cursor, records, get!(cursor, records) + 1);
+        let records = get!(cursor, records);
+        set!(cursor, records, records + 1);
         set!(cursor, filled, 0);
     } else {
         set!(cursor, filled, filled as u64);

@@ -14,7 +14,7 @@ use tracer_common::{
 
 use crate::{
     args::{syscall_arg, syscall_ret},
-    maps::{count, ACTIVE_SYSCALLS, EVENTS, SOCKETS, SOCK_TUPLES},
+    maps::{count, ACTIVE_SYSCALLS, CONN_EVENTS, SOCKETS, SOCK_TUPLES},
     select::is_traced,
 };
 
@@ -133,7 +133,8 @@ pub fn try_enter_close(ctx: &TracePointContext) -> Result<u32, u32> {
     let Some(state) = SOCKETS.get_ptr(key) else {
         return Ok(0);
     };
-    let (generation, role) = unsafe { ((*state).generation, (*state).role) };
+    let (generation, role, positions) =
+        unsafe { ((*state).generation, (*state).role, (*state).position) };
     let _ = SOCKETS.remove(key);
     let conn = ConnId {
         tgid: key.tgid,
@@ -141,15 +142,7 @@ pub fn try_enter_close(ctx: &TracePointContext) -> Result<u32, u32> {
         generation,
     };
     let now = unsafe { bpf_ktime_get_ns() };
-    emit_conn(
-        EVENT_CONN_CLOSE,
-        id,
-        now,
-        conn,
-        role,
-        CLOSE_SYSCALL,
-        SockTuple::default(),
-    );
+    emit_close(id, now, conn, role, CLOSE_SYSCALL, positions);
     Ok(0)
 }
 
@@ -234,17 +227,9 @@ pub fn check_socket(id: u64, key: SockKey, state: *mut ConnState, args: &Syscall
         let tcp =
             (family == AF_INET || family == AF_INET6) && args.sk_protocol as u16 == IPPROTO_TCP;
         if !tcp {
-            let role = state.role;
+            let (role, positions) = (state.role, state.position);
             let _ = SOCKETS.remove(key);
-            emit_conn(
-                EVENT_CONN_CLOSE,
-                id,
-                now,
-                conn,
-                role,
-                CLOSE_NOT_TCP,
-                SockTuple::default(),
-            );
+            emit_close(id, now, conn, role, CLOSE_NOT_TCP, positions);
             return false;
         }
     }
@@ -289,6 +274,35 @@ pub fn try_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
 
 #[inline(always)]
 fn emit_conn(kind: u32, id: u64, now: u64, conn: ConnId, role: u32, reason: u32, tuple: SockTuple) {
+    emit(kind, id, now, conn, role, reason, tuple, [0, 0]);
+}
+
+#[inline(always)]
+fn emit_close(id: u64, now: u64, conn: ConnId, role: u32, reason: u32, positions: [u64; 2]) {
+    emit(
+        EVENT_CONN_CLOSE,
+        id,
+        now,
+        conn,
+        role,
+        reason,
+        SockTuple::default(),
+        positions,
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn emit(
+    kind: u32,
+    id: u64,
+    now: u64,
+    conn: ConnId,
+    role: u32,
+    reason: u32,
+    tuple: SockTuple,
+    positions: [u64; 2],
+) {
     let event = ConnEvent {
         header: EventHeader {
             kind,
@@ -300,8 +314,9 @@ fn emit_conn(kind: u32, id: u64, now: u64, conn: ConnId, role: u32, reason: u32,
         reason,
         tuple,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        positions,
     };
-    if EVENTS.output::<ConnEvent>(&event, 0).is_err() {
+    if CONN_EVENTS.output::<ConnEvent>(&event, 0).is_err() {
         count(COUNTER_RINGBUF_CONN_LOST);
     }
 }

@@ -7,9 +7,14 @@ use tracer_common::{
     CaptureConfig, ConnControl, ConnState, DataScratch, SockKey, SockTuple, SyscallArgs, COUNTERS,
 };
 
-/// Records for userspace. Userspace resizes it at load time (`--ring-buffer-bytes`).
+/// Data records for userspace. Userspace resizes it at load time (`--ring-buffer-bytes`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(32 * 1024 * 1024, 0);
+
+/// Connection events (open, addresses, close, process exit), apart from the bulk data so
+/// a flood of payload can never starve them.
+#[map]
+pub static CONN_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// `[0]`: agent-wide settings written by userspace before attaching.
 #[map]

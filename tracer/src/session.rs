@@ -101,10 +101,23 @@ impl CaptureSession {
     /// Reads everything the kernel has produced and expires old holes. Returns the number
     /// of ring-buffer records read.
     pub fn poll(&mut self, out: &mut Vec<SessionEvent>) -> usize {
-        let mut raw = Vec::new();
-        let n = self.kernel.drain(|bytes| raw.push(capture::decode(bytes)));
+        let (mut conn_events, mut data_events) = (Vec::new(), Vec::new());
+        let n = self.kernel.drain(
+            |bytes| conn_events.push(capture::decode(bytes)),
+            |bytes| data_events.push(capture::decode(bytes)),
+        );
         self.records_read += n as u64;
-        for event in raw {
+        // Closes and exits wait until the data read in the same drain has been handled.
+        let (endings, beginnings): (Vec<_>, Vec<_>) = conn_events.into_iter().partition(|e| {
+            matches!(
+                e,
+                Ok(KernelEvent::Conn {
+                    change: ConnChange::Close { .. },
+                    ..
+                }) | Ok(KernelEvent::ProcessExit { .. })
+            )
+        });
+        for event in beginnings.into_iter().chain(data_events).chain(endings) {
             match event {
                 Ok(event) => self.handle(event, out),
                 Err(error) => {
@@ -134,8 +147,12 @@ impl CaptureSession {
                 comm,
                 ..
             } => {
-                if let ConnChange::Close { .. } = change {
-                    self.reassembler.close(conn, &mut self.scratch);
+                if let ConnChange::Close {
+                    final_positions, ..
+                } = change
+                {
+                    self.reassembler
+                        .close(conn, final_positions, &mut self.scratch);
                     self.flush_stream_events(out);
                 }
                 let connection = self.conns.apply(conn, &change, &comm);
@@ -149,14 +166,18 @@ impl CaptureSession {
             KernelEvent::ProcessExit { tgid } => {
                 for connection in self.conns.process_exited(tgid) {
                     self.kernel.forget(connection.id);
-                    self.reassembler.close(connection.id, &mut self.scratch);
+                    self.reassembler
+                        .close(connection.id, None, &mut self.scratch);
                     for event in self.scratch.drain(..) {
                         out.push(SessionEvent::Stream {
                             conn: connection.clone(),
                             event,
                         });
                     }
-                    let change = ConnChange::Close { not_tcp: false };
+                    let change = ConnChange::Close {
+                        not_tcp: false,
+                        final_positions: None,
+                    };
                     out.push(SessionEvent::Conn {
                         conn: connection,
                         change,

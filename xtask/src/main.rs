@@ -1,1 +1,36 @@
-fn main() {}
+//! `cargo xtask`: set up a machine, run tracer, run every test.
+mod exec;
+mod run;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "tracer's developer and operator tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (idempotent): nightly rust-src, bpf-linker,
+    /// Debian packages; mount tracefs and bpffs.
+    Setup,
+    /// Build tracer with its eBPF programs (release).
+    Build,
+    /// Build and run tracer on this host (as root). Arguments after `--` go to tracer.
+    Run(run::RunArgs),
+    /// Run every test: unit tests, then end-to-end tests against the real kernel.
+    Test(test::TestArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Build => run::build_release(),
+        Command::Run(args) => run::run(args),
+        Command::Test(args) => test::run(args),
+    }
+}

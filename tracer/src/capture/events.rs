@@ -79,8 +79,11 @@ pub enum ConnChange {
         local: SocketAddr,
         remote: SocketAddr,
     },
+    /// `final_positions`: bytes the kernel saw per direction (egress, ingress); None when
+    /// userspace synthesised the close (process exit).
     Close {
         not_tcp: bool,
+        final_positions: Option<[u64; 2]>,
     },
 }
 
@@ -152,6 +155,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 },
                 _ => ConnChange::Close {
                     not_tcp: event.reason == CLOSE_NOT_TCP,
+                    final_positions: Some(event.positions),
                 },
             };
             let comm_len = event
@@ -283,6 +287,7 @@ mod tests {
             reason: 0,
             tuple,
             comm: *b"python3\0\0\0\0\0\0\0\0\0",
+            positions: [0, 0],
         };
         let KernelEvent::Conn {
             change: ConnChange::Addresses { local, .. },

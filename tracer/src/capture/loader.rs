@@ -60,7 +60,7 @@ pub enum CaptureError {
     #[error("ring buffer size {0} must be a power of two and at least 4096 bytes")]
     RingBufferSize(u32),
     #[error("loading the eBPF object failed: {0}")]
-    Load(#[from] aya::EbpfError),
+    Load(Box<aya::EbpfError>),
     #[error("the kernel refused program `{program}`: {reason}")]
     Refused { program: String, reason: String },
     #[error("attaching `{program}` to tracepoint {category}:{name} failed: {source}")]
@@ -68,14 +68,14 @@ pub enum CaptureError {
         program: String,
         category: String,
         name: String,
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("eBPF map `{0}` is missing from the object")]
     MissingMap(&'static str),
     #[error("eBPF map `{map}`: {source}")]
     Map {
         map: &'static str,
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
 }
 
@@ -145,7 +145,9 @@ const ATTACHMENTS: &[Attachment] = &[
 /// The loaded and attached kernel programs plus the maps userspace talks to.
 pub struct KernelCapture {
     ebpf: Ebpf,
-    events: RingBuf<MapData>,
+    /// Connection events; drained before `data` so opens precede their data.
+    conn_events: RingBuf<MapData>,
+    data_events: RingBuf<MapData>,
     /// Optional tracepoints that could not be attached, for `status` and logs.
     pub missing_optional: Vec<String>,
 }
@@ -163,31 +165,35 @@ impl KernelCapture {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", size)
             .map_max_entries("DATA_SCRATCH", cpus)
-            .load(EBPF_OBJECT)?;
+            .load(EBPF_OBJECT)
+            .map_err(|e| CaptureError::Load(Box::new(e)))?;
         configure(&mut ebpf, &options.selection)?;
         let mut missing_optional = Vec::new();
         for attachment in ATTACHMENTS {
             attach(&mut ebpf, attachment, &mut missing_optional)?;
         }
-        let events = ebpf
-            .take_map("EVENTS")
-            .ok_or(CaptureError::MissingMap("EVENTS"))?;
-        let events = RingBuf::try_from(events).map_err(|source| CaptureError::Map {
-            map: "EVENTS",
-            source,
-        })?;
+        let conn_events = take_ring(&mut ebpf, "CONN_EVENTS")?;
+        let data_events = take_ring(&mut ebpf, "EVENTS")?;
         Ok(Self {
             ebpf,
-            events,
+            conn_events,
+            data_events,
             missing_optional,
         })
     }
 
     /// Hands every record in the ring buffer to `handle`; returns how many there were.
-    pub fn drain(&mut self, mut handle: impl FnMut(&[u8])) -> usize {
+    /// Hands every connection record, then every data record, to the two handlers; returns
+    /// how many records there were. Draining connection events first guarantees that a
+    /// data record committed before a close was read is handed over in the same call.
+    pub fn drain(&mut self, mut conn: impl FnMut(&[u8]), mut data: impl FnMut(&[u8])) -> usize {
         let mut n = 0;
-        while let Some(item) = self.events.next() {
-            handle(&item);
+        while let Some(item) = self.conn_events.next() {
+            conn(&item);
+            n += 1;
+        }
+        while let Some(item) = self.data_events.next() {
+            data(&item);
             n += 1;
         }
         n
@@ -243,10 +249,7 @@ impl KernelCapture {
         };
         result
             .or_else(ignore_missing)
-            .map_err(|source| CaptureError::Map {
-                map: "CONN_CONTROL",
-                source,
-            })
+            .map_err(|e| map_error("CONN_CONTROL", e))
     }
 
     /// Drops kernel state for sockets of a process that exited without closing them.
@@ -293,7 +296,19 @@ impl KernelCapture {
             .ebpf
             .map_mut(name)
             .ok_or(CaptureError::MissingMap(name))?;
-        HashMap::try_from(map).map_err(|source| CaptureError::Map { map: name, source })
+        HashMap::try_from(map).map_err(|e| map_error(name, e))
+    }
+}
+
+fn take_ring(ebpf: &mut Ebpf, name: &'static str) -> Result<RingBuf<MapData>, CaptureError> {
+    let map = ebpf.take_map(name).ok_or(CaptureError::MissingMap(name))?;
+    RingBuf::try_from(map).map_err(|e| map_error(name, e))
+}
+
+fn map_error(map: &'static str, source: aya::maps::MapError) -> CaptureError {
+    CaptureError::Map {
+        map,
+        source: Box::new(source),
     }
 }
 
@@ -360,18 +375,12 @@ fn configure(ebpf: &mut Ebpf, selection: &Selection) -> Result<(), CaptureError>
             let map = ebpf
                 .map_mut("TRACED_PROCESSES")
                 .ok_or(CaptureError::MissingMap("TRACED_PROCESSES"))?;
-            let mut traced =
-                HashMap::<_, u32, u32>::try_from(map).map_err(|source| CaptureError::Map {
-                    map: "TRACED_PROCESSES",
-                    source,
-                })?;
+            let mut traced = HashMap::<_, u32, u32>::try_from(map)
+                .map_err(|e| map_error("TRACED_PROCESSES", e))?;
             for pid in pids {
                 traced
                     .insert(pid, 1, 0)
-                    .map_err(|source| CaptureError::Map {
-                        map: "TRACED_PROCESSES",
-                        source,
-                    })?;
+                    .map_err(|e| map_error("TRACED_PROCESSES", e))?;
             }
             SELECT_LISTED
         }
@@ -380,18 +389,14 @@ fn configure(ebpf: &mut Ebpf, selection: &Selection) -> Result<(), CaptureError>
         .map_mut("CAPTURE_CONFIG")
         .ok_or(CaptureError::MissingMap("CAPTURE_CONFIG"))?;
     let mut config =
-        Array::<_, CaptureConfig>::try_from(map).map_err(|source| CaptureError::Map {
-            map: "CAPTURE_CONFIG",
-            source,
-        })?;
+        Array::<_, CaptureConfig>::try_from(map).map_err(|e| map_error("CAPTURE_CONFIG", e))?;
     let value = CaptureConfig {
         self_tgid: std::process::id(),
         mode,
     };
-    config.set(0, value, 0).map_err(|source| CaptureError::Map {
-        map: "CAPTURE_CONFIG",
-        source,
-    })
+    config
+        .set(0, value, 0)
+        .map_err(|e| map_error("CAPTURE_CONFIG", e))
 }
 
 fn attach(
@@ -419,7 +424,7 @@ fn attach(
                     program: name.into(),
                     category: (*category).into(),
                     name: (*tracepoint).into(),
-                    source,
+                    source: Box::new(source),
                 });
             }
             tracing::warn!("optional tracepoint {category}:{tracepoint} unavailable ({source}); using /proc to find 4-tuples of accepted sockets");

@@ -169,7 +169,7 @@ fn conn_record(conn: &Connection, change: &ConnChange, seeded: bool, time_unix_n
         ConnChange::Open { .. } => ("conn_open", json!({})),
         ConnChange::Addresses { .. } if seeded => ("conn_open", json!({ "seeded": true })),
         ConnChange::Addresses { .. } => ("conn_addr", json!({})),
-        ConnChange::Close { not_tcp } => (
+        ConnChange::Close { not_tcp, .. } => (
             "conn_close",
             json!({ "reason": if *not_tcp { "not_tcp" } else { "closed" } }),
         ),

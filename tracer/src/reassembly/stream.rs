@@ -180,14 +180,35 @@ impl Reassembler {
         self.stats.idle_expired += (before - self.streams.len()) as u64;
     }
 
-    /// The connection ended: flush what is held (as gaps where bytes never came) and forget it.
-    pub fn close(&mut self, conn: ConnId, out: &mut Vec<StreamEvent>) {
+    /// The connection ended: flush what is held (as gaps where bytes never came) and forget
+    /// it. With the kernel's final positions (egress, ingress), bytes lost at the very end
+    /// of a stream are reported as a gap too.
+    pub fn close(
+        &mut self,
+        conn: ConnId,
+        final_positions: Option<[u64; 2]>,
+        out: &mut Vec<StreamEvent>,
+    ) {
         for direction in [Direction::Egress, Direction::Ingress] {
             let key = (conn, direction);
-            if let Some(mut stream) = self.streams.remove(&key) {
-                while !stream.pending.is_empty() {
-                    give_up_hole(key, &mut stream, GapReason::Lost, &mut self.stats, out);
-                }
+            // A stream whose every record was lost has no entry yet: it starts at 0.
+            let mut stream = self.streams.remove(&key).unwrap_or_default();
+            while !stream.pending.is_empty() {
+                give_up_hole(key, &mut stream, GapReason::Lost, &mut self.stats, out);
+            }
+            let end = final_positions.map_or(0, |p| p[direction.index()]);
+            if end > stream.next {
+                let length = end - stream.next;
+                self.stats.gaps_lost += 1;
+                self.stats.gap_bytes_lost += length;
+                out.push(StreamEvent::Gap {
+                    conn,
+                    direction,
+                    offset: stream.next,
+                    length,
+                    reason: GapReason::Lost,
+                    ktime_ns: stream.last_ktime_ns,
+                });
             }
         }
     }

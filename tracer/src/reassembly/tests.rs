@@ -125,9 +125,20 @@ fn close_flushes_held_records_and_forgets_the_connection() {
     let mut r = Reassembler::new(Limits::default());
     let mut out = Vec::new();
     r.push(record(4, b"tail", 4, 1), &mut out);
-    r.close(CONN, &mut out);
+    r.close(CONN, None, &mut out);
     assert_eq!(render(&out), "<gap 4>tail");
     assert!(r.is_empty());
+}
+
+#[test]
+fn close_reports_bytes_lost_at_the_end_of_a_stream() {
+    let mut r = Reassembler::new(Limits::default());
+    let mut out = Vec::new();
+    r.push(record(0, b"head", 4, 1), &mut out);
+    // The kernel saw 10 ingress bytes; the last record never arrived.
+    r.close(CONN, Some([0, 10]), &mut out);
+    assert_eq!(render(&out), "head<gap 6>");
+    assert_eq!(r.stats().gap_bytes_lost, 6);
 }
 
 #[test]

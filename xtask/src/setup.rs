@@ -1,0 +1,199 @@
+//! `cargo xtask setup`: everything a fresh Debian machine lacks, installed idempotently.
+use std::{env, fs, path::PathBuf, process::Command};
+
+use anyhow::{bail, Context as _};
+
+use crate::exec::{exec, is_root, probe, stdout_of};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the tests and the demo use.
+pub const DEBIAN_PACKAGES: &[&str] = &["python3", "iproute2", "procps"];
+
+pub fn run() -> anyhow::Result<()> {
+    nightly_rust_src()?;
+    bpf_linker()?;
+    debian_packages()?;
+    kernel_filesystems()?;
+    eprintln!("setup: done");
+    Ok(())
+}
+
+/// Cheap check used by `run` and `test`: is anything missing?
+pub fn needed() -> bool {
+    !rust_src_installed()
+        || !bpf_linker_ok()
+        || !missing_packages().is_empty()
+        || !tracefs_mounted()
+}
+
+fn rust_src_installed() -> bool {
+    stdout_of(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .is_some_and(|list| list.lines().any(|l| l.starts_with("rust-src")))
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    if stdout_of(Command::new("rustc").args(["+nightly", "--version"])).is_none() {
+        exec(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    if rust_src_installed() {
+        eprintln!("setup: nightly rust-src already installed");
+        return Ok(());
+    }
+    exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    eprintln!("setup: installed nightly rust-src");
+    Ok(())
+}
+
+fn bpf_linker_ok() -> bool {
+    stdout_of(Command::new("bpf-linker").arg("--version"))
+        .is_some_and(|v| v.ends_with(BPF_LINKER_VERSION))
+}
+
+/// bpf-linker built against nightly's own LLVM, so both agree on the bitcode format.
+fn bpf_linker() -> anyhow::Result<()> {
+    if bpf_linker_ok() {
+        eprintln!("setup: bpf-linker {BPF_LINKER_VERSION} already installed");
+        return Ok(());
+    }
+    let version = stdout_of(Command::new("rustc").args(["+nightly", "-vV"]))
+        .context("rustc +nightly -vV failed")?;
+    let major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("nightly rustc does not report its LLVM version")?
+        .to_owned();
+    let sysroot = PathBuf::from(
+        stdout_of(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+            .context("no nightly sysroot")?,
+    );
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let prefix = cargo_home
+        .join("llvm-prefix")
+        .join(format!("nightly-llvm-{major}"));
+    let lib = prefix.join("lib");
+    fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    let mut versioned = None;
+    for entry in fs::read_dir(sysroot.join("lib"))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if name.starts_with("libLLVM") && name.contains(".so") {
+            link(&path, &lib.join(&name))?;
+            if name.starts_with("libLLVM.so.") {
+                versioned = Some(path.clone());
+            }
+        }
+    }
+    let versioned =
+        versioned.with_context(|| format!("no libLLVM.so.* in {}/lib", sysroot.display()))?;
+    link(&versioned, &lib.join("libLLVM.so"))?;
+    exec(
+        Command::new("cargo")
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    if !bpf_linker_ok() {
+        bail!(
+            "bpf-linker was installed but does not run; check {}",
+            lib.display()
+        );
+    }
+    eprintln!("setup: built bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {major}");
+    Ok(())
+}
+
+fn link(target: &std::path::Path, at: &std::path::Path) -> anyhow::Result<()> {
+    let _ = fs::remove_file(at);
+    std::os::unix::fs::symlink(target, at).with_context(|| format!("symlinking {}", at.display()))
+}
+
+fn missing_packages() -> Vec<&'static str> {
+    DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !probe(Command::new("dpkg-query").args(["-W", "-f", "${Status}", p])).is_some_and(|o| {
+                String::from_utf8_lossy(&o.stdout).contains("install ok installed")
+            })
+        })
+        .collect()
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing = missing_packages();
+    if missing.is_empty() {
+        eprintln!(
+            "setup: Debian packages already installed ({})",
+            DEBIAN_PACKAGES.join(", ")
+        );
+        return Ok(());
+    }
+    let sudo: &[&str] = if is_root() { &[] } else { &["sudo", "-E"] };
+    let apt = |args: &[&str]| {
+        let all: Vec<&str> = sudo
+            .iter()
+            .chain(["apt-get"].iter())
+            .chain(args.iter())
+            .copied()
+            .collect();
+        let mut cmd = Command::new(all[0]);
+        cmd.args(&all[1..]).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    exec(&mut apt(&["update", "-q"]))?;
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend(&missing);
+    exec(&mut apt(&install))?;
+    eprintln!("setup: installed Debian packages: {}", missing.join(", "));
+    Ok(())
+}
+
+fn tracefs_mounted() -> bool {
+    std::path::Path::new("/sys/kernel/tracing/events/syscalls").exists()
+}
+
+fn kernel_filesystems() -> anyhow::Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    for (fstype, target) in [("tracefs", "/sys/kernel/tracing"), ("bpf", "/sys/fs/bpf")] {
+        if mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(target))
+            || (fstype == "tracefs" && tracefs_mounted())
+        {
+            eprintln!("setup: {fstype} already mounted at {target}");
+            continue;
+        }
+        if !is_root() {
+            bail!("{fstype} is not mounted at {target}; run `sudo mount -t {fstype} {fstype} {target}`");
+        }
+        exec(Command::new("mount").args(["-t", fstype, fstype, target]))?;
+        eprintln!("setup: mounted {fstype} at {target}");
+    }
+    Ok(())
+}

@@ -43,9 +43,8 @@ pub const SYS_WRITE: u32 = 4;
 pub const SYS_WRITEV: u32 = 5;
 pub const SYS_SENDTO: u32 = 6;
 pub const SYS_SENDMSG: u32 = 7;
-/// Not data syscalls: stashed between enter and exit to learn a connection's role.
+/// Not a data syscall: stashed between enter and exit to learn a client's connection.
 pub const SYS_CONNECT: u32 = 100;
-pub const SYS_ACCEPT: u32 = 101;
 
 /// `ConnClose::reason` values.
 pub const CLOSE_SYSCALL: u32 = 0;

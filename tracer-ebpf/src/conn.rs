@@ -47,8 +47,8 @@ mod sock_length {
     pub const PROTOCOL: usize = 18;
 }
 
-/// `sys_enter_connect` / `sys_enter_accept*`: remember the fd until the exit.
-pub fn try_enter_role(ctx: &TracePointContext, syscall: u32) -> Result<u32, u32> {
+/// `sys_enter_connect`: remember the fd and address until the exit.
+pub fn try_enter_connect(ctx: &TracePointContext) -> Result<u32, u32> {
     let id = bpf_get_current_pid_tgid();
     if !is_traced((id >> 32) as u32) {
         return Ok(0);
@@ -59,7 +59,7 @@ pub fn try_enter_role(ctx: &TracePointContext, syscall: u32) -> Result<u32, u32>
         sk: 0,
         addr: syscall_arg(ctx, 1),
         fd: syscall_arg(ctx, 0) as u32,
-        syscall,
+        syscall: SYS_CONNECT,
         sk_family: 0,
         sk_protocol: 0,
     };
@@ -70,7 +70,7 @@ pub fn try_enter_role(ctx: &TracePointContext, syscall: u32) -> Result<u32, u32>
 }
 
 /// `sys_exit_connect` / `sys_exit_accept*`: a new connection with a known role.
-pub fn try_exit_role(ctx: &TracePointContext, syscall: u32) -> Result<u32, u32> {
+pub fn try_exit_connect(ctx: &TracePointContext) -> Result<u32, u32> {
     let id = bpf_get_current_pid_tgid();
     let Some(args) = ACTIVE_SYSCALLS.get_ptr(id) else {
         return Ok(0);
@@ -78,41 +78,52 @@ pub fn try_exit_role(ctx: &TracePointContext, syscall: u32) -> Result<u32, u32> 
     // SAFETY: value pointer from a successful lookup; copied before removal.
     let args = unsafe { *args };
     let _ = ACTIVE_SYSCALLS.remove(id);
-    if args.syscall != syscall {
+    if args.syscall != SYS_CONNECT {
         return Ok(0);
     }
     let ret = syscall_ret(ctx);
-    let tgid = (id >> 32) as u32;
-    let now = unsafe { bpf_ktime_get_ns() };
-    let (fd, role, mut tuple) = if syscall == SYS_CONNECT {
-        if ret != 0 && ret != EINPROGRESS {
-            return Ok(0);
-        }
-        let Some(remote) = read_sockaddr(args.addr) else {
-            return Ok(0); // not an IP socket: UNIX, netlink, …
-        };
-        (args.fd, ROLE_CLIENT, remote)
-    } else {
-        if ret < 0 {
-            return Ok(0);
-        }
-        (ret as u32, ROLE_SERVER, SockTuple::default())
+    if ret != 0 && ret != EINPROGRESS {
+        return Ok(0);
+    }
+    let Some(mut tuple) = read_sockaddr(args.addr) else {
+        return Ok(0); // not an IP socket: UNIX, netlink, …
     };
     if args.sk != 0 {
         if let Some(known) = SOCK_TUPLES.get_ptr(args.sk) {
             tuple = unsafe { *known };
         }
     }
+    open_connection(id, args.fd, ROLE_CLIENT, args.sk, tuple);
+    Ok(0)
+}
+
+/// `sys_exit_accept*`: the return value is the new socket, which is all we need, so an
+/// accept that was already blocked when tracer attached is still seen. Its 4-tuple
+/// arrives with its first data (`check_socket`).
+pub fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
+    let id = bpf_get_current_pid_tgid();
+    let ret = syscall_ret(ctx);
+    if ret < 0 || !is_traced((id >> 32) as u32) {
+        return Ok(0);
+    }
+    open_connection(id, ret as u32, ROLE_SERVER, 0, SockTuple::default());
+    Ok(0)
+}
+
+#[inline(always)]
+fn open_connection(id: u64, fd: u32, role: u32, sk: u64, tuple: SockTuple) {
+    let tgid = (id >> 32) as u32;
+    let now = unsafe { bpf_ktime_get_ns() };
     let state = ConnState {
         generation: now,
-        sk: args.sk,
+        sk,
         position: [0, 0],
         role,
         addr_sent: (tuple.local_port != 0) as u32,
     };
     if SOCKETS.insert(SockKey { tgid, fd }, state, 0).is_err() {
         count(COUNTER_CONN_TABLE_FULL);
-        return Ok(0);
+        return;
     }
     let conn = ConnId {
         tgid,
@@ -120,7 +131,6 @@ pub fn try_exit_role(ctx: &TracePointContext, syscall: u32) -> Result<u32, u32> 
         generation: now,
     };
     emit_conn(EVENT_CONN_OPEN, id, now, conn, role, 0, tuple);
-    Ok(0)
 }
 
 /// `sys_enter_close`: the end of a followed connection.

@@ -11,8 +11,8 @@ mod select;
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
-    DIR_EGRESS, DIR_INGRESS, SYS_ACCEPT, SYS_CONNECT, SYS_READ, SYS_READV, SYS_RECVFROM,
-    SYS_RECVMSG, SYS_SENDMSG, SYS_SENDTO, SYS_WRITE, SYS_WRITEV,
+    DIR_EGRESS, DIR_INGRESS, SYS_READ, SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG,
+    SYS_SENDTO, SYS_WRITE, SYS_WRITEV,
 };
 
 /// Entry points are thin shims; the logic lives in `try_*` functions.
@@ -43,10 +43,9 @@ data_syscall!(enter_writev, exit_writev, SYS_WRITEV, DIR_EGRESS);
 data_syscall!(enter_sendto, exit_sendto, SYS_SENDTO, DIR_EGRESS);
 data_syscall!(enter_sendmsg, exit_sendmsg, SYS_SENDMSG, DIR_EGRESS);
 
-shim!(enter_connect, |ctx| conn::try_enter_role(ctx, SYS_CONNECT));
-shim!(exit_connect, |ctx| conn::try_exit_role(ctx, SYS_CONNECT));
-shim!(enter_accept, |ctx| conn::try_enter_role(ctx, SYS_ACCEPT));
-shim!(exit_accept, |ctx| conn::try_exit_role(ctx, SYS_ACCEPT));
+shim!(enter_connect, conn::try_enter_connect);
+shim!(exit_connect, conn::try_exit_connect);
+shim!(exit_accept, conn::try_exit_accept);
 shim!(enter_close, conn::try_enter_close);
 shim!(sock_set_state, conn::try_sock_set_state);
 shim!(sock_length, conn::try_sock_length);

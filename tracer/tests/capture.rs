@@ -233,3 +233,39 @@ fn tiny_ring_buffer_counts_drops_and_streams_resynchronise() {
         "after a lost gap, later bytes must still be delivered in place"
     );
 }
+
+#[test]
+fn pid_selection_follows_only_the_listed_process() {
+    let (server, port) = server(&["--reply", "100"]);
+    let server_pid = server.pid().to_string();
+    let capture = CaptureRun::start(&["--pid", &server_pid]);
+    let client = Peer::spawn(&["client", "--port", &port]).report();
+    let server = server.report();
+    let captured = capture.stop();
+    assert_matches_report(&captured, &server, "server", "selected server");
+    let client_pid = client["pid"].as_u64().unwrap();
+    assert_eq!(
+        captured.for_pid(client_pid).count(),
+        0,
+        "the client was not selected"
+    );
+}
+
+#[test]
+fn refuses_to_start_without_root_and_says_why() {
+    let output = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_tracer"))
+        .args(["capture", "--duration", "1"])
+        .output()
+        .expect("setpriv (util-linux) runs the agent as an unprivileged user");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "an unprivileged agent must not start"
+    );
+    assert!(
+        stderr.contains("must run as root"),
+        "unclear error: {stderr}"
+    );
+}

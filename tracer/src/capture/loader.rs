@@ -118,13 +118,6 @@ const ATTACHMENTS: &[Attachment] = &[
     syscall("enter_connect", &[("syscalls", "sys_enter_connect")]),
     syscall("exit_connect", &[("syscalls", "sys_exit_connect")]),
     syscall(
-        "enter_accept",
-        &[
-            ("syscalls", "sys_enter_accept"),
-            ("syscalls", "sys_enter_accept4"),
-        ],
-    ),
-    syscall(
         "exit_accept",
         &[
             ("syscalls", "sys_exit_accept"),

@@ -45,6 +45,8 @@ pub const SYS_SENDTO: u32 = 6;
 pub const SYS_SENDMSG: u32 = 7;
 /// Not a data syscall: stashed between enter and exit to learn a client's connection.
 pub const SYS_CONNECT: u32 = 100;
+/// A thread's stash slot with no syscall in progress (slots are reused, not deleted).
+pub const SYS_NONE: u32 = u32::MAX;
 
 /// `ConnClose::reason` values.
 pub const CLOSE_SYSCALL: u32 = 0;

@@ -10,16 +10,16 @@ use aya_ebpf::{
 use tracer_common::{
     ConnId, CopyCursor, DataEvent, DataScratch, EventHeader, SockKey, SyscallArgs,
     CONTROL_NO_PAYLOAD, COUNTER_DATA_RECORDS, COUNTER_GAP_RECORDS, COUNTER_RINGBUF_DATA_LOST,
-    COUNTER_SYSCALL_STASH_FULL, COUNTER_USER_READ_FAILED, EVENT_DATA, MAX_IOVECS, MAX_RECORD,
-    MAX_RECORDS_PER_SYSCALL, SCRATCH_MASK, SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG,
-    SYS_WRITEV,
+    COUNTER_USER_READ_FAILED, EVENT_DATA, MAX_IOVECS, MAX_RECORD, MAX_RECORDS_PER_SYSCALL,
+    SCRATCH_MASK, SYS_CONNECT, SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG, SYS_WRITEV,
 };
 
 use crate::{
     args::{syscall_arg, syscall_ret},
     conn::check_socket,
-    maps::{count, ACTIVE_SYSCALLS, CONN_CONTROL, DATA_SCRATCH, EVENTS, SOCKETS},
+    maps::{count, CONN_CONTROL, DATA_SCRATCH, EVENTS, SOCKETS, WANTS_SOCK},
     select::is_traced,
+    stash,
 };
 
 const MSG_PEEK: u64 = 2;
@@ -36,8 +36,15 @@ pub fn try_enter_data(ctx: &TracePointContext, syscall: u32) -> Result<u32, u32>
         return Ok(0);
     }
     let fd = syscall_arg(ctx, 0) as u32;
-    if SOCKETS.get_ptr(SockKey { tgid, fd }).is_none() {
+    let Some(state) = SOCKETS.get_ptr(SockKey { tgid, fd }) else {
         return Ok(0); // files, pipes, sockets we do not follow
+    };
+    // SAFETY: value pointer from a successful lookup.
+    let (sk, addr_sent) = unsafe { ((*state).sk, (*state).addr_sent) };
+    if sk == 0 || addr_sent == 0 {
+        if let Some(wants) = WANTS_SOCK.get_ptr_mut(0) {
+            unsafe { *wants = id };
+        }
     }
     let flags = match syscall {
         SYS_RECVFROM => syscall_arg(ctx, 3),
@@ -57,19 +64,15 @@ pub fn try_enter_data(ctx: &TracePointContext, syscall: u32) -> Result<u32, u32>
         sk_family: 0,
         sk_protocol: 0,
     };
-    if ACTIVE_SYSCALLS.insert(id, args, 0).is_err() {
-        count(COUNTER_SYSCALL_STASH_FULL);
-    }
+    stash::put(id, args);
     Ok(0)
 }
 
 pub fn try_exit_data(ctx: &TracePointContext, direction: u32) -> Result<u32, u32> {
     let id = bpf_get_current_pid_tgid();
-    let Some(args) = ACTIVE_SYSCALLS.get_ptr(id) else {
+    let Some(args) = stash::take(id, |syscall| syscall != SYS_CONNECT) else {
         return Ok(0);
     };
-    let args = unsafe { *args };
-    let _ = ACTIVE_SYSCALLS.remove(id);
     let ret = syscall_ret(ctx);
     if ret <= 0 {
         return Ok(0); // EOF, EAGAIN, errors: no bytes moved

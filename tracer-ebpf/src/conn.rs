@@ -7,15 +7,15 @@ use aya_ebpf::{
 };
 use tracer_common::{
     ConnEvent, ConnId, ConnState, EventHeader, SockKey, SockTuple, SyscallArgs, CLOSE_NOT_TCP,
-    CLOSE_SYSCALL, COUNTER_CONN_TABLE_FULL, COUNTER_RINGBUF_CONN_LOST, COUNTER_SYSCALL_STASH_FULL,
-    EVENT_CONN_ADDR, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_PROCESS_EXIT, ROLE_CLIENT,
-    ROLE_SERVER, SYS_CONNECT,
+    CLOSE_SYSCALL, COUNTER_CONN_TABLE_FULL, COUNTER_RINGBUF_CONN_LOST, EVENT_CONN_ADDR,
+    EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_PROCESS_EXIT, ROLE_CLIENT, ROLE_SERVER, SYS_CONNECT,
 };
 
 use crate::{
     args::{syscall_arg, syscall_ret},
-    maps::{count, ACTIVE_SYSCALLS, CONN_EVENTS, SOCKETS, SOCK_TUPLES},
+    maps::{count, CONN_EVENTS, SOCKETS, SOCK_TUPLES, WANTS_SOCK},
     select::is_traced,
+    stash,
 };
 
 const AF_INET: u16 = 2;
@@ -63,24 +63,16 @@ pub fn try_enter_connect(ctx: &TracePointContext) -> Result<u32, u32> {
         sk_family: 0,
         sk_protocol: 0,
     };
-    if ACTIVE_SYSCALLS.insert(id, args, 0).is_err() {
-        count(COUNTER_SYSCALL_STASH_FULL);
-    }
+    stash::put(id, args);
     Ok(0)
 }
 
 /// `sys_exit_connect` / `sys_exit_accept*`: a new connection with a known role.
 pub fn try_exit_connect(ctx: &TracePointContext) -> Result<u32, u32> {
     let id = bpf_get_current_pid_tgid();
-    let Some(args) = ACTIVE_SYSCALLS.get_ptr(id) else {
+    let Some(args) = stash::take(id, |syscall| syscall == SYS_CONNECT) else {
         return Ok(0);
     };
-    // SAFETY: value pointer from a successful lookup; copied before removal.
-    let args = unsafe { *args };
-    let _ = ACTIVE_SYSCALLS.remove(id);
-    if args.syscall != SYS_CONNECT {
-        return Ok(0);
-    }
     let ret = syscall_ret(ctx);
     if ret != 0 && ret != EINPROGRESS {
         return Ok(0);
@@ -168,7 +160,7 @@ pub fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
         TCP_SYN_SENT => {
             // In the connecting thread's own context: tie its pending connect to the sock.
             let id = bpf_get_current_pid_tgid();
-            if let Some(args) = ACTIVE_SYSCALLS.get_ptr_mut(id) {
+            if let Some(args) = stash::current(id) {
                 unsafe { (*args).sk = skaddr };
             }
         }
@@ -207,7 +199,15 @@ pub fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
 /// syscall is using, and whether it is TCP at all.
 pub fn try_sock_length(ctx: &TracePointContext) -> Result<u32, u32> {
     let id = bpf_get_current_pid_tgid();
-    let Some(args) = ACTIVE_SYSCALLS.get_ptr_mut(id) else {
+    let Some(wants) = WANTS_SOCK.get_ptr_mut(0) else {
+        return Ok(0);
+    };
+    // SAFETY: per-CPU slot of this CPU.
+    if unsafe { *wants } != id {
+        return Ok(0); // not a syscall of ours, or its connection is fully known
+    }
+    unsafe { *wants = 0 };
+    let Some(args) = stash::current(id) else {
         return Ok(0);
     };
     let sk = unsafe { ctx.read_at::<u64>(sock_length::SK) }.map_err(|_| 0u32)?;

@@ -8,6 +8,7 @@ mod capture;
 mod conn;
 mod maps;
 mod select;
+mod stash;
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{

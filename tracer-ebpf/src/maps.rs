@@ -37,14 +37,20 @@ pub static CONN_CONTROL: HashMap<SockKey, ConnControl> = HashMap::with_max_entri
 #[map]
 pub static SOCK_TUPLES: LruHashMap<u64, SockTuple> = LruHashMap::with_max_entries(65536, 0);
 
-/// Syscall arguments between enter and exit, by `pid_tgid` (one syscall per thread).
+/// Syscall arguments between enter and exit, by `pid_tgid` (see `stash.rs`).
 #[map]
-pub static ACTIVE_SYSCALLS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(16384, 0);
+pub static ACTIVE_SYSCALLS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(32768, 0);
 
 /// One record-building area per CPU. A plain array indexed by CPU, because per-CPU
 /// values are limited to 32 KiB; userspace sizes it to the number of possible CPUs.
 #[map]
 pub static DATA_SCRATCH: Array<DataScratch> = Array::with_max_entries(1, 0);
+
+/// `[0]`: the `pid_tgid` whose current data syscall still needs its `struct sock` (to
+/// learn the 4-tuple and check it is TCP), else 0. Lets the socket tracepoints, which fire
+/// for every socket operation on the host, leave after one per-CPU read.
+#[map]
+pub static WANTS_SOCK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Drop and activity counters (`tracer_common::COUNTER_*`).
 #[map]

@@ -3,5 +3,6 @@
 //! from there, into spans.
 pub mod capture;
 pub mod cli;
+pub mod protocols;
 pub mod reassembly;
 pub mod session;

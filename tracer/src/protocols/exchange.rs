@@ -1,0 +1,86 @@
+//! The protocol-independent record of one request/response (or message) exchange.
+use std::collections::BTreeMap;
+
+use crate::capture::Role;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangeKind {
+    /// The process answered a request (OTel SERVER).
+    Server,
+    /// The process made a request (OTel CLIENT).
+    Client,
+}
+
+impl ExchangeKind {
+    pub fn from_role(role: Role) -> Self {
+        if role == Role::Client {
+            Self::Client
+        } else {
+            Self::Server
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    Str(String),
+    Int(i64),
+}
+
+impl From<&str> for AttrValue {
+    fn from(v: &str) -> Self {
+        Self::Str(v.to_owned())
+    }
+}
+impl From<String> for AttrValue {
+    fn from(v: String) -> Self {
+        Self::Str(v)
+    }
+}
+impl From<i64> for AttrValue {
+    fn from(v: i64) -> Self {
+        Self::Int(v)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExchangeStatus {
+    Ok,
+    Error { error_type: String, message: String },
+}
+
+/// The other end of the connection as seen by this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub local: Option<std::net::SocketAddr>,
+    pub remote: Option<std::net::SocketAddr>,
+}
+
+/// An exchange has begun: enough to give it an identity and find its parent.
+#[derive(Clone, Debug)]
+pub struct ExchangeStart {
+    /// Per-connection sequence number: the n-th request on this connection.
+    pub sequence: u64,
+    pub kind: ExchangeKind,
+    pub start_ktime_ns: u64,
+    pub tid: u32,
+    /// W3C `traceparent` carried by the request, if any.
+    pub traceparent: Option<String>,
+}
+
+/// A finished exchange, ready to become a span.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    pub protocol: &'static str,
+    pub sequence: u64,
+    pub kind: ExchangeKind,
+    pub name: String,
+    pub start_ktime_ns: u64,
+    pub end_ktime_ns: u64,
+    pub tid: u32,
+    pub attributes: Vec<(&'static str, AttrValue)>,
+    pub status: ExchangeStatus,
+    pub traceparent: Option<String>,
+    /// Raw material for business rules (request/response body prefixes, headers…), not exported.
+    pub fields: BTreeMap<String, String>,
+}

@@ -1,0 +1,369 @@
+//! Pairs the requests of one HTTP/1.x connection with their responses (keep-alive and
+//! pipelining: strictly in order) and turns each pair into an `Exchange`.
+use std::collections::{BTreeMap, VecDeque};
+
+use super::{
+    parser::{Event, Framing, Head, Parser, Side},
+    route,
+};
+use crate::{
+    capture::{Direction, Role},
+    protocols::{
+        AttrValue, Exchange, ExchangeEvent, ExchangeKind, ExchangeStart, ExchangeStatus,
+        ProtocolSession, SessionOptions,
+    },
+};
+
+struct PendingRequest {
+    sequence: u64,
+    head: Head,
+    start_ktime_ns: u64,
+    tid: u32,
+    body: Option<(u64, Vec<u8>)>,
+}
+
+pub struct HttpSession {
+    kind: ExchangeKind,
+    request_direction: Direction,
+    requests: Parser,
+    responses: Parser,
+    pending: VecDeque<PendingRequest>,
+    /// The response head being read, until its body completes.
+    response: Option<(Head, u64)>,
+    next_sequence: u64,
+    tunnel: bool,
+}
+
+impl HttpSession {
+    pub fn new(
+        role: Role,
+        first_direction: Direction,
+        options: &SessionOptions,
+        mid_stream: bool,
+    ) -> Self {
+        // Requests travel from client to server: ingress for a server, egress for a client.
+        // With an unknown role, whoever spoke first sent a request.
+        let request_direction = match role {
+            Role::Server => Direction::Ingress,
+            Role::Client => Direction::Egress,
+            Role::Unknown => first_direction,
+        };
+        let kind = if request_direction == Direction::Ingress {
+            ExchangeKind::Server
+        } else {
+            ExchangeKind::Client
+        };
+        Self {
+            kind,
+            request_direction,
+            requests: Parser::new(Side::Requests, options.body_prefix_bytes, mid_stream),
+            responses: Parser::new(Side::Responses, options.body_prefix_bytes, mid_stream),
+            pending: VecDeque::new(),
+            response: None,
+            next_sequence: 0,
+            tunnel: false,
+        }
+    }
+
+    fn drain_requests(&mut self, out: &mut Vec<ExchangeEvent>) {
+        while let Some(event) = self.requests.next() {
+            match event {
+                Event::Head {
+                    head,
+                    ktime_ns,
+                    tid,
+                } => {
+                    let framing = request_framing(&head);
+                    self.requests.set_framing(framing);
+                    let sequence = self.next_sequence;
+                    self.next_sequence += 1;
+                    out.push(ExchangeEvent::Started(ExchangeStart {
+                        sequence,
+                        kind: self.kind,
+                        start_ktime_ns: ktime_ns,
+                        tid,
+                        traceparent: head.header("traceparent").map(str::to_owned),
+                    }));
+                    self.pending.push_back(PendingRequest {
+                        sequence,
+                        head,
+                        start_ktime_ns: ktime_ns,
+                        tid,
+                        body: None,
+                    });
+                }
+                Event::Complete {
+                    body_len,
+                    body_prefix,
+                    ..
+                } => {
+                    if let Some(request) = self.pending.iter_mut().rev().find(|r| r.body.is_none())
+                    {
+                        request.body = Some((body_len, body_prefix));
+                    }
+                }
+                Event::Skipped { .. } => {}
+            }
+        }
+    }
+
+    fn drain_responses(&mut self, out: &mut Vec<ExchangeEvent>) {
+        while let Some(event) = self.responses.next() {
+            match event {
+                Event::Head { head, ktime_ns, .. } => {
+                    let request_method = self.pending.front().map(|r| r.head.method.as_str());
+                    let framing = response_framing(&head, request_method);
+                    self.responses.set_framing(framing);
+                    if framing == Framing::Tunnel {
+                        self.tunnel = true;
+                    }
+                    self.response = Some((head, ktime_ns));
+                }
+                Event::Complete {
+                    body_len,
+                    body_prefix,
+                    ktime_ns,
+                    lossy,
+                } => {
+                    let Some((head, _)) = self.response.take() else {
+                        continue;
+                    };
+                    if (100..200).contains(&head.status) && head.status != 101 {
+                        continue; // interim response: the final one follows
+                    }
+                    // A response with no request in sight (mid-stream start) cannot be paired.
+                    let Some(request) = self.pending.pop_front() else {
+                        continue;
+                    };
+                    out.push(ExchangeEvent::Finished(self.exchange(
+                        request,
+                        Some((head, body_len, body_prefix, lossy)),
+                        ktime_ns,
+                    )));
+                }
+                Event::Skipped { .. } => {}
+            }
+        }
+    }
+
+    fn exchange(
+        &self,
+        request: PendingRequest,
+        response: Option<(Head, u64, Vec<u8>, bool)>,
+        end_ktime_ns: u64,
+    ) -> Exchange {
+        let head = &request.head;
+        let (path, query) = head
+            .target
+            .split_once('?')
+            .unwrap_or((head.target.as_str(), ""));
+        let route = route::template(path);
+        let mut attributes: Vec<(&'static str, AttrValue)> = vec![
+            ("http.request.method", head.method.as_str().into()),
+            ("url.path", path.into()),
+            ("http.route", route.clone().into()),
+            ("network.protocol.name", "http".into()),
+            (
+                "network.protocol.version",
+                format!("1.{}", head.version).into(),
+            ),
+        ];
+        if !query.is_empty() {
+            attributes.push(("url.query", query.into()));
+        }
+        if let Some(agent) = head.header("user-agent") {
+            attributes.push(("user_agent.original", agent.into()));
+        }
+        if let Some(host) = head.header("host") {
+            attributes.push(("http.request.header.host", host.into()));
+        }
+        let mut fields = BTreeMap::new();
+        let (request_body_len, request_prefix) = request.body.unwrap_or_default();
+        attributes.push(("http.request.body.size", (request_body_len as i64).into()));
+        fields.insert(
+            "request.body".to_owned(),
+            String::from_utf8_lossy(&request_prefix).into_owned(),
+        );
+        let status = match &response {
+            Some((response, body_len, prefix, lossy)) => {
+                attributes.push((
+                    "http.response.status_code",
+                    i64::from(response.status).into(),
+                ));
+                attributes.push(("http.response.body.size", (*body_len as i64).into()));
+                fields.insert(
+                    "response.body".to_owned(),
+                    String::from_utf8_lossy(prefix).into_owned(),
+                );
+                if *lossy {
+                    attributes.push(("tracer.capture.incomplete", "true".into()));
+                }
+                status_for(self.kind, response.status)
+            }
+            None => ExchangeStatus::Error {
+                error_type: "no_response".into(),
+                message: "connection closed before a response".into(),
+            },
+        };
+        for (name, value) in &head.headers {
+            fields.insert(format!("request.header.{name}"), value.clone());
+        }
+        Exchange {
+            protocol: "http",
+            sequence: request.sequence,
+            kind: self.kind,
+            name: format!("{} {}", head.method, route),
+            start_ktime_ns: request.start_ktime_ns,
+            end_ktime_ns,
+            tid: request.tid,
+            attributes,
+            status,
+            traceparent: head.header("traceparent").map(str::to_owned),
+            fields,
+        }
+    }
+}
+
+/// Error status per the HTTP semantic conventions: 5xx on the server side, 4xx and 5xx on
+/// the client side.
+fn status_for(kind: ExchangeKind, status: u16) -> ExchangeStatus {
+    let error = match kind {
+        ExchangeKind::Server => status >= 500,
+        ExchangeKind::Client => status >= 400,
+    };
+    if error {
+        ExchangeStatus::Error {
+            error_type: status.to_string(),
+            message: format!("HTTP {status}"),
+        }
+    } else {
+        ExchangeStatus::Ok
+    }
+}
+
+fn request_framing(head: &Head) -> Framing {
+    if head.method == "CONNECT" {
+        return Framing::None;
+    }
+    if head
+        .header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    {
+        return Framing::Chunked;
+    }
+    match head.header("content-length").and_then(|v| v.parse().ok()) {
+        Some(n) => Framing::Length(n),
+        None => Framing::None,
+    }
+}
+
+fn response_framing(head: &Head, request_method: Option<&str>) -> Framing {
+    let status = head.status;
+    if status == 101 || (request_method == Some("CONNECT") && (200..300).contains(&status)) {
+        return Framing::Tunnel;
+    }
+    if request_method == Some("HEAD")
+        || (100..200).contains(&status)
+        || status == 204
+        || status == 304
+    {
+        return Framing::None;
+    }
+    if head
+        .header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    {
+        return Framing::Chunked;
+    }
+    match head.header("content-length").and_then(|v| v.parse().ok()) {
+        Some(n) => Framing::Length(n),
+        None => Framing::UntilClose,
+    }
+}
+
+impl ProtocolSession for HttpSession {
+    fn feed(
+        &mut self,
+        direction: Direction,
+        bytes: &[u8],
+        ktime_ns: u64,
+        tid: u32,
+        out: &mut Vec<ExchangeEvent>,
+    ) {
+        if self.tunnel {
+            return;
+        }
+        if direction == self.request_direction {
+            self.requests.push(bytes, ktime_ns, tid);
+            self.drain_requests(out);
+        } else {
+            self.responses.push(bytes, ktime_ns, tid);
+            self.drain_responses(out);
+        }
+    }
+
+    fn gap(
+        &mut self,
+        direction: Direction,
+        length: u64,
+        ktime_ns: u64,
+        out: &mut Vec<ExchangeEvent>,
+    ) {
+        if direction == self.request_direction {
+            if let Some(Event::Complete {
+                body_len,
+                body_prefix,
+                ..
+            }) = self.requests.gap(length, ktime_ns)
+            {
+                if let Some(request) = self.pending.iter_mut().rev().find(|r| r.body.is_none()) {
+                    request.body = Some((body_len, body_prefix));
+                }
+            }
+            self.drain_requests(out);
+        } else {
+            if let Some(event) = self.responses.gap(length, ktime_ns) {
+                self.finish_response_after_gap(event, out);
+            }
+            self.drain_responses(out);
+        }
+    }
+
+    fn close(&mut self, ktime_ns: u64, out: &mut Vec<ExchangeEvent>) {
+        if let Some(event) = self.responses.eof() {
+            self.finish_response_after_gap(event, out);
+        }
+        // Requests that never got an answer (time-outs, crashed servers) still happened.
+        while let Some(request) = self.pending.pop_front() {
+            out.push(ExchangeEvent::Finished(
+                self.exchange(request, None, ktime_ns),
+            ));
+        }
+    }
+
+    fn bytes_skipped(&self) -> u64 {
+        self.requests.skipped() + self.responses.skipped()
+    }
+}
+
+impl HttpSession {
+    fn finish_response_after_gap(&mut self, event: Event, out: &mut Vec<ExchangeEvent>) {
+        if let Event::Complete {
+            body_len,
+            body_prefix,
+            ktime_ns,
+            lossy,
+        } = event
+        {
+            if let (Some((head, _)), Some(request)) =
+                (self.response.take(), self.pending.pop_front())
+            {
+                out.push(ExchangeEvent::Finished(self.exchange(
+                    request,
+                    Some((head, body_len, body_prefix, lossy)),
+                    ktime_ns,
+                )));
+            }
+        }
+    }
+}

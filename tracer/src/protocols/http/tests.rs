@@ -1,0 +1,297 @@
+//! Captured-bytes tests of the HTTP session: what a server process reads and writes.
+use super::HttpSession;
+use crate::{
+    capture::{Direction, Role},
+    protocols::{
+        AttrValue, Exchange, ExchangeEvent, ExchangeStatus, ProtocolSession, SessionOptions,
+    },
+};
+
+const IN: Direction = Direction::Ingress;
+const OUT: Direction = Direction::Egress;
+
+fn server() -> HttpSession {
+    HttpSession::new(
+        Role::Server,
+        IN,
+        &SessionOptions {
+            body_prefix_bytes: 64,
+        },
+        false,
+    )
+}
+
+fn finished(events: &[ExchangeEvent]) -> Vec<&Exchange> {
+    events
+        .iter()
+        .filter_map(|e| {
+            if let ExchangeEvent::Finished(x) = e {
+                Some(x)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn attr<'a>(x: &'a Exchange, name: &str) -> Option<&'a AttrValue> {
+    x.attributes
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v)
+}
+
+fn status_code(x: &Exchange) -> i64 {
+    match attr(x, "http.response.status_code") {
+        Some(AttrValue::Int(code)) => *code,
+        other => panic!("no status code: {other:?}"),
+    }
+}
+
+#[test]
+fn pipelined_requests_pair_in_order() {
+    let mut s = server();
+    let mut out = Vec::new();
+    s.feed(
+        IN,
+        b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /orders/42 HTTP/1.1\r\nHost: x\r\n\r\n",
+        10,
+        1,
+        &mut out,
+    );
+    s.feed(OUT, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", 20, 1, &mut out);
+    let done = finished(&out);
+    assert_eq!(done.len(), 2);
+    assert_eq!(done[0].name, "GET /a");
+    assert_eq!(status_code(done[0]), 200);
+    assert_eq!(done[1].name, "GET /orders/{id}");
+    assert_eq!(status_code(done[1]), 404);
+    assert_eq!(
+        done[1].status,
+        ExchangeStatus::Ok,
+        "404 is not a server-side error"
+    );
+    assert_eq!((done[0].start_ktime_ns, done[0].end_ktime_ns), (10, 20));
+}
+
+#[test]
+fn chunked_response_split_across_reads_byte_by_byte() {
+    let mut s = server();
+    let mut out = Vec::new();
+    s.feed(
+        IN,
+        b"POST /calculate HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+        1,
+        1,
+        &mut out,
+    );
+    let response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwiki\r\n5\r\npedia\r\n0\r\n\r\n";
+    for (i, byte) in response.iter().enumerate() {
+        s.feed(OUT, &[*byte], 2 + i as u64, 1, &mut out);
+    }
+    let done = finished(&out);
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        attr(done[0], "http.response.body.size"),
+        Some(&AttrValue::Int(9))
+    );
+    assert_eq!(done[0].fields["response.body"], "wikipedia");
+    assert_eq!(done[0].fields["request.body"], "hello");
+}
+
+#[test]
+fn head_204_304_and_interim_responses_have_no_body() {
+    let mut s = server();
+    let mut out = Vec::new();
+    s.feed(IN, b"HEAD /x HTTP/1.1\r\n\r\nDELETE /y HTTP/1.1\r\n\r\nGET /z HTTP/1.1\r\n\r\nPUT /u HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nX", 1, 1, &mut out);
+    s.feed(
+        OUT,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\nHTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 304 Not Modified\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+        2,
+        1,
+        &mut out,
+    );
+    let codes: Vec<i64> = finished(&out).iter().map(|x| status_code(x)).collect();
+    assert_eq!(codes, [200, 204, 304, 201]);
+}
+
+#[test]
+fn server_error_is_an_error_and_garbage_is_skipped() {
+    let mut s = server();
+    let mut out = Vec::new();
+    s.feed(
+        IN,
+        b"\x16\x03\x01garbage bytes\r\nmore junk\r\nGET /ok HTTP/1.1\r\n\r\n",
+        1,
+        1,
+        &mut out,
+    );
+    s.feed(
+        OUT,
+        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
+        2,
+        1,
+        &mut out,
+    );
+    let done = finished(&out);
+    assert_eq!(done.len(), 1);
+    assert!(
+        matches!(&done[0].status, ExchangeStatus::Error { error_type, .. } if error_type == "500")
+    );
+    assert!(s.bytes_skipped() > 0);
+}
+
+#[test]
+fn body_larger_than_capture_is_skipped_through_the_gap() {
+    let mut s = server();
+    let mut out = Vec::new();
+    s.feed(
+        IN,
+        b"POST /upload HTTP/1.1\r\nContent-Length: 5000000\r\n\r\n",
+        1,
+        1,
+        &mut out,
+    );
+    s.feed(IN, &[b'a'; 16384], 2, 1, &mut out);
+    s.gap(IN, 5_000_000 - 16384, 3, &mut out);
+    s.feed(IN, b"GET /next HTTP/1.1\r\n\r\n", 4, 1, &mut out);
+    s.feed(OUT, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 5, 1, &mut out);
+    let done = finished(&out);
+    assert_eq!(done.len(), 2);
+    assert_eq!(
+        attr(done[0], "http.request.body.size"),
+        Some(&AttrValue::Int(5_000_000))
+    );
+    assert_eq!(
+        done[0].fields["request.body"].len(),
+        64,
+        "only the configured prefix is kept"
+    );
+    assert_eq!(done[1].name, "GET /next");
+}
+
+#[test]
+fn gap_inside_a_head_resynchronises_at_the_next_request() {
+    let mut s = server();
+    let mut out = Vec::new();
+    s.feed(IN, b"GET /lost HTTP/1.1\r\nHo", 1, 1, &mut out);
+    s.gap(IN, 100, 2, &mut out);
+    s.feed(
+        IN,
+        b"st: x\r\n\r\nGET /found HTTP/1.1\r\n\r\n",
+        3,
+        1,
+        &mut out,
+    );
+    s.feed(
+        OUT,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        4,
+        1,
+        &mut out,
+    );
+    let done = finished(&out);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].name, "GET /found");
+}
+
+#[test]
+fn mid_stream_session_starts_at_the_first_request_line() {
+    let mut s = HttpSession::new(Role::Server, IN, &SessionOptions::default(), true);
+    let mut out = Vec::new();
+    s.feed(
+        IN,
+        b"dy of a previous request\r\nGET /fresh HTTP/1.1\r\n\r\n",
+        1,
+        1,
+        &mut out,
+    );
+    s.feed(
+        OUT,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        2,
+        1,
+        &mut out,
+    );
+    assert_eq!(finished(&out)[0].name, "GET /fresh");
+}
+
+#[test]
+fn unanswered_request_is_reported_at_close() {
+    let mut s = server();
+    let mut out = Vec::new();
+    s.feed(
+        IN,
+        b"POST /calculate HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        1,
+        1,
+        &mut out,
+    );
+    s.close(9, &mut out);
+    let done = finished(&out);
+    assert!(
+        matches!(&done[0].status, ExchangeStatus::Error { error_type, .. } if error_type == "no_response")
+    );
+    assert_eq!(done[0].end_ktime_ns, 9);
+}
+
+#[test]
+fn response_until_close_ends_at_close() {
+    let mut s = server();
+    let mut out = Vec::new();
+    s.feed(IN, b"GET / HTTP/1.0\r\n\r\n", 1, 1, &mut out);
+    s.feed(OUT, b"HTTP/1.0 200 OK\r\n\r\nstreamed body", 2, 1, &mut out);
+    assert!(finished(&out).is_empty());
+    s.close(3, &mut out);
+    let done = finished(&out);
+    assert_eq!(
+        attr(done[0], "http.response.body.size"),
+        Some(&AttrValue::Int(13))
+    );
+}
+
+#[test]
+fn traceparent_is_carried_to_the_start_event() {
+    let mut s = server();
+    let mut out = Vec::new();
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    s.feed(
+        IN,
+        format!("GET / HTTP/1.1\r\ntraceparent: {tp}\r\n\r\n").as_bytes(),
+        1,
+        7,
+        &mut out,
+    );
+    let ExchangeEvent::Started(start) = &out[0] else {
+        panic!("no start event")
+    };
+    assert_eq!(start.traceparent.as_deref(), Some(tp));
+    assert_eq!(start.tid, 7);
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    let mut seed = 0x2545F4914F6CDD1Du64;
+    for round in 0..200 {
+        let mut s = server();
+        let mut out = Vec::new();
+        let mut data = Vec::new();
+        for _ in 0..(round * 7 % 400) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            data.push(if seed % 5 == 0 {
+                b"\r\nGET / HTTP/1.1\r\n"[(seed % 18) as usize]
+            } else {
+                seed as u8
+            });
+        }
+        for chunk in data.chunks(1 + round % 13) {
+            s.feed(if seed % 2 == 0 { IN } else { OUT }, chunk, 1, 1, &mut out);
+            if seed % 11 == 0 {
+                s.gap(IN, seed % 1000, 1, &mut out);
+            }
+        }
+        s.close(2, &mut out);
+    }
+}

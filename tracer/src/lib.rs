@@ -3,6 +3,7 @@
 //! from there, into spans.
 pub mod capture;
 pub mod cli;
+pub mod correlate;
 pub mod protocols;
 pub mod reassembly;
 pub mod session;

@@ -19,6 +19,26 @@ pub struct Connection {
     proc_lookup_done: bool,
 }
 
+impl Connection {
+    /// A connection built by hand, for tests of later stages.
+    pub fn for_tests(
+        id: ConnId,
+        role: Role,
+        local: Option<SocketAddr>,
+        remote: Option<SocketAddr>,
+        process: Arc<ProcessInfo>,
+    ) -> Self {
+        Self {
+            id,
+            role,
+            local,
+            remote,
+            process,
+            proc_lookup_done: true,
+        }
+    }
+}
+
 /// The connection and process tables, fed by kernel events.
 #[derive(Default)]
 pub struct Connections {

@@ -1,0 +1,9 @@
+//! Turns exchanges into spans with trace and parent ids (see `correlator.rs` for the rules).
+mod correlator;
+mod traceparent;
+
+pub use correlator::{Correlator, CorrelatorStats, ResolvedSpan};
+pub use traceparent::TraceParent;
+
+#[cfg(test)]
+mod tests;

@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Show what the kernel side captures: connections and their bytes, per process.
     Capture(cli::capture::CaptureArgs),
+    /// Run the agent: HTTP conversations of every process as OpenTelemetry spans (OTLP).
+    Run(cli::run::RunArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,5 +31,6 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Capture(args) => cli::capture::run(args),
+        Command::Run(args) => cli::run::run(args),
     }
 }

@@ -15,6 +15,8 @@ pub struct Connection {
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
     pub process: Arc<ProcessInfo>,
+    /// Found in `/proc` at start-up: its streams may begin mid-message.
+    pub seeded: bool,
     /// True once we asked `/proc` for missing addresses, so we ask at most once.
     proc_lookup_done: bool,
 }
@@ -34,6 +36,7 @@ impl Connection {
             local,
             remote,
             process,
+            seeded: false,
             proc_lookup_done: true,
         }
     }
@@ -109,6 +112,7 @@ impl Connections {
         entry.local = Some(existing.local);
         entry.remote = Some(existing.remote);
         entry.proc_lookup_done = true;
+        entry.seeded = true;
         entry.clone()
     }
 
@@ -165,6 +169,7 @@ impl Connections {
                     local: None,
                     remote: None,
                     process,
+                    seeded: false,
                     proc_lookup_done: false,
                 },
             );

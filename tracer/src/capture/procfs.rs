@@ -218,6 +218,19 @@ pub fn resolve_socket(pid: u32, fd: u32) -> Option<ExistingConnection> {
     })
 }
 
+/// TCP ports the process listens on.
+pub fn listening_ports(pid: u32) -> HashSet<u16> {
+    let inodes: HashSet<u64> = socket_fds(pid)
+        .into_iter()
+        .map(|(_, inode)| inode)
+        .collect();
+    tcp_table_of(pid)
+        .into_iter()
+        .filter(|e| e.state == TCP_LISTEN && inodes.contains(&e.inode))
+        .map(|e| e.local.port())
+        .collect()
+}
+
 pub fn all_pids() -> Vec<u32> {
     fs::read_dir("/proc")
         .map(|dir| {

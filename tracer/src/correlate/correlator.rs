@@ -5,8 +5,8 @@
 //!    matches a CLIENT connection we follow): child of that CLIENT span.
 //! 2. SERVER span with a W3C `traceparent`: continues that trace (remote parent).
 //! 3. CLIENT span made while a SERVER span of the same process is open on the same thread:
-//!    child of that SERVER span. A CLIENT request that itself carries a `traceparent`
-//!    keeps that trace.
+//!    child of that SERVER span; else, if the request carries a `traceparent` (the process
+//!    propagates context itself), a child of that remote context.
 //! 4. Otherwise a new trace.
 //!
 //! A span's identity is fixed when its request is first seen; parents are resolved a short
@@ -266,10 +266,14 @@ impl Correlator {
                         Parent::Remote(tp)
                     })
                 }),
-            ExchangeKind::Client => self.open_server_on_thread(node).map(|p| {
-                self.stats.parents_in_process += 1;
-                Parent::Local(p)
-            }),
+            ExchangeKind::Client => self
+                .open_server_on_thread(node)
+                .map(|p| {
+                    self.stats.parents_in_process += 1;
+                    Parent::Local(p)
+                })
+                // A request that carries its own traceparent names its caller's context.
+                .or_else(|| node.traceparent.map(Parent::Remote)),
         }
         .unwrap_or(Parent::Root);
         if let Some(node) = self.nodes.get_mut(&id) {

@@ -21,12 +21,15 @@ pub enum Inference {
 pub struct SessionOptions {
     /// Body bytes kept per message for business rules (order ids, …).
     pub body_prefix_bytes: usize,
+    /// Configured route templates (`/orders/{order_id}`), tried before automatic templating.
+    pub route_templates: Vec<String>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
         Self {
             body_prefix_bytes: 4096,
+            route_templates: Vec::new(),
         }
     }
 }

@@ -32,6 +32,7 @@ pub struct HttpSession {
     response: Option<(Head, u64)>,
     next_sequence: u64,
     tunnel: bool,
+    route_templates: Vec<String>,
 }
 
 impl HttpSession {
@@ -62,6 +63,7 @@ impl HttpSession {
             response: None,
             next_sequence: 0,
             tunnel: false,
+            route_templates: options.route_templates.clone(),
         }
     }
 
@@ -157,7 +159,10 @@ impl HttpSession {
             .target
             .split_once('?')
             .unwrap_or((head.target.as_str(), ""));
-        let route = route::template(path);
+        let route = match route::match_template(path, &self.route_templates) {
+            Some(configured) => configured.to_owned(),
+            None => route::template(path),
+        };
         let mut attributes: Vec<(&'static str, AttrValue)> = vec![
             ("http.request.method", head.method.as_str().into()),
             ("url.path", path.into()),

@@ -16,6 +16,7 @@ fn server() -> HttpSession {
         IN,
         &SessionOptions {
             body_prefix_bytes: 64,
+            ..SessionOptions::default()
         },
         false,
     )

@@ -1,0 +1,257 @@
+//! Per-connection protocol sessions, and the hand-over of their exchanges to the
+//! correlator and of resolved spans to the export queues.
+use std::collections::{BTreeMap, HashMap};
+
+use tracer_common::ConnId;
+
+use crate::{
+    capture::{ConnChange, Connection, Direction, KernelClock},
+    correlate::{Correlator, CorrelatorStats},
+    export::{to_span_data, ExportQueues, Services},
+    protocols::{self, ExchangeEvent, ProtocolSession, SessionOptions},
+    reassembly::StreamEvent,
+    session::SessionEvent,
+};
+
+/// Bytes looked at to decide a connection's protocol.
+const MAX_SNIFF: usize = 256;
+
+enum ConnProtocol {
+    Sniffing {
+        first: Direction,
+        bytes: Vec<u8>,
+        mid_stream: bool,
+    },
+    Parsing {
+        protocol: &'static str,
+        session: Box<dyn ProtocolSession>,
+    },
+    /// No protocol we parse: the kernel was told to stop copying its payload.
+    Ignored,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PipelineStats {
+    pub connections_by_protocol: BTreeMap<&'static str, u64>,
+    pub connections_unrecognised: u64,
+    pub exchanges: BTreeMap<&'static str, u64>,
+    /// Bytes skipped as unparseable, by protocol (closed connections only).
+    pub parse_skipped_bytes: BTreeMap<&'static str, u64>,
+    pub correlator: CorrelatorStats,
+}
+
+pub struct Pipeline {
+    conns: HashMap<ConnId, ConnProtocol>,
+    correlator: Correlator,
+    services: Services,
+    queues: ExportQueues,
+    options: SessionOptions,
+    stats: PipelineStats,
+    exchanges: Vec<ExchangeEvent>,
+}
+
+/// What the pipeline asks of the capture side.
+pub enum Request {
+    IgnorePayload(ConnId),
+}
+
+impl Pipeline {
+    pub fn new(
+        correlator: Correlator,
+        services: Services,
+        queues: ExportQueues,
+        options: SessionOptions,
+    ) -> Self {
+        Self {
+            conns: HashMap::new(),
+            correlator,
+            services,
+            queues,
+            options,
+            stats: PipelineStats::default(),
+            exchanges: Vec::new(),
+        }
+    }
+
+    pub fn stats(&self) -> PipelineStats {
+        PipelineStats {
+            correlator: self.correlator.stats(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Handles one capture event; `now_ns` is kernel time.
+    pub fn handle(&mut self, event: SessionEvent, now_ns: u64, requests: &mut Vec<Request>) {
+        match event {
+            SessionEvent::Conn {
+                conn,
+                change: ConnChange::Close { .. },
+                ktime_ns,
+                ..
+            } => {
+                if let Some(ConnProtocol::Parsing {
+                    protocol,
+                    mut session,
+                }) = self.conns.remove(&conn.id)
+                {
+                    session.close(ktime_ns, &mut self.exchanges);
+                    *self.stats.parse_skipped_bytes.entry(protocol).or_default() +=
+                        session.bytes_skipped();
+                    self.hand_over(&conn, protocol, now_ns);
+                }
+            }
+            SessionEvent::Conn { .. } => {}
+            SessionEvent::Stream {
+                conn,
+                event:
+                    StreamEvent::Data {
+                        direction,
+                        bytes,
+                        ktime_ns,
+                        tid,
+                        ..
+                    },
+            } => {
+                self.data(&conn, direction, &bytes, ktime_ns, tid, now_ns, requests);
+            }
+            SessionEvent::Stream {
+                conn,
+                event:
+                    StreamEvent::Gap {
+                        direction,
+                        length,
+                        ktime_ns,
+                        ..
+                    },
+            } => match self.conns.get_mut(&conn.id) {
+                Some(ConnProtocol::Parsing { protocol, session }) => {
+                    let protocol = *protocol;
+                    session.gap(direction, length, ktime_ns, &mut self.exchanges);
+                    self.hand_over(&conn, protocol, now_ns);
+                }
+                Some(ConnProtocol::Sniffing {
+                    bytes, mid_stream, ..
+                }) => {
+                    bytes.clear();
+                    *mid_stream = true;
+                }
+                Some(ConnProtocol::Ignored) => {}
+                None => {
+                    let sniff = ConnProtocol::Sniffing {
+                        first: direction,
+                        bytes: Vec::new(),
+                        mid_stream: true,
+                    };
+                    self.conns.insert(conn.id, sniff);
+                }
+            },
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn data(
+        &mut self,
+        conn: &Connection,
+        direction: Direction,
+        bytes: &[u8],
+        ktime_ns: u64,
+        tid: u32,
+        now_ns: u64,
+        requests: &mut Vec<Request>,
+    ) {
+        let state = self
+            .conns
+            .entry(conn.id)
+            .or_insert_with(|| ConnProtocol::Sniffing {
+                first: direction,
+                bytes: Vec::new(),
+                mid_stream: conn.seeded,
+            });
+        if let ConnProtocol::Sniffing {
+            first,
+            bytes: sniffed,
+            mid_stream,
+        } = state
+        {
+            if *first != direction {
+                // The other side spoke before we could tell: start over from here.
+                *first = direction;
+                sniffed.clear();
+                *mid_stream = true;
+            }
+            sniffed.extend_from_slice(&bytes[..bytes.len().min(MAX_SNIFF)]);
+            match protocols::infer(sniffed, direction, *mid_stream) {
+                Ok(protocol) => {
+                    let mut session =
+                        protocol.session(conn.role, direction, *mid_stream, &self.options);
+                    session.feed(direction, sniffed, ktime_ns, tid, &mut self.exchanges);
+                    if bytes.len() > MAX_SNIFF {
+                        session.feed(
+                            direction,
+                            &bytes[MAX_SNIFF..],
+                            ktime_ns,
+                            tid,
+                            &mut self.exchanges,
+                        );
+                    }
+                    *self
+                        .stats
+                        .connections_by_protocol
+                        .entry(protocol.name())
+                        .or_default() += 1;
+                    *state = ConnProtocol::Parsing {
+                        protocol: protocol.name(),
+                        session,
+                    };
+                    self.hand_over(conn, protocol.name(), now_ns);
+                }
+                Err(true) if sniffed.len() < MAX_SNIFF => {}
+                Err(_) => {
+                    self.stats.connections_unrecognised += 1;
+                    *state = ConnProtocol::Ignored;
+                    requests.push(Request::IgnorePayload(conn.id));
+                }
+            }
+            return;
+        }
+        if let ConnProtocol::Parsing { protocol, session } = state {
+            let protocol = *protocol;
+            session.feed(direction, bytes, ktime_ns, tid, &mut self.exchanges);
+            self.hand_over(conn, protocol, now_ns);
+        }
+    }
+
+    fn hand_over(&mut self, conn: &Connection, protocol: &'static str, now_ns: u64) {
+        for event in self.exchanges.drain(..) {
+            match event {
+                ExchangeEvent::Started(start) => self.correlator.started(conn, &start),
+                ExchangeEvent::Finished(exchange) => {
+                    *self.stats.exchanges.entry(protocol).or_default() += 1;
+                    self.correlator.finished(conn, exchange, now_ns);
+                }
+            }
+        }
+    }
+
+    /// Sends spans whose parents are settled to the export queues.
+    pub fn tick(&mut self, now_ns: u64, clock: &KernelClock) {
+        let mut resolved = Vec::new();
+        self.correlator.poll(now_ns, &mut resolved);
+        self.export(resolved, clock);
+    }
+
+    /// At shutdown: finish open connections' sessions and export everything settling.
+    pub fn finish(&mut self, now_ns: u64, clock: &KernelClock) {
+        let mut resolved = Vec::new();
+        self.correlator.flush(&mut resolved);
+        self.export(resolved, clock);
+        let _ = now_ns;
+    }
+
+    fn export(&mut self, spans: Vec<crate::correlate::ResolvedSpan>, clock: &KernelClock) {
+        for span in spans {
+            let resource = self.services.resource(&span.connection.process);
+            self.queues.send((resource, to_span_data(span, clock)));
+        }
+    }
+}

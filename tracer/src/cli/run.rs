@@ -1,0 +1,168 @@
+//! `tracer run`: the agent. Captures, parses, correlates and exports spans until stopped.
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use clap::Args;
+use tokio::sync::mpsc;
+
+use super::StopSignal;
+use crate::{
+    agent::{Pipeline, Request},
+    capture::{monotonic_now, CaptureOptions, Selection},
+    config::Config,
+    correlate::Correlator,
+    export::{self, ExportQueues, ExportStats, ExportTarget, Services},
+    protocols::SessionOptions,
+    reassembly::Limits,
+    session::CaptureSession,
+};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Configuration file (TOML); see deploy/tracer.example.toml.
+    #[arg(long, env = "TRACER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where spans go (repeatable): otlp, otlp-grpc[=URL], otlp-http[=URL], file:PATH.
+    /// `otlp` follows OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_PROTOCOL, default
+    /// gRPC to http://localhost:4317.
+    #[arg(long = "export", default_value = "otlp")]
+    exports: Vec<ExportTarget>,
+    /// Only these processes (repeatable). Default: every process but tracer itself.
+    #[arg(long = "pid")]
+    pids: Vec<u32>,
+    /// Kernel ring-buffer size in bytes (power of two).
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    ring_buffer_bytes: u32,
+    /// How often the ring buffer is read, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    poll_ms: u64,
+    /// How long a finished span waits for its parent to be seen, in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    settle_ms: u64,
+    /// Export queue length per target, in spans.
+    #[arg(long, default_value_t = 10_000)]
+    queue_spans: usize,
+    /// Log agent statistics this often, in seconds (0: only at exit).
+    #[arg(long, default_value_t = 60)]
+    stats_every: u64,
+    /// Stop after this many seconds (default: until Ctrl-C / SIGTERM).
+    #[arg(long)]
+    duration: Option<f64>,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let stop = StopSignal::install(args.duration.map(Duration::from_secs_f64))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let stats = Arc::new(ExportStats::default());
+    let mut senders = Vec::new();
+    let mut exporters = Vec::new();
+    for target in &args.exports {
+        let (tx, rx) = mpsc::channel(args.queue_spans);
+        senders.push(tx);
+        let stats = stats.clone();
+        match target.clone() {
+            ExportTarget::Otlp { protocol, endpoint } => {
+                let (protocol, endpoint, shown) = export::resolve_otlp(protocol, endpoint);
+                eprintln!("tracer: exporting spans over {shown}");
+                exporters
+                    .push(runtime.spawn(export::run_otlp_export(protocol, endpoint, rx, stats)));
+            }
+            ExportTarget::File(path) => {
+                eprintln!(
+                    "tracer: writing spans as OTLP/JSON lines to {}",
+                    path.display()
+                );
+                exporters.push(runtime.spawn(export::run_file_export(path, rx, stats)));
+            }
+        }
+    }
+    let queues = ExportQueues::new(senders, stats.clone());
+    let options = CaptureOptions {
+        ring_buffer_bytes: args.ring_buffer_bytes,
+        selection: if args.pids.is_empty() {
+            Selection::All
+        } else {
+            Selection::Pids(args.pids.clone())
+        },
+    };
+    let mut events = Vec::new();
+    let mut session = CaptureSession::start(&options, Limits::default(), &mut events)?;
+    let session_options = SessionOptions {
+        body_prefix_bytes: config.http.body_prefix_bytes,
+        route_templates: config.http.routes.clone(),
+    };
+    let mut pipeline = Pipeline::new(
+        Correlator::new(args.settle_ms * 1_000_000),
+        Services::new(config.services.clone()),
+        queues,
+        session_options,
+    );
+    eprintln!(
+        "tracer: agent started (pid {}); view spans in Jaeger (UI http://localhost:16686, OTLP on 4317/4318), search by service name",
+        std::process::id()
+    );
+    let mut requests = Vec::new();
+    let mut last_stats = std::time::Instant::now();
+    loop {
+        let now = monotonic_now();
+        for event in events.drain(..) {
+            pipeline.handle(event, now, &mut requests);
+        }
+        for request in requests.drain(..) {
+            match request {
+                Request::IgnorePayload(conn) => session.ignore_payload(conn),
+            }
+        }
+        pipeline.tick(now, &session.clock);
+        if stop.stopped() {
+            break;
+        }
+        if args.stats_every > 0 && last_stats.elapsed() >= Duration::from_secs(args.stats_every) {
+            last_stats = std::time::Instant::now();
+            log_stats(&session, &pipeline, &stats);
+        }
+        if session.poll(&mut events) == 0 && events.is_empty() {
+            std::thread::sleep(Duration::from_millis(args.poll_ms));
+        }
+    }
+    session.poll(&mut events);
+    let now = monotonic_now();
+    for event in events.drain(..) {
+        pipeline.handle(event, now, &mut requests);
+    }
+    pipeline.finish(now, &session.clock);
+    log_stats(&session, &pipeline, &stats);
+    drop(pipeline); // closes the export queues
+    runtime.block_on(async {
+        for exporter in exporters {
+            match tokio::time::timeout(Duration::from_secs(15), exporter).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => tracing::error!(%error, "exporter failed"),
+                Ok(Err(error)) => tracing::error!(%error, "exporter task failed"),
+                Err(_) => {
+                    tracing::warn!("exporter did not finish within 15 s; remaining spans dropped")
+                }
+            }
+        }
+    });
+    eprintln!(
+        "tracer: stats {}",
+        serde_json::json!({ "export": stats.snapshot() })
+    );
+    Ok(())
+}
+
+fn log_stats(session: &CaptureSession, pipeline: &Pipeline, export: &ExportStats) {
+    let all = serde_json::json!({
+        "capture": session.stats(),
+        "pipeline": pipeline.stats(),
+        "export": export.snapshot(),
+    });
+    tracing::info!(target: "tracer::stats", "{all}");
+}

@@ -1,0 +1,62 @@
+//! `--export file:PATH`: one OTLP/JSON `ExportTraceServiceRequest` per line, the format of
+//! the OpenTelemetry Collector's file exporter.
+use std::{
+    io::Write,
+    path::PathBuf,
+    sync::{atomic::Ordering, Arc},
+};
+
+use opentelemetry_proto::{
+    tonic::collector::trace::v1::ExportTraceServiceRequest,
+    transform::{
+        common::tonic::ResourceAttributesWithSchema,
+        trace::tonic::group_spans_by_resource_and_scope,
+    },
+};
+use tokio::sync::mpsc;
+
+use super::{ExportItem, ExportStats};
+
+pub async fn run_file_export(
+    path: PathBuf,
+    mut rx: mpsc::Receiver<ExportItem>,
+    stats: Arc<ExportStats>,
+) -> anyhow::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("cannot open export file {}: {e}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 512).await > 0 {
+        let request = ExportTraceServiceRequest {
+            resource_spans: super::group_by_resource(&batch)
+                .into_iter()
+                .flat_map(|(resource, spans)| {
+                    group_spans_by_resource_and_scope(
+                        spans,
+                        &ResourceAttributesWithSchema::from(&*resource),
+                    )
+                })
+                .collect(),
+        };
+        let written = serde_json::to_writer(&mut out, &request)
+            .map_err(std::io::Error::from)
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush());
+        match written {
+            Ok(()) => stats
+                .spans_exported
+                .fetch_add(batch.len() as u64, Ordering::Relaxed),
+            Err(error) => {
+                tracing::warn!(%error, path = %path.display(), "writing spans failed");
+                stats
+                    .spans_dropped_export_failed
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed)
+            }
+        };
+        batch.clear();
+    }
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Spans out of the agent: OTLP (gRPC or HTTP/protobuf) and OTLP/JSON files, behind
+//! bounded queues with retry and counted drops.
+mod file;
+mod otlp;
+mod service;
+mod span;
+
+use std::{
+    path::PathBuf,
+    str::FromStr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+pub use file::run_file_export;
+use opentelemetry_sdk::{trace::SpanData, Resource};
+pub use otlp::{resolve as resolve_otlp, run_otlp_export, OtlpProtocol};
+pub use service::Services;
+pub use span::to_span_data;
+use tokio::sync::mpsc;
+
+/// A span and the resource (service) it belongs to.
+pub type ExportItem = (Arc<Resource>, SpanData);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExportTarget {
+    /// OTLP; protocol and endpoint from flags, else `OTEL_EXPORTER_OTLP_*`, else gRPC on
+    /// `http://localhost:4317`.
+    Otlp {
+        protocol: Option<OtlpProtocol>,
+        endpoint: Option<String>,
+    },
+    /// OTLP/JSON lines, as the OpenTelemetry Collector's file exporter writes them.
+    File(PathBuf),
+}
+
+impl FromStr for ExportTarget {
+    type Err = String;
+
+    /// `otlp`, `otlp-grpc[=URL]`, `otlp-http[=URL]` or `file:PATH`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, endpoint) = match s.split_once('=') {
+            Some((kind, url)) => (kind, Some(url.to_owned())),
+            None => (s, None),
+        };
+        match kind {
+            "otlp" => Ok(Self::Otlp { protocol: None, endpoint }),
+            "otlp-grpc" => Ok(Self::Otlp { protocol: Some(OtlpProtocol::Grpc), endpoint }),
+            "otlp-http" => Ok(Self::Otlp { protocol: Some(OtlpProtocol::HttpProtobuf), endpoint }),
+            _ => match s.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+                _ => Err(format!("unknown export target {s:?}: use otlp, otlp-grpc[=URL], otlp-http[=URL] or file:PATH")),
+            },
+        }
+    }
+}
+
+/// Counters every exporter shares, for logs and `/metrics`.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    pub spans_exported: AtomicU64,
+    pub spans_dropped_queue_full: AtomicU64,
+    pub spans_dropped_export_failed: AtomicU64,
+    pub export_errors: AtomicU64,
+}
+
+impl ExportStats {
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "spans_exported": self.spans_exported.load(Ordering::Relaxed),
+            "spans_dropped": {
+                "queue_full": self.spans_dropped_queue_full.load(Ordering::Relaxed),
+                "export_failed": self.spans_dropped_export_failed.load(Ordering::Relaxed),
+            },
+            "export_errors": self.export_errors.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// The pipeline's handle on all export targets. Sending never blocks: a full queue drops
+/// the span and counts it, so the capture path is never slowed by a slow receiver.
+#[derive(Clone)]
+pub struct ExportQueues {
+    senders: Vec<mpsc::Sender<ExportItem>>,
+    pub stats: Arc<ExportStats>,
+}
+
+impl ExportQueues {
+    pub fn new(senders: Vec<mpsc::Sender<ExportItem>>, stats: Arc<ExportStats>) -> Self {
+        Self { senders, stats }
+    }
+
+    pub fn send(&self, item: ExportItem) {
+        for sender in &self.senders {
+            if sender.try_send(item.clone()).is_err() {
+                self.stats
+                    .spans_dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_targets_parse() {
+        assert_eq!(
+            "otlp".parse(),
+            Ok(ExportTarget::Otlp {
+                protocol: None,
+                endpoint: None
+            })
+        );
+        assert_eq!(
+            "otlp-http=http://c:4318".parse(),
+            Ok(ExportTarget::Otlp {
+                protocol: Some(OtlpProtocol::HttpProtobuf),
+                endpoint: Some("http://c:4318".into())
+            })
+        );
+        assert_eq!(
+            "file:/tmp/x.jsonl".parse(),
+            Ok(ExportTarget::File("/tmp/x.jsonl".into()))
+        );
+        assert!("kafka".parse::<ExportTarget>().is_err());
+        assert!("file:".parse::<ExportTarget>().is_err());
+    }
+}
+
+/// Splits a batch by resource, keeping order within each resource.
+fn group_by_resource(batch: &[ExportItem]) -> Vec<(Arc<Resource>, Vec<SpanData>)> {
+    let mut groups: Vec<(Arc<Resource>, Vec<SpanData>)> = Vec::new();
+    for (resource, span) in batch {
+        match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(r, resource)) {
+            Some((_, spans)) => spans.push(span.clone()),
+            None => groups.push((resource.clone(), vec![span.clone()])),
+        }
+    }
+    groups
+}

@@ -1,0 +1,149 @@
+//! Service identity: `service.name` from config rules (executable, command line, port),
+//! else the executable's name; plus process and host resource attributes.
+use std::{collections::HashMap, sync::Arc};
+
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::Resource;
+
+use crate::{
+    capture::procfs::{self, ProcessInfo},
+    config::ServiceRule,
+};
+
+pub struct Services {
+    rules: Vec<ServiceRule>,
+    host_name: String,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, added to every service.
+    extra: Vec<KeyValue>,
+    by_pid: HashMap<u32, Arc<Resource>>,
+}
+
+impl Services {
+    pub fn new(rules: Vec<ServiceRule>) -> Self {
+        let extra = std::env::var("OTEL_RESOURCE_ATTRIBUTES")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| KeyValue::new(k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        Self {
+            rules,
+            host_name,
+            extra,
+            by_pid: HashMap::new(),
+        }
+    }
+
+    /// The resource for a process (computed once per process).
+    pub fn resource(&mut self, process: &ProcessInfo) -> Arc<Resource> {
+        if let Some(resource) = self.by_pid.get(&process.pid) {
+            return resource.clone();
+        }
+        let name = self.service_name(process);
+        let mut attributes = vec![
+            KeyValue::new("service.name", name),
+            KeyValue::new("process.pid", i64::from(process.pid)),
+            KeyValue::new("host.name", self.host_name.clone()),
+            KeyValue::new("telemetry.sdk.name", "tracer"),
+            KeyValue::new("telemetry.sdk.language", "rust"),
+            KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+        ];
+        if let Some(exe) = executable_name(process) {
+            attributes.push(KeyValue::new("process.executable.name", exe.to_owned()));
+        }
+        if !process.exe.is_empty() {
+            attributes.push(KeyValue::new(
+                "process.executable.path",
+                process.exe.clone(),
+            ));
+        }
+        if let Some(command) = process.cmdline.first() {
+            // Only argv[0]: arguments can hold secrets.
+            attributes.push(KeyValue::new("process.command", command.clone()));
+        }
+        attributes.extend(self.extra.iter().cloned());
+        let resource = Arc::new(
+            Resource::builder_empty()
+                .with_attributes(attributes)
+                .build(),
+        );
+        self.by_pid.insert(process.pid, resource.clone());
+        resource
+    }
+
+    pub fn forget(&mut self, pid: u32) {
+        self.by_pid.remove(&pid);
+    }
+
+    fn service_name(&self, process: &ProcessInfo) -> String {
+        let mut listening = None;
+        for rule in &self.rules {
+            let exe_ok = rule.exe.as_deref().is_none_or(|exe| {
+                process.exe == exe || executable_name(process) == Some(exe) || process.comm == exe
+            });
+            let cmdline_ok = rule
+                .cmdline_contains
+                .as_deref()
+                .is_none_or(|needle| process.cmdline.join(" ").contains(needle));
+            let port_ok = rule.port.is_none_or(|port| {
+                listening
+                    .get_or_insert_with(|| procfs::listening_ports(process.pid))
+                    .contains(&port)
+            });
+            if exe_ok && cmdline_ok && port_ok {
+                return rule.name.clone();
+            }
+        }
+        executable_name(process)
+            .unwrap_or(process.comm.as_str())
+            .to_owned()
+    }
+}
+
+fn executable_name(process: &ProcessInfo) -> Option<&str> {
+    let name = process.exe.rsplit('/').next().filter(|n| !n.is_empty())?;
+    // A deleted executable shows as "name (deleted)".
+    Some(name.strip_suffix(" (deleted)").unwrap_or(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(exe: &str, cmdline: &[&str]) -> ProcessInfo {
+        ProcessInfo {
+            pid: 4242,
+            comm: "python3".into(),
+            exe: exe.into(),
+            cmdline: cmdline.iter().map(|s| s.to_string()).collect(),
+            cgroup: String::new(),
+        }
+    }
+
+    fn service_name(resource: &Resource) -> String {
+        resource
+            .get(&opentelemetry::Key::new("service.name"))
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn rules_by_cmdline_then_executable_name_fallback() {
+        let rules = vec![ServiceRule {
+            name: "shop-api".into(),
+            exe: Some("python3.11".into()),
+            cmdline_contains: Some("shop_api.py".into()),
+            port: None,
+        }];
+        let mut services = Services::new(rules);
+        let shop = process("/usr/bin/python3.11", &["python3", "shop_api.py"]);
+        assert_eq!(service_name(&services.resource(&shop)), "shop-api");
+        let mut other = process("/usr/bin/python3.11", &["python3", "crm.py"]);
+        other.pid = 7;
+        assert_eq!(service_name(&services.resource(&other)), "python3.11");
+    }
+}

@@ -1,0 +1,96 @@
+//! `ResolvedSpan` → `opentelemetry_sdk::trace::SpanData`, with network attributes from
+//! the connection.
+use std::borrow::Cow;
+
+use opentelemetry::{
+    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState},
+    InstrumentationScope, KeyValue,
+};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+
+use crate::{
+    capture::KernelClock,
+    correlate::ResolvedSpan,
+    protocols::{AttrValue, ExchangeKind, ExchangeStatus},
+};
+
+pub fn to_span_data(span: ResolvedSpan, clock: &KernelClock) -> SpanData {
+    let ResolvedSpan {
+        trace_id,
+        span_id,
+        parent_span_id,
+        parent_is_remote,
+        exchange,
+        connection,
+    } = span;
+    let mut attributes: Vec<KeyValue> = exchange
+        .attributes
+        .into_iter()
+        .map(|(key, value)| match value {
+            AttrValue::Str(s) => KeyValue::new(key, s),
+            AttrValue::Int(i) => KeyValue::new(key, i),
+        })
+        .collect();
+    if let Some(remote) = connection.remote {
+        attributes.push(KeyValue::new(
+            "network.peer.address",
+            remote.ip().to_string(),
+        ));
+        attributes.push(KeyValue::new("network.peer.port", i64::from(remote.port())));
+    }
+    if let Some(local) = connection.local {
+        attributes.push(KeyValue::new(
+            "network.local.address",
+            local.ip().to_string(),
+        ));
+        attributes.push(KeyValue::new("network.local.port", i64::from(local.port())));
+    }
+    attributes.push(KeyValue::new("network.transport", "tcp"));
+    let (kind, server) = match exchange.kind {
+        ExchangeKind::Server => {
+            if let Some(remote) = connection.remote {
+                attributes.push(KeyValue::new("client.address", remote.ip().to_string()));
+                attributes.push(KeyValue::new("client.port", i64::from(remote.port())));
+            }
+            (SpanKind::Server, connection.local)
+        }
+        ExchangeKind::Client => (SpanKind::Client, connection.remote),
+    };
+    if let Some(server) = server {
+        attributes.push(KeyValue::new("server.address", server.ip().to_string()));
+        attributes.push(KeyValue::new("server.port", i64::from(server.port())));
+    }
+    let status = match exchange.status {
+        ExchangeStatus::Ok => Status::Unset,
+        ExchangeStatus::Error {
+            error_type,
+            message,
+        } => {
+            attributes.push(KeyValue::new("error.type", error_type));
+            Status::error(message)
+        }
+    };
+    SpanData {
+        span_context: SpanContext::new(
+            trace_id,
+            span_id,
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        ),
+        parent_span_id: parent_span_id.unwrap_or(SpanId::INVALID),
+        parent_span_is_remote: parent_is_remote,
+        span_kind: kind,
+        name: Cow::Owned(exchange.name),
+        start_time: clock.wall_time(exchange.start_ktime_ns),
+        end_time: clock.wall_time(exchange.end_ktime_ns.max(exchange.start_ktime_ns)),
+        attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status,
+        instrumentation_scope: InstrumentationScope::builder("tracer")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build(),
+    }
+}

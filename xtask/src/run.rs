@@ -10,7 +10,8 @@ use crate::{
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Arguments for tracer (default: `capture`, the live view of what the kernel sees).
+    /// Arguments for tracer (default: `run` exporting over OTLP to localhost:4317 and to
+    /// target/tracer-spans.jsonl).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
 }

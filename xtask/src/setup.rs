@@ -8,7 +8,14 @@ use crate::exec::{exec, is_root, probe, stdout_of};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the tests and the demo use.
-pub const DEBIAN_PACKAGES: &[&str] = &["python3", "iproute2", "procps"];
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    "python3",
+    "iproute2",
+    "procps",
+    "curl",
+    "nodejs",
+    "util-linux",
+];
 
 pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;

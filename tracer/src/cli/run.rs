@@ -38,7 +38,7 @@ pub struct RunArgs {
     /// How long a finished span waits for its parent to be seen, in milliseconds.
     #[arg(long, default_value_t = 300)]
     settle_ms: u64,
-    /// Export queue length per target, in spans.
+    /// Spans queued per export target, and held for retry while a receiver is down.
     #[arg(long, default_value_t = 10_000)]
     queue_spans: usize,
     /// Log agent statistics this often, in seconds (0: only at exit).
@@ -70,8 +70,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             ExportTarget::Otlp { protocol, endpoint } => {
                 let (protocol, endpoint, shown) = export::resolve_otlp(protocol, endpoint);
                 eprintln!("tracer: exporting spans over {shown}");
-                exporters
-                    .push(runtime.spawn(export::run_otlp_export(protocol, endpoint, rx, stats)));
+                exporters.push(runtime.spawn(export::run_otlp_export(
+                    protocol,
+                    endpoint,
+                    rx,
+                    args.queue_spans,
+                    stats,
+                )));
             }
             ExportTarget::File(path) => {
                 eprintln!(

@@ -103,6 +103,18 @@ impl ExportQueues {
     }
 }
 
+/// Splits a batch by resource, keeping order within each resource.
+fn group_by_resource(batch: &[ExportItem]) -> Vec<(Arc<Resource>, Vec<SpanData>)> {
+    let mut groups: Vec<(Arc<Resource>, Vec<SpanData>)> = Vec::new();
+    for (resource, span) in batch {
+        match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(r, resource)) {
+            Some((_, spans)) => spans.push(span.clone()),
+            None => groups.push((resource.clone(), vec![span.clone()])),
+        }
+    }
+    groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,16 +142,4 @@ mod tests {
         assert!("kafka".parse::<ExportTarget>().is_err());
         assert!("file:".parse::<ExportTarget>().is_err());
     }
-}
-
-/// Splits a batch by resource, keeping order within each resource.
-fn group_by_resource(batch: &[ExportItem]) -> Vec<(Arc<Resource>, Vec<SpanData>)> {
-    let mut groups: Vec<(Arc<Resource>, Vec<SpanData>)> = Vec::new();
-    for (resource, span) in batch {
-        match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(r, resource)) {
-            Some((_, spans)) => spans.push(span.clone()),
-            None => groups.push((resource.clone(), vec![span.clone()])),
-        }
-    }
-    groups
 }

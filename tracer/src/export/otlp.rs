@@ -22,8 +22,6 @@ const BATCH: usize = 512;
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// Spans held while the receiver is unreachable; older ones are dropped (and counted).
-const MAX_HELD: usize = 20_000;
 
 /// Where OTLP goes: flags first, then the standard environment variables, then gRPC on
 /// localhost:4317. Returns a description for the start-up log.
@@ -91,8 +89,11 @@ pub async fn run_otlp_export(
     protocol: OtlpProtocol,
     endpoint: Option<String>,
     mut rx: mpsc::Receiver<ExportItem>,
+    max_held: usize,
     stats: Arc<ExportStats>,
 ) -> anyhow::Result<()> {
+    // Spans held while the receiver is unreachable; older ones are dropped (and counted).
+    let max_held = max_held.max(1);
     let mut exporter = build(protocol, endpoint)?;
     let mut held: VecDeque<ExportItem> = VecDeque::new();
     let mut backoff = Duration::from_millis(100);
@@ -107,7 +108,7 @@ pub async fn run_otlp_export(
         };
         tokio::select! {
             item = rx.recv(), if open => match item {
-                Some(item) => hold(&mut held, item, &stats),
+                Some(item) => hold(&mut held, item, max_held, &stats),
                 None => open = false,
             },
             _ = tokio::time::sleep_until(due), if !held.is_empty() => {}
@@ -140,7 +141,7 @@ pub async fn run_otlp_export(
                 for item in batch.into_iter().rev() {
                     held.push_front(item);
                 }
-                trim(&mut held, &stats);
+                trim(&mut held, max_held, &stats);
                 next_attempt = now + backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -150,13 +151,13 @@ pub async fn run_otlp_export(
     Ok(())
 }
 
-fn hold(held: &mut VecDeque<ExportItem>, item: ExportItem, stats: &ExportStats) {
+fn hold(held: &mut VecDeque<ExportItem>, item: ExportItem, max_held: usize, stats: &ExportStats) {
     held.push_back(item);
-    trim(held, stats);
+    trim(held, max_held, stats);
 }
 
-fn trim(held: &mut VecDeque<ExportItem>, stats: &ExportStats) {
-    while held.len() > MAX_HELD {
+fn trim(held: &mut VecDeque<ExportItem>, max_held: usize, stats: &ExportStats) {
+    while held.len() > max_held {
         held.pop_front();
         stats
             .spans_dropped_export_failed

@@ -1,6 +1,9 @@
 //! Helpers for end-to-end tests: run the real `tracer capture` and real peer processes.
 #![allow(dead_code)]
 
+pub mod agent;
+pub mod otlp;
+
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},

@@ -281,15 +281,15 @@ fn random_bytes_never_panic() {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            data.push(if seed % 5 == 0 {
+            data.push(if seed.is_multiple_of(5) {
                 b"\r\nGET / HTTP/1.1\r\n"[(seed % 18) as usize]
             } else {
                 seed as u8
             });
         }
         for chunk in data.chunks(1 + round % 13) {
-            s.feed(if seed % 2 == 0 { IN } else { OUT }, chunk, 1, 1, &mut out);
-            if seed % 11 == 0 {
+            s.feed(if seed.is_multiple_of(2) { IN } else { OUT }, chunk, 1, 1, &mut out);
+            if seed.is_multiple_of(11) {
                 s.gap(IN, seed % 1000, 1, &mut out);
             }
         }

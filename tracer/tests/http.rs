@@ -1,0 +1,315 @@
+//! End-to-end: unmodified HTTP services in Python, Node.js and curl, the real eBPF
+//! programs, the `tracer run` agent, and a real OTLP receiver (gRPC and HTTP).
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use support::{
+    agent::{curl, final_stats, AgentRun, Service},
+    otlp::{free_port, ReceivedSpan, Receiver},
+};
+
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+const ERROR: i32 = 2;
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+fn find<'a>(
+    spans: &'a [ReceivedSpan],
+    what: &str,
+    pred: impl Fn(&ReceivedSpan) -> bool,
+) -> &'a ReceivedSpan {
+    let found: Vec<&ReceivedSpan> = spans.iter().filter(|s| pred(s)).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one {what}, found {found:#?}"
+    );
+    found[0]
+}
+
+/// curl → A (Python) → B (Node.js): four spans, one trace, the right parents.
+fn two_hop_chain(export: impl Fn(&Receiver) -> String) {
+    let receiver = Receiver::start();
+    let b = Service::node();
+    let a = Service::python(&["--downstream", &format!("127.0.0.1:{}", b.port)]);
+    let agent = AgentRun::start(&["--export", &export(&receiver), "--settle-ms", "200"]);
+    let status = curl(&[
+        "-H",
+        &format!("traceparent: {TRACEPARENT}"),
+        &a.url("/orders/1001"),
+    ]);
+    assert_eq!(status, "200");
+    let spans = receiver.wait_for(
+        "the four spans of the chain",
+        Duration::from_secs(20),
+        |spans| spans.iter().filter(|s| s.trace_id == TRACE_ID).count() >= 4,
+    );
+    agent.stop();
+    let spans: Vec<ReceivedSpan> = spans
+        .into_iter()
+        .filter(|s| s.trace_id == TRACE_ID)
+        .collect();
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    let a_port = a.port.to_string();
+    let b_port = b.port.to_string();
+
+    let user = find(&spans, "curl CLIENT span", |s| {
+        s.kind == CLIENT && s.service == "curl"
+    });
+    assert_eq!(
+        user.parent_span_id, "00f067aa0ba902b7",
+        "the incoming traceparent is continued"
+    );
+    assert_eq!(user.attr("server.port"), a_port);
+
+    let a_server = find(&spans, "A SERVER span", |s| {
+        s.kind == SERVER && s.service.starts_with("python")
+    });
+    assert_eq!(a_server.name, "GET /orders/{id}");
+    assert_eq!(a_server.attr("http.request.method"), "GET");
+    assert_eq!(a_server.attr("http.route"), "/orders/{id}");
+    assert_eq!(a_server.attr("url.path"), "/orders/1001");
+    assert_eq!(a_server.attr("http.response.status_code"), "200");
+    assert_eq!(a_server.attr("server.port"), a_port);
+    assert_eq!(
+        a_server.attr("network.peer.port"),
+        user.attr("network.local.port"),
+        "peer is curl's socket"
+    );
+    assert_eq!(
+        a_server.parent_span_id, user.span_id,
+        "A SERVER is the child of curl's CLIENT span"
+    );
+
+    let a_client = find(&spans, "A CLIENT span", |s| {
+        s.kind == CLIENT && s.service.starts_with("python")
+    });
+    assert_eq!(a_client.name, "GET /prices/{id}");
+    assert_eq!(a_client.attr("server.port"), b_port);
+    assert_eq!(a_client.attr("http.response.status_code"), "200");
+    assert_eq!(
+        a_client.parent_span_id, a_server.span_id,
+        "A CLIENT is the child of A SERVER"
+    );
+
+    let b_server = find(&spans, "B SERVER span", |s| {
+        s.kind == SERVER && s.service == "node"
+    });
+    assert_eq!(b_server.attr("http.route"), "/prices/{id}");
+    assert_eq!(
+        b_server.attr("network.peer.port"),
+        a_client.attr("network.local.port")
+    );
+    assert_eq!(
+        b_server.parent_span_id, a_client.span_id,
+        "B SERVER is the child of A CLIENT"
+    );
+
+    for span in &spans {
+        assert!(
+            span.start_unix_nano > 0 && span.end_unix_nano >= span.start_unix_nano,
+            "{span:?}"
+        );
+        assert_eq!(span.resource["telemetry.sdk.name"], "tracer");
+    }
+    // Nesting in time, from kernel timestamps.
+    assert!(
+        a_server.start_unix_nano <= a_client.start_unix_nano
+            && a_client.end_unix_nano <= a_server.end_unix_nano
+    );
+}
+
+#[test]
+fn two_hop_chain_over_otlp_grpc() {
+    two_hop_chain(|r| format!("otlp-grpc={}", r.grpc_url()));
+}
+
+#[test]
+fn two_hop_chain_over_otlp_http() {
+    two_hop_chain(|r| format!("otlp-http={}", r.http_url()));
+}
+
+#[test]
+fn pipelining_chunked_large_upload_errors_and_garbage() {
+    let receiver = Receiver::start();
+    let b = Service::node();
+    let a = Service::python(&[]);
+    let agent = AgentRun::start(&[
+        "--export",
+        &format!("otlp-grpc={}", receiver.grpc_url()),
+        "--settle-ms",
+        "200",
+    ]);
+
+    // Three pipelined requests in one write on one connection.
+    let mut socket = TcpStream::connect(("127.0.0.1", a.port)).unwrap();
+    socket
+        .write_all(
+            b"GET /p1 HTTP/1.1\r\nHost: a\r\n\r\nGET /p2 HTTP/1.1\r\nHost: a\r\n\r\nGET /p3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    let mut answers = String::new();
+    socket.read_to_string(&mut answers).unwrap();
+    assert_eq!(answers.matches("HTTP/1.1 200").count(), 3, "{answers}");
+
+    assert_eq!(curl(&[&b.url("/chunked")]), "200");
+    let upload = std::env::temp_dir().join(format!("tracer-upload-{}", std::process::id()));
+    std::fs::write(&upload, vec![b'x'; 5 << 20]).unwrap();
+    let data = format!("@{}", upload.display());
+    assert_eq!(
+        curl(&["-H", "Expect:", "--data-binary", &data, &b.url("/upload")]),
+        "201"
+    );
+    std::fs::remove_file(&upload).unwrap();
+    assert_eq!(curl(&[&a.url("/fail")]), "500");
+
+    // Garbage on another connection: no span for it, and no harm to the others.
+    let mut garbage = TcpStream::connect(("127.0.0.1", b.port)).unwrap();
+    let garbage_port = garbage.local_addr().unwrap().port().to_string();
+    garbage
+        .write_all(
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 this is not http \x00\xff\r\n\r\n",
+        )
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = garbage.read_to_end(&mut sink);
+    assert_eq!(curl(&[&b.url("/after-garbage")]), "200");
+
+    let spans = receiver.wait_for(
+        "spans for every request",
+        Duration::from_secs(20),
+        |spans| {
+            let servers: Vec<&str> = spans
+                .iter()
+                .filter(|s| s.kind == SERVER)
+                .map(|s| s.attr("url.path"))
+                .collect();
+            [
+                "/p1",
+                "/p2",
+                "/p3",
+                "/chunked",
+                "/upload",
+                "/fail",
+                "/after-garbage",
+            ]
+            .iter()
+            .all(|p| servers.contains(p))
+        },
+    );
+    let mut agent = agent;
+    assert!(agent.is_running(), "the agent survived the garbage");
+    agent.stop();
+
+    let server = |path: &str| {
+        find(&spans, &format!("SERVER span for {path}"), |s| {
+            s.kind == SERVER && s.attr("url.path") == path
+        })
+    };
+    for path in ["/p1", "/p2", "/p3"] {
+        assert_eq!(
+            server(path).attr("http.response.status_code"),
+            "200",
+            "{path}"
+        );
+        assert_eq!(
+            server(path).attr("network.peer.port"),
+            server("/p1").attr("network.peer.port"),
+            "one connection"
+        );
+    }
+    assert!(
+        server("/p1").end_unix_nano <= server("/p2").end_unix_nano,
+        "pipelined answers in order"
+    );
+    let chunked = server("/chunked");
+    assert_eq!(
+        chunked.attr("http.response.body.size"),
+        "30",
+        "first chunk\\nsecond chunk\\nlast\\n"
+    );
+    let upload = server("/upload");
+    assert_eq!(upload.attr("http.request.body.size"), (5 << 20).to_string());
+    assert_eq!(upload.attr("http.response.status_code"), "201");
+    let fail = server("/fail");
+    assert_eq!((fail.status, fail.attr("error.type")), (ERROR, "500"));
+    let curl_fail = find(&spans, "curl CLIENT /fail", |s| {
+        s.kind == CLIENT && s.attr("url.path") == "/fail"
+    });
+    assert_eq!(
+        curl_fail.status, ERROR,
+        "a 500 is an error for the client too"
+    );
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.attr("network.peer.port") != garbage_port
+                && s.attr("network.local.port") != garbage_port),
+        "no span for the garbage connection"
+    );
+}
+
+#[test]
+fn receiver_outage_counts_drops_and_export_resumes() {
+    let grpc_port = free_port();
+    let a = Service::python(&[]);
+    let mut agent = AgentRun::start(&[
+        "--export",
+        &format!("otlp-grpc=http://127.0.0.1:{grpc_port}"),
+        "--queue-spans",
+        "20",
+        "--settle-ms",
+        "100",
+    ]);
+    // 40 requests → 80 spans against a queue of 20 and nobody listening.
+    for i in 0..40 {
+        assert_eq!(curl(&[&a.url(&format!("/before/{i}"))]), "200");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        agent.is_running(),
+        "the agent keeps running while the receiver is down"
+    );
+    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")
+                .map(|v| v.trim().trim_end_matches(" kB").parse::<u64>().unwrap())
+        })
+        .unwrap();
+    assert!(
+        rss_kib < 512 * 1024,
+        "agent memory stays bounded: {rss_kib} KiB"
+    );
+
+    let receiver = Receiver::start_on(grpc_port, free_port());
+    for i in 0..3 {
+        assert_eq!(curl(&[&a.url(&format!("/after/{i}"))]), "200");
+    }
+    receiver.wait_for(
+        "spans after the receiver came back",
+        Duration::from_secs(30),
+        |spans| {
+            spans
+                .iter()
+                .filter(|s| s.kind == SERVER && s.attr("url.path").starts_with("/after/"))
+                .count()
+                == 3
+        },
+    );
+    let stats = final_stats(&agent.stop())["export"].clone();
+    let dropped = stats["spans_dropped"]["queue_full"].as_u64().unwrap()
+        + stats["spans_dropped"]["export_failed"].as_u64().unwrap();
+    assert!(dropped > 0, "drops are counted: {stats}");
+    assert!(
+        stats["export_errors"].as_u64().unwrap() > 0,
+        "failed exports are counted: {stats}"
+    );
+}

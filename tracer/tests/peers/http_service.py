@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Service A for tracer's HTTP tests: a plain Python HTTP/1.1 server (keep-alive), no
+tracing code. GET /orders/<id> calls the downstream service (--downstream) at
+/prices/<id> on the same thread and answers with what it got; GET /fail answers 500;
+anything else 200. Prints "PORT <n>" once listening."""
+import argparse
+import http.client
+import json
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    downstream = None
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path.startswith("/orders/") and self.downstream:
+            order = self.path.rsplit("/", 1)[1]
+            host, port = self.downstream.split(":")
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            conn.request("GET", f"/prices/{order}")
+            price = json.loads(conn.getresponse().read())
+            conn.close()
+            self.reply(200, {"order_id": order, "price": price})
+        elif self.path == "/fail":
+            self.reply(500, {"error": "boom"})
+        else:
+            self.reply(200, {"path": self.path})
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length", 0))
+        received = 0
+        while received < length:
+            chunk = self.rfile.read(min(65536, length - received))
+            if not chunk:
+                break
+            received += len(chunk)
+        self.reply(201, {"received": received})
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--downstream", help="host:port of service B")
+    a = p.parse_args()
+    Handler.downstream = a.downstream
+    server = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
+    print(f"PORT {server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

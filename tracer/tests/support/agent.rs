@@ -1,0 +1,164 @@
+//! Running the real `tracer run` agent and real service processes for end-to-end tests.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+pub const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
+
+pub struct AgentRun {
+    child: Child,
+    stderr: thread::JoinHandle<String>,
+}
+
+impl AgentRun {
+    /// Starts `tracer run` and waits until its programs are attached.
+    pub fn start(args: &[&str]) -> Self {
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "end-to-end agent tests load eBPF programs and must run as root"
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tracer"))
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning tracer run");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let stderr = thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("agent started") {
+                    let _ = ready_tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tracer run did not start:\n{}", stderr.join().unwrap());
+        }
+        Self { child, stderr }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the agent with SIGINT; returns its stderr. Panics if it failed or panicked.
+    pub fn stop(mut self) -> String {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("tracer run did not stop within 40 s of SIGINT");
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        let stderr = self.stderr.join().unwrap();
+        assert!(status.success(), "tracer run failed ({status}):\n{stderr}");
+        assert!(
+            !stderr.contains("panicked"),
+            "tracer run panicked:\n{stderr}"
+        );
+        stderr
+    }
+}
+
+/// A service process we started; killed (by its pid) when dropped.
+pub struct Service {
+    child: Child,
+    pub port: u16,
+}
+
+impl Service {
+    pub fn python(args: &[&str]) -> Self {
+        Self::spawn(
+            Command::new("python3")
+                .arg(format!("{PEERS}/http_service.py"))
+                .args(args),
+        )
+    }
+
+    pub fn node() -> Self {
+        Self::spawn(Command::new("node").arg(format!("{PEERS}/http_service.js")))
+    }
+
+    fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok());
+        let port = port.unwrap_or_else(|| panic!("{cmd:?} did not print its port: {line:?}"));
+        // Keep draining its stdout so it never blocks on a full pipe.
+        thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = stdout.read_to_end(&mut sink);
+        });
+        Self { child, port }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs curl (an unmodified C client) and returns the HTTP status it printed.
+pub fn curl(args: &[&str]) -> String {
+    let output = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "30",
+        ])
+        .args(args)
+        .output()
+        .expect("curl is needed (cargo xtask setup installs it)");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The agent's final `tracer: stats {...}` line as JSON.
+pub fn final_stats(stderr: &str) -> serde_json::Value {
+    let line = stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("tracer: stats "))
+        .expect("no final stats line");
+    serde_json::from_str(line).unwrap()
+}

@@ -1,0 +1,294 @@
+//! A real OTLP receiver for tests: gRPC (tonic, `opentelemetry-proto`'s service) and HTTP
+//! (`POST /v1/traces`, protobuf), collecting every span it is sent.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::{SocketAddr, TcpListener as StdListener},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response};
+use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        trace_service_server::{TraceService, TraceServiceServer},
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    },
+    common::v1::any_value::Value,
+};
+use prost::Message;
+use tokio::sync::oneshot;
+
+/// One received span, flattened for assertions.
+#[derive(Clone, Debug)]
+pub struct ReceivedSpan {
+    pub service: String,
+    pub resource: HashMap<String, String>,
+    pub name: String,
+    /// OTLP span kind: 2 SERVER, 3 CLIENT.
+    pub kind: i32,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: String,
+    pub attributes: HashMap<String, String>,
+    /// OTLP status code: 0 unset, 1 ok, 2 error.
+    pub status: i32,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+}
+
+impl ReceivedSpan {
+    pub fn attr(&self, key: &str) -> &str {
+        self.attributes.get(key).map(String::as_str).unwrap_or("")
+    }
+}
+
+type Store = Arc<Mutex<Vec<ExportTraceServiceRequest>>>;
+
+pub struct Receiver {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    store: Store,
+    stop: Vec<oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+#[derive(Clone)]
+struct Collector(Store);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Receiver {
+    pub fn start() -> Self {
+        Self::start_on(free_port(), free_port())
+    }
+
+    /// Listens on the given ports (to come back where a previous receiver was).
+    pub fn start_on(grpc_port: u16, http_port: u16) -> Self {
+        let store: Store = Arc::default();
+        let grpc: SocketAddr = ([127, 0, 0, 1], grpc_port).into();
+        let http: SocketAddr = ([127, 0, 0, 1], http_port).into();
+        let (grpc_stop, grpc_stopped) = oneshot::channel::<()>();
+        let (http_stop, mut http_stopped) = oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let collector = Collector(store.clone());
+        let http_store = store.clone();
+        let thread = thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(http).await.expect("binding the OTLP/HTTP port");
+                let grpc_server = tonic::transport::Server::builder()
+                    .add_service(TraceServiceServer::new(collector))
+                    .serve_with_shutdown(grpc, async {
+                        let _ = grpc_stopped.await;
+                    });
+                let grpc_task = tokio::spawn(grpc_server);
+                ready_tx.send(()).unwrap();
+                loop {
+                    tokio::select! {
+                        _ = &mut http_stopped => break,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            let store = http_store.clone();
+                            tokio::spawn(async move {
+                                let service = service_fn(move |request| handle_http(request, store.clone()));
+                                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                            });
+                        }
+                    }
+                }
+                let _ = grpc_task.await;
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("OTLP receiver did not start");
+        // Give tonic a moment to bind its port.
+        wait_until(Duration::from_secs(5), || {
+            std::net::TcpStream::connect(grpc).is_ok()
+        });
+        Self {
+            grpc,
+            http,
+            store,
+            stop: vec![grpc_stop, http_stop],
+            thread: Some(thread),
+        }
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}/v1/traces", self.http)
+    }
+
+    /// Stops listening on both ports.
+    pub fn stop(mut self) {
+        for stop in self.stop.drain(..) {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        flatten(&self.store.lock().unwrap())
+    }
+
+    /// Waits until `done` holds for the spans received so far; panics with what arrived.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&[ReceivedSpan]) -> bool,
+    ) -> Vec<ReceivedSpan> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let spans = self.spans();
+            if done(&spans) {
+                return spans;
+            }
+            if Instant::now() > deadline {
+                let summary: Vec<String> = spans
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{} {} kind={} {}",
+                            s.service,
+                            s.name,
+                            s.kind,
+                            s.attr("url.path")
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "timed out waiting for {what}; received {} spans:\n{}",
+                    spans.len(),
+                    summary.join("\n")
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        for stop in self.stop.drain(..) {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn handle_http(
+    request: Request<hyper::body::Incoming>,
+    store: Store,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path_ok = request.uri().path() == "/v1/traces";
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let response = match (path_ok, ExportTraceServiceRequest::decode(body)) {
+        (true, Ok(decoded)) => {
+            store.lock().unwrap().push(decoded);
+            let body = ExportTraceServiceResponse::default().encode_to_vec();
+            Response::builder()
+                .status(200)
+                .header("content-type", "application/x-protobuf")
+                .body(Full::new(body.into()))
+        }
+        _ => Response::builder()
+            .status(400)
+            .body(Full::new(Bytes::from_static(b"bad request"))),
+    };
+    Ok(response.unwrap())
+}
+
+fn wait_until(timeout: Duration, ok: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn value_string(value: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn flatten(requests: &[ExportTraceServiceRequest]) -> Vec<ReceivedSpan> {
+    let mut spans = Vec::new();
+    for request in requests {
+        for resource_spans in &request.resource_spans {
+            let resource: HashMap<String, String> = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .map(|kv| (kv.key.clone(), value_string(&kv.value)))
+                .collect();
+            for scope in &resource_spans.scope_spans {
+                for span in &scope.spans {
+                    spans.push(ReceivedSpan {
+                        service: resource.get("service.name").cloned().unwrap_or_default(),
+                        resource: resource.clone(),
+                        name: span.name.clone(),
+                        kind: span.kind,
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent_span_id: hex(&span.parent_span_id),
+                        attributes: span
+                            .attributes
+                            .iter()
+                            .map(|kv| (kv.key.clone(), value_string(&kv.value)))
+                            .collect(),
+                        status: span.status.as_ref().map_or(0, |s| s.code),
+                        start_unix_nano: span.start_time_unix_nano,
+                        end_unix_nano: span.end_time_unix_nano,
+                    });
+                }
+            }
+        }
+    }
+    spans
+}

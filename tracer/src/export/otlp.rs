@@ -120,7 +120,22 @@ pub async fn run_otlp_export(
         }
         last_flush = now;
         let batch: Vec<ExportItem> = held.drain(..held.len().min(BATCH)).collect();
-        match export(&mut exporter, &batch).await {
+        // Keep taking spans in while the export is in flight, so a slow or unreachable
+        // receiver never backs up into the agent's queue.
+        let result = {
+            let in_flight = export(&mut exporter, &batch);
+            tokio::pin!(in_flight);
+            loop {
+                tokio::select! {
+                    result = &mut in_flight => break result,
+                    item = rx.recv(), if open => match item {
+                        Some(item) => hold(&mut held, item, max_held, &stats),
+                        None => open = false,
+                    },
+                }
+            }
+        };
+        match result {
             Ok(()) => {
                 stats
                     .spans_exported

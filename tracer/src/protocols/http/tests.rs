@@ -288,7 +288,13 @@ fn random_bytes_never_panic() {
             });
         }
         for chunk in data.chunks(1 + round % 13) {
-            s.feed(if seed.is_multiple_of(2) { IN } else { OUT }, chunk, 1, 1, &mut out);
+            s.feed(
+                if seed.is_multiple_of(2) { IN } else { OUT },
+                chunk,
+                1,
+                1,
+                &mut out,
+            );
             if seed.is_multiple_of(11) {
                 s.gap(IN, seed % 1000, 1, &mut out);
             }

@@ -10,17 +10,27 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests and the demo use.
 pub const DEBIAN_PACKAGES: &[&str] = &[
     "python3",
+    "python3-pip",
     "iproute2",
     "procps",
     "curl",
     "nodejs",
     "util-linux",
+    "rabbitmq-server",
 ];
+
+/// Python libraries the test peers use (installed with pip): (module, requirement).
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("pika", "pika>=1.3,<2")];
+
+/// Node.js libraries the test peers use (`tracer/tests/peers/package.json`).
+const NODE_PEERS: &str = "tracer/tests/peers";
 
 pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     debian_packages()?;
+    python_packages()?;
+    node_packages()?;
     kernel_filesystems()?;
     eprintln!("setup: done");
     Ok(())
@@ -31,7 +41,57 @@ pub fn needed() -> bool {
     !rust_src_installed()
         || !bpf_linker_ok()
         || !missing_packages().is_empty()
+        || !missing_python().is_empty()
+        || !node_peers_installed()
         || !tracefs_mounted()
+}
+
+fn missing_python() -> Vec<&'static str> {
+    PYTHON_PACKAGES
+        .iter()
+        .filter(|(module, _)| {
+            let import = format!("import {module}");
+            !probe(Command::new("python3").args(["-c", &import]))
+                .is_some_and(|o| o.status.success())
+        })
+        .map(|(_, requirement)| *requirement)
+        .collect()
+}
+
+fn python_packages() -> anyhow::Result<()> {
+    let missing = missing_python();
+    if missing.is_empty() {
+        eprintln!("setup: Python packages already installed");
+        return Ok(());
+    }
+    // Debian's python3 refuses system-wide pip installs (PEP 668) unless told otherwise.
+    let pip = |extra: &[&str]| {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-m", "pip", "install", "--quiet"])
+            .args(extra)
+            .args(&missing)
+            .env("PIP_ROOT_USER_ACTION", "ignore");
+        cmd
+    };
+    exec(&mut pip(&["--break-system-packages"])).or_else(|_| exec(&mut pip(&[])))?;
+    eprintln!("setup: installed Python packages: {}", missing.join(", "));
+    Ok(())
+}
+
+fn node_peers_installed() -> bool {
+    std::path::Path::new(NODE_PEERS)
+        .join("node_modules/amqplib")
+        .exists()
+}
+
+fn node_packages() -> anyhow::Result<()> {
+    if node_peers_installed() {
+        eprintln!("setup: Node.js packages already installed");
+        return Ok(());
+    }
+    exec(Command::new("npm").args(["install", "--no-audit", "--no-fund", "--prefix", NODE_PEERS]))?;
+    eprintln!("setup: installed Node.js packages in {NODE_PEERS}");
+    Ok(())
 }
 
 fn rust_src_installed() -> bool {

@@ -229,6 +229,7 @@ impl Pipeline {
                     *self.stats.exchanges.entry(protocol).or_default() += 1;
                     self.correlator.finished(conn, exchange, now_ns);
                 }
+                ExchangeEvent::Broker(event) => self.correlator.broker(event),
             }
         }
     }

@@ -38,6 +38,10 @@ pub struct RunArgs {
     /// How long a finished span waits for its parent to be seen, in milliseconds.
     #[arg(long, default_value_t = 300)]
     settle_ms: u64,
+    /// Report a published message not delivered within this many seconds as stuck or
+    /// lost (default: amqp.stuck_after_seconds from the config, else 300).
+    #[arg(long)]
+    message_stuck_after: Option<f64>,
     /// Spans queued per export target, and held for retry while a receiver is down.
     #[arg(long, default_value_t = 10_000)]
     queue_spans: usize,
@@ -103,7 +107,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         route_templates: config.http.routes.clone(),
     };
     let mut pipeline = Pipeline::new(
-        Correlator::new(args.settle_ms * 1_000_000),
+        Correlator::with_stuck_after(
+            args.settle_ms * 1_000_000,
+            (args
+                .message_stuck_after
+                .unwrap_or(config.amqp.stuck_after_seconds)
+                * 1e9) as u64,
+        ),
         Services::new(config.services.clone()),
         queues,
         session_options,

@@ -13,6 +13,29 @@ pub struct Config {
     pub services: Vec<ServiceRule>,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub amqp: AmqpConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// A message published and not delivered within this many seconds is reported as
+    /// stuck or lost.
+    #[serde(default = "default_stuck_after")]
+    pub stuck_after_seconds: f64,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            stuck_after_seconds: default_stuck_after(),
+        }
+    }
+}
+
+fn default_stuck_after() -> f64 {
+    300.0
 }
 
 /// `service.name` for processes matching every given condition.
@@ -93,6 +116,12 @@ impl Config {
                     rule.name
                 )));
             }
+        }
+        let stuck_after = config.amqp.stuck_after_seconds;
+        if stuck_after.is_nan() || stuck_after <= 0.0 {
+            return Err(invalid(
+                "amqp.stuck_after_seconds must be a positive number of seconds".into(),
+            ));
         }
         for route in &config.http.routes {
             if !route.starts_with('/') {

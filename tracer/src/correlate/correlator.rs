@@ -4,14 +4,19 @@
 //! 1. SERVER span whose client is a traced process on this host (the connection's 4-tuple
 //!    matches a CLIENT connection we follow): child of that CLIENT span.
 //! 2. SERVER span with a W3C `traceparent`: continues that trace (remote parent).
-//! 3. CLIENT span made while a SERVER span of the same process is open on the same thread:
-//!    child of that SERVER span; else, if the request carries a `traceparent` (the process
-//!    propagates context itself), a child of that remote context.
-//! 4. Otherwise a new trace.
+//! 3. CLIENT or PRODUCER span made while a SERVER or CONSUMER span of the same process is
+//!    open on the same thread: its child; else, if the request carries a `traceparent`
+//!    (the process propagates context itself), a child of that remote context.
+//! 4. CONSUMER span: a `traceparent` in the message headers wins; otherwise it is the
+//!    child of the PRODUCER span whose message has the same fingerprint (what the broker
+//!    passes on unchanged), and links to it.
+//! 5. Otherwise a new trace.
 //!
 //! A span's identity is fixed when its request is first seen; parents are resolved a short
 //! settle time after it finishes, because the two ends of a local connection can be read
-//! from the ring buffer in either order.
+//! from the ring buffer in either order. Messages published and not delivered within
+//! `stuck_after_ns` are reported: a counter, a log line, and a synthesized span in the
+//! producer's trace.
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
@@ -24,7 +29,7 @@ use tracer_common::ConnId;
 use super::TraceParent;
 use crate::{
     capture::Connection,
-    protocols::{Exchange, ExchangeKind, ExchangeStart},
+    protocols::{AttrValue, BrokerEvent, Exchange, ExchangeKind, ExchangeStart, ExchangeStatus},
 };
 
 /// A span ready for export.
@@ -34,6 +39,7 @@ pub struct ResolvedSpan {
     pub span_id: SpanId,
     pub parent_span_id: Option<SpanId>,
     pub parent_is_remote: bool,
+    pub links: Vec<(TraceId, SpanId)>,
     pub exchange: Exchange,
     pub connection: Connection,
 }
@@ -45,6 +51,8 @@ pub struct CorrelatorStats {
     pub parents_by_peer: u64,
     pub parents_by_traceparent: u64,
     pub parents_in_process: u64,
+    pub parents_by_message: u64,
+    pub messages_stuck: u64,
     pub evicted_unfinished: u64,
 }
 
@@ -70,36 +78,64 @@ struct Node {
     parent: Option<Parent>,
     trace_id: Option<TraceId>,
     finished: Option<(Exchange, Connection)>,
+    message_out: Option<u64>,
+    message_in: Option<u64>,
+    /// CONSUMER: the PRODUCER span its message came from.
+    producer: Option<NodeId>,
+    /// PRODUCER: a consumer or the broker has delivered its message.
+    delivered: bool,
+    /// PRODUCER: what a "not delivered" span needs once the span itself is exported.
+    published: Option<(Connection, Vec<(&'static str, AttrValue)>)>,
 }
+
+/// Spans never finished (a connection we stopped seeing) are dropped after this long.
+const MAX_OPEN_NS: u64 = 15 * 60 * 1_000_000_000;
+/// Broker-side records kept per fingerprint.
+const MAX_BROKER_BACKLOG: usize = 10_000;
 
 pub struct Correlator {
     nodes: HashMap<NodeId, Node>,
     /// CLIENT spans by connection (local, remote), for rule 1.
     clients_by_tuple: HashMap<(SocketAddr, SocketAddr), Vec<NodeId>>,
-    /// SERVER spans per process in start order, for rule 3.
+    /// SERVER and CONSUMER spans per process in start order, for rule 3.
     servers_by_pid: HashMap<u32, VecDeque<NodeId>>,
+    /// PRODUCER spans not yet matched to a delivery, by message fingerprint, oldest first.
+    producers_by_message: HashMap<u64, VecDeque<NodeId>>,
+    /// Broker-side entry times of messages not yet delivered, by fingerprint.
+    broker_entered: HashMap<u64, VecDeque<u64>>,
+    /// Broker-side (entered, left) times of delivered messages, by fingerprint.
+    broker_delivered: HashMap<u64, VecDeque<(u64, u64)>>,
+    /// Producers to check for delivery: (deadline, node).
+    awaiting_delivery: VecDeque<(u64, NodeId)>,
     /// Finished spans waiting for their settle time: (ready at, node).
     settling: VecDeque<(u64, NodeId)>,
     /// Resolved spans kept (as parents for later children) until this long after they end.
     retention_ns: u64,
     settle_ns: u64,
+    stuck_after_ns: u64,
     last_eviction_ns: u64,
     ids: RandomIdGenerator,
     stats: CorrelatorStats,
 }
 
-/// Spans never finished (a connection we stopped seeing) are dropped after this long.
-const MAX_OPEN_NS: u64 = 15 * 60 * 1_000_000_000;
-
 impl Correlator {
     pub fn new(settle_ns: u64) -> Self {
+        Self::with_stuck_after(settle_ns, 300_000_000_000)
+    }
+
+    pub fn with_stuck_after(settle_ns: u64, stuck_after_ns: u64) -> Self {
         Self {
             nodes: HashMap::new(),
             clients_by_tuple: HashMap::new(),
             servers_by_pid: HashMap::new(),
+            producers_by_message: HashMap::new(),
+            broker_entered: HashMap::new(),
+            broker_delivered: HashMap::new(),
+            awaiting_delivery: VecDeque::new(),
             settling: VecDeque::new(),
-            retention_ns: 60_000_000_000,
+            retention_ns: 60_000_000_000.max(stuck_after_ns + 10_000_000_000),
             settle_ns,
+            stuck_after_ns,
             last_eviction_ns: 0,
             ids: RandomIdGenerator::default(),
             stats: CorrelatorStats::default(),
@@ -126,6 +162,11 @@ impl Correlator {
             parent: None,
             trace_id: None,
             finished: None,
+            message_out: start.message_out,
+            message_in: start.message_in,
+            producer: None,
+            delivered: false,
+            published: None,
         };
         match node.kind {
             ExchangeKind::Client => {
@@ -136,13 +177,26 @@ impl Correlator {
                         .push(id);
                 }
             }
-            ExchangeKind::Server => self
+            ExchangeKind::Server | ExchangeKind::Consumer => self
                 .servers_by_pid
                 .entry(node.pid)
                 .or_default()
                 .push_back(id),
+            ExchangeKind::Producer | ExchangeKind::Internal => {}
         }
+        if let Some(fingerprint) = node.message_out {
+            self.producers_by_message
+                .entry(fingerprint)
+                .or_default()
+                .push_back(id);
+            self.awaiting_delivery
+                .push_back((node.start_ns + self.stuck_after_ns, id));
+        }
+        let consumes = node.message_in.is_some();
         self.nodes.insert(id, node);
+        if consumes {
+            self.match_producer(id);
+        }
     }
 
     /// `now_ns` is kernel time; the span is resolved `settle_ns` later by `poll`.
@@ -156,16 +210,58 @@ impl Correlator {
                 start_ktime_ns: exchange.start_ktime_ns,
                 tid: exchange.tid,
                 traceparent: exchange.traceparent.clone(),
+                message_out: None,
+                message_in: None,
             };
             self.started(connection, &start);
         }
         let node = self.nodes.get_mut(&id).expect("inserted above");
+        if node.message_out.is_some() {
+            node.published = Some((connection.clone(), exchange.attributes.clone()));
+        }
         node.end_ns = Some(exchange.end_ktime_ns);
         // Addresses may have become known after the start.
         node.local = node.local.or(connection.local);
         node.remote = node.remote.or(connection.remote);
         node.finished = Some((exchange, connection.clone()));
         self.settling.push_back((now_ns + self.settle_ns, id));
+    }
+
+    /// A message entered or left the broker (seen on the broker's own sockets).
+    pub fn broker(&mut self, event: BrokerEvent) {
+        if event.entered {
+            let entered = self.broker_entered.entry(event.fingerprint).or_default();
+            entered.push_back(event.ktime_ns);
+            if entered.len() > MAX_BROKER_BACKLOG {
+                entered.pop_front();
+            }
+            return;
+        }
+        let Some(entered) = self
+            .broker_entered
+            .get_mut(&event.fingerprint)
+            .and_then(VecDeque::pop_front)
+        else {
+            return;
+        };
+        let delivered = self.broker_delivered.entry(event.fingerprint).or_default();
+        delivered.push_back((entered, event.ktime_ns));
+        if delivered.len() > MAX_BROKER_BACKLOG {
+            delivered.pop_front();
+        }
+        // The oldest undelivered producer of this message is delivered now.
+        if let Some(producers) = self.producers_by_message.get(&event.fingerprint) {
+            let nodes = &mut self.nodes;
+            if let Some(id) = producers
+                .iter()
+                .find(|p| nodes.get(p).is_some_and(|n| !n.delivered))
+                .copied()
+            {
+                if let Some(producer) = nodes.get_mut(&id) {
+                    producer.delivered = true;
+                }
+            }
+        }
     }
 
     /// Resolves spans whose settle time has passed. `now_ns` is kernel time.
@@ -180,33 +276,176 @@ impl Correlator {
                 out.push(span);
             }
         }
+        self.check_deliveries(now_ns, out);
         self.evict(now_ns);
     }
 
     /// Resolves everything still settling (at shutdown).
     pub fn flush(&mut self, out: &mut Vec<ResolvedSpan>) {
-        self.poll(u64::MAX, out);
+        while let Some((_, id)) = self.settling.pop_front() {
+            if let Some(span) = self.resolve(id) {
+                self.stats.spans_resolved += 1;
+                out.push(span);
+            }
+        }
+    }
+
+    /// Pairs a CONSUMER span with the oldest unmatched PRODUCER span of its message.
+    fn match_producer(&mut self, consumer: NodeId) {
+        let Some(node) = self.nodes.get(&consumer) else {
+            return;
+        };
+        let (Some(fingerprint), None, start) = (node.message_in, node.producer, node.start_ns)
+        else {
+            return;
+        };
+        let Some(producers) = self.producers_by_message.get_mut(&fingerprint) else {
+            return;
+        };
+        let nodes = &self.nodes;
+        let Some(index) = producers
+            .iter()
+            .position(|p| nodes.get(p).is_some_and(|n| n.start_ns <= start))
+        else {
+            return;
+        };
+        let producer = producers.remove(index).expect("index from position");
+        if producers.is_empty() {
+            self.producers_by_message.remove(&fingerprint);
+        }
+        if let Some(p) = self.nodes.get_mut(&producer) {
+            p.delivered = true;
+        }
+        if let Some(c) = self.nodes.get_mut(&consumer) {
+            c.producer = Some(producer);
+        }
     }
 
     fn resolve(&mut self, id: NodeId) -> Option<ResolvedSpan> {
         let trace_id = self.trace_of(id);
         let parent = self.parent_of(id);
-        let node = self.nodes.get_mut(&id)?;
-        let (exchange, connection) = node.finished.take()?;
+        let (mut exchange, connection) = self.nodes.get_mut(&id)?.finished.take()?;
         let (parent_span_id, parent_is_remote) = match parent {
             Parent::Local(p) => (self.nodes.get(&p).map(|n| n.span_id), false),
             Parent::Remote(tp) => (Some(SpanId::from_bytes(tp.parent_id)), true),
             Parent::Root => (None, false),
         };
-        let node = self.nodes.get(&id)?;
+        let mut links = Vec::new();
+        if let Some(producer) = self.nodes.get(&id).and_then(|n| n.producer) {
+            let producer_trace = self.trace_of(producer);
+            if let Some(p) = self.nodes.get(&producer) {
+                links.push((producer_trace, p.span_id));
+            }
+        }
+        if let Some((residence_ns, source)) = self.residence(id) {
+            exchange.attributes.push((
+                "tracer.messaging.queue_residence_ms",
+                ((residence_ns / 1_000_000) as i64).into(),
+            ));
+            exchange
+                .attributes
+                .push(("tracer.messaging.queue_residence_source", source.into()));
+        }
+        let span_id = self.nodes.get(&id)?.span_id;
         Some(ResolvedSpan {
             trace_id,
-            span_id: node.span_id,
+            span_id,
             parent_span_id,
             parent_is_remote,
+            links,
             exchange,
             connection,
         })
+    }
+
+    /// How long a consumed message sat in the broker: from the broker's own sockets when
+    /// we saw them, else from the producer's publish to this delivery.
+    fn residence(&mut self, id: NodeId) -> Option<(u64, &'static str)> {
+        let node = self.nodes.get(&id)?;
+        let fingerprint = node.message_in?;
+        let start = node.start_ns;
+        let producer_start = node
+            .producer
+            .and_then(|p| self.nodes.get(&p))
+            .map(|p| p.start_ns);
+        if let Some(delivered) = self.broker_delivered.get_mut(&fingerprint) {
+            if let Some(index) = delivered
+                .iter()
+                .position(|(_, left)| *left <= start + 1_000_000_000)
+            {
+                let (entered, left) = delivered.remove(index).expect("index from position");
+                return Some((left.saturating_sub(entered), "broker"));
+            }
+        }
+        producer_start.map(|p| (start.saturating_sub(p), "clients"))
+    }
+
+    /// Producers whose message was not delivered in time: counted, logged, and a span
+    /// saying so in the producer's trace.
+    fn check_deliveries(&mut self, now_ns: u64, out: &mut Vec<ResolvedSpan>) {
+        while let Some(&(deadline, id)) = self.awaiting_delivery.front() {
+            if deadline > now_ns {
+                break;
+            }
+            self.awaiting_delivery.pop_front();
+            let Some(node) = self.nodes.get(&id) else {
+                continue;
+            };
+            if node.delivered {
+                continue;
+            }
+            let Some((connection, mut attributes)) = node.published.clone() else {
+                continue;
+            };
+            let (producer_span, start_ns, tid) =
+                (node.span_id, node.end_ns.unwrap_or(node.start_ns), node.tid);
+            let waited_s = self.stuck_after_ns as f64 / 1e9;
+            let trace_id = self.trace_of(id);
+            self.stats.messages_stuck += 1;
+            let destination = attributes
+                .iter()
+                .find(|(k, _)| *k == "messaging.destination.name")
+                .map(|(_, v)| match v {
+                    AttrValue::Str(s) => s.clone(),
+                    AttrValue::Int(i) => i.to_string(),
+                })
+                .unwrap_or_default();
+            tracing::warn!(
+                trace_id = %trace_id,
+                pid = connection.id.tgid,
+                "message published to {destination} was not delivered within {waited_s} s: stuck in a queue or lost"
+            );
+            attributes.push(("tracer.synthesized", "true".into()));
+            attributes.push((
+                "tracer.message.waited_ms",
+                ((self.stuck_after_ns / 1_000_000) as i64).into(),
+            ));
+            let exchange = Exchange {
+                protocol: "amqp",
+                sequence: u64::MAX,
+                kind: ExchangeKind::Internal,
+                name: "message not delivered".into(),
+                start_ktime_ns: start_ns,
+                end_ktime_ns: deadline.max(start_ns),
+                tid,
+                attributes,
+                status: ExchangeStatus::Error {
+                    error_type: "not_delivered".into(),
+                    message: format!("no delivery within {waited_s} s: stuck in a queue or lost"),
+                },
+                traceparent: None,
+                fields: Default::default(),
+            };
+            out.push(ResolvedSpan {
+                trace_id,
+                span_id: self.ids.new_span_id(),
+                parent_span_id: Some(producer_span),
+                parent_is_remote: false,
+                links: Vec::new(),
+                exchange,
+                connection,
+            });
+        }
     }
 
     /// The trace of a node: its parent's, recursively, or a new one for a root.
@@ -227,14 +466,7 @@ impl Correlator {
             match self.parent_of(current) {
                 Parent::Local(parent) => current = parent,
                 Parent::Remote(tp) => break TraceId::from_bytes(tp.trace_id),
-                Parent::Root => {
-                    let node = &self.nodes[&current];
-                    // A CLIENT request carrying its own traceparent keeps that trace.
-                    break match node.traceparent {
-                        Some(tp) => TraceId::from_bytes(tp.trace_id),
-                        None => self.ids.new_trace_id(),
-                    };
-                }
+                Parent::Root => break self.ids.new_trace_id(),
             }
         };
         for node in chain {
@@ -253,27 +485,42 @@ impl Correlator {
         if let Some(parent) = node.parent {
             return parent;
         }
+        if node.kind == ExchangeKind::Consumer && node.producer.is_none() {
+            // The producer's start may have been read after this consumer's.
+            self.match_producer(id);
+        }
+        let Some(node) = self.nodes.get(&id) else {
+            return Parent::Root;
+        };
         let parent = match node.kind {
-            ExchangeKind::Server => self
-                .peer_client(id, node)
-                .map(|p| {
+            ExchangeKind::Server => match self.peer_client(id, node) {
+                Some(client) => {
                     self.stats.parents_by_peer += 1;
-                    Parent::Local(p)
-                })
-                .or_else(|| {
-                    node.traceparent.map(|tp| {
-                        self.stats.parents_by_traceparent += 1;
-                        Parent::Remote(tp)
-                    })
+                    Some(Parent::Local(client))
+                }
+                None => node.traceparent.map(|tp| {
+                    self.stats.parents_by_traceparent += 1;
+                    Parent::Remote(tp)
                 }),
-            ExchangeKind::Client => self
-                .open_server_on_thread(node)
-                .map(|p| {
+            },
+            ExchangeKind::Consumer => match (node.traceparent, node.producer) {
+                (Some(tp), _) => Some(Parent::Remote(tp)),
+                (None, Some(producer)) => {
+                    self.stats.parents_by_message += 1;
+                    Some(Parent::Local(producer))
+                }
+                (None, None) => None,
+            },
+            ExchangeKind::Client | ExchangeKind::Producer => match self.open_server_on_thread(node)
+            {
+                Some(server) => {
                     self.stats.parents_in_process += 1;
-                    Parent::Local(p)
-                })
+                    Some(Parent::Local(server))
+                }
                 // A request that carries its own traceparent names its caller's context.
-                .or_else(|| node.traceparent.map(Parent::Remote)),
+                None => node.traceparent.map(Parent::Remote),
+            },
+            ExchangeKind::Internal => None,
         }
         .unwrap_or(Parent::Root);
         if let Some(node) = self.nodes.get_mut(&id) {
@@ -299,7 +546,8 @@ impl Correlator {
             .map(|(client, _)| client)
     }
 
-    /// Rule 3: the latest SERVER span of the same process and thread open at this start.
+    /// Rule 3: the latest SERVER (or CONSUMER) span of the same process and thread open at
+    /// this start.
     fn open_server_on_thread(&self, node: &Node) -> Option<NodeId> {
         let servers = self.servers_by_pid.get(&node.pid)?;
         servers.iter().rev().copied().find(|server| {
@@ -341,6 +589,11 @@ impl Correlator {
                 servers.retain(|id| nodes.contains_key(id));
             }
             self.servers_by_pid.retain(|_, servers| !servers.is_empty());
+            for producers in self.producers_by_message.values_mut() {
+                producers.retain(|id| nodes.contains_key(id));
+            }
+            self.producers_by_message
+                .retain(|_, producers| !producers.is_empty());
         }
     }
 }

@@ -33,6 +33,8 @@ fn start(kind: ExchangeKind, at: u64, tid: u32, traceparent: Option<&str>) -> Ex
         start_ktime_ns: at,
         tid,
         traceparent: traceparent.map(str::to_owned),
+        message_out: None,
+        message_in: None,
     }
 }
 

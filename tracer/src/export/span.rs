@@ -2,6 +2,7 @@
 //! the connection.
 use std::borrow::Cow;
 
+use opentelemetry::trace::{Link, TraceId};
 use opentelemetry::{
     trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState},
     InstrumentationScope, KeyValue,
@@ -20,6 +21,7 @@ pub fn to_span_data(span: ResolvedSpan, clock: &KernelClock) -> SpanData {
         span_id,
         parent_span_id,
         parent_is_remote,
+        links,
         exchange,
         connection,
     } = span;
@@ -55,6 +57,9 @@ pub fn to_span_data(span: ResolvedSpan, clock: &KernelClock) -> SpanData {
             (SpanKind::Server, connection.local)
         }
         ExchangeKind::Client => (SpanKind::Client, connection.remote),
+        ExchangeKind::Producer => (SpanKind::Producer, connection.remote),
+        ExchangeKind::Consumer => (SpanKind::Consumer, connection.remote),
+        ExchangeKind::Internal => (SpanKind::Internal, None),
     };
     if let Some(server) = server {
         attributes.push(KeyValue::new("server.address", server.ip().to_string()));
@@ -87,10 +92,28 @@ pub fn to_span_data(span: ResolvedSpan, clock: &KernelClock) -> SpanData {
         attributes,
         dropped_attributes_count: 0,
         events: SpanEvents::default(),
-        links: SpanLinks::default(),
+        links: span_links(links),
         status,
         instrumentation_scope: InstrumentationScope::builder("tracer")
             .with_version(env!("CARGO_PKG_VERSION"))
             .build(),
     }
+}
+
+fn span_links(links: Vec<(TraceId, SpanId)>) -> SpanLinks {
+    let mut span_links = SpanLinks::default();
+    span_links.links = links
+        .into_iter()
+        .map(|(trace_id, span_id)| {
+            let context = SpanContext::new(
+                trace_id,
+                span_id,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            );
+            Link::new(context, vec![KeyValue::new("tracer.link", "message")], 0)
+        })
+        .collect();
+    span_links
 }

@@ -9,6 +9,13 @@ pub enum ExchangeKind {
     Server,
     /// The process made a request (OTel CLIENT).
     Client,
+    /// The process sent a message to a broker (OTel PRODUCER).
+    Producer,
+    /// The process received and handled a message (OTel CONSUMER).
+    Consumer,
+    /// Not observed but concluded by tracer (e.g. "message not delivered"); such spans
+    /// carry `tracer.synthesized = true`.
+    Internal,
 }
 
 impl ExchangeKind {
@@ -66,6 +73,19 @@ pub struct ExchangeStart {
     pub tid: u32,
     /// W3C `traceparent` carried by the request, if any.
     pub traceparent: Option<String>,
+    /// Fingerprint of a message this exchange sent to a broker.
+    pub message_out: Option<u64>,
+    /// Fingerprint of a message this exchange received from a broker.
+    pub message_in: Option<u64>,
+}
+
+/// Seen on a broker's own sockets: a message entered (was published to) or left (was
+/// delivered by) the broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BrokerEvent {
+    pub fingerprint: u64,
+    pub entered: bool,
+    pub ktime_ns: u64,
 }
 
 /// A finished exchange, ready to become a span.

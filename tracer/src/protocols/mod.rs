@@ -1,9 +1,12 @@
 //! Application protocols: inferred from a connection's first bytes, then parsed per
 //! connection into `Exchange`s. Adding a protocol is one folder plus one registry line.
+pub mod amqp;
 mod exchange;
 pub mod http;
 
-pub use exchange::{AttrValue, Exchange, ExchangeKind, ExchangeStart, ExchangeStatus, Peer};
+pub use exchange::{
+    AttrValue, BrokerEvent, Exchange, ExchangeKind, ExchangeStart, ExchangeStatus, Peer,
+};
 
 use crate::capture::{Direction, Role};
 
@@ -40,6 +43,7 @@ impl Default for SessionOptions {
 pub enum ExchangeEvent {
     Started(ExchangeStart),
     Finished(Exchange),
+    Broker(BrokerEvent),
 }
 
 pub trait Protocol: Sync {
@@ -81,7 +85,7 @@ pub trait ProtocolSession: Send {
 }
 
 /// The registry: every protocol tracer understands, tried in this order.
-pub static PROTOCOLS: &[&dyn Protocol] = &[&http::Http];
+pub static PROTOCOLS: &[&dyn Protocol] = &[&http::Http, &amqp::Amqp];
 
 /// The first protocol that claims these bytes; `Err(true)` when some protocol needs more.
 pub fn infer(

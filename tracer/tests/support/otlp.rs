@@ -38,6 +38,9 @@ pub struct ReceivedSpan {
     pub attributes: HashMap<String, String>,
     /// OTLP status code: 0 unset, 1 ok, 2 error.
     pub status: i32,
+    pub status_message: String,
+    /// (trace id, span id) of each link.
+    pub links: Vec<(String, String)>,
     pub start_unix_nano: u64,
     pub end_unix_nano: u64,
 }
@@ -283,6 +286,16 @@ fn flatten(requests: &[ExportTraceServiceRequest]) -> Vec<ReceivedSpan> {
                             .map(|kv| (kv.key.clone(), value_string(&kv.value)))
                             .collect(),
                         status: span.status.as_ref().map_or(0, |s| s.code),
+                        status_message: span
+                            .status
+                            .as_ref()
+                            .map(|s| s.message.clone())
+                            .unwrap_or_default(),
+                        links: span
+                            .links
+                            .iter()
+                            .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
+                            .collect(),
                         start_unix_nano: span.start_time_unix_nano,
                         end_unix_nano: span.end_time_unix_nano,
                     });

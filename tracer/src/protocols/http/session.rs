@@ -85,6 +85,8 @@ impl HttpSession {
                         start_ktime_ns: ktime_ns,
                         tid,
                         traceparent: head.header("traceparent").map(str::to_owned),
+                        message_out: None,
+                        message_in: None,
                     }));
                     self.pending.push_back(PendingRequest {
                         sequence,
@@ -233,8 +235,8 @@ impl HttpSession {
 /// the client side.
 fn status_for(kind: ExchangeKind, status: u16) -> ExchangeStatus {
     let error = match kind {
-        ExchangeKind::Server => status >= 500,
         ExchangeKind::Client => status >= 400,
+        _ => status >= 500,
     };
     if error {
         ExchangeStatus::Error {

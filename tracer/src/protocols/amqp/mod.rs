@@ -1,0 +1,41 @@
+//! AMQP 0-9-1 (RabbitMQ): frames parsed with `amq-protocol`, producer/consumer spans on
+//! clients, message entry/exit on the broker.
+mod frames;
+mod message;
+mod session;
+
+#[cfg(test)]
+mod tests;
+
+pub use session::AmqpSession;
+
+use super::{Inference, Protocol, ProtocolSession, SessionOptions};
+use crate::capture::{Direction, Role};
+
+pub struct Amqp;
+
+impl Protocol for Amqp {
+    fn name(&self) -> &'static str {
+        "amqp"
+    }
+
+    /// The protocol header, or (mid-stream) a strictly valid frame: known type, frame end
+    /// where the size says, known class and method.
+    fn infer(&self, bytes: &[u8], _direction: Direction, _mid_stream: bool) -> Inference {
+        match frames::is_frame_start(bytes) {
+            Some(true) => Inference::Yes,
+            Some(false) => Inference::No,
+            None => Inference::NeedMore,
+        }
+    }
+
+    fn session(
+        &self,
+        role: Role,
+        _first_direction: Direction,
+        mid_stream: bool,
+        options: &SessionOptions,
+    ) -> Box<dyn ProtocolSession> {
+        Box::new(AmqpSession::new(role, options, mid_stream))
+    }
+}

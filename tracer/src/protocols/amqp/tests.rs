@@ -1,0 +1,279 @@
+//! Golden tests on real captured conversations (`fixtures/*.bin`, recorded with
+//! `tracer capture` from pika, amqplib and RabbitMQ): each fixture is replayed into a
+//! session and the events, rendered as JSON lines, must equal `fixtures/<name>.expected.jsonl`.
+//! On a mismatch the actual output is written beside it as `<name>.actual.jsonl`;
+//! `TRACER_BLESS=1` rewrites the expected files after a reviewed change.
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde_json::{json, Value};
+
+use super::{frames, AmqpSession};
+use crate::{
+    capture::{Direction, Role},
+    protocols::{
+        AttrValue, ExchangeEvent, ExchangeKind, ExchangeStatus, ProtocolSession, SessionOptions,
+    },
+};
+
+fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/protocols/amqp/fixtures")
+}
+
+/// Records of a fixture: (direction, relative kernel time, bytes).
+fn records(name: &str) -> Vec<(Direction, u64, Vec<u8>)> {
+    let raw = std::fs::read(fixture_dir().join(format!("{name}.bin"))).unwrap();
+    let mut at = 0;
+    let mut out = Vec::new();
+    while at < raw.len() {
+        let direction = if raw[at] == b'E' {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        };
+        let time = u64::from_be_bytes(raw[at + 1..at + 9].try_into().unwrap());
+        let len = u32::from_be_bytes(raw[at + 9..at + 13].try_into().unwrap()) as usize;
+        out.push((direction, time + 1, raw[at + 13..at + 13 + len].to_vec()));
+        at += 13 + len;
+    }
+    out
+}
+
+fn kind(kind: ExchangeKind) -> &'static str {
+    match kind {
+        ExchangeKind::Server => "server",
+        ExchangeKind::Client => "client",
+        ExchangeKind::Producer => "producer",
+        ExchangeKind::Consumer => "consumer",
+        ExchangeKind::Internal => "internal",
+    }
+}
+
+fn render(event: &ExchangeEvent) -> Value {
+    match event {
+        ExchangeEvent::Started(s) => json!({
+            "event": "started", "kind": kind(s.kind), "sequence": s.sequence,
+            "publishes": s.message_out.is_some(), "receives": s.message_in.is_some(),
+        }),
+        ExchangeEvent::Finished(x) => {
+            let attributes: BTreeMap<&str, Value> = x
+                .attributes
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        *k,
+                        match v {
+                            AttrValue::Str(s) => json!(s),
+                            AttrValue::Int(i) => json!(i),
+                        },
+                    )
+                })
+                .collect();
+            let status = match &x.status {
+                ExchangeStatus::Ok => json!("ok"),
+                ExchangeStatus::Error {
+                    error_type,
+                    message,
+                } => json!({ "error_type": error_type, "message": message }),
+            };
+            json!({
+                "event": "finished", "kind": kind(x.kind), "sequence": x.sequence, "name": x.name,
+                "status": status, "attributes": attributes, "body": x.fields.get("body"),
+            })
+        }
+        ExchangeEvent::Broker(b) => {
+            json!({ "event": "broker", "entered": b.entered, "fingerprint": format!("{:016x}", b.fingerprint) })
+        }
+    }
+}
+
+fn replay(name: &str, role: Role, chunk: Option<usize>) -> Vec<ExchangeEvent> {
+    let mut session = AmqpSession::new(role, &SessionOptions::default(), false);
+    let mut out = Vec::new();
+    let mut last = 0;
+    for (direction, time, bytes) in records(name) {
+        match chunk {
+            Some(n) => bytes
+                .chunks(n)
+                .for_each(|c| session.feed(direction, c, time, 1, &mut out)),
+            None => session.feed(direction, &bytes, time, 1, &mut out),
+        }
+        last = time;
+    }
+    session.close(last + 1, &mut out);
+    out
+}
+
+fn golden(name: &str, role: Role) {
+    let actual: String = replay(name, role, None)
+        .iter()
+        .map(|e| format!("{}\n", render(e)))
+        .collect();
+    let expected_path = fixture_dir().join(format!("{name}.expected.jsonl"));
+    if std::env::var("TRACER_BLESS").is_ok_and(|v| v == "1") {
+        std::fs::write(&expected_path, &actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+    if actual != expected {
+        let actual_path = fixture_dir().join(format!("{name}.actual.jsonl"));
+        std::fs::write(&actual_path, &actual).unwrap();
+        panic!(
+            "{name}: output differs from {}; see {}",
+            expected_path.display(),
+            actual_path.display()
+        );
+    }
+}
+
+#[test]
+fn publisher_with_confirms_on_two_channels() {
+    golden("publisher", Role::Client);
+}
+
+#[test]
+fn consumer_acks_rejects_and_nacks() {
+    golden("consumer", Role::Client);
+}
+
+#[test]
+fn publish_to_a_missing_exchange_fails_with_the_brokers_reason() {
+    golden("unroutable", Role::Client);
+}
+
+#[test]
+fn broker_sees_messages_enter_and_leave() {
+    golden("broker_publisher", Role::Server);
+    golden("broker_consumer", Role::Server);
+}
+
+#[test]
+fn the_same_message_has_the_same_fingerprint_on_every_socket() {
+    let fingerprints = |name: &str, role| -> Vec<u64> {
+        replay(name, role, None)
+            .iter()
+            .filter_map(|e| match e {
+                ExchangeEvent::Broker(b) => Some(b.fingerprint),
+                ExchangeEvent::Started(s) => s.message_out.or(s.message_in),
+                _ => None,
+            })
+            .collect()
+    };
+    let published = fingerprints("publisher", Role::Client);
+    assert_eq!(published.len(), 3);
+    assert_eq!(fingerprints("broker_publisher", Role::Server), published);
+    assert_eq!(fingerprints("consumer", Role::Client), published);
+    assert_eq!(fingerprints("broker_consumer", Role::Server), published);
+}
+
+#[test]
+fn frames_split_at_every_byte_give_the_same_result() {
+    for (name, role) in [
+        ("publisher", Role::Client),
+        ("consumer", Role::Client),
+        ("broker_publisher", Role::Server),
+    ] {
+        let whole: Vec<Value> = replay(name, role, None).iter().map(render).collect();
+        let bytewise: Vec<Value> = replay(name, role, Some(1)).iter().map(render).collect();
+        assert_eq!(whole, bytewise, "{name}");
+    }
+}
+
+#[test]
+fn credentials_in_start_ok_never_appear_in_output() {
+    for name in ["publisher", "consumer", "unroutable"] {
+        let raw: Vec<u8> = records(name).into_iter().flat_map(|r| r.2).collect();
+        assert!(
+            raw.windows(5).any(|w| w == b"guest"),
+            "{name}: the fixture holds the SASL response"
+        );
+        let rendered: String = replay(name, Role::Client, None)
+            .iter()
+            .map(|e| render(e).to_string())
+            .collect();
+        assert!(
+            !rendered.contains("guest"),
+            "{name}: credentials leaked: {rendered}"
+        );
+    }
+}
+
+#[test]
+fn inference_is_strict() {
+    assert_eq!(frames::is_frame_start(b"AMQP\x00\x00\x09\x01"), Some(true));
+    assert_eq!(frames::is_frame_start(b"AMQP"), None);
+    assert_eq!(frames::is_frame_start(b"GET / HTTP/1.1\r\n"), Some(false));
+    // A heartbeat frame: type 8, channel 0, size 0, frame end.
+    assert_eq!(
+        frames::is_frame_start(&[8, 0, 0, 0, 0, 0, 0, 0xCE]),
+        Some(true)
+    );
+    assert_eq!(
+        frames::is_frame_start(&[8, 0, 0, 0, 0, 0, 0, 0xCD]),
+        Some(false)
+    );
+    // Basic.Ack (60, 80) on channel 1, mid-stream.
+    let ack = [
+        1, 0, 1, 0, 0, 0, 13, 0, 60, 0, 80, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0xCE,
+    ];
+    assert_eq!(frames::is_frame_start(&ack), Some(true));
+    // Right shape, unknown class 99.
+    let unknown = [
+        1, 0, 1, 0, 0, 0, 13, 0, 99, 0, 80, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0xCE,
+    ];
+    assert_eq!(frames::is_frame_start(&unknown), Some(false));
+}
+
+#[test]
+fn garbage_and_gaps_resynchronise_at_the_next_frame() {
+    let records = records("publisher");
+    let mut session = AmqpSession::new(Role::Client, &SessionOptions::default(), false);
+    let mut out = Vec::new();
+    for (i, (direction, time, bytes)) in records.iter().enumerate() {
+        if i == 10 {
+            session.feed(
+                *direction,
+                b"\x01\x02garbage that is not a frame\xce",
+                *time,
+                1,
+                &mut out,
+            );
+            session.gap(*direction, 1000, *time, &mut out);
+        }
+        session.feed(*direction, bytes, *time, 1, &mut out);
+    }
+    let finished = out
+        .iter()
+        .filter(|e| matches!(e, ExchangeEvent::Finished(_)))
+        .count();
+    assert!(finished >= 1, "later publishes are still seen");
+}
+
+#[test]
+fn body_frames_cut_by_the_capture_limit_still_count_exactly() {
+    // Replay the publisher, but deliver only the first 10 bytes of each body frame and
+    // report the rest (payload and frame end) as a gap, as a capture limit would.
+    let mut session = AmqpSession::new(Role::Client, &SessionOptions::default(), false);
+    let mut out = Vec::new();
+    for (direction, time, bytes) in records("publisher") {
+        if direction == Direction::Egress && bytes.first() == Some(&3) && bytes.len() > 10 {
+            session.feed(direction, &bytes[..10], time, 1, &mut out);
+            session.gap(direction, (bytes.len() - 10) as u64, time, &mut out);
+        } else {
+            session.feed(direction, &bytes, time, 1, &mut out);
+        }
+    }
+    let sizes: Vec<Value> = out
+        .iter()
+        .filter_map(|e| match e {
+            ExchangeEvent::Finished(x) => {
+                Some(render(e)["attributes"]["messaging.message.body.size"].clone())
+                    .filter(|_| x.kind == ExchangeKind::Producer)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sizes,
+        vec![json!(43), json!(43), json!(43)],
+        "every publish completes with its declared size"
+    );
+}

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod correlate;
 pub mod export;
+pub mod extract;
 pub mod protocols;
 pub mod reassembly;
 pub mod session;

@@ -15,6 +15,131 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub amqp: AmqpConfig,
+    #[serde(default)]
+    pub extract: ExtractConfig,
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
+    #[serde(default)]
+    pub sampling: SamplingConfig,
+}
+
+/// Business attributes from exchanges.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractConfig {
+    /// Also apply the built-in rules (order_id/orderId/order-id, /orders/{id}, and the same
+    /// for user ids) after the configured ones.
+    #[serde(default = "yes")]
+    pub defaults: bool,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<ExtractRule>,
+}
+
+impl Default for ExtractConfig {
+    fn default() -> Self {
+        Self {
+            defaults: true,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// One extraction rule: where to look, and how to find the value there.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractRule {
+    /// `app.order.id`, `app.user.id`, `app.order.status`, or any other `app.*` name.
+    pub attribute: String,
+    pub source: ExtractSource,
+    /// For paths and routing keys: `/orders/{order_id}/files`, `order.{id}.submitted`.
+    pub template: Option<String>,
+    /// For headers and query parameters.
+    pub name: Option<String>,
+    /// For JSON bodies: a JSON pointer (`/order/id`).
+    pub pointer: Option<String>,
+    /// For JSON or form bodies: a key name, matched at any depth.
+    pub key: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExtractSource {
+    HttpPath,
+    HttpQuery,
+    HttpHeader,
+    HttpRequestBody,
+    HttpResponseBody,
+    AmqpHeader,
+    AmqpMessageId,
+    AmqpCorrelationId,
+    AmqpRoutingKey,
+    AmqpBody,
+}
+
+/// What leaves the agent.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// Replace order and user ids by HMAC-SHA256(key, id) everywhere in exported spans.
+    #[serde(default)]
+    pub pseudonymise_ids: bool,
+    /// File holding the HMAC key (else the TRACER_HMAC_KEY environment variable). The same
+    /// key on every agent puts the same order in the same trace.
+    pub hmac_key_file: Option<String>,
+    /// Mask e-mail addresses, phone numbers and card numbers in attribute values.
+    #[serde(default = "yes")]
+    pub mask_personal_data: bool,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        Self {
+            pseudonymise_ids: false,
+            hmac_key_file: None,
+            mask_personal_data: true,
+        }
+    }
+}
+
+/// Per-trace sampling, identical on every agent (keyed by the trace id).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingConfig {
+    /// Share of successful traces without an order kept.
+    #[serde(default = "default_success_ratio")]
+    pub success_ratio: f64,
+    /// Share of order traces kept.
+    #[serde(default = "one")]
+    pub order_ratio: f64,
+    /// Spans at least this slow are always kept.
+    #[serde(default = "default_slow_ms")]
+    pub slow_threshold_ms: u64,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            success_ratio: default_success_ratio(),
+            order_ratio: 1.0,
+            slow_threshold_ms: default_slow_ms(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn default_success_ratio() -> f64 {
+    0.1
+}
+
+fn default_slow_ms() -> u64 {
+    2000
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -122,6 +247,19 @@ impl Config {
             return Err(invalid(
                 "amqp.stuck_after_seconds must be a positive number of seconds".into(),
             ));
+        }
+        for (name, ratio) in [
+            ("success_ratio", config.sampling.success_ratio),
+            ("order_ratio", config.sampling.order_ratio),
+        ] {
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(invalid(format!(
+                    "sampling.{name} must be between 0 and 1, not {ratio}"
+                )));
+            }
+        }
+        if let Err(e) = crate::extract::Extractor::new(&config.extract) {
+            return Err(invalid(e.to_string()));
         }
         for route in &config.http.routes {
             if !route.starts_with('/') {

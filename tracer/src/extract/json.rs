@@ -1,0 +1,120 @@
+//! Finding values in JSON bodies that may be cut short (we keep only a prefix): parse when
+//! possible, else scan the text for `"key": value`.
+use serde_json::Value;
+
+/// The value at a JSON pointer (`/order/id`).
+pub fn by_pointer(body: &str, pointer: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(body).ok()?;
+    scalar(value.pointer(pointer)?)
+}
+
+/// Values of `key` at any depth, in document order. Falls back to a text scan when the
+/// body does not parse (truncated prefix).
+pub fn by_key(body: &str, keys: &[String]) -> Vec<String> {
+    match serde_json::from_str::<Value>(body) {
+        Ok(value) => {
+            let mut found = Vec::new();
+            walk(&value, keys, &mut found);
+            found
+        }
+        Err(_) => scan(body, keys),
+    }
+}
+
+fn walk(value: &Value, keys: &[String], found: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if keys.iter().any(|key| key == k) {
+                    if let Some(s) = scalar(v) {
+                        found.push(s);
+                    }
+                }
+                walk(v, keys, found);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| walk(v, keys, found)),
+        _ => {}
+    }
+}
+
+fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// `"key"\s*:\s*("string"|number)` for any of `keys`, in text order.
+fn scan(body: &str, keys: &[String]) -> Vec<String> {
+    let mut found = Vec::new();
+    let bytes = body.as_bytes();
+    let mut at = 0;
+    while let Some(pos) = body[at..].find('"') {
+        let start = at + pos + 1;
+        let Some(len) = body[start..].find('"') else {
+            break;
+        };
+        let key = &body[start..start + len];
+        at = start + len + 1;
+        if !keys.iter().any(|k| k == key) {
+            continue;
+        }
+        let mut i = at;
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if bytes.get(i) != Some(&b':') {
+            continue;
+        }
+        i += 1;
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if bytes.get(i) == Some(&b'"') {
+            if let Some(end) = body[i + 1..].find('"') {
+                let value = &body[i + 1..i + 1 + end];
+                if !value.is_empty() {
+                    found.push(value.to_owned());
+                }
+                at = i + 2 + end;
+            }
+        } else {
+            let end = body[i..]
+                .find(|c: char| !(c.is_ascii_digit() || c == '-'))
+                .map_or(body.len(), |e| i + e);
+            if end > i {
+                found.push(body[i..end].to_owned());
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(k: &[&str]) -> Vec<String> {
+        k.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn finds_keys_at_any_depth_and_numbers() {
+        let body = r#"{"customer":{"userId":77},"items":[{"order_id":"A-1"}],"order_id":"A-2"}"#;
+        assert_eq!(by_key(body, &keys(&["order_id"])), vec!["A-1", "A-2"]);
+        assert_eq!(by_key(body, &keys(&["userId"])), vec!["77"]);
+        assert_eq!(by_pointer(body, "/customer/userId").as_deref(), Some("77"));
+    }
+
+    #[test]
+    fn truncated_bodies_are_scanned() {
+        let body = r#"{"order_id": "ORD-9", "model": "aGVsbG8gd29ybGQ="#;
+        assert_eq!(by_key(body, &keys(&["order_id"])), vec!["ORD-9"]);
+        assert_eq!(
+            by_key(r#"{"orderId" : 1234, "x"#, &keys(&["orderId"])),
+            vec!["1234"]
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! Business attributes (`app.order.id`, `app.user.id`, `app.order.status`, custom `app.*`)
+//! extracted from exchanges by rules, with defaults that need no configuration.
+mod json;
+mod rules;
+
+pub use rules::{Extracted, Extractor, ExtractorError};
+
+#[cfg(test)]
+mod tests;

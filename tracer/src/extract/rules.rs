@@ -1,0 +1,327 @@
+//! Compiled extraction rules and the built-in defaults.
+use thiserror::Error;
+
+use super::json;
+use crate::{
+    config::{ExtractConfig, ExtractRule, ExtractSource},
+    protocols::{AttrValue, Exchange},
+};
+
+pub const ORDER_ID: &str = "app.order.id";
+pub const USER_ID: &str = "app.user.id";
+pub const ORDER_STATUS: &str = "app.order.status";
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ExtractorError {
+    #[error("extract rule #{index} ({attribute}): {reason}")]
+    Rule {
+        index: usize,
+        attribute: String,
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum How {
+    /// Path or routing-key template; the `{…}` segment is captured.
+    Template {
+        parts: Vec<String>,
+        separator: char,
+    },
+    /// The segment after one of these path segments, if it has a digit (`/orders/{id}`).
+    AfterSegment(Vec<String>),
+    /// Header or query parameter names (lower-case for headers).
+    Names(Vec<String>),
+    Pointer(String),
+    /// Keys at any depth in JSON bodies, or in form-encoded bodies.
+    Keys(Vec<String>),
+    Whole,
+}
+
+#[derive(Clone, Debug)]
+struct Rule {
+    attribute: String,
+    source: ExtractSource,
+    how: How,
+}
+
+/// What was found in one exchange.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Extracted {
+    /// Every order id found, first-found first; the first decides the trace.
+    pub order_ids: Vec<String>,
+    /// `app.*` attributes to add to the span (`app.order.id` is the first order id).
+    pub attributes: Vec<(String, String)>,
+}
+
+pub struct Extractor {
+    rules: Vec<Rule>,
+}
+
+impl Extractor {
+    pub fn new(config: &ExtractConfig) -> Result<Self, ExtractorError> {
+        let mut rules = Vec::new();
+        for (i, rule) in config.rules.iter().enumerate() {
+            rules.push(compile(rule).map_err(|reason| ExtractorError::Rule {
+                index: i + 1,
+                attribute: rule.attribute.clone(),
+                reason,
+            })?);
+        }
+        if config.defaults {
+            rules.extend(defaults());
+        }
+        Ok(Self { rules })
+    }
+
+    pub fn extract(&self, exchange: &Exchange) -> Extracted {
+        let mut found: Vec<(String, String)> = Vec::new();
+        for rule in &self.rules {
+            for value in find(rule, exchange) {
+                if !found
+                    .iter()
+                    .any(|(a, v)| *a == rule.attribute && *v == value)
+                {
+                    found.push((rule.attribute.clone(), value));
+                }
+            }
+        }
+        let order_ids: Vec<String> = found
+            .iter()
+            .filter(|(a, _)| a == ORDER_ID)
+            .map(|(_, v)| v.clone())
+            .collect();
+        let mut attributes = Vec::new();
+        for (attribute, value) in found {
+            // One value per attribute on the span; further order ids become links.
+            if attributes
+                .iter()
+                .any(|(a, _): &(String, String)| *a == attribute)
+            {
+                continue;
+            }
+            // A status alone (no order in sight) is not about an order.
+            if attribute == ORDER_STATUS && order_ids.is_empty() {
+                continue;
+            }
+            attributes.push((attribute, value));
+        }
+        Extracted {
+            order_ids,
+            attributes,
+        }
+    }
+}
+
+fn compile(rule: &ExtractRule) -> Result<Rule, String> {
+    if !rule.attribute.starts_with("app.") {
+        return Err("attribute must be in the app.* namespace".into());
+    }
+    use ExtractSource::*;
+    let how = match rule.source {
+        HttpPath | AmqpRoutingKey => {
+            let template = rule
+                .template
+                .as_deref()
+                .ok_or("this source needs `template`")?;
+            let separator = if rule.source == HttpPath { '/' } else { '.' };
+            let parts: Vec<String> = template.split(separator).map(str::to_owned).collect();
+            if parts
+                .iter()
+                .filter(|p| p.starts_with('{') && p.ends_with('}'))
+                .count()
+                != 1
+            {
+                return Err(format!(
+                    "template {template:?} needs exactly one {{placeholder}}"
+                ));
+            }
+            How::Template { parts, separator }
+        }
+        HttpQuery | HttpHeader | AmqpHeader => {
+            let name = rule.name.as_deref().ok_or("this source needs `name`")?;
+            How::Names(vec![if rule.source == HttpHeader {
+                name.to_ascii_lowercase()
+            } else {
+                name.to_owned()
+            }])
+        }
+        HttpRequestBody | HttpResponseBody | AmqpBody => match (&rule.pointer, &rule.key) {
+            (Some(pointer), None) if pointer.starts_with('/') => How::Pointer(pointer.clone()),
+            (Some(_), None) => return Err("`pointer` must start with '/'".into()),
+            (None, Some(key)) => How::Keys(vec![key.clone()]),
+            _ => return Err("body sources need exactly one of `pointer` or `key`".into()),
+        },
+        AmqpMessageId | AmqpCorrelationId => How::Whole,
+    };
+    Ok(Rule {
+        attribute: rule.attribute.clone(),
+        source: rule.source,
+        how,
+    })
+}
+
+/// `order_id`, `orderId`, `order-id`, `/orders/{id}`, and the same for users.
+fn defaults() -> Vec<Rule> {
+    use ExtractSource::*;
+    let mut rules = Vec::new();
+    for (attribute, word) in [(ORDER_ID, "order"), (USER_ID, "user")] {
+        let keys = vec![
+            format!("{word}_id"),
+            format!("{word}Id"),
+            format!("{word}-id"),
+        ];
+        let headers = vec![
+            format!("x-{word}-id"),
+            format!("{word}-id"),
+            format!("{word}_id"),
+        ];
+        let rule = |source, how| Rule {
+            attribute: attribute.to_owned(),
+            source,
+            how,
+        };
+        rules.push(rule(
+            HttpPath,
+            How::AfterSegment(vec![format!("{word}s"), word.to_owned()]),
+        ));
+        rules.push(rule(HttpQuery, How::Names(keys.clone())));
+        rules.push(rule(HttpHeader, How::Names(headers.clone())));
+        rules.push(rule(HttpRequestBody, How::Keys(keys.clone())));
+        rules.push(rule(HttpResponseBody, How::Keys(keys.clone())));
+        rules.push(rule(
+            AmqpHeader,
+            How::Names(keys.iter().chain(&headers).cloned().collect()),
+        ));
+        rules.push(rule(AmqpBody, How::Keys(keys)));
+    }
+    let status_keys = How::Keys(vec![
+        "order_status".into(),
+        "orderStatus".into(),
+        "status".into(),
+    ]);
+    for source in [HttpRequestBody, HttpResponseBody, AmqpBody] {
+        rules.push(Rule {
+            attribute: ORDER_STATUS.into(),
+            source,
+            how: status_keys.clone(),
+        });
+    }
+    rules
+}
+
+fn attribute<'a>(exchange: &'a Exchange, key: &str) -> Option<&'a str> {
+    exchange
+        .attributes
+        .iter()
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| match v {
+            AttrValue::Str(s) => Some(s.as_str()),
+            AttrValue::Int(_) => None,
+        })
+}
+
+fn field<'a>(exchange: &'a Exchange, key: &str) -> Option<&'a str> {
+    exchange.fields.get(key).map(String::as_str)
+}
+
+/// The raw text a source names in this exchange, if the exchange is of that protocol.
+fn source_text<'a>(source: ExtractSource, exchange: &'a Exchange) -> Option<&'a str> {
+    use ExtractSource::*;
+    let http = exchange.protocol == "http";
+    let amqp = exchange.protocol == "amqp";
+    match source {
+        HttpPath if http => attribute(exchange, "url.path"),
+        HttpQuery if http => attribute(exchange, "url.query"),
+        HttpRequestBody if http => field(exchange, "request.body"),
+        HttpResponseBody if http => field(exchange, "response.body"),
+        AmqpMessageId if amqp => field(exchange, "message_id"),
+        AmqpCorrelationId if amqp => field(exchange, "correlation_id"),
+        AmqpRoutingKey if amqp => field(exchange, "routing_key"),
+        AmqpBody if amqp => field(exchange, "body"),
+        _ => None,
+    }
+}
+
+fn find(rule: &Rule, exchange: &Exchange) -> Vec<String> {
+    use ExtractSource::*;
+    match (&rule.how, rule.source) {
+        (How::Names(names), HttpHeader) if exchange.protocol == "http" => names
+            .iter()
+            .filter_map(|n| field(exchange, &format!("request.header.{n}")))
+            .map(str::to_owned)
+            .collect(),
+        (How::Names(names), AmqpHeader) if exchange.protocol == "amqp" => names
+            .iter()
+            .filter_map(|n| field(exchange, &format!("header.{n}")))
+            .map(str::to_owned)
+            .collect(),
+        (How::Names(names), source) => {
+            let Some(query) = source_text(source, exchange) else {
+                return Vec::new();
+            };
+            form_values(query, names)
+        }
+        (how, source) => {
+            let Some(text) = source_text(source, exchange) else {
+                return Vec::new();
+            };
+            match how {
+                How::Template { parts, separator } => template_value(text, parts, *separator)
+                    .into_iter()
+                    .collect(),
+                How::AfterSegment(words) => after_segment(text, words).into_iter().collect(),
+                How::Pointer(pointer) => json::by_pointer(text, pointer).into_iter().collect(),
+                How::Keys(keys) => {
+                    let trimmed = text.trim_start();
+                    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+                        json::by_key(text, keys)
+                    } else {
+                        form_values(text, keys)
+                    }
+                }
+                How::Whole => Some(text.to_owned())
+                    .filter(|t| !t.is_empty())
+                    .into_iter()
+                    .collect(),
+                How::Names(_) => Vec::new(),
+            }
+        }
+    }
+}
+
+fn template_value(text: &str, parts: &[String], separator: char) -> Option<String> {
+    let segments: Vec<&str> = text.split(separator).collect();
+    if segments.len() != parts.len() {
+        return None;
+    }
+    let mut value = None;
+    for (part, segment) in parts.iter().zip(&segments) {
+        if part.starts_with('{') && part.ends_with('}') {
+            value = Some(segment.to_string()).filter(|s| !s.is_empty());
+        } else if part != segment {
+            return None;
+        }
+    }
+    value
+}
+
+fn after_segment(path: &str, words: &[String]) -> Option<String> {
+    let segments: Vec<&str> = path.split('/').collect();
+    segments
+        .windows(2)
+        .find(|w| words.iter().any(|word| word == w[0]) && w[1].bytes().any(|b| b.is_ascii_digit()))
+        .map(|w| w[1].to_owned())
+}
+
+/// Values of `names` in a form-encoded (or query) string.
+fn form_values(text: &str, names: &[String]) -> Vec<String> {
+    let Ok(pairs) = serde_urlencoded::from_str::<Vec<(String, String)>>(text) else {
+        return Vec::new();
+    };
+    pairs
+        .into_iter()
+        .filter(|(k, v)| names.contains(k) && !v.is_empty())
+        .map(|(_, v)| v)
+        .collect()
+}

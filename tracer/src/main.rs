@@ -19,6 +19,10 @@ enum Command {
     Capture(cli::capture::CaptureArgs),
     /// Run the agent: HTTP conversations of every process as OpenTelemetry spans (OTLP).
     Run(cli::run::RunArgs),
+    /// Work with configuration files.
+    Config(cli::config::ConfigArgs),
+    /// Print the HMAC of an order or user id: its trace id and its pseudonym.
+    HashId(cli::hash_id::HashIdArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +36,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Capture(args) => cli::capture::run(args),
         Command::Run(args) => cli::run::run(args),
+        Command::Config(args) => cli::config::run(args),
+        Command::HashId(args) => cli::hash_id::run(args),
     }
 }

@@ -42,7 +42,7 @@ fn two_hop_chain(export: impl Fn(&Receiver) -> String) {
     let status = curl(&[
         "-H",
         &format!("traceparent: {TRACEPARENT}"),
-        &a.url("/orders/1001"),
+        &a.url("/quotes/1001"),
     ]);
     assert_eq!(status, "200");
     let spans = receiver.wait_for(
@@ -71,10 +71,10 @@ fn two_hop_chain(export: impl Fn(&Receiver) -> String) {
     let a_server = find(&spans, "A SERVER span", |s| {
         s.kind == SERVER && s.service.starts_with("python")
     });
-    assert_eq!(a_server.name, "GET /orders/{id}");
+    assert_eq!(a_server.name, "GET /quotes/{id}");
     assert_eq!(a_server.attr("http.request.method"), "GET");
-    assert_eq!(a_server.attr("http.route"), "/orders/{id}");
-    assert_eq!(a_server.attr("url.path"), "/orders/1001");
+    assert_eq!(a_server.attr("http.route"), "/quotes/{id}");
+    assert_eq!(a_server.attr("url.path"), "/quotes/1001");
     assert_eq!(a_server.attr("http.response.status_code"), "200");
     assert_eq!(a_server.attr("server.port"), a_port);
     assert_eq!(

@@ -6,10 +6,13 @@ use tracer_common::ConnId;
 
 use crate::{
     capture::{ConnChange, Connection, Direction, KernelClock},
-    correlate::{Correlator, CorrelatorStats},
+    correlate::{Correlator, CorrelatorStats, ResolvedSpan},
     export::{to_span_data, ExportQueues, Services},
+    extract::Extractor,
+    privacy::{Privacy, Redactions},
     protocols::{self, ExchangeEvent, ProtocolSession, SessionOptions},
     reassembly::StreamEvent,
+    sample::Sampler,
     session::SessionEvent,
 };
 
@@ -37,7 +40,17 @@ pub struct PipelineStats {
     pub exchanges: BTreeMap<&'static str, u64>,
     /// Bytes skipped as unparseable, by protocol (closed connections only).
     pub parse_skipped_bytes: BTreeMap<&'static str, u64>,
+    pub spans_sampled_out: u64,
     pub correlator: CorrelatorStats,
+}
+
+/// What happens to exchanges and spans between parsing and export.
+pub struct Stages {
+    pub extractor: Extractor,
+    pub sampler: Sampler,
+    pub privacy: Privacy,
+    /// Print each span that would be exported, with its redactions, instead of exporting.
+    pub privacy_dry_run: bool,
 }
 
 pub struct Pipeline {
@@ -46,6 +59,7 @@ pub struct Pipeline {
     services: Services,
     queues: ExportQueues,
     options: SessionOptions,
+    stages: Stages,
     stats: PipelineStats,
     exchanges: Vec<ExchangeEvent>,
 }
@@ -61,6 +75,7 @@ impl Pipeline {
         services: Services,
         queues: ExportQueues,
         options: SessionOptions,
+        stages: Stages,
     ) -> Self {
         Self {
             conns: HashMap::new(),
@@ -68,6 +83,7 @@ impl Pipeline {
             services,
             queues,
             options,
+            stages,
             stats: PipelineStats::default(),
             exchanges: Vec::new(),
         }
@@ -225,8 +241,11 @@ impl Pipeline {
         for event in self.exchanges.drain(..) {
             match event {
                 ExchangeEvent::Started(start) => self.correlator.started(conn, &start),
-                ExchangeEvent::Finished(exchange) => {
+                ExchangeEvent::Finished(mut exchange) => {
                     *self.stats.exchanges.entry(protocol).or_default() += 1;
+                    let extracted = self.stages.extractor.extract(&exchange);
+                    exchange.order_ids = extracted.order_ids;
+                    exchange.business = extracted.attributes;
                     self.correlator.finished(conn, exchange, now_ns);
                 }
                 ExchangeEvent::Broker(event) => self.correlator.broker(event),
@@ -249,10 +268,47 @@ impl Pipeline {
         let _ = now_ns;
     }
 
-    fn export(&mut self, spans: Vec<crate::correlate::ResolvedSpan>, clock: &KernelClock) {
-        for span in spans {
+    fn export(&mut self, spans: Vec<ResolvedSpan>, clock: &KernelClock) {
+        for mut span in spans {
+            if !self.stages.sampler.keep(&span) {
+                self.stats.spans_sampled_out += 1;
+                continue;
+            }
+            let redactions = self.stages.privacy.apply(&mut span);
             let resource = self.services.resource(&span.connection.process);
-            self.queues.send((resource, to_span_data(span, clock)));
+            let data = to_span_data(span, clock);
+            if self.stages.privacy_dry_run {
+                print_dry_run(&resource, &data, &redactions);
+                continue;
+            }
+            self.queues.send((resource, data));
         }
     }
+}
+
+/// One JSON line per span as it would be exported; masked values read `[email]`,
+/// `[phone]`, `[card]`, and `redactions` names what was masked, dropped or pseudonymised.
+fn print_dry_run(
+    resource: &opentelemetry_sdk::Resource,
+    span: &opentelemetry_sdk::trace::SpanData,
+    redactions: &Redactions,
+) {
+    let attributes: BTreeMap<String, String> = span
+        .attributes
+        .iter()
+        .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+        .collect();
+    let service = resource
+        .get(&opentelemetry::Key::new("service.name"))
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    let line = serde_json::json!({
+        "service": service,
+        "name": span.name,
+        "kind": format!("{:?}", span.span_kind),
+        "trace_id": span.span_context.trace_id().to_string(),
+        "attributes": attributes,
+        "redactions": redactions,
+    });
+    println!("{line}");
 }

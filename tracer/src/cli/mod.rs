@@ -1,5 +1,7 @@
 //! Command-line subcommands; each in its own file.
 pub mod capture;
+pub mod config;
+pub mod hash_id;
 pub mod run;
 mod stop;
 

@@ -6,13 +6,16 @@ use tokio::sync::mpsc;
 
 use super::StopSignal;
 use crate::{
-    agent::{Pipeline, Request},
+    agent::{Pipeline, Request, Stages},
     capture::{monotonic_now, CaptureOptions, Selection},
     config::Config,
     correlate::Correlator,
     export::{self, ExportQueues, ExportStats, ExportTarget, Services},
+    extract::Extractor,
+    privacy::{IdKey, Privacy},
     protocols::SessionOptions,
     reassembly::Limits,
+    sample::Sampler,
     session::CaptureSession,
 };
 
@@ -42,6 +45,25 @@ pub struct RunArgs {
     /// lost (default: amqp.stuck_after_seconds from the config, else 300).
     #[arg(long)]
     message_stuck_after: Option<f64>,
+    /// Replace order and user ids by HMAC-SHA256(key, id) in everything exported.
+    #[arg(long)]
+    pseudonymise_ids: bool,
+    /// File holding the HMAC key for order trace ids and pseudonyms (else TRACER_HMAC_KEY).
+    #[arg(long)]
+    hmac_key_file: Option<String>,
+    /// Share of successful traces without an order that are exported (0..1).
+    #[arg(long)]
+    sample_success_ratio: Option<f64>,
+    /// Share of order traces that are exported (0..1).
+    #[arg(long)]
+    sample_order_ratio: Option<f64>,
+    /// Spans at least this slow (ms) are always exported.
+    #[arg(long)]
+    slow_ms: Option<u64>,
+    /// Print, as JSON lines on stdout, every span that would be exported (with what was
+    /// masked, dropped or pseudonymised) instead of exporting it.
+    #[arg(long)]
+    privacy_dry_run: bool,
     /// Spans queued per export target, and held for retry while a receiver is down.
     #[arg(long, default_value_t = 10_000)]
     queue_spans: usize,
@@ -54,9 +76,34 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
+    };
+    // Flags override the file.
+    config.privacy.pseudonymise_ids |= args.pseudonymise_ids;
+    if let Some(path) = &args.hmac_key_file {
+        config.privacy.hmac_key_file = Some(path.clone());
+    }
+    if let Some(ratio) = args.sample_success_ratio {
+        config.sampling.success_ratio = ratio;
+    }
+    if let Some(ratio) = args.sample_order_ratio {
+        config.sampling.order_ratio = ratio;
+    }
+    if let Some(ms) = args.slow_ms {
+        config.sampling.slow_threshold_ms = ms;
+    }
+    let key = IdKey::load(&config.privacy)?;
+    let stages = Stages {
+        extractor: Extractor::new(&config.extract)?,
+        sampler: Sampler::new(&config.sampling),
+        privacy: Privacy::new(
+            key.clone(),
+            config.privacy.pseudonymise_ids,
+            config.privacy.mask_personal_data,
+        ),
+        privacy_dry_run: args.privacy_dry_run,
     };
     let stop = StopSignal::install(args.duration.map(Duration::from_secs_f64))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -66,7 +113,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let stats = Arc::new(ExportStats::default());
     let mut senders = Vec::new();
     let mut exporters = Vec::new();
-    for target in &args.exports {
+    let targets = if args.privacy_dry_run {
+        Vec::new()
+    } else {
+        args.exports.clone()
+    };
+    for target in &targets {
         let (tx, rx) = mpsc::channel(args.queue_spans);
         senders.push(tx);
         let stats = stats.clone();
@@ -113,10 +165,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 .message_stuck_after
                 .unwrap_or(config.amqp.stuck_after_seconds)
                 * 1e9) as u64,
+            key,
         ),
         Services::new(config.services.clone()),
         queues,
         session_options,
+        stages,
     );
     eprintln!(
         "tracer: agent started (pid {}); view spans in Jaeger (UI http://localhost:16686, OTLP on 4317/4318), search by service name",

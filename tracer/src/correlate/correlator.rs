@@ -27,6 +27,7 @@ use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tracer_common::ConnId;
 
 use super::TraceParent;
+use crate::privacy::IdKey;
 use crate::{
     capture::Connection,
     protocols::{AttrValue, BrokerEvent, Exchange, ExchangeKind, ExchangeStart, ExchangeStatus},
@@ -40,6 +41,8 @@ pub struct ResolvedSpan {
     pub parent_span_id: Option<SpanId>,
     pub parent_is_remote: bool,
     pub links: Vec<(TraceId, SpanId)>,
+    /// The trace comes from an order id (this span's or an ancestor's).
+    pub order_trace: bool,
     pub exchange: Exchange,
     pub connection: Connection,
 }
@@ -86,6 +89,10 @@ struct Node {
     delivered: bool,
     /// PRODUCER: what a "not delivered" span needs once the span itself is exported.
     published: Option<(Connection, Vec<(&'static str, AttrValue)>)>,
+    /// Order ids of this exchange (set when it finishes).
+    order_ids: Vec<String>,
+    /// Whether `trace_id` came from an order id.
+    order_trace: bool,
 }
 
 /// Spans never finished (a connection we stopped seeing) are dropped after this long.
@@ -115,15 +122,20 @@ pub struct Correlator {
     stuck_after_ns: u64,
     last_eviction_ns: u64,
     ids: RandomIdGenerator,
+    /// Order id → trace id (HMAC), the same on every agent sharing the key.
+    orders: IdKey,
     stats: CorrelatorStats,
 }
 
+/// How long a finished span waits for its unfinished parent before it is exported anyway.
+const MAX_PARENT_WAIT_NS: u64 = 10_000_000_000;
+
 impl Correlator {
     pub fn new(settle_ns: u64) -> Self {
-        Self::with_stuck_after(settle_ns, 300_000_000_000)
+        Self::with_stuck_after(settle_ns, 300_000_000_000, IdKey::from_bytes(b"tests"))
     }
 
-    pub fn with_stuck_after(settle_ns: u64, stuck_after_ns: u64) -> Self {
+    pub fn with_stuck_after(settle_ns: u64, stuck_after_ns: u64, orders: IdKey) -> Self {
         Self {
             nodes: HashMap::new(),
             clients_by_tuple: HashMap::new(),
@@ -138,6 +150,7 @@ impl Correlator {
             stuck_after_ns,
             last_eviction_ns: 0,
             ids: RandomIdGenerator::default(),
+            orders,
             stats: CorrelatorStats::default(),
         }
     }
@@ -167,6 +180,8 @@ impl Correlator {
             producer: None,
             delivered: false,
             published: None,
+            order_ids: Vec::new(),
+            order_trace: false,
         };
         match node.kind {
             ExchangeKind::Client => {
@@ -223,6 +238,7 @@ impl Correlator {
         // Addresses may have become known after the start.
         node.local = node.local.or(connection.local);
         node.remote = node.remote.or(connection.remote);
+        node.order_ids = exchange.order_ids.clone();
         node.finished = Some((exchange, connection.clone()));
         self.settling.push_back((now_ns + self.settle_ns, id));
     }
@@ -271,6 +287,12 @@ impl Correlator {
                 break;
             }
             self.settling.pop_front();
+            if self.parent_unfinished(id, now_ns) {
+                // Its parent (e.g. the server span it was called from) may still name the
+                // order that decides the trace: wait for it, within reason.
+                self.settling.push_back((now_ns + self.settle_ns, id));
+                continue;
+            }
             if let Some(span) = self.resolve(id) {
                 self.stats.spans_resolved += 1;
                 out.push(span);
@@ -278,6 +300,15 @@ impl Correlator {
         }
         self.check_deliveries(now_ns, out);
         self.evict(now_ns);
+    }
+
+    fn parent_unfinished(&mut self, id: NodeId, now_ns: u64) -> bool {
+        let Parent::Local(parent) = self.parent_of(id) else {
+            return false;
+        };
+        let end = self.nodes.get(&id).and_then(|n| n.end_ns).unwrap_or(now_ns);
+        let waited_enough = now_ns.saturating_sub(end) > MAX_PARENT_WAIT_NS;
+        !waited_enough && self.nodes.get(&parent).is_some_and(|p| p.end_ns.is_none())
     }
 
     /// Resolves everything still settling (at shutdown).
@@ -325,12 +356,39 @@ impl Correlator {
         let trace_id = self.trace_of(id);
         let parent = self.parent_of(id);
         let (mut exchange, connection) = self.nodes.get_mut(&id)?.finished.take()?;
+        let mut links = Vec::new();
         let (parent_span_id, parent_is_remote) = match parent {
-            Parent::Local(p) => (self.nodes.get(&p).map(|n| n.span_id), false),
-            Parent::Remote(tp) => (Some(SpanId::from_bytes(tp.parent_id)), true),
+            Parent::Local(p) => {
+                let parent_trace = self.trace_of(p);
+                match self.nodes.get(&p) {
+                    // A parent in another trace (a different order) is a link, not a parent.
+                    Some(n) if parent_trace != trace_id => {
+                        links.push((parent_trace, n.span_id));
+                        (None, false)
+                    }
+                    Some(n) => (Some(n.span_id), false),
+                    None => (None, false),
+                }
+            }
+            Parent::Remote(tp) if TraceId::from_bytes(tp.trace_id) == trace_id => {
+                (Some(SpanId::from_bytes(tp.parent_id)), true)
+            }
+            Parent::Remote(tp) => {
+                links.push((
+                    TraceId::from_bytes(tp.trace_id),
+                    SpanId::from_bytes(tp.parent_id),
+                ));
+                (None, false)
+            }
             Parent::Root => (None, false),
         };
-        let mut links = Vec::new();
+        // Every order the span names beyond the one that decided its trace is linked.
+        for order in &exchange.order_ids {
+            let order_trace = self.orders.order_trace(order);
+            if order_trace != trace_id {
+                links.push((order_trace, self.orders.order_anchor(order)));
+            }
+        }
         if let Some(producer) = self.nodes.get(&id).and_then(|n| n.producer) {
             let producer_trace = self.trace_of(producer);
             if let Some(p) = self.nodes.get(&producer) {
@@ -346,13 +404,14 @@ impl Correlator {
                 .attributes
                 .push(("tracer.messaging.queue_residence_source", source.into()));
         }
-        let span_id = self.nodes.get(&id)?.span_id;
+        let node = self.nodes.get(&id)?;
         Some(ResolvedSpan {
             trace_id,
-            span_id,
+            span_id: node.span_id,
             parent_span_id,
             parent_is_remote,
             links,
+            order_trace: node.order_trace,
             exchange,
             connection,
         })
@@ -435,6 +494,8 @@ impl Correlator {
                 },
                 traceparent: None,
                 fields: Default::default(),
+                order_ids: Vec::new(),
+                business: Vec::new(),
             };
             out.push(ResolvedSpan {
                 trace_id,
@@ -442,6 +503,7 @@ impl Correlator {
                 parent_span_id: Some(producer_span),
                 parent_is_remote: false,
                 links: Vec::new(),
+                order_trace: self.nodes.get(&id).is_some_and(|n| n.order_trace),
                 exchange,
                 connection,
             });
@@ -454,24 +516,33 @@ impl Correlator {
         let mut current = id;
         let trace = loop {
             let Some(node) = self.nodes.get(&current) else {
-                break self.ids.new_trace_id();
+                break (self.ids.new_trace_id(), false);
             };
             if let Some(trace) = node.trace_id {
-                break trace;
+                break (trace, node.order_trace);
             }
             chain.push(current);
+            // An explicit traceparent wins for the span it arrived with; then its order.
+            if let Some(tp) = node.traceparent {
+                break (TraceId::from_bytes(tp.trace_id), false);
+            }
+            if let Some(order) = node.order_ids.first() {
+                break (self.orders.order_trace(order), true);
+            }
             if chain.len() > 64 {
-                break self.ids.new_trace_id(); // a cycle cannot happen, but never loop forever
+                break (self.ids.new_trace_id(), false); // a cycle cannot happen, but never loop forever
             }
             match self.parent_of(current) {
                 Parent::Local(parent) => current = parent,
-                Parent::Remote(tp) => break TraceId::from_bytes(tp.trace_id),
-                Parent::Root => break self.ids.new_trace_id(),
+                Parent::Remote(tp) => break (TraceId::from_bytes(tp.trace_id), false),
+                Parent::Root => break (self.ids.new_trace_id(), false),
             }
         };
+        let (trace, from_order) = trace;
         for node in chain {
             if let Some(node) = self.nodes.get_mut(&node) {
                 node.trace_id = Some(trace);
+                node.order_trace = from_order;
             }
         }
         trace

@@ -51,6 +51,8 @@ fn exchange(kind: ExchangeKind, start: u64, end: u64, tid: u32) -> Exchange {
         status: ExchangeStatus::Ok,
         traceparent: None,
         fields: BTreeMap::new(),
+        order_ids: Vec::new(),
+        business: Vec::new(),
     }
 }
 

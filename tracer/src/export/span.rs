@@ -24,6 +24,7 @@ pub fn to_span_data(span: ResolvedSpan, clock: &KernelClock) -> SpanData {
         links,
         exchange,
         connection,
+        ..
     } = span;
     let mut attributes: Vec<KeyValue> = exchange
         .attributes
@@ -48,6 +49,12 @@ pub fn to_span_data(span: ResolvedSpan, clock: &KernelClock) -> SpanData {
         attributes.push(KeyValue::new("network.local.port", i64::from(local.port())));
     }
     attributes.push(KeyValue::new("network.transport", "tcp"));
+    attributes.extend(
+        exchange
+            .business
+            .into_iter()
+            .map(|(k, v)| KeyValue::new(k, v)),
+    );
     let (kind, server) = match exchange.kind {
         ExchangeKind::Server => {
             if let Some(remote) = connection.remote {

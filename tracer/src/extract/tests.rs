@@ -34,6 +34,8 @@ fn http(
         status: ExchangeStatus::Ok,
         traceparent: None,
         fields,
+        order_ids: Vec::new(),
+        business: Vec::new(),
     }
 }
 

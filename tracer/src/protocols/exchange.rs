@@ -103,4 +103,8 @@ pub struct Exchange {
     pub traceparent: Option<String>,
     /// Raw material for business rules (request/response body prefixes, headers…), not exported.
     pub fields: BTreeMap<String, String>,
+    /// Order ids found by the extraction rules, first-found first.
+    pub order_ids: Vec<String>,
+    /// `app.*` attributes from the extraction rules.
+    pub business: Vec<(String, String)>,
 }

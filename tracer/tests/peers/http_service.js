@@ -14,7 +14,7 @@ const server = http.createServer((req, res) => {
     return;
   }
   if (req.url.startsWith("/prices/")) {
-    const body = JSON.stringify({ order_id: req.url.split("/")[2], amount: 1234 });
+    const body = JSON.stringify({ item: req.url.split("/")[2], amount: 1234 });
     res.writeHead(200, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(body) });
     res.end(body);
   } else if (req.url === "/chunked") {

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Service A for tracer's HTTP tests: a plain Python HTTP/1.1 server (keep-alive), no
-tracing code. GET /orders/<id> calls the downstream service (--downstream) at
+tracing code. GET /quotes/<id> calls the downstream service (--downstream) at
 /prices/<id> on the same thread and answers with what it got; GET /fail answers 500;
 anything else 200. Prints "PORT <n>" once listening."""
 import argparse
@@ -25,14 +25,14 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
-        if self.path.startswith("/orders/") and self.downstream:
+        if self.path.startswith("/quotes/") and self.downstream:
             order = self.path.rsplit("/", 1)[1]
             host, port = self.downstream.split(":")
             conn = http.client.HTTPConnection(host, int(port), timeout=10)
             conn.request("GET", f"/prices/{order}")
             price = json.loads(conn.getresponse().read())
             conn.close()
-            self.reply(200, {"order_id": order, "price": price})
+            self.reply(200, {"quote": order, "price": price})
         elif self.path == "/fail":
             self.reply(500, {"error": "boom"})
         else:

@@ -17,15 +17,20 @@ pub struct AgentRun {
 }
 
 impl AgentRun {
-    /// Starts `tracer run` and waits until its programs are attached.
+    /// Starts `tracer run` and waits until its programs are attached. Tests see every
+    /// span unless they pass their own `--sample-success-ratio` (the sampling tests do).
     pub fn start(args: &[&str]) -> Self {
+        let mut args = args.to_vec();
+        if !args.contains(&"--sample-success-ratio") {
+            args.extend(["--sample-success-ratio", "1"]);
+        }
         assert!(
             unsafe { libc::geteuid() } == 0,
             "end-to-end agent tests load eBPF programs and must run as root"
         );
         let mut child = Command::new(env!("CARGO_BIN_EXE_tracer"))
             .arg("run")
-            .args(args)
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -562,6 +562,8 @@ fn finish(open: Open, end_ktime_ns: u64, kind: ExchangeKind) -> Exchange {
         status,
         traceparent: message.traceparent().map(str::to_owned),
         fields,
+        order_ids: Vec::new(),
+        business: Vec::new(),
     }
 }
 

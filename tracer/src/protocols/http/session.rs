@@ -227,6 +227,8 @@ impl HttpSession {
             status,
             traceparent: head.header("traceparent").map(str::to_owned),
             fields,
+            order_ids: Vec::new(),
+            business: Vec::new(),
         }
     }
 }

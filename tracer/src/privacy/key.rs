@@ -1,0 +1,142 @@
+//! The agent's HMAC key: order id → trace id (the same on every agent that shares the
+//! key), and pseudonyms for order and user ids.
+use hmac::{Hmac, Mac};
+use opentelemetry::trace::{SpanId, TraceId};
+use sha2::Sha256;
+use thiserror::Error;
+
+use crate::config::PrivacyConfig;
+
+/// Used when no key is configured: traces still group by order on every agent, but the
+/// pseudonyms are not secret. Configure your own key for pseudonymisation.
+const DEFAULT_KEY: &[u8] = b"tracer-default-order-key-v1";
+pub const KEY_ENV: &str = "TRACER_HMAC_KEY";
+
+#[derive(Debug, Error)]
+pub enum KeyError {
+    #[error("cannot read the HMAC key file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the HMAC key file {0} is empty")]
+    Empty(String),
+    #[error("pseudonymise_ids is on but no HMAC key is configured (set privacy.hmac_key_file or {KEY_ENV})")]
+    Missing,
+}
+
+#[derive(Clone)]
+pub struct IdKey {
+    key: Vec<u8>,
+    /// False for the built-in default key.
+    secret: bool,
+}
+
+impl std::fmt::Debug for IdKey {
+    // Never print the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdKey")
+            .field("secret", &self.secret)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdKey {
+    /// From `privacy.hmac_key_file`, else `TRACER_HMAC_KEY`, else the built-in default
+    /// (refused when pseudonymisation is on).
+    pub fn load(config: &PrivacyConfig) -> Result<Self, KeyError> {
+        let key = match &config.hmac_key_file {
+            Some(path) => {
+                let raw = std::fs::read(path).map_err(|source| KeyError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let trimmed = raw.trim_ascii().to_vec();
+                if trimmed.is_empty() {
+                    return Err(KeyError::Empty(path.clone()));
+                }
+                Some(trimmed)
+            }
+            None => std::env::var(KEY_ENV)
+                .ok()
+                .filter(|k| !k.is_empty())
+                .map(String::into_bytes),
+        };
+        match key {
+            Some(key) => Ok(Self { key, secret: true }),
+            None if config.pseudonymise_ids => Err(KeyError::Missing),
+            None => Ok(Self {
+                key: DEFAULT_KEY.to_vec(),
+                secret: false,
+            }),
+        }
+    }
+
+    pub fn from_bytes(key: &[u8]) -> Self {
+        Self {
+            key: key.to_vec(),
+            secret: true,
+        }
+    }
+
+    fn mac(&self, id: &str) -> [u8; 32] {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        mac.update(id.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The order's trace: the first 16 bytes of HMAC-SHA256(key, order id).
+    pub fn order_trace(&self, order_id: &str) -> TraceId {
+        TraceId::from_bytes(self.mac(order_id)[..16].try_into().expect("16 bytes"))
+    }
+
+    /// A span id standing for "the order" inside its trace, for links from other traces.
+    pub fn order_anchor(&self, order_id: &str) -> SpanId {
+        SpanId::from_bytes(self.mac(order_id)[16..24].try_into().expect("8 bytes"))
+    }
+
+    /// The pseudonym exported instead of an id: the same 16 bytes, as hex. For an order id
+    /// it is also its trace id, so support staff can paste it into Jaeger directly.
+    pub fn pseudonym(&self, id: &str) -> String {
+        self.mac(id)[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_id_is_the_documented_hmac_derivation() {
+        // RFC 4231 test case 2: HMAC-SHA256("Jefe", "what do ya want for nothing?").
+        let key = IdKey::from_bytes(b"Jefe");
+        assert_eq!(
+            key.order_trace("what do ya want for nothing?").to_string(),
+            "5bdcc146bf60754e6a042426089575c7"
+        );
+        assert_eq!(
+            key.pseudonym("what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c7"
+        );
+        assert_eq!(
+            key.order_anchor("what do ya want for nothing?").to_string(),
+            "5a003f089d273983"
+        );
+    }
+
+    #[test]
+    fn pseudonymisation_without_a_key_is_refused() {
+        std::env::remove_var(KEY_ENV);
+        let config = PrivacyConfig {
+            pseudonymise_ids: true,
+            ..PrivacyConfig::default()
+        };
+        assert!(matches!(IdKey::load(&config), Err(KeyError::Missing)));
+        let debug = format!("{:?}", IdKey::from_bytes(b"super-secret"));
+        assert!(!debug.contains("super-secret"));
+    }
+}

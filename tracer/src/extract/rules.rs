@@ -226,7 +226,7 @@ fn field<'a>(exchange: &'a Exchange, key: &str) -> Option<&'a str> {
 }
 
 /// The raw text a source names in this exchange, if the exchange is of that protocol.
-fn source_text<'a>(source: ExtractSource, exchange: &'a Exchange) -> Option<&'a str> {
+fn source_text(source: ExtractSource, exchange: &Exchange) -> Option<&str> {
     use ExtractSource::*;
     let http = exchange.protocol == "http";
     let amqp = exchange.protocol == "amqp";

@@ -33,7 +33,7 @@ class Handler(BaseHTTPRequestHandler):
             price = json.loads(conn.getresponse().read())
             conn.close()
             self.reply(200, {"quote": order, "price": price})
-        elif self.path == "/fail":
+        elif self.path.split("?")[0] == "/fail":
             self.reply(500, {"error": "boom"})
         else:
             self.reply(200, {"path": self.path})

@@ -42,12 +42,15 @@ fn is_id_like(segment: &str) -> bool {
                 b.is_ascii_hexdigit()
             }
         });
-    let long_mixed = segment.len() >= 16
-        && has_digit
-        && segment
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    all_digits || uuid || (hex && has_digit && segment.len() >= 12) || long_mixed
+    let id_chars = segment
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    let version = segment.len() <= 4
+        && segment.starts_with(['v', 'V'])
+        && segment[1..].bytes().all(|b| b.is_ascii_digit());
+    // Business ids like ORD-0 or A17-3: a digit, some length, and not an API version.
+    let mixed = segment.len() >= 4 && has_digit && id_chars && !version;
+    all_digits || uuid || (hex && has_digit && segment.len() >= 12) || mixed
 }
 
 #[cfg(test)]
@@ -68,6 +71,9 @@ mod tests {
             ("/", "/"),
             ("", "/"),
             ("/v2/calculate", "/v2/calculate"),
+            ("/orders/ORD-0", "/orders/{id}"),
+            ("/files/ring.stl", "/files/ring.stl"),
+            ("/api/v10/orders", "/api/v10/orders"),
         ];
         for (path, route) in cases {
             assert_eq!(template(path), route, "{path}");

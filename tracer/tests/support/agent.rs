@@ -4,7 +4,6 @@
 use std::{
     io::{BufRead, BufReader, Read},
     process::{Child, Command, Stdio},
-    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
@@ -35,24 +34,7 @@ impl AgentRun {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawning tracer run");
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let stderr = thread::spawn(move || {
-            let mut all = String::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("agent started") {
-                    let _ = ready_tx.send(());
-                }
-                all.push_str(&line);
-                all.push('\n');
-            }
-            all
-        });
-        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("tracer run did not start:\n{}", stderr.join().unwrap());
-        }
+        let stderr = super::wait_until_ready(&mut child, "agent started", "tracer run");
         Self { child, stderr }
     }
 

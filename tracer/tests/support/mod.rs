@@ -49,24 +49,7 @@ impl CaptureRun {
                 .expect("reading tracer stdout");
             all
         });
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let stderr = thread::spawn(move || {
-            let mut all = String::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("capture started") {
-                    let _ = ready_tx.send(());
-                }
-                all.push_str(&line);
-                all.push('\n');
-            }
-            all
-        });
-        if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("tracer capture did not start:\n{}", stderr.join().unwrap());
-        }
+        let stderr = wait_until_ready(&mut child, "capture started", "tracer capture");
         Self {
             child,
             stdout,
@@ -110,6 +93,34 @@ impl CaptureRun {
 pub struct Captured {
     pub records: Vec<Value>,
     pub stderr: String,
+}
+
+/// Collects the child's stderr on a thread and waits (up to 60 s) for a line containing
+/// `ready`. Panics with everything it printed if it never gets there.
+pub fn wait_until_ready(
+    child: &mut Child,
+    ready: &'static str,
+    what: &str,
+) -> thread::JoinHandle<String> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr must be piped");
+    let stderr = thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(ready) {
+                let _ = ready_tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    if ready_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} did not start:\n{}", stderr.join().unwrap());
+    }
+    stderr
 }
 
 /// One direction of one connection, as captured: bytes by offset, and gaps.

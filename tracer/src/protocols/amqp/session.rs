@@ -188,59 +188,33 @@ impl AmqpSession {
                 Direction::Ingress,
             ) => {
                 self.next_sequence += 1;
-                let (queue, no_ack) = self
+                let consumer = self
                     .consumers
                     .get(consumer_tag)
                     .cloned()
                     .unwrap_or_default();
-                let tag = *delivery_tag;
-                out.push(ExchangeEvent::Started(start(
+                delivered(
+                    state,
                     sequence,
-                    ExchangeKind::Consumer,
-                    &message,
-                    false,
-                )));
-                let open = Open {
-                    sequence,
+                    *delivery_tag,
+                    consumer,
                     message,
-                    queue: Some(queue).filter(|q| !q.is_empty()),
-                    error: None,
-                };
-                if no_ack {
-                    out.push(ExchangeEvent::Finished(finish(
-                        open,
-                        end_ns,
-                        ExchangeKind::Consumer,
-                    )));
-                } else {
-                    state.deliveries.insert(tag, open);
-                }
+                    end_ns,
+                    out,
+                );
             }
             (Carrier::GetOk { delivery_tag }, Direction::Ingress) => {
                 self.next_sequence += 1;
-                let (queue, no_ack) = state.get_queue.take().unwrap_or_default();
-                let tag = *delivery_tag;
-                out.push(ExchangeEvent::Started(start(
+                let consumer = state.get_queue.take().unwrap_or_default();
+                delivered(
+                    state,
                     sequence,
-                    ExchangeKind::Consumer,
-                    &message,
-                    false,
-                )));
-                let open = Open {
-                    sequence,
+                    *delivery_tag,
+                    consumer,
                     message,
-                    queue: Some(queue).filter(|q| !q.is_empty()),
-                    error: None,
-                };
-                if no_ack {
-                    out.push(ExchangeEvent::Finished(finish(
-                        open,
-                        end_ns,
-                        ExchangeKind::Consumer,
-                    )));
-                } else {
-                    state.deliveries.insert(tag, open);
-                }
+                    end_ns,
+                    out,
+                );
             }
             (
                 Carrier::Return {
@@ -391,6 +365,40 @@ impl AmqpSession {
                 out.push(ExchangeEvent::Finished(finish(open, ktime_ns, kind)));
             }
         }
+    }
+}
+
+/// A delivery (Deliver or Get-Ok) starts a CONSUMER span; it ends at the client's verdict
+/// on the delivery tag, or at once when the consumer does not acknowledge (no-ack).
+fn delivered(
+    state: &mut ChannelState,
+    sequence: u64,
+    delivery_tag: u64,
+    (queue, no_ack): (String, bool),
+    message: Message,
+    end_ns: u64,
+    out: &mut Vec<ExchangeEvent>,
+) {
+    out.push(ExchangeEvent::Started(start(
+        sequence,
+        ExchangeKind::Consumer,
+        &message,
+        false,
+    )));
+    let open = Open {
+        sequence,
+        message,
+        queue: Some(queue).filter(|q| !q.is_empty()),
+        error: None,
+    };
+    if no_ack {
+        out.push(ExchangeEvent::Finished(finish(
+            open,
+            end_ns,
+            ExchangeKind::Consumer,
+        )));
+    } else {
+        state.deliveries.insert(delivery_tag, open);
     }
 }
 

@@ -254,16 +254,8 @@ fn request_framing(head: &Head) -> Framing {
     if head.method == "CONNECT" {
         return Framing::None;
     }
-    if head
-        .header("transfer-encoding")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
-    {
-        return Framing::Chunked;
-    }
-    match head.header("content-length").and_then(|v| v.parse().ok()) {
-        Some(n) => Framing::Length(n),
-        None => Framing::None,
-    }
+    // A request without a length has no body.
+    content_framing(head, Framing::None)
 }
 
 fn response_framing(head: &Head, request_method: Option<&str>) -> Framing {
@@ -278,6 +270,12 @@ fn response_framing(head: &Head, request_method: Option<&str>) -> Framing {
     {
         return Framing::None;
     }
+    // A response without a length runs until the connection closes.
+    content_framing(head, Framing::UntilClose)
+}
+
+/// Chunked if Transfer-Encoding says so, else Content-Length, else `otherwise`.
+fn content_framing(head: &Head, otherwise: Framing) -> Framing {
     if head
         .header("transfer-encoding")
         .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
@@ -286,7 +284,7 @@ fn response_framing(head: &Head, request_method: Option<&str>) -> Framing {
     }
     match head.header("content-length").and_then(|v| v.parse().ok()) {
         Some(n) => Framing::Length(n),
-        None => Framing::UntilClose,
+        None => otherwise,
     }
 }
 

@@ -17,10 +17,14 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "nodejs",
     "util-linux",
     "rabbitmq-server",
+    "postgresql",
 ];
 
 /// Python libraries the test peers use (installed with pip): (module, requirement).
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("pika", "pika>=1.3,<2")];
+const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("pika", "pika>=1.3,<2"),
+    ("psycopg", "psycopg[binary]>=3.1,<4"),
+];
 
 /// Node.js libraries the test peers use (`tracer/tests/peers/package.json`).
 const NODE_PEERS: &str = "tracer/tests/peers";
@@ -79,9 +83,12 @@ fn python_packages() -> anyhow::Result<()> {
 }
 
 fn node_peers_installed() -> bool {
-    std::path::Path::new(NODE_PEERS)
-        .join("node_modules/amqplib")
-        .exists()
+    ["amqplib", "pg"].iter().all(|m| {
+        std::path::Path::new(NODE_PEERS)
+            .join("node_modules")
+            .join(m)
+            .exists()
+    })
 }
 
 fn node_packages() -> anyhow::Result<()> {

@@ -17,6 +17,12 @@ impl StopSignal {
     /// Stops on SIGINT or SIGTERM, or after `duration` if given.
     pub fn install(duration: Option<Duration>) -> std::io::Result<Self> {
         let flag = Arc::new(AtomicBool::new(false));
+        // A shell starting us as a background job hands SIGINT down as ignored; an agent
+        // must still stop cleanly on it, so take both signals back to their defaults first.
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: resetting a disposition before any handler of ours is installed.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
+        }
         signal_hook::flag::register(signal_hook::consts::SIGINT, flag.clone())?;
         signal_hook::flag::register(signal_hook::consts::SIGTERM, flag.clone())?;
         Ok(Self {

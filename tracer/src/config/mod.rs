@@ -74,6 +74,8 @@ pub enum ExtractSource {
     AmqpCorrelationId,
     AmqpRoutingKey,
     AmqpBody,
+    /// A column's value in a PostgreSQL statement (bound parameter or literal), by name.
+    PostgresParam,
 }
 
 /// What leaves the agent.

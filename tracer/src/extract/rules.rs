@@ -138,7 +138,7 @@ fn compile(rule: &ExtractRule) -> Result<Rule, String> {
             }
             How::Template { parts, separator }
         }
-        HttpQuery | HttpHeader | AmqpHeader => {
+        HttpQuery | HttpHeader | AmqpHeader | PostgresParam => {
             let name = rule.name.as_deref().ok_or("this source needs `name`")?;
             How::Names(vec![if rule.source == HttpHeader {
                 name.to_ascii_lowercase()
@@ -193,7 +193,8 @@ fn defaults() -> Vec<Rule> {
             AmqpHeader,
             How::Names(keys.iter().chain(&headers).cloned().collect()),
         ));
-        rules.push(rule(AmqpBody, How::Keys(keys)));
+        rules.push(rule(AmqpBody, How::Keys(keys.clone())));
+        rules.push(rule(PostgresParam, How::Names(keys)));
     }
     let status_keys = How::Keys(vec![
         "order_status".into(),
@@ -256,6 +257,12 @@ fn find(rule: &Rule, exchange: &Exchange) -> Vec<String> {
             .filter_map(|n| field(exchange, &format!("header.{n}")))
             .map(str::to_owned)
             .collect(),
+        (How::Names(names), PostgresParam) if exchange.protocol == "postgres" => names
+            .iter()
+            .filter_map(|n| field(exchange, &format!("param.{n}")))
+            .map(str::to_owned)
+            .collect(),
+        (How::Names(_), HttpHeader | AmqpHeader | PostgresParam) => Vec::new(),
         (How::Names(names), source) => {
             let Some(query) = source_text(source, exchange) else {
                 return Vec::new();

@@ -2,7 +2,10 @@
 //! connection into `Exchange`s. Adding a protocol is one folder plus one registry line.
 pub mod amqp;
 mod exchange;
+#[cfg(test)]
+mod golden;
 pub mod http;
+pub mod postgres;
 
 pub use exchange::{
     AttrValue, BrokerEvent, Exchange, ExchangeKind, ExchangeStart, ExchangeStatus, Peer,
@@ -85,7 +88,7 @@ pub trait ProtocolSession: Send {
 }
 
 /// The registry: every protocol tracer understands, tried in this order.
-pub static PROTOCOLS: &[&dyn Protocol] = &[&http::Http, &amqp::Amqp];
+pub static PROTOCOLS: &[&dyn Protocol] = &[&http::Http, &amqp::Amqp, &postgres::Postgres];
 
 /// The first protocol that claims these bytes; `Err(true)` when some protocol needs more.
 pub fn infer(

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     downstream = None
+    db_port = None
 
     def log_message(self, *args):
         pass
@@ -41,11 +42,22 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("Content-Length", 0))
         received = 0
+        body = b""
         while received < length:
             chunk = self.rfile.read(min(65536, length - received))
             if not chunk:
                 break
             received += len(chunk)
+            if len(body) < 4096:
+                body += chunk
+        if self.db_port and self.path.startswith("/orders"):
+            # Save the order, on this request's thread, as a shop API would.
+            import psycopg
+
+            order = json.loads(body)["order_id"]
+            with psycopg.connect(host="127.0.0.1", port=self.db_port, user="postgres", dbname="postgres", autocommit=True) as db:
+                db.execute("CREATE TABLE IF NOT EXISTS orders (order_id text PRIMARY KEY, status text, email text)")
+                db.execute("INSERT INTO orders (order_id, status) VALUES (%s, %s)", (order, "INITIATED"))
         self.reply(201, {"received": received})
 
 
@@ -53,8 +65,10 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--downstream", help="host:port of service B")
+    p.add_argument("--db-port", type=int, help="save POSTed orders in PostgreSQL on this port")
     a = p.parse_args()
     Handler.downstream = a.downstream
+    Handler.db_port = a.db_port
     server = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     print(f"PORT {server.server_address[1]}", flush=True)
     server.serve_forever()

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod broker;
 pub mod otlp;
+pub mod postgres;
 
 use std::{
     collections::BTreeMap,

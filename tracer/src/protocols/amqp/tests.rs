@@ -3,88 +3,26 @@
 //! session and the events, rendered as JSON lines, must equal `fixtures/<name>.expected.jsonl`.
 //! On a mismatch the actual output is written beside it as `<name>.actual.jsonl`;
 //! `TRACER_BLESS=1` rewrites the expected files after a reviewed change.
-use std::{collections::BTreeMap, path::PathBuf};
+use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
 use super::{frames, AmqpSession};
+use crate::protocols::golden;
 use crate::{
     capture::{Direction, Role},
-    protocols::{
-        AttrValue, ExchangeEvent, ExchangeKind, ExchangeStatus, ProtocolSession, SessionOptions,
-    },
+    protocols::{ExchangeEvent, ExchangeKind, ProtocolSession, SessionOptions},
 };
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/protocols/amqp/fixtures")
 }
 
-/// Records of a fixture: (direction, relative kernel time, bytes).
 fn records(name: &str) -> Vec<(Direction, u64, Vec<u8>)> {
-    let raw = std::fs::read(fixture_dir().join(format!("{name}.bin"))).unwrap();
-    let mut at = 0;
-    let mut out = Vec::new();
-    while at < raw.len() {
-        let direction = if raw[at] == b'E' {
-            Direction::Egress
-        } else {
-            Direction::Ingress
-        };
-        let time = u64::from_be_bytes(raw[at + 1..at + 9].try_into().unwrap());
-        let len = u32::from_be_bytes(raw[at + 9..at + 13].try_into().unwrap()) as usize;
-        out.push((direction, time + 1, raw[at + 13..at + 13 + len].to_vec()));
-        at += 13 + len;
-    }
-    out
+    golden::records(&fixture_dir(), name)
 }
 
-fn kind(kind: ExchangeKind) -> &'static str {
-    match kind {
-        ExchangeKind::Server => "server",
-        ExchangeKind::Client => "client",
-        ExchangeKind::Producer => "producer",
-        ExchangeKind::Consumer => "consumer",
-        ExchangeKind::Internal => "internal",
-    }
-}
-
-fn render(event: &ExchangeEvent) -> Value {
-    match event {
-        ExchangeEvent::Started(s) => json!({
-            "event": "started", "kind": kind(s.kind), "sequence": s.sequence,
-            "publishes": s.message_out.is_some(), "receives": s.message_in.is_some(),
-        }),
-        ExchangeEvent::Finished(x) => {
-            let attributes: BTreeMap<&str, Value> = x
-                .attributes
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        *k,
-                        match v {
-                            AttrValue::Str(s) => json!(s),
-                            AttrValue::Int(i) => json!(i),
-                        },
-                    )
-                })
-                .collect();
-            let status = match &x.status {
-                ExchangeStatus::Ok => json!("ok"),
-                ExchangeStatus::Error {
-                    error_type,
-                    message,
-                } => json!({ "error_type": error_type, "message": message }),
-            };
-            json!({
-                "event": "finished", "kind": kind(x.kind), "sequence": x.sequence, "name": x.name,
-                "status": status, "attributes": attributes, "body": x.fields.get("body"),
-            })
-        }
-        ExchangeEvent::Broker(b) => {
-            json!({ "event": "broker", "entered": b.entered, "fingerprint": format!("{:016x}", b.fingerprint) })
-        }
-    }
-}
+use super::super::golden::render;
 
 fn replay(name: &str, role: Role, chunk: Option<usize>) -> Vec<ExchangeEvent> {
     let mut session = AmqpSession::new(role, &SessionOptions::default(), false);
@@ -104,24 +42,7 @@ fn replay(name: &str, role: Role, chunk: Option<usize>) -> Vec<ExchangeEvent> {
 }
 
 fn golden(name: &str, role: Role) {
-    let actual: String = replay(name, role, None)
-        .iter()
-        .map(|e| format!("{}\n", render(e)))
-        .collect();
-    let expected_path = fixture_dir().join(format!("{name}.expected.jsonl"));
-    if std::env::var("TRACER_BLESS").is_ok_and(|v| v == "1") {
-        std::fs::write(&expected_path, &actual).unwrap();
-    }
-    let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
-    if actual != expected {
-        let actual_path = fixture_dir().join(format!("{name}.actual.jsonl"));
-        std::fs::write(&actual_path, &actual).unwrap();
-        panic!(
-            "{name}: output differs from {}; see {}",
-            expected_path.display(),
-            actual_path.display()
-        );
-    }
+    golden::compare(&fixture_dir(), name, &replay(name, role, None));
 }
 
 #[test]

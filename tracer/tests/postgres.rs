@@ -1,0 +1,197 @@
+//! End-to-end: a private PostgreSQL server, psycopg (Python) and node-postgres clients in
+//! separate unmodified processes, the real eBPF programs, `tracer run`, a real receiver.
+mod support;
+
+use std::{process::Command, time::Duration};
+
+use support::{
+    agent::{curl, AgentRun, Service, PEERS},
+    otlp::{ReceivedSpan, Receiver},
+    postgres::postgres,
+};
+
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+const ERROR: i32 = 2;
+
+fn run(cmd: &mut Command) -> serde_json::Value {
+    let output = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn db_spans<'a>(spans: &'a [ReceivedSpan], service: &str) -> Vec<&'a ReceivedSpan> {
+    spans
+        .iter()
+        .filter(|s| s.attr("db.system.name") == "postgresql" && s.service.starts_with(service))
+        .collect()
+}
+
+fn find<'a>(
+    spans: &[&'a ReceivedSpan],
+    name: &str,
+    pred: impl Fn(&ReceivedSpan) -> bool,
+) -> &'a ReceivedSpan {
+    let names: Vec<String> = spans
+        .iter()
+        .map(|s| format!("{} [{}] {}", s.name, s.status, s.attr("db.query.text")))
+        .collect();
+    spans
+        .iter()
+        .copied()
+        .find(|s| s.name == name && pred(s))
+        .unwrap_or_else(|| panic!("no {name} span among {names:#?}"))
+}
+
+#[test]
+fn simple_extended_failing_and_rolled_back_queries_from_two_client_libraries() {
+    let port = postgres().port.to_string();
+    let receiver = Receiver::start();
+    let export = format!("otlp-grpc={}", receiver.grpc_url());
+    let agent = AgentRun::start(&["--export", &export, "--settle-ms", "200"]);
+    let python = run(Command::new("python3")
+        .arg(format!("{PEERS}/pg_client.py"))
+        .args(["--port", &port, "--order", "PY-1"]));
+    assert_eq!(
+        (python["duplicate"].as_str(), python["status"].as_str()),
+        (Some("23505"), Some("SUBMITTED"))
+    );
+    let node = run(Command::new("node")
+        .arg(format!("{PEERS}/pg_client.js"))
+        .args([port.as_str(), "JS-1"]));
+    assert_eq!(
+        (node["duplicate"].as_str(), node["rows"].as_u64()),
+        (Some("23505"), Some(1))
+    );
+    let spans = receiver.wait_for(
+        "both clients' statements",
+        Duration::from_secs(20),
+        |spans| {
+            db_spans(spans, "python")
+                .iter()
+                .any(|s| s.name == "SELECT orders")
+                && db_spans(spans, "node")
+                    .iter()
+                    .any(|s| s.name == "SELECT orders")
+        },
+    );
+    agent.stop();
+    for service in ["python", "node"] {
+        let spans = db_spans(&spans, service);
+        for span in &spans {
+            assert_eq!(span.kind, CLIENT);
+            assert_eq!(span.attr("db.namespace"), "postgres");
+            assert_eq!(span.attr("server.port"), port);
+            let text = span.attr("db.query.text");
+            assert!(
+                !text.contains("PY-1") && !text.contains("JS-1") && !text.contains("anna@"),
+                "literal leaked: {text}"
+            );
+        }
+        let ok_insert = find(&spans, "INSERT orders", |s| s.status != ERROR);
+        assert_eq!(ok_insert.attr("db.operation.name"), "INSERT");
+        assert_eq!(ok_insert.attr("db.collection.name"), "orders");
+        let duplicate = find(&spans, "INSERT orders", |s| s.status == ERROR);
+        assert_eq!(
+            duplicate.attr("db.response.status_code"),
+            "23505",
+            "{service}: SQLSTATE of the unique violation"
+        );
+        assert!(
+            duplicate.status_message.contains("duplicate key"),
+            "{}",
+            duplicate.status_message
+        );
+        let rollback = find(&spans, "ROLLBACK", |_| true);
+        assert_eq!(rollback.status, 0, "the ROLLBACK statement itself succeeds");
+        find(&spans, "SELECT orders", |s| s.status != ERROR);
+    }
+    // Simple-protocol literals are replaced; extended statements keep their placeholders.
+    let node_insert = find(&db_spans(&spans, "node"), "INSERT orders", |s| {
+        s.status != ERROR
+    });
+    assert_eq!(
+        node_insert.attr("db.query.text"),
+        "INSERT INTO orders (order_id, status) VALUES (?, ?)"
+    );
+    let py_update = find(&db_spans(&spans, "python"), "UPDATE orders", |_| true);
+    assert_eq!(
+        py_update.attr("db.query.text"),
+        "UPDATE orders SET status = $1 WHERE order_id = $2"
+    );
+    assert_eq!(
+        py_update.attr("tracer.db.transaction_state"),
+        "",
+        "extended statements end at their own completion"
+    );
+    let node_delete = find(&db_spans(&spans, "node"), "DELETE orders", |_| true);
+    assert_eq!(
+        node_delete.attr("db.query.text"),
+        "DELETE FROM orders WHERE order_id = $1"
+    );
+}
+
+#[test]
+fn the_insert_of_an_http_order_is_a_child_of_the_request_and_in_the_orders_trace() {
+    let port = postgres().port.to_string();
+    let receiver = Receiver::start();
+    let service = Service::python(&["--db-port", &port]);
+    let export = format!("otlp-grpc={}", receiver.grpc_url());
+    let agent = AgentRun::start(&["--export", &export, "--settle-ms", "300"]);
+    let order = "WEB-42";
+    assert_eq!(
+        curl(&[
+            "-d",
+            &format!(r#"{{"order_id": "{order}"}}"#),
+            &service.url("/orders")
+        ]),
+        "201"
+    );
+    let spans = receiver.wait_for(
+        "the request and its INSERT",
+        Duration::from_secs(20),
+        |spans| {
+            spans.iter().any(|s| {
+                s.kind == CLIENT && s.name == "INSERT orders" && s.service.starts_with("python")
+            }) && spans
+                .iter()
+                .any(|s| s.kind == SERVER && s.name == "POST /orders")
+        },
+    );
+    agent.stop();
+    let request = spans
+        .iter()
+        .find(|s| s.kind == SERVER && s.name == "POST /orders")
+        .unwrap();
+    let insert = spans
+        .iter()
+        .find(|s| s.kind == CLIENT && s.name == "INSERT orders")
+        .unwrap();
+    assert_eq!(
+        insert.parent_span_id, request.span_id,
+        "the INSERT is the child of the request's SERVER span"
+    );
+    let order_trace = String::from_utf8(
+        Command::new(env!("CARGO_BIN_EXE_tracer"))
+            .args(["hash-id", order])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(insert.trace_id, order_trace.trim(), "in the order's trace");
+    assert_eq!(request.trace_id, insert.trace_id);
+    assert_eq!(
+        insert.attr("app.order.id"),
+        order,
+        "the bound parameter names the order"
+    );
+    assert_eq!(
+        insert.attr("db.query.text"),
+        "INSERT INTO orders (order_id, status) VALUES ($1, $2)"
+    );
+}

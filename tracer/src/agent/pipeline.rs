@@ -260,12 +260,12 @@ impl Pipeline {
         self.export(resolved, clock);
     }
 
-    /// At shutdown: finish open connections' sessions and export everything settling.
-    pub fn finish(&mut self, now_ns: u64, clock: &KernelClock) {
+    /// At shutdown: export everything still settling. Requests still in flight are not
+    /// closed: the agent stopping says nothing about whether they will be answered.
+    pub fn finish(&mut self, clock: &KernelClock) {
         let mut resolved = Vec::new();
         self.correlator.flush(&mut resolved);
         self.export(resolved, clock);
-        let _ = now_ns;
     }
 
     fn export(&mut self, spans: Vec<ResolvedSpan>, clock: &KernelClock) {

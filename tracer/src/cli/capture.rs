@@ -143,7 +143,7 @@ impl<W: Write> Printer<W> {
                 ktime_ns,
                 seeded,
             } => {
-                let record = conn_record(&conn, &change, seeded, session.clock.wall_ns(ktime_ns));
+                let record = conn_record(&change, seeded, session.clock.wall_ns(ktime_ns));
                 (conn, record)
             }
             SessionEvent::Stream { conn, event } => {
@@ -164,7 +164,7 @@ impl<W: Write> Printer<W> {
     }
 }
 
-fn conn_record(conn: &Connection, change: &ConnChange, seeded: bool, time_unix_nano: u64) -> Value {
+fn conn_record(change: &ConnChange, seeded: bool, time_unix_nano: u64) -> Value {
     let (kind, extra) = match change {
         ConnChange::Open { .. } => ("conn_open", json!({})),
         ConnChange::Addresses { .. } if seeded => ("conn_open", json!({ "seeded": true })),
@@ -176,7 +176,6 @@ fn conn_record(conn: &Connection, change: &ConnChange, seeded: bool, time_unix_n
     };
     let mut record = json!({ "type": kind, "time_unix_nano": time_unix_nano });
     merge(&mut record, extra);
-    let _ = conn;
     record
 }
 

@@ -205,7 +205,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     for event in events.drain(..) {
         pipeline.handle(event, now, &mut requests);
     }
-    pipeline.finish(now, &session.clock);
+    pipeline.finish(&session.clock);
     log_stats(&session, &pipeline, &stats);
     drop(pipeline); // closes the export queues
     runtime.block_on(async {

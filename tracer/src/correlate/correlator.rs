@@ -26,11 +26,13 @@ use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tracer_common::ConnId;
 
+mod messages;
+
 use super::TraceParent;
 use crate::privacy::IdKey;
 use crate::{
     capture::Connection,
-    protocols::{AttrValue, BrokerEvent, Exchange, ExchangeKind, ExchangeStart, ExchangeStatus},
+    protocols::{AttrValue, Exchange, ExchangeKind, ExchangeStart},
 };
 
 /// A span ready for export.
@@ -97,8 +99,6 @@ struct Node {
 
 /// Spans never finished (a connection we stopped seeing) are dropped after this long.
 const MAX_OPEN_NS: u64 = 15 * 60 * 1_000_000_000;
-/// Broker-side records kept per fingerprint.
-const MAX_BROKER_BACKLOG: usize = 10_000;
 
 pub struct Correlator {
     nodes: HashMap<NodeId, Node>,
@@ -243,43 +243,6 @@ impl Correlator {
         self.settling.push_back((now_ns + self.settle_ns, id));
     }
 
-    /// A message entered or left the broker (seen on the broker's own sockets).
-    pub fn broker(&mut self, event: BrokerEvent) {
-        if event.entered {
-            let entered = self.broker_entered.entry(event.fingerprint).or_default();
-            entered.push_back(event.ktime_ns);
-            if entered.len() > MAX_BROKER_BACKLOG {
-                entered.pop_front();
-            }
-            return;
-        }
-        let Some(entered) = self
-            .broker_entered
-            .get_mut(&event.fingerprint)
-            .and_then(VecDeque::pop_front)
-        else {
-            return;
-        };
-        let delivered = self.broker_delivered.entry(event.fingerprint).or_default();
-        delivered.push_back((entered, event.ktime_ns));
-        if delivered.len() > MAX_BROKER_BACKLOG {
-            delivered.pop_front();
-        }
-        // The oldest undelivered producer of this message is delivered now.
-        if let Some(producers) = self.producers_by_message.get(&event.fingerprint) {
-            let nodes = &mut self.nodes;
-            if let Some(id) = producers
-                .iter()
-                .find(|p| nodes.get(p).is_some_and(|n| !n.delivered))
-                .copied()
-            {
-                if let Some(producer) = nodes.get_mut(&id) {
-                    producer.delivered = true;
-                }
-            }
-        }
-    }
-
     /// Resolves spans whose settle time has passed. `now_ns` is kernel time.
     pub fn poll(&mut self, now_ns: u64, out: &mut Vec<ResolvedSpan>) {
         while let Some(&(ready_at, id)) = self.settling.front() {
@@ -318,37 +281,6 @@ impl Correlator {
                 self.stats.spans_resolved += 1;
                 out.push(span);
             }
-        }
-    }
-
-    /// Pairs a CONSUMER span with the oldest unmatched PRODUCER span of its message.
-    fn match_producer(&mut self, consumer: NodeId) {
-        let Some(node) = self.nodes.get(&consumer) else {
-            return;
-        };
-        let (Some(fingerprint), None, start) = (node.message_in, node.producer, node.start_ns)
-        else {
-            return;
-        };
-        let Some(producers) = self.producers_by_message.get_mut(&fingerprint) else {
-            return;
-        };
-        let nodes = &self.nodes;
-        let Some(index) = producers
-            .iter()
-            .position(|p| nodes.get(p).is_some_and(|n| n.start_ns <= start))
-        else {
-            return;
-        };
-        let producer = producers.remove(index).expect("index from position");
-        if producers.is_empty() {
-            self.producers_by_message.remove(&fingerprint);
-        }
-        if let Some(p) = self.nodes.get_mut(&producer) {
-            p.delivered = true;
-        }
-        if let Some(c) = self.nodes.get_mut(&consumer) {
-            c.producer = Some(producer);
         }
     }
 
@@ -415,99 +347,6 @@ impl Correlator {
             exchange,
             connection,
         })
-    }
-
-    /// How long a consumed message sat in the broker: from the broker's own sockets when
-    /// we saw them, else from the producer's publish to this delivery.
-    fn residence(&mut self, id: NodeId) -> Option<(u64, &'static str)> {
-        let node = self.nodes.get(&id)?;
-        let fingerprint = node.message_in?;
-        let start = node.start_ns;
-        let producer_start = node
-            .producer
-            .and_then(|p| self.nodes.get(&p))
-            .map(|p| p.start_ns);
-        if let Some(delivered) = self.broker_delivered.get_mut(&fingerprint) {
-            if let Some(index) = delivered
-                .iter()
-                .position(|(_, left)| *left <= start + 1_000_000_000)
-            {
-                let (entered, left) = delivered.remove(index).expect("index from position");
-                return Some((left.saturating_sub(entered), "broker"));
-            }
-        }
-        producer_start.map(|p| (start.saturating_sub(p), "clients"))
-    }
-
-    /// Producers whose message was not delivered in time: counted, logged, and a span
-    /// saying so in the producer's trace.
-    fn check_deliveries(&mut self, now_ns: u64, out: &mut Vec<ResolvedSpan>) {
-        while let Some(&(deadline, id)) = self.awaiting_delivery.front() {
-            if deadline > now_ns {
-                break;
-            }
-            self.awaiting_delivery.pop_front();
-            let Some(node) = self.nodes.get(&id) else {
-                continue;
-            };
-            if node.delivered {
-                continue;
-            }
-            let Some((connection, mut attributes)) = node.published.clone() else {
-                continue;
-            };
-            let (producer_span, start_ns, tid) =
-                (node.span_id, node.end_ns.unwrap_or(node.start_ns), node.tid);
-            let waited_s = self.stuck_after_ns as f64 / 1e9;
-            let trace_id = self.trace_of(id);
-            self.stats.messages_stuck += 1;
-            let destination = attributes
-                .iter()
-                .find(|(k, _)| *k == "messaging.destination.name")
-                .map(|(_, v)| match v {
-                    AttrValue::Str(s) => s.clone(),
-                    AttrValue::Int(i) => i.to_string(),
-                })
-                .unwrap_or_default();
-            tracing::warn!(
-                trace_id = %trace_id,
-                pid = connection.id.tgid,
-                "message published to {destination} was not delivered within {waited_s} s: stuck in a queue or lost"
-            );
-            attributes.push(("tracer.synthesized", "true".into()));
-            attributes.push((
-                "tracer.message.waited_ms",
-                ((self.stuck_after_ns / 1_000_000) as i64).into(),
-            ));
-            let exchange = Exchange {
-                protocol: "amqp",
-                sequence: u64::MAX,
-                kind: ExchangeKind::Internal,
-                name: "message not delivered".into(),
-                start_ktime_ns: start_ns,
-                end_ktime_ns: deadline.max(start_ns),
-                tid,
-                attributes,
-                status: ExchangeStatus::Error {
-                    error_type: "not_delivered".into(),
-                    message: format!("no delivery within {waited_s} s: stuck in a queue or lost"),
-                },
-                traceparent: None,
-                fields: Default::default(),
-                order_ids: Vec::new(),
-                business: Vec::new(),
-            };
-            out.push(ResolvedSpan {
-                trace_id,
-                span_id: self.ids.new_span_id(),
-                parent_span_id: Some(producer_span),
-                parent_is_remote: false,
-                links: Vec::new(),
-                order_trace: self.nodes.get(&id).is_some_and(|n| n.order_trace),
-                exchange,
-                connection,
-            });
-        }
     }
 
     /// The trace of a node: its parent's, recursively, or a new one for a root.

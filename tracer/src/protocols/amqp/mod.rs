@@ -3,6 +3,7 @@
 mod frames;
 mod message;
 mod session;
+mod spans;
 
 #[cfg(test)]
 mod tests;

@@ -35,12 +35,11 @@ impl Protocol for Postgres {
 
     fn session(
         &self,
-        role: Role,
+        _role: Role,
         _first: Direction,
         mid_stream: bool,
         _options: &SessionOptions,
     ) -> Box<dyn ProtocolSession> {
-        let _ = role;
         Box::new(PostgresSession::new(mid_stream))
     }
 }

@@ -1,0 +1,233 @@
+//! What AMQP exchanges look like as spans: messaging semantic-convention attributes, the
+//! fields business rules read, and the bookkeeping of open publishes and deliveries.
+use std::collections::BTreeMap;
+
+use amq_protocol::protocol::{basic, AMQPClass};
+
+use super::{
+    message::{Carrier, Message},
+    session::ChannelState,
+};
+use crate::protocols::{
+    AttrValue, Exchange, ExchangeEvent, ExchangeKind, ExchangeStart, ExchangeStatus,
+};
+
+pub struct Open {
+    pub sequence: u64,
+    pub message: Message,
+    pub queue: Option<String>,
+    /// Set by a Return or Channel.Close before the span ends.
+    pub error: Option<(String, String)>,
+}
+
+/// A delivery (Deliver or Get-Ok) starts a CONSUMER span; it ends at the client's verdict
+/// on the delivery tag, or at once when the consumer does not acknowledge (no-ack).
+pub fn delivered(
+    state: &mut ChannelState,
+    sequence: u64,
+    delivery_tag: u64,
+    (queue, no_ack): (String, bool),
+    message: Message,
+    end_ns: u64,
+    out: &mut Vec<ExchangeEvent>,
+) {
+    out.push(ExchangeEvent::Started(start(
+        sequence,
+        ExchangeKind::Consumer,
+        &message,
+        false,
+    )));
+    let open = Open {
+        sequence,
+        message,
+        queue: Some(queue).filter(|q| !q.is_empty()),
+        error: None,
+    };
+    if no_ack {
+        out.push(ExchangeEvent::Finished(finish(
+            open,
+            end_ns,
+            ExchangeKind::Consumer,
+        )));
+    } else {
+        state.deliveries.insert(delivery_tag, open);
+    }
+}
+
+/// Methods that are followed by content frames, as the start of a message.
+pub fn carried_message(method: &AMQPClass, ktime_ns: u64, tid: u32) -> Option<Message> {
+    let (carrier, exchange, routing_key) = match method {
+        AMQPClass::Basic(basic::AMQPMethod::Publish(p)) => {
+            (Carrier::Publish, &p.exchange, &p.routing_key)
+        }
+        AMQPClass::Basic(basic::AMQPMethod::Deliver(d)) => (
+            Carrier::Deliver {
+                consumer_tag: d.consumer_tag.as_str().to_owned(),
+                delivery_tag: d.delivery_tag,
+            },
+            &d.exchange,
+            &d.routing_key,
+        ),
+        AMQPClass::Basic(basic::AMQPMethod::GetOk(g)) => (
+            Carrier::GetOk {
+                delivery_tag: g.delivery_tag,
+            },
+            &g.exchange,
+            &g.routing_key,
+        ),
+        AMQPClass::Basic(basic::AMQPMethod::Return(r)) => (
+            Carrier::Return {
+                reply_code: r.reply_code,
+                reply_text: r.reply_text.as_str().to_owned(),
+            },
+            &r.exchange,
+            &r.routing_key,
+        ),
+        _ => return None,
+    };
+    Some(Message {
+        carrier,
+        exchange: exchange.as_str().to_owned(),
+        routing_key: routing_key.as_str().to_owned(),
+        message_id: None,
+        correlation_id: None,
+        headers: BTreeMap::new(),
+        body_size: 0,
+        body_prefix: Vec::new(),
+        start_ktime_ns: ktime_ns,
+        tid,
+    })
+}
+
+/// Removes `tag` (or, with `multiple`, every tag up to it; 0 means all).
+pub fn take_tags(open: &mut BTreeMap<u64, Open>, tag: u64, multiple: bool) -> Vec<Open> {
+    if multiple {
+        let keep = if tag == 0 {
+            BTreeMap::new()
+        } else {
+            open.split_off(&(tag + 1))
+        };
+        std::mem::replace(open, keep).into_values().collect()
+    } else {
+        open.remove(&tag).into_iter().collect()
+    }
+}
+
+pub fn start(
+    sequence: u64,
+    kind: ExchangeKind,
+    message: &Message,
+    produced: bool,
+) -> ExchangeStart {
+    let fingerprint = message.fingerprint();
+    ExchangeStart {
+        sequence,
+        kind,
+        start_ktime_ns: message.start_ktime_ns,
+        tid: message.tid,
+        traceparent: message.traceparent().map(str::to_owned),
+        message_out: produced.then_some(fingerprint),
+        message_in: (!produced).then_some(fingerprint),
+    }
+}
+
+pub fn finish(open: Open, end_ktime_ns: u64, kind: ExchangeKind) -> Exchange {
+    let Open {
+        sequence,
+        message,
+        queue,
+        error,
+    } = open;
+    let exchange_name = if message.exchange.is_empty() {
+        "amq.default"
+    } else {
+        message.exchange.as_str()
+    };
+    let (operation, operation_type, destination) = match (&message.carrier, kind) {
+        (Carrier::GetOk { .. }, _) => (
+            "get",
+            "receive",
+            queue.clone().unwrap_or_else(|| exchange_name.to_owned()),
+        ),
+        (_, ExchangeKind::Consumer) => (
+            "deliver",
+            "process",
+            queue.clone().unwrap_or_else(|| exchange_name.to_owned()),
+        ),
+        _ => ("publish", "send", exchange_name.to_owned()),
+    };
+    let mut attributes: Vec<(&'static str, AttrValue)> = vec![
+        ("messaging.system", "rabbitmq".into()),
+        ("messaging.operation.type", operation_type.into()),
+        ("messaging.operation.name", operation.into()),
+        ("messaging.destination.name", exchange_name.into()),
+        (
+            "messaging.rabbitmq.destination.routing_key",
+            message.routing_key.as_str().into(),
+        ),
+        (
+            "messaging.message.body.size",
+            (message.body_size as i64).into(),
+        ),
+        ("network.protocol.name", "amqp".into()),
+        ("network.protocol.version", "0.9.1".into()),
+    ];
+    if let Some(id) = &message.message_id {
+        attributes.push(("messaging.message.id", id.as_str().into()));
+    }
+    if let Some(id) = &message.correlation_id {
+        attributes.push(("messaging.message.conversation_id", id.as_str().into()));
+    }
+    if let Some(queue) = &queue {
+        attributes.push((
+            "messaging.destination.subscription.name",
+            queue.as_str().into(),
+        ));
+    }
+    if let Carrier::Deliver { delivery_tag, .. } | Carrier::GetOk { delivery_tag } =
+        &message.carrier
+    {
+        attributes.push((
+            "messaging.rabbitmq.message.delivery_tag",
+            (*delivery_tag as i64).into(),
+        ));
+    }
+    let mut fields = BTreeMap::new();
+    fields.insert(
+        "body".to_owned(),
+        String::from_utf8_lossy(&message.body_prefix).into_owned(),
+    );
+    fields.insert("exchange".to_owned(), message.exchange.clone());
+    fields.insert("routing_key".to_owned(), message.routing_key.clone());
+    for (name, value) in &message.headers {
+        fields.insert(format!("header.{name}"), value.clone());
+    }
+    if let Some(id) = &message.message_id {
+        fields.insert("message_id".to_owned(), id.clone());
+    }
+    if let Some(id) = &message.correlation_id {
+        fields.insert("correlation_id".to_owned(), id.clone());
+    }
+    let status = match error {
+        Some((error_type, message)) => ExchangeStatus::Error {
+            error_type,
+            message,
+        },
+        None => ExchangeStatus::Ok,
+    };
+    Exchange {
+        protocol: "amqp",
+        sequence,
+        kind,
+        name: format!("{operation} {destination}"),
+        start_ktime_ns: message.start_ktime_ns,
+        end_ktime_ns,
+        tid: message.tid,
+        attributes,
+        status,
+        traceparent: message.traceparent().map(str::to_owned),
+        fields,
+        order_ids: Vec::new(),
+        business: Vec::new(),
+    }
+}

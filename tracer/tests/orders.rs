@@ -21,6 +21,26 @@ fn key_file() -> std::path::PathBuf {
     path
 }
 
+/// The agent as the order tests run it: the test's HMAC key, a short settle time.
+fn order_agent(receiver: &Receiver, key: &std::path::Path, extra: &[&str]) -> AgentRun {
+    let export = format!("otlp-grpc={}", receiver.grpc_url());
+    let key = key.to_str().unwrap();
+    AgentRun::start(
+        &[
+            &[
+                "--export",
+                export.as_str(),
+                "--hmac-key-file",
+                key,
+                "--settle-ms",
+                "300",
+            ],
+            extra,
+        ]
+        .concat(),
+    )
+}
+
 /// DESIGN.md's derivation, computed here independently of tracer.
 fn documented_trace_id(order_id: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(KEY.as_bytes()).unwrap();
@@ -127,15 +147,7 @@ fn one_order_is_one_trace_across_http_bodies_paths_and_amqp() {
     let receiver = Receiver::start();
     broker();
     let (a, b) = (Service::python(&[]), Service::node());
-    let export = format!("otlp-grpc={}", receiver.grpc_url());
-    let agent = AgentRun::start(&[
-        "--export",
-        &export,
-        "--hmac-key-file",
-        key.to_str().unwrap(),
-        "--settle-ms",
-        "300",
-    ]);
+    let agent = order_agent(&receiver, &key, &[]);
     let order = "ORD-0"; // the publisher's first message carries {"order_id": "ORD-0"}
     let spans = order_journey(order, agent, &receiver, &a, &b);
     let expected = documented_trace_id(order);
@@ -193,16 +205,7 @@ fn pseudonymised_ids_are_the_only_form_that_leaves_the_agent() {
     let receiver = Receiver::start();
     broker();
     let (a, b) = (Service::python(&[]), Service::node());
-    let export = format!("otlp-grpc={}", receiver.grpc_url());
-    let agent = AgentRun::start(&[
-        "--export",
-        &export,
-        "--hmac-key-file",
-        key.to_str().unwrap(),
-        "--pseudonymise-ids",
-        "--settle-ms",
-        "300",
-    ]);
+    let agent = order_agent(&receiver, &key, &["--pseudonymise-ids"]);
     let order = "ORD-0";
     let pseudonym = hash_id(order, &key);
     let body = format!(r#"{{"order_id": "{order}", "email": "anna.schmidt@example.com"}}"#);

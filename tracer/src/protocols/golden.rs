@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::{
     capture::Direction,
-    protocols::{AttrValue, ExchangeEvent, ExchangeKind, ExchangeStatus},
+    protocols::{AttrValue, ExchangeEvent, ExchangeKind, ExchangeStatus, ProtocolSession},
 };
 
 pub fn records(dir: &Path, name: &str) -> Vec<(Direction, u64, Vec<u8>)> {
@@ -28,6 +28,28 @@ pub fn records(dir: &Path, name: &str) -> Vec<(Direction, u64, Vec<u8>)> {
         out.push((direction, time + 1, raw[at + 13..at + 13 + len].to_vec()));
         at += 13 + len;
     }
+    out
+}
+
+/// Feeds a fixture into `session` (whole records, or `chunk`-byte pieces) and closes it.
+pub fn replay(
+    session: &mut dyn ProtocolSession,
+    dir: &Path,
+    name: &str,
+    chunk: Option<usize>,
+) -> Vec<ExchangeEvent> {
+    let mut out = Vec::new();
+    let mut last = 0;
+    for (direction, time, bytes) in records(dir, name) {
+        match chunk {
+            Some(n) => bytes
+                .chunks(n)
+                .for_each(|c| session.feed(direction, c, time, 1, &mut out)),
+            None => session.feed(direction, &bytes, time, 1, &mut out),
+        }
+        last = time;
+    }
+    session.close(last + 1, &mut out);
     out
 }
 

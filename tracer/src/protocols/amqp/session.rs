@@ -12,7 +12,7 @@ use amq_protocol::{
 use super::{
     frames::{FrameReader, GapOutcome, Read, TimedFrame},
     message::{Assembler, Carrier, Message},
-    spans::{carried_message, delivered, finish, start, take_tags, Open},
+    spans::{carried_message, delivered, finish, settle, start, Open, Verdict},
 };
 use crate::{
     capture::{Direction, Role},
@@ -266,60 +266,84 @@ impl AmqpSession {
             }
             // Publisher confirms from the broker.
             (AMQPClass::Basic(basic::AMQPMethod::Ack(ack)), Direction::Ingress) => {
-                for open in take_tags(&mut state.unconfirmed, ack.delivery_tag, ack.multiple) {
-                    out.push(ExchangeEvent::Finished(finish(
-                        open,
-                        ktime_ns,
-                        ExchangeKind::Producer,
-                    )));
-                }
+                let verdict = Verdict {
+                    tag: ack.delivery_tag,
+                    multiple: ack.multiple,
+                    error: None,
+                };
+                settle(
+                    &mut state.unconfirmed,
+                    verdict,
+                    ExchangeKind::Producer,
+                    ktime_ns,
+                    out,
+                );
             }
             (AMQPClass::Basic(basic::AMQPMethod::Nack(nack)), Direction::Ingress) => {
-                for mut open in take_tags(&mut state.unconfirmed, nack.delivery_tag, nack.multiple)
-                {
-                    open.error = Some(("nack".into(), "the broker nacked the message".into()));
-                    out.push(ExchangeEvent::Finished(finish(
-                        open,
-                        ktime_ns,
-                        ExchangeKind::Producer,
-                    )));
-                }
+                let error = Some(("nack".into(), "the broker nacked the message".into()));
+                let verdict = Verdict {
+                    tag: nack.delivery_tag,
+                    multiple: nack.multiple,
+                    error,
+                };
+                settle(
+                    &mut state.unconfirmed,
+                    verdict,
+                    ExchangeKind::Producer,
+                    ktime_ns,
+                    out,
+                );
             }
             // The consumer's verdict on deliveries.
             (AMQPClass::Basic(basic::AMQPMethod::Ack(ack)), Direction::Egress) => {
-                for open in take_tags(&mut state.deliveries, ack.delivery_tag, ack.multiple) {
-                    out.push(ExchangeEvent::Finished(finish(
-                        open,
-                        ktime_ns,
-                        ExchangeKind::Consumer,
-                    )));
-                }
+                let verdict = Verdict {
+                    tag: ack.delivery_tag,
+                    multiple: ack.multiple,
+                    error: None,
+                };
+                settle(
+                    &mut state.deliveries,
+                    verdict,
+                    ExchangeKind::Consumer,
+                    ktime_ns,
+                    out,
+                );
             }
             (AMQPClass::Basic(basic::AMQPMethod::Nack(nack)), Direction::Egress) => {
-                for mut open in take_tags(&mut state.deliveries, nack.delivery_tag, nack.multiple) {
-                    open.error = Some((
-                        "nack".into(),
-                        format!("nacked by the consumer (requeue: {})", nack.requeue),
-                    ));
-                    out.push(ExchangeEvent::Finished(finish(
-                        open,
-                        ktime_ns,
-                        ExchangeKind::Consumer,
-                    )));
-                }
+                let error = Some((
+                    "nack".into(),
+                    format!("nacked by the consumer (requeue: {})", nack.requeue),
+                ));
+                let verdict = Verdict {
+                    tag: nack.delivery_tag,
+                    multiple: nack.multiple,
+                    error,
+                };
+                settle(
+                    &mut state.deliveries,
+                    verdict,
+                    ExchangeKind::Consumer,
+                    ktime_ns,
+                    out,
+                );
             }
             (AMQPClass::Basic(basic::AMQPMethod::Reject(reject)), Direction::Egress) => {
-                for mut open in take_tags(&mut state.deliveries, reject.delivery_tag, false) {
-                    open.error = Some((
-                        "reject".into(),
-                        format!("rejected by the consumer (requeue: {})", reject.requeue),
-                    ));
-                    out.push(ExchangeEvent::Finished(finish(
-                        open,
-                        ktime_ns,
-                        ExchangeKind::Consumer,
-                    )));
-                }
+                let error = Some((
+                    "reject".into(),
+                    format!("rejected by the consumer (requeue: {})", reject.requeue),
+                ));
+                let verdict = Verdict {
+                    tag: reject.delivery_tag,
+                    multiple: false,
+                    error,
+                };
+                settle(
+                    &mut state.deliveries,
+                    verdict,
+                    ExchangeKind::Consumer,
+                    ktime_ns,
+                    out,
+                );
             }
             (AMQPClass::Channel(channel::AMQPMethod::Close(close)), _) => {
                 let reason = (

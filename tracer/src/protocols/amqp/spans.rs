@@ -100,7 +100,7 @@ pub fn carried_message(method: &AMQPClass, ktime_ns: u64, tid: u32) -> Option<Me
 }
 
 /// Removes `tag` (or, with `multiple`, every tag up to it; 0 means all).
-pub fn take_tags(open: &mut BTreeMap<u64, Open>, tag: u64, multiple: bool) -> Vec<Open> {
+fn take_tags(open: &mut BTreeMap<u64, Open>, tag: u64, multiple: bool) -> Vec<Open> {
     if multiple {
         let keep = if tag == 0 {
             BTreeMap::new()
@@ -229,5 +229,29 @@ pub fn finish(open: Open, end_ktime_ns: u64, kind: ExchangeKind) -> Exchange {
         fields,
         order_ids: Vec::new(),
         business: Vec::new(),
+    }
+}
+
+/// A confirm from the broker (publishes) or a consumer's ack, nack or reject (deliveries).
+pub struct Verdict {
+    pub tag: u64,
+    pub multiple: bool,
+    /// (error.type, message) for negative verdicts.
+    pub error: Option<(String, String)>,
+}
+
+/// Ends the spans a verdict covers.
+pub fn settle(
+    open: &mut BTreeMap<u64, Open>,
+    verdict: Verdict,
+    kind: ExchangeKind,
+    ktime_ns: u64,
+    out: &mut Vec<ExchangeEvent>,
+) {
+    for mut span in take_tags(open, verdict.tag, verdict.multiple) {
+        if let Some(error) = &verdict.error {
+            span.error = Some(error.clone());
+        }
+        out.push(ExchangeEvent::Finished(finish(span, ktime_ns, kind)));
     }
 }

@@ -25,20 +25,12 @@ fn records(name: &str) -> Vec<(Direction, u64, Vec<u8>)> {
 use super::super::golden::render;
 
 fn replay(name: &str, role: Role, chunk: Option<usize>) -> Vec<ExchangeEvent> {
-    let mut session = AmqpSession::new(role, &SessionOptions::default(), false);
-    let mut out = Vec::new();
-    let mut last = 0;
-    for (direction, time, bytes) in records(name) {
-        match chunk {
-            Some(n) => bytes
-                .chunks(n)
-                .for_each(|c| session.feed(direction, c, time, 1, &mut out)),
-            None => session.feed(direction, &bytes, time, 1, &mut out),
-        }
-        last = time;
-    }
-    session.close(last + 1, &mut out);
-    out
+    golden::replay(
+        &mut AmqpSession::new(role, &SessionOptions::default(), false),
+        &fixture_dir(),
+        name,
+        chunk,
+    )
 }
 
 fn golden(name: &str, role: Role) {

@@ -11,20 +11,12 @@ fn fixture_dir() -> PathBuf {
 }
 
 fn replay(name: &str, chunk: Option<usize>) -> Vec<ExchangeEvent> {
-    let mut session = PostgresSession::new(false);
-    let mut out = Vec::new();
-    let mut last = 0;
-    for (direction, time, bytes) in golden::records(&fixture_dir(), name) {
-        match chunk {
-            Some(n) => bytes
-                .chunks(n)
-                .for_each(|c| session.feed(direction, c, time, 1, &mut out)),
-            None => session.feed(direction, &bytes, time, 1, &mut out),
-        }
-        last = time;
-    }
-    session.close(last + 1, &mut out);
-    out
+    golden::replay(
+        &mut PostgresSession::new(false),
+        &fixture_dir(),
+        name,
+        chunk,
+    )
 }
 
 #[test]

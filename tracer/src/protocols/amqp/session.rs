@@ -12,7 +12,7 @@ use amq_protocol::{
 use super::{
     frames::{FrameReader, GapOutcome, Read, TimedFrame},
     message::{Assembler, Carrier, Message},
-    spans::{carried_message, delivered, finish, settle, start, Open, Verdict},
+    spans::{carried_message, delivered, finish, settle, start, verdict, Open},
 };
 use crate::{
     capture::{Direction, Role},
@@ -240,6 +240,14 @@ impl AmqpSession {
             return;
         }
         let state = self.channels.entry(channel).or_default();
+        if let Some((kind, verdict)) = verdict(&method, direction) {
+            let open = match kind {
+                ExchangeKind::Producer => &mut state.unconfirmed,
+                _ => &mut state.deliveries,
+            };
+            settle(open, verdict, kind, ktime_ns, out);
+            return;
+        }
         match (method, direction) {
             (AMQPClass::Confirm(confirm::AMQPMethod::Select(_)), Direction::Egress) => {
                 state.confirms = true;
@@ -263,87 +271,6 @@ impl AmqpSession {
             }
             (AMQPClass::Basic(basic::AMQPMethod::Get(get)), Direction::Egress) => {
                 state.get_queue = Some((get.queue.as_str().to_owned(), get.no_ack));
-            }
-            // Publisher confirms from the broker.
-            (AMQPClass::Basic(basic::AMQPMethod::Ack(ack)), Direction::Ingress) => {
-                let verdict = Verdict {
-                    tag: ack.delivery_tag,
-                    multiple: ack.multiple,
-                    error: None,
-                };
-                settle(
-                    &mut state.unconfirmed,
-                    verdict,
-                    ExchangeKind::Producer,
-                    ktime_ns,
-                    out,
-                );
-            }
-            (AMQPClass::Basic(basic::AMQPMethod::Nack(nack)), Direction::Ingress) => {
-                let error = Some(("nack".into(), "the broker nacked the message".into()));
-                let verdict = Verdict {
-                    tag: nack.delivery_tag,
-                    multiple: nack.multiple,
-                    error,
-                };
-                settle(
-                    &mut state.unconfirmed,
-                    verdict,
-                    ExchangeKind::Producer,
-                    ktime_ns,
-                    out,
-                );
-            }
-            // The consumer's verdict on deliveries.
-            (AMQPClass::Basic(basic::AMQPMethod::Ack(ack)), Direction::Egress) => {
-                let verdict = Verdict {
-                    tag: ack.delivery_tag,
-                    multiple: ack.multiple,
-                    error: None,
-                };
-                settle(
-                    &mut state.deliveries,
-                    verdict,
-                    ExchangeKind::Consumer,
-                    ktime_ns,
-                    out,
-                );
-            }
-            (AMQPClass::Basic(basic::AMQPMethod::Nack(nack)), Direction::Egress) => {
-                let error = Some((
-                    "nack".into(),
-                    format!("nacked by the consumer (requeue: {})", nack.requeue),
-                ));
-                let verdict = Verdict {
-                    tag: nack.delivery_tag,
-                    multiple: nack.multiple,
-                    error,
-                };
-                settle(
-                    &mut state.deliveries,
-                    verdict,
-                    ExchangeKind::Consumer,
-                    ktime_ns,
-                    out,
-                );
-            }
-            (AMQPClass::Basic(basic::AMQPMethod::Reject(reject)), Direction::Egress) => {
-                let error = Some((
-                    "reject".into(),
-                    format!("rejected by the consumer (requeue: {})", reject.requeue),
-                ));
-                let verdict = Verdict {
-                    tag: reject.delivery_tag,
-                    multiple: false,
-                    error,
-                };
-                settle(
-                    &mut state.deliveries,
-                    verdict,
-                    ExchangeKind::Consumer,
-                    ktime_ns,
-                    out,
-                );
             }
             (AMQPClass::Channel(channel::AMQPMethod::Close(close)), _) => {
                 let reason = (

@@ -8,8 +8,9 @@ use super::{
     message::{Carrier, Message},
     session::ChannelState,
 };
-use crate::protocols::{
-    AttrValue, Exchange, ExchangeEvent, ExchangeKind, ExchangeStart, ExchangeStatus,
+use crate::{
+    capture::Direction,
+    protocols::{AttrValue, Exchange, ExchangeEvent, ExchangeKind, ExchangeStart, ExchangeStatus},
 };
 
 pub struct Open {
@@ -238,6 +239,55 @@ pub struct Verdict {
     pub multiple: bool,
     /// (error.type, message) for negative verdicts.
     pub error: Option<(String, String)>,
+}
+
+/// Publisher confirms (from the broker) end PRODUCER spans; the consumer's ack, nack and
+/// reject end CONSUMER spans. Anything else is not a verdict.
+pub fn verdict(method: &AMQPClass, direction: Direction) -> Option<(ExchangeKind, Verdict)> {
+    use basic::AMQPMethod::{Ack, Nack, Reject};
+    let settles = |tag, multiple, error| Verdict {
+        tag,
+        multiple,
+        error,
+    };
+    Some(match (method, direction) {
+        (AMQPClass::Basic(Ack(a)), Direction::Ingress) => (
+            ExchangeKind::Producer,
+            settles(a.delivery_tag, a.multiple, None),
+        ),
+        (AMQPClass::Basic(Nack(n)), Direction::Ingress) => {
+            let error = ("nack".into(), "the broker nacked the message".into());
+            (
+                ExchangeKind::Producer,
+                settles(n.delivery_tag, n.multiple, Some(error)),
+            )
+        }
+        (AMQPClass::Basic(Ack(a)), Direction::Egress) => (
+            ExchangeKind::Consumer,
+            settles(a.delivery_tag, a.multiple, None),
+        ),
+        (AMQPClass::Basic(Nack(n)), Direction::Egress) => {
+            let error = (
+                "nack".into(),
+                format!("nacked by the consumer (requeue: {})", n.requeue),
+            );
+            (
+                ExchangeKind::Consumer,
+                settles(n.delivery_tag, n.multiple, Some(error)),
+            )
+        }
+        (AMQPClass::Basic(Reject(r)), Direction::Egress) => {
+            let error = (
+                "reject".into(),
+                format!("rejected by the consumer (requeue: {})", r.requeue),
+            );
+            (
+                ExchangeKind::Consumer,
+                settles(r.delivery_tag, false, Some(error)),
+            )
+        }
+        _ => return None,
+    })
 }
 
 /// Ends the spans a verdict covers.

@@ -2,23 +2,38 @@
 //! possible, else scan the text for `"key": value`.
 use serde_json::Value;
 
+use crate::config::ExtractSource;
+
+/// Bodies of one exchange, each parsed at most once however many rules read it.
+#[derive(Default)]
+pub struct Bodies {
+    parsed: Vec<(ExtractSource, Option<Value>)>,
+}
+
+impl Bodies {
+    /// The parsed body of `source`, or None if it is not (complete) JSON.
+    pub fn parsed(&mut self, source: ExtractSource, text: &str) -> Option<&Value> {
+        let index = match self.parsed.iter().position(|(s, _)| *s == source) {
+            Some(index) => index,
+            None => {
+                self.parsed.push((source, serde_json::from_str(text).ok()));
+                self.parsed.len() - 1
+            }
+        };
+        self.parsed[index].1.as_ref()
+    }
+}
+
 /// The value at a JSON pointer (`/order/id`).
-pub fn by_pointer(body: &str, pointer: &str) -> Option<String> {
-    let value: Value = serde_json::from_str(body).ok()?;
+pub fn pointer_in(value: &Value, pointer: &str) -> Option<String> {
     scalar(value.pointer(pointer)?)
 }
 
-/// Values of `key` at any depth, in document order. Falls back to a text scan when the
-/// body does not parse (truncated prefix).
-pub fn by_key(body: &str, keys: &[String]) -> Vec<String> {
-    match serde_json::from_str::<Value>(body) {
-        Ok(value) => {
-            let mut found = Vec::new();
-            walk(&value, keys, &mut found);
-            found
-        }
-        Err(_) => scan(body, keys),
-    }
+/// Values of `key` at any depth, in document order.
+pub fn keys_in(value: &Value, keys: &[String]) -> Vec<String> {
+    let mut found = Vec::new();
+    walk(value, keys, &mut found);
+    found
 }
 
 fn walk(value: &Value, keys: &[String], found: &mut Vec<String>) {
@@ -46,8 +61,9 @@ fn scalar(value: &Value) -> Option<String> {
     }
 }
 
-/// `"key"\s*:\s*("string"|number)` for any of `keys`, in text order.
-fn scan(body: &str, keys: &[String]) -> Vec<String> {
+/// For bodies that do not parse (a truncated prefix): `"key"\s*:\s*("string"|number)`
+/// for any of `keys`, in text order.
+pub fn scan(body: &str, keys: &[String]) -> Vec<String> {
     let mut found = Vec::new();
     let bytes = body.as_bytes();
     let mut at = 0;
@@ -95,6 +111,17 @@ fn scan(body: &str, keys: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn by_pointer(body: &str, pointer: &str) -> Option<String> {
+        pointer_in(&serde_json::from_str(body).ok()?, pointer)
+    }
+
+    fn by_key(body: &str, keys: &[String]) -> Vec<String> {
+        match serde_json::from_str::<Value>(body) {
+            Ok(value) => keys_in(&value, keys),
+            Err(_) => scan(body, keys),
+        }
+    }
 
     fn keys(k: &[&str]) -> Vec<String> {
         k.iter().map(|s| s.to_string()).collect()

@@ -76,8 +76,9 @@ impl Extractor {
 
     pub fn extract(&self, exchange: &Exchange) -> Extracted {
         let mut found: Vec<(String, String)> = Vec::new();
+        let mut bodies = json::Bodies::default();
         for rule in &self.rules {
-            for value in find(rule, exchange) {
+            for value in find(rule, exchange, &mut bodies) {
                 if !found
                     .iter()
                     .any(|(a, v)| *a == rule.attribute && *v == value)
@@ -244,7 +245,7 @@ fn source_text(source: ExtractSource, exchange: &Exchange) -> Option<&str> {
     }
 }
 
-fn find(rule: &Rule, exchange: &Exchange) -> Vec<String> {
+fn find(rule: &Rule, exchange: &Exchange, bodies: &mut json::Bodies) -> Vec<String> {
     use ExtractSource::*;
     match (&rule.how, rule.source) {
         (How::Names(names), HttpHeader) if exchange.protocol == "http" => names
@@ -278,13 +279,19 @@ fn find(rule: &Rule, exchange: &Exchange) -> Vec<String> {
                     .into_iter()
                     .collect(),
                 How::AfterSegment(words) => after_segment(text, words).into_iter().collect(),
-                How::Pointer(pointer) => json::by_pointer(text, pointer).into_iter().collect(),
+                How::Pointer(pointer) => bodies
+                    .parsed(source, text)
+                    .and_then(|v| json::pointer_in(v, pointer))
+                    .into_iter()
+                    .collect(),
                 How::Keys(keys) => {
                     let trimmed = text.trim_start();
-                    if trimmed.starts_with('{') || trimmed.starts_with('[') {
-                        json::by_key(text, keys)
-                    } else {
+                    if !(trimmed.starts_with('{') || trimmed.starts_with('[')) {
                         form_values(text, keys)
+                    } else if let Some(value) = bodies.parsed(source, text) {
+                        json::keys_in(value, keys)
+                    } else {
+                        json::scan(text, keys)
                     }
                 }
                 How::Whole => Some(text.to_owned())

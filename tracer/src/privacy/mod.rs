@@ -3,7 +3,7 @@
 mod key;
 mod mask;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 pub use key::{IdKey, KeyError, KEY_ENV};
 pub use mask::mask;
@@ -18,7 +18,12 @@ pub struct Privacy {
     key: IdKey,
     pseudonymise_ids: bool,
     mask_personal_data: bool,
+    /// Id → (its word-boundary pattern, its pseudonym): both cost more than the lookup.
+    pseudonyms: HashMap<String, (Regex, String)>,
 }
+
+/// Ids whose pattern and pseudonym are kept; the cache starts over beyond this.
+const MAX_CACHED_IDS: usize = 4096;
 
 /// What `apply` changed, for `--privacy-dry-run`.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -34,14 +39,28 @@ impl Privacy {
             key,
             pseudonymise_ids,
             mask_personal_data,
+            pseudonyms: HashMap::new(),
         }
+    }
+
+    fn pseudonym_of(&mut self, id: &str) -> Option<(Regex, String)> {
+        if let Some(known) = self.pseudonyms.get(id) {
+            return Some(known.clone());
+        }
+        let pattern = Regex::new(&format!(r"\b{}\b", regex::escape(id))).ok()?;
+        if self.pseudonyms.len() >= MAX_CACHED_IDS {
+            self.pseudonyms.clear();
+        }
+        let entry = (pattern, self.key.pseudonym(id));
+        self.pseudonyms.insert(id.to_owned(), entry.clone());
+        Some(entry)
     }
 
     pub fn key(&self) -> &IdKey {
         &self.key
     }
 
-    pub fn apply(&self, span: &mut ResolvedSpan) -> Redactions {
+    pub fn apply(&mut self, span: &mut ResolvedSpan) -> Redactions {
         let mut changes = Redactions::default();
         let exchange = &mut span.exchange;
         exchange.attributes.retain(|(k, _)| keep(k, &mut changes));
@@ -61,15 +80,8 @@ impl Privacy {
         } else {
             Vec::new()
         };
-        let patterns: Vec<(Regex, String)> = ids
-            .iter()
-            .filter_map(|id| {
-                Some((
-                    Regex::new(&format!(r"\b{}\b", regex::escape(id))).ok()?,
-                    self.key.pseudonym(id),
-                ))
-            })
-            .collect();
+        let patterns: Vec<(Regex, String)> =
+            ids.iter().filter_map(|id| self.pseudonym_of(id)).collect();
         let mut clean = |key: &str, value: &mut String| {
             for (pattern, pseudonym) in &patterns {
                 if pattern.is_match(value) {

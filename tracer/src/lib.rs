@@ -8,6 +8,8 @@ pub mod config;
 pub mod correlate;
 pub mod export;
 pub mod extract;
+pub mod journey;
+pub mod metrics;
 pub mod privacy;
 pub mod protocols;
 pub mod reassembly;

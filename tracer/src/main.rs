@@ -23,6 +23,10 @@ enum Command {
     Config(cli::config::ConfigArgs),
     /// Print the HMAC of an order or user id: its trace id and its pseudonym.
     HashId(cli::hash_id::HashIdArgs),
+    /// Order journeys: where each order is, since when, and which are stuck.
+    Orders(cli::orders::OrdersArgs),
+    /// The journey service: receives OTLP from many agents, keeps journeys in PostgreSQL.
+    Journey(cli::journey::JourneyArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +42,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => cli::run::run(args),
         Command::Config(args) => cli::config::run(args),
         Command::HashId(args) => cli::hash_id::run(args),
+        Command::Orders(args) => cli::orders::run(args),
+        Command::Journey(args) => cli::journey::run(args),
     }
 }

@@ -9,6 +9,7 @@ use crate::{
     correlate::{Correlator, CorrelatorStats, ResolvedSpan},
     export::{to_span_data, ExportQueues, Services},
     extract::Extractor,
+    journey::{JourneyHandle, JourneySpan},
     privacy::{Privacy, Redactions},
     protocols::{self, ExchangeEvent, ProtocolSession, SessionOptions},
     reassembly::StreamEvent,
@@ -51,6 +52,8 @@ pub struct Stages {
     pub privacy: Privacy,
     /// Print each span that would be exported, with its redactions, instead of exporting.
     pub privacy_dry_run: bool,
+    /// Order journeys: every exported span, and every order span even if sampled out.
+    pub journey: Option<JourneyHandle>,
 }
 
 pub struct Pipeline {
@@ -270,13 +273,27 @@ impl Pipeline {
 
     fn export(&mut self, spans: Vec<ResolvedSpan>, clock: &KernelClock) {
         for mut span in spans {
-            if !self.stages.sampler.keep(&span) {
+            let keep = self.stages.sampler.keep(&span);
+            // An order's journey must not depend on whether its trace was sampled.
+            let journey = self
+                .stages
+                .journey
+                .as_ref()
+                .filter(|_| keep || !span.exchange.order_ids.is_empty());
+            if !keep && journey.is_none() {
                 self.stats.spans_sampled_out += 1;
                 continue;
             }
             let redactions = self.stages.privacy.apply(&mut span);
             let resource = self.services.resource(&span.connection.process);
             let data = to_span_data(span, clock);
+            if let Some(journey) = journey {
+                journey.offer(JourneySpan::from_sdk(&resource, &data));
+            }
+            if !keep {
+                self.stats.spans_sampled_out += 1;
+                continue;
+            }
             if self.stages.privacy_dry_run {
                 print_dry_run(&resource, &data, &redactions);
                 continue;

@@ -2,6 +2,8 @@
 pub mod capture;
 pub mod config;
 pub mod hash_id;
+pub mod journey;
+pub mod orders;
 pub mod run;
 mod stop;
 

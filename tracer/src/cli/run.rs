@@ -12,6 +12,8 @@ use crate::{
     correlate::Correlator,
     export::{self, ExportQueues, ExportStats, ExportTarget, Services},
     extract::Extractor,
+    journey::{self, Clock, JourneyMetrics, StoreLocation},
+    metrics::{self, AgentMetrics, Health},
     privacy::{IdKey, Privacy},
     protocols::SessionOptions,
     reassembly::Limits,
@@ -73,6 +75,24 @@ pub struct RunArgs {
     /// Stop after this many seconds (default: until Ctrl-C / SIGTERM).
     #[arg(long)]
     duration: Option<f64>,
+    /// Where order journeys are kept: sqlite:PATH, postgres://…, or none (default:
+    /// journey.store from the config, else sqlite:/var/lib/tracer/journeys.sqlite).
+    #[arg(long)]
+    journey_store: Option<String>,
+    /// Serve /metrics, /healthz and /readyz here (host:port, or none).
+    #[arg(long, default_value = "127.0.0.1:9464", value_parser = metrics::parse_listen)]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Test and drill aid: a file holding a duration ("26h") added to the journey clock.
+    #[arg(long, hide = true)]
+    clock_offset_file: Option<PathBuf>,
+}
+
+/// The journey clock: the system's, unless a test moves it.
+pub fn journey_clock(offset_file: &Option<PathBuf>) -> Clock {
+    match offset_file {
+        Some(path) => Clock::with_offset_file(path.clone()),
+        None => Clock::system(),
+    }
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -94,8 +114,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(ms) = args.slow_ms {
         config.sampling.slow_threshold_ms = ms;
     }
+    if let Some(store) = &args.journey_store {
+        config.journey.store = store.clone();
+    }
+    let journey_store = StoreLocation::parse(&config.journey.store)
+        .map_err(|e| anyhow::anyhow!("--journey-store: {e}"))?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let agent_metrics = AgentMetrics::register(&mut registry);
+    let journey_metrics = JourneyMetrics::register(&mut registry);
+    let health = Arc::new(Health::default());
     let key = IdKey::load(&config.privacy)?;
-    let stages = Stages {
+    let mut stages = Stages {
         extractor: Extractor::new(&config.extract)?,
         sampler: Sampler::new(&config.sampling),
         privacy: Privacy::new(
@@ -104,6 +133,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             config.privacy.mask_personal_data,
         ),
         privacy_dry_run: args.privacy_dry_run,
+        journey: None,
     };
     let stop = StopSignal::install(args.duration.map(Duration::from_secs_f64))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -121,29 +151,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     for target in &targets {
         let (tx, rx) = mpsc::channel(args.queue_spans);
         senders.push(tx);
-        let stats = stats.clone();
-        match target.clone() {
-            ExportTarget::Otlp { protocol, endpoint } => {
-                let (protocol, endpoint, shown) = export::resolve_otlp(protocol, endpoint);
-                eprintln!("tracer: exporting spans over {shown}");
-                exporters.push(runtime.spawn(export::run_otlp_export(
-                    protocol,
-                    endpoint,
-                    rx,
-                    args.queue_spans,
-                    stats,
-                )));
-            }
-            ExportTarget::File(path) => {
-                eprintln!(
-                    "tracer: writing spans as OTLP/JSON lines to {}",
-                    path.display()
-                );
-                exporters.push(runtime.spawn(export::run_file_export(path, rx, stats)));
-            }
-        }
+        exporters.push(export::spawn(
+            target.clone(),
+            rx,
+            args.queue_spans,
+            stats.clone(),
+            runtime.handle(),
+        ));
     }
     let queues = ExportQueues::new(senders, stats.clone());
+    let journey = journey::start(
+        &config.journey,
+        &journey_store,
+        journey_metrics,
+        journey_clock(&args.clock_offset_file),
+        Some(queues.clone()),
+    )?;
+    stages.journey = journey.as_ref().map(|j| j.handle.clone());
+    if let Some(addr) = args.metrics_listen {
+        let bound = metrics::serve(addr, Arc::new(registry), health.clone(), runtime.handle())?;
+        eprintln!("tracer: metrics on http://{bound}/metrics (health: /healthz, /readyz)");
+    }
     let options = CaptureOptions {
         ring_buffer_bytes: args.ring_buffer_bytes,
         selection: if args.pids.is_empty() {
@@ -176,9 +204,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "tracer: agent started (pid {}); view spans in Jaeger (UI http://localhost:16686, OTLP on 4317/4318), search by service name",
         std::process::id()
     );
+    health.ready();
     let mut requests = Vec::new();
     let mut last_stats = std::time::Instant::now();
+    let mut last_metrics = std::time::Instant::now();
     loop {
+        health.beat();
+        if last_metrics.elapsed() >= Duration::from_secs(1) {
+            last_metrics = std::time::Instant::now();
+            agent_metrics.update(&session.stats(), &pipeline.stats(), &stats);
+        }
         let now = monotonic_now();
         for event in events.drain(..) {
             pipeline.handle(event, now, &mut requests);
@@ -207,19 +242,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     pipeline.finish(&session.clock);
     log_stats(&session, &pipeline, &stats);
-    drop(pipeline); // closes the export queues
-    runtime.block_on(async {
-        for exporter in exporters {
-            match tokio::time::timeout(Duration::from_secs(15), exporter).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(error))) => tracing::error!(%error, "exporter failed"),
-                Ok(Err(error)) => tracing::error!(%error, "exporter task failed"),
-                Err(_) => {
-                    tracing::warn!("exporter did not finish within 15 s; remaining spans dropped")
-                }
-            }
-        }
-    });
+    drop(pipeline); // closes the export queues (the journey thread holds the last ones)
+    if let Some(journey) = journey {
+        journey.finish();
+    }
+    export::finish(exporters, &runtime);
     eprintln!(
         "tracer: stats {}",
         serde_json::json!({ "export": stats.snapshot() })

@@ -1,6 +1,10 @@
 //! The agent's configuration file (TOML), validated at start: unknown keys and bad values
 //! are rejected with the file, line and field.
+mod journey;
+
 use std::{fs, path::Path};
+
+pub use journey::{glob_match, JourneyConfig, SlaRule, StatusRule};
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -21,6 +25,8 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     #[serde(default)]
     pub sampling: SamplingConfig,
+    #[serde(default)]
+    pub journey: JourneyConfig,
 }
 
 /// Business attributes from exchanges.
@@ -262,6 +268,22 @@ impl Config {
         }
         if let Err(e) = crate::extract::Extractor::new(&config.extract) {
             return Err(invalid(e.to_string()));
+        }
+        if let Err(e) = crate::journey::StoreLocation::parse(&config.journey.store) {
+            return Err(invalid(format!("journey.store: {e}")));
+        }
+        for (i, rule) in config.journey.status_rules.iter().enumerate() {
+            if let Some(kind) = &rule.kind {
+                if !["server", "client", "producer", "consumer", "internal"]
+                    .contains(&kind.as_str())
+                {
+                    return Err(invalid(format!(
+                        "[[journey.status]] #{} (status = {:?}): kind {kind:?} is not one of server, client, producer, consumer, internal",
+                        i + 1,
+                        rule.status
+                    )));
+                }
+            }
         }
         for route in &config.http.routes {
             if !route.starts_with('/') {

@@ -103,6 +103,49 @@ impl ExportQueues {
     }
 }
 
+/// Starts the exporter for one target on `runtime`, reading `rx`.
+pub fn spawn(
+    target: ExportTarget,
+    rx: mpsc::Receiver<ExportItem>,
+    max_held: usize,
+    stats: Arc<ExportStats>,
+    runtime: &tokio::runtime::Handle,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    match target {
+        ExportTarget::Otlp { protocol, endpoint } => {
+            let (protocol, endpoint, shown) = resolve_otlp(protocol, endpoint);
+            eprintln!("tracer: exporting spans over {shown}");
+            runtime.spawn(run_otlp_export(protocol, endpoint, rx, max_held, stats))
+        }
+        ExportTarget::File(path) => {
+            eprintln!(
+                "tracer: writing spans as OTLP/JSON lines to {}",
+                path.display()
+            );
+            runtime.spawn(run_file_export(path, rx, stats))
+        }
+    }
+}
+
+/// Waits (up to 15 s) for exporters whose queues are closed to deliver what they hold.
+pub fn finish(
+    exporters: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    runtime: &tokio::runtime::Runtime,
+) {
+    runtime.block_on(async {
+        for exporter in exporters {
+            match tokio::time::timeout(std::time::Duration::from_secs(15), exporter).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(error))) => tracing::error!(%error, "exporter failed"),
+                Ok(Err(error)) => tracing::error!(%error, "exporter task failed"),
+                Err(_) => {
+                    tracing::warn!("exporter did not finish within 15 s; remaining spans dropped")
+                }
+            }
+        }
+    });
+}
+
 /// Splits a batch by resource, keeping order within each resource.
 fn group_by_resource(batch: &[ExportItem]) -> Vec<(Arc<Resource>, Vec<SpanData>)> {
     let mut groups: Vec<(Arc<Resource>, Vec<SpanData>)> = Vec::new();

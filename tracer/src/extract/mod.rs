@@ -3,7 +3,7 @@
 mod json;
 mod rules;
 
-pub use rules::{Extracted, Extractor, ExtractorError};
+pub use rules::{Extracted, Extractor, ExtractorError, ORDER_ID, ORDER_STATUS, USER_ID};
 
 #[cfg(test)]
 mod tests;

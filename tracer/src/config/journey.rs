@@ -1,0 +1,183 @@
+//! `[journey]`: where order journeys are kept, which spans move an order to which status,
+//! how long an order may stay in a status, and which operations have an SLA.
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JourneyConfig {
+    /// `sqlite:PATH` (or a bare path), `postgres://…`, or `none` to keep no journeys.
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// Orders not seen for this long are forgotten.
+    #[serde(default = "default_retention", deserialize_with = "duration")]
+    pub retention: Duration,
+    /// Timeline steps kept per order; later steps still update the order's state.
+    #[serde(default = "default_max_steps")]
+    pub max_steps_per_order: usize,
+    /// How often orders are checked against `max_dwell`.
+    #[serde(default = "default_check_every", deserialize_with = "duration")]
+    pub check_every: Duration,
+    /// The status that ends a journey (order lead time is measured up to it).
+    #[serde(default = "default_final_status")]
+    pub final_status: String,
+    /// Jaeger UI base URL for the links `tracer orders` prints.
+    #[serde(default = "default_jaeger_url")]
+    pub jaeger_url: String,
+    /// Longest time an order may stay in a status before it is reported stuck.
+    #[serde(
+        default = "default_max_dwell",
+        deserialize_with = "durations",
+        rename = "max_dwell"
+    )]
+    pub max_dwell: BTreeMap<String, Duration>,
+    /// Spans that move an order to a status (besides an `app.order.status` attribute).
+    #[serde(default, rename = "status")]
+    pub status_rules: Vec<StatusRule>,
+    /// Operations whose duration has a service-level agreement.
+    #[serde(default = "default_sla", rename = "sla")]
+    pub slas: Vec<SlaRule>,
+}
+
+impl Default for JourneyConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("journey defaults")
+    }
+}
+
+/// A span (by name, optionally by service and kind) that puts its order in `status`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRule {
+    pub status: String,
+    /// Span name, `*` matching any run of characters: `POST /orders/*/submit`.
+    pub span: String,
+    pub service: Option<String>,
+    /// `server`, `client`, `producer`, `consumer` or `internal`.
+    pub kind: Option<String>,
+    /// Also when the span failed (default: only successful spans move the order).
+    #[serde(default)]
+    pub on_error: bool,
+}
+
+/// Spans named like `span` should finish within `within`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaRule {
+    pub name: String,
+    pub span: String,
+    /// Only spans of this kind (`server`: the service that owes the SLA; `client`: a
+    /// partner's API as its callers see it). Default: every kind.
+    pub kind: Option<String>,
+    #[serde(deserialize_with = "duration")]
+    pub within: Duration,
+}
+
+fn default_store() -> String {
+    "sqlite:/var/lib/tracer/journeys.sqlite".into()
+}
+
+fn default_retention() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
+
+fn default_max_steps() -> usize {
+    500
+}
+
+fn default_check_every() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_final_status() -> String {
+    "SHIPPED".into()
+}
+
+fn default_jaeger_url() -> String {
+    "http://localhost:16686".into()
+}
+
+/// SUBMITTED 24 h, price calculation 10 min, the B2B `/calculate` 5 min.
+fn default_max_dwell() -> BTreeMap<String, Duration> {
+    BTreeMap::from([
+        ("SUBMITTED".into(), Duration::from_secs(24 * 3600)),
+        ("PRICE_CALCULATION".into(), Duration::from_secs(600)),
+        ("B2B_CALCULATION".into(), Duration::from_secs(300)),
+    ])
+}
+
+/// The B2B promise: a price within 5 minutes.
+fn default_sla() -> Vec<SlaRule> {
+    vec![SlaRule {
+        name: "b2b_calculate".into(),
+        span: "* */calculate".into(),
+        kind: Some("server".into()),
+        within: Duration::from_secs(300),
+    }]
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Duration>, D::Error> {
+    BTreeMap::<String, String>::deserialize(d)?
+        .into_iter()
+        .map(|(status, text)| Ok((status, parse_duration(&text)?)))
+        .collect::<Result<_, String>>()
+        .map_err(serde::de::Error::custom)
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like \"90s\", \"10m\" or \"24h\": {e}"))
+}
+
+/// Does `name` match `pattern`, where `*` stands for any run of characters?
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match(
+            "POST /orders/*/submit",
+            "POST /orders/{order_id}/submit"
+        ));
+        assert!(glob_match("* */calculate", "POST /b2b/calculate"));
+        assert!(!glob_match("* */calculate", "POST /b2b/calculate/x"));
+        assert!(glob_match("publish", "publish"));
+        assert!(!glob_match("publish", "publish orders"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("a*a", "a"));
+    }
+
+    #[test]
+    fn defaults_name_the_company_thresholds() {
+        let config = JourneyConfig::default();
+        assert_eq!(config.max_dwell["SUBMITTED"], Duration::from_secs(86_400));
+        assert_eq!(config.slas[0].within, Duration::from_secs(300));
+        assert!(config.store.starts_with("sqlite:"));
+    }
+}

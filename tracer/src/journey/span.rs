@@ -1,0 +1,137 @@
+//! What the journey needs of a span, from the agent's own spans or from OTLP received by
+//! `tracer journey`: both paths end here, so both keep journeys the same way.
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use opentelemetry::{trace::SpanKind, Key};
+use opentelemetry_proto::tonic::{
+    common::v1::{any_value::Value, AnyValue, KeyValue},
+    trace::v1::{span::SpanKind as ProtoKind, status::StatusCode, Span},
+};
+use opentelemetry_sdk::{trace::SpanData, Resource};
+
+use crate::extract::{ORDER_ID, ORDER_STATUS, USER_ID};
+
+pub const SYNTHESIZED: &str = "tracer.synthesized";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct JourneySpan {
+    pub service: String,
+    /// The operation: the span's name (`POST /orders/{order_id}/submit`, `publish orders`).
+    pub name: String,
+    pub kind: &'static str,
+    pub trace_id: String,
+    pub span_id: String,
+    /// Unix time, nanoseconds.
+    pub start_ns: i64,
+    pub end_ns: i64,
+    /// The error, when the span failed.
+    pub error: Option<String>,
+    pub order_id: Option<String>,
+    pub user_id: Option<String>,
+    pub status: Option<String>,
+    pub synthesized: bool,
+}
+
+impl JourneySpan {
+    pub fn from_sdk(resource: &Resource, span: &SpanData) -> Self {
+        let service = resource
+            .get(&Key::new("service.name"))
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        let attr = |name: &str| {
+            span.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == name)
+                .map(|kv| kv.value.to_string())
+        };
+        let error = match &span.status {
+            opentelemetry::trace::Status::Error { description } => Some(
+                Some(description.to_string())
+                    .filter(|d| !d.is_empty())
+                    .or_else(|| attr("error.type"))
+                    .unwrap_or_else(|| "error".into()),
+            ),
+            _ => None,
+        };
+        Self {
+            service,
+            name: span.name.to_string(),
+            kind: match span.span_kind {
+                SpanKind::Server => "server",
+                SpanKind::Client => "client",
+                SpanKind::Producer => "producer",
+                SpanKind::Consumer => "consumer",
+                SpanKind::Internal => "internal",
+            },
+            trace_id: span.span_context.trace_id().to_string(),
+            span_id: span.span_context.span_id().to_string(),
+            start_ns: unix_ns(span.start_time),
+            end_ns: unix_ns(span.end_time),
+            error,
+            order_id: attr(ORDER_ID),
+            user_id: attr(USER_ID),
+            status: attr(ORDER_STATUS),
+            synthesized: attr(SYNTHESIZED).is_some_and(|v| v == "true"),
+        }
+    }
+
+    /// A span received over OTLP; `resource` is its resource's attributes.
+    pub fn from_proto(resource: &[KeyValue], span: &Span) -> Self {
+        let find = |list: &[KeyValue], name: &str| {
+            list.iter()
+                .find(|kv| kv.key == name)
+                .and_then(|kv| kv.value.as_ref())
+                .and_then(text)
+        };
+        let attr = |name: &str| find(&span.attributes, name);
+        let status = span.status.as_ref();
+        let error = status
+            .filter(|s| s.code == StatusCode::Error as i32)
+            .map(|s| {
+                Some(s.message.clone())
+                    .filter(|m| !m.is_empty())
+                    .or_else(|| attr("error.type"))
+                    .unwrap_or_else(|| "error".into())
+            });
+        Self {
+            service: find(resource, "service.name").unwrap_or_default(),
+            name: span.name.clone(),
+            kind: match ProtoKind::try_from(span.kind).unwrap_or(ProtoKind::Internal) {
+                ProtoKind::Server => "server",
+                ProtoKind::Client => "client",
+                ProtoKind::Producer => "producer",
+                ProtoKind::Consumer => "consumer",
+                _ => "internal",
+            },
+            trace_id: hex(&span.trace_id),
+            span_id: hex(&span.span_id),
+            start_ns: span.start_time_unix_nano as i64,
+            end_ns: span.end_time_unix_nano as i64,
+            error,
+            order_id: attr(ORDER_ID),
+            user_id: attr(USER_ID),
+            status: attr(ORDER_STATUS),
+            synthesized: attr(SYNTHESIZED).is_some_and(|v| v == "true"),
+        }
+    }
+}
+
+fn text(value: &AnyValue) -> Option<String> {
+    match value.value.as_ref()? {
+        Value::StringValue(s) => Some(s.clone()),
+        Value::IntValue(i) => Some(i.to_string()),
+        Value::BoolValue(b) => Some(b.to_string()),
+        Value::DoubleValue(d) => Some(d.to_string()),
+        _ => None,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unix_ns(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

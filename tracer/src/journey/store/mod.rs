@@ -1,0 +1,460 @@
+//! Where journeys live: SQLite on the agent's host, or PostgreSQL behind `tracer journey`.
+//! Both speak the same SQL through [`Db`], so both keep the same tables the same way.
+mod postgres;
+mod sqlite;
+
+use std::{collections::HashMap, path::PathBuf};
+
+use anyhow::Context;
+
+use super::{Order, StatusChange};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreLocation {
+    Sqlite(PathBuf),
+    Postgres(String),
+    /// Journeys are not kept.
+    None,
+}
+
+impl StoreLocation {
+    /// `sqlite:PATH` or a bare path, `postgres://…` / `postgresql://…`, or `none`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text == "none" {
+            Ok(Self::None)
+        } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Ok(Self::Postgres(text.to_owned()))
+        } else {
+            let path = text.strip_prefix("sqlite:").unwrap_or(text);
+            if path.is_empty() || path.contains("://") {
+                Err(format!(
+                    "{text:?} is not sqlite:PATH, a path, postgres://… or none"
+                ))
+            } else {
+                Ok(Self::Sqlite(PathBuf::from(path)))
+            }
+        }
+    }
+}
+
+/// One span in an order's timeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub order_id: String,
+    pub span_id: String,
+    pub trace_id: String,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub service: String,
+    pub operation: String,
+    pub kind: String,
+    /// The status this step moved the order to.
+    pub status: Option<String>,
+    pub error: Option<String>,
+    /// Made up by tracer ("stuck in SUBMITTED"), not observed.
+    pub synthesized: bool,
+}
+
+/// A SQL value: the tables use only BIGINT and TEXT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    Int(i64),
+    Text(String),
+    Null,
+}
+
+impl Value {
+    fn int(&self) -> i64 {
+        match self {
+            Value::Int(i) => *i,
+            _ => 0,
+        }
+    }
+
+    fn text(&self) -> Option<String> {
+        match self {
+            Value::Text(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::Text(s.to_owned())
+    }
+}
+
+impl From<i64> for Value {
+    fn from(i: i64) -> Self {
+        Value::Int(i)
+    }
+}
+
+impl From<Option<&String>> for Value {
+    fn from(s: Option<&String>) -> Self {
+        s.map_or(Value::Null, |s| Value::Text(s.clone()))
+    }
+}
+
+/// The few things the store asks of a database. SQL uses `?1`-style parameters.
+pub trait Db: Send {
+    fn batch(&mut self, sql: &str) -> anyhow::Result<()>;
+    fn execute(&mut self, sql: &str, params: &[Value]) -> anyhow::Result<u64>;
+    fn query(&mut self, sql: &str, params: &[Value]) -> anyhow::Result<Vec<Vec<Value>>>;
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS journey_orders (
+    order_id TEXT PRIMARY KEY,
+    first_seen_ns BIGINT NOT NULL,
+    last_seen_ns BIGINT NOT NULL,
+    last_service TEXT NOT NULL,
+    last_trace_id TEXT NOT NULL,
+    last_span_id TEXT NOT NULL,
+    errors BIGINT NOT NULL,
+    user_id TEXT,
+    stuck_status TEXT
+);
+CREATE INDEX IF NOT EXISTS journey_orders_last_seen ON journey_orders (last_seen_ns);
+CREATE TABLE IF NOT EXISTS journey_steps (
+    order_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    trace_id TEXT NOT NULL,
+    start_ns BIGINT NOT NULL,
+    end_ns BIGINT NOT NULL,
+    service TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT,
+    error TEXT,
+    synthesized BIGINT NOT NULL,
+    PRIMARY KEY (order_id, span_id)
+);
+CREATE INDEX IF NOT EXISTS journey_steps_time ON journey_steps (order_id, start_ns);
+";
+
+const ORDER_COLUMNS: &str = "order_id, first_seen_ns, last_seen_ns, last_service, last_trace_id, last_span_id, errors, user_id, stuck_status";
+
+const UPSERT_ORDER: &str = "INSERT INTO journey_orders (order_id, first_seen_ns, last_seen_ns, last_service, last_trace_id, last_span_id, errors, user_id, stuck_status)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+ON CONFLICT (order_id) DO UPDATE SET first_seen_ns = excluded.first_seen_ns, last_seen_ns = excluded.last_seen_ns,
+    last_service = excluded.last_service, last_trace_id = excluded.last_trace_id, last_span_id = excluded.last_span_id,
+    errors = excluded.errors, user_id = excluded.user_id, stuck_status = excluded.stuck_status";
+
+const INSERT_STEP: &str = "INSERT INTO journey_steps (order_id, span_id, trace_id, start_ns, end_ns, service, operation, kind, status, error, synthesized)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+ON CONFLICT (order_id, span_id) DO NOTHING";
+
+const STEP_COLUMNS: &str =
+    "order_id, span_id, trace_id, start_ns, end_ns, service, operation, kind, status, error, synthesized";
+
+pub struct Store {
+    db: Box<dyn Db>,
+}
+
+impl Store {
+    /// Opens (and for SQLite creates) the store and its tables. `None` for `none`.
+    pub fn open(location: &StoreLocation) -> anyhow::Result<Option<Self>> {
+        let db: Box<dyn Db> = match location {
+            StoreLocation::None => return Ok(None),
+            StoreLocation::Sqlite(path) => Box::new(sqlite::SqliteDb::open(path)?),
+            StoreLocation::Postgres(url) => Box::new(postgres::PgDb::connect(url)?),
+        };
+        let mut store = Self { db };
+        store
+            .db
+            .batch(SCHEMA)
+            .context("creating the journey tables")?;
+        Ok(Some(store))
+    }
+
+    /// Orders last seen at or after `since_ns`, with their status history and services.
+    pub fn load(&mut self, since_ns: i64) -> anyhow::Result<Vec<Order>> {
+        let rows = self.db.query(
+            &format!("SELECT {ORDER_COLUMNS} FROM journey_orders WHERE last_seen_ns >= ?1 ORDER BY last_seen_ns DESC"),
+            &[since_ns.into()],
+        )?;
+        let mut orders: Vec<Order> = rows.iter().map(|row| order_from_row(row)).collect();
+        let index: HashMap<String, usize> = orders
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (o.id.clone(), i))
+            .collect();
+        let services = self.db.query(
+            "SELECT DISTINCT s.order_id, s.service FROM journey_steps s JOIN journey_orders o ON o.order_id = s.order_id WHERE o.last_seen_ns >= ?1 AND s.synthesized = 0",
+            &[since_ns.into()],
+        )?;
+        for row in services {
+            if let (Some(id), Some(service)) = (row[0].text(), row[1].text()) {
+                if let Some(&i) = index.get(&id) {
+                    orders[i].services.insert(service);
+                }
+            }
+        }
+        let counts = self.db.query(
+            "SELECT s.order_id, COUNT(*) FROM journey_steps s JOIN journey_orders o ON o.order_id = s.order_id WHERE o.last_seen_ns >= ?1 GROUP BY s.order_id",
+            &[since_ns.into()],
+        )?;
+        for row in counts {
+            if let Some(&i) = row[0].text().and_then(|id| index.get(&id)) {
+                orders[i].steps = row[1].int();
+            }
+        }
+        let statuses = self.db.query(
+            "SELECT s.order_id, s.status, s.end_ns, s.service FROM journey_steps s JOIN journey_orders o ON o.order_id = s.order_id WHERE o.last_seen_ns >= ?1 AND s.status IS NOT NULL ORDER BY s.order_id, s.end_ns",
+            &[since_ns.into()],
+        )?;
+        for row in statuses {
+            let (Some(id), Some(status)) = (row[0].text(), row[1].text()) else {
+                continue;
+            };
+            let Some(&i) = index.get(&id) else { continue };
+            let history = &mut orders[i].history;
+            if history.last().is_some_and(|c| c.status == status) {
+                continue;
+            }
+            history.push(StatusChange {
+                status,
+                at_ns: row[2].int(),
+                service: row[3].text().unwrap_or_default(),
+            });
+        }
+        Ok(orders)
+    }
+
+    /// One order and its timeline (steps in time order).
+    pub fn order(&mut self, id: &str) -> anyhow::Result<Option<(Order, Vec<Step>)>> {
+        let Some(order) = self.load_one(id)? else {
+            return Ok(None);
+        };
+        let rows = self.db.query(
+            &format!("SELECT {STEP_COLUMNS} FROM journey_steps WHERE order_id = ?1 ORDER BY start_ns, end_ns"),
+            &[id.into()],
+        )?;
+        let steps = rows.iter().map(|row| step_from_row(row)).collect();
+        Ok(Some((order, steps)))
+    }
+
+    fn load_one(&mut self, id: &str) -> anyhow::Result<Option<Order>> {
+        let rows = self.db.query(
+            &format!("SELECT {ORDER_COLUMNS} FROM journey_orders WHERE order_id = ?1"),
+            &[id.into()],
+        )?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let mut order = order_from_row(row);
+        let statuses = self.db.query(
+            "SELECT status, end_ns, service FROM journey_steps WHERE order_id = ?1 AND status IS NOT NULL ORDER BY end_ns",
+            &[id.into()],
+        )?;
+        for row in statuses {
+            let Some(status) = row[0].text() else {
+                continue;
+            };
+            if order.history.last().is_some_and(|c| c.status == status) {
+                continue;
+            }
+            order.history.push(StatusChange {
+                status,
+                at_ns: row[1].int(),
+                service: row[2].text().unwrap_or_default(),
+            });
+        }
+        Ok(Some(order))
+    }
+
+    /// Writes orders and new steps in one transaction (steps already stored are kept).
+    pub fn save(&mut self, orders: &[&Order], steps: &[Step]) -> anyhow::Result<()> {
+        self.db.batch("BEGIN")?;
+        let result = self.write(orders, steps);
+        match result {
+            Ok(()) => self.db.batch("COMMIT"),
+            Err(error) => {
+                let _ = self.db.batch("ROLLBACK");
+                Err(error)
+            }
+        }
+    }
+
+    fn write(&mut self, orders: &[&Order], steps: &[Step]) -> anyhow::Result<()> {
+        for order in orders {
+            self.db.execute(
+                UPSERT_ORDER,
+                &[
+                    order.id.as_str().into(),
+                    order.first_seen_ns.into(),
+                    order.last_seen_ns.into(),
+                    order.last_service.as_str().into(),
+                    order.last_trace_id.as_str().into(),
+                    order.last_span_id.as_str().into(),
+                    order.errors.into(),
+                    order.user_id.as_ref().into(),
+                    order.stuck_status.as_ref().into(),
+                ],
+            )?;
+        }
+        for step in steps {
+            self.db.execute(
+                INSERT_STEP,
+                &[
+                    step.order_id.as_str().into(),
+                    step.span_id.as_str().into(),
+                    step.trace_id.as_str().into(),
+                    step.start_ns.into(),
+                    step.end_ns.into(),
+                    step.service.as_str().into(),
+                    step.operation.as_str().into(),
+                    step.kind.as_str().into(),
+                    step.status.as_ref().into(),
+                    step.error.as_ref().into(),
+                    i64::from(step.synthesized).into(),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Forgets orders last seen before `before_ns`; returns how many.
+    pub fn prune(&mut self, before_ns: i64) -> anyhow::Result<u64> {
+        self.db.batch("BEGIN")?;
+        self.db.execute(
+            "DELETE FROM journey_steps WHERE order_id IN (SELECT order_id FROM journey_orders WHERE last_seen_ns < ?1)",
+            &[before_ns.into()],
+        )?;
+        let removed = self.db.execute(
+            "DELETE FROM journey_orders WHERE last_seen_ns < ?1",
+            &[before_ns.into()],
+        )?;
+        self.db.batch("COMMIT")?;
+        Ok(removed)
+    }
+}
+
+fn order_from_row(row: &[Value]) -> Order {
+    Order {
+        id: row[0].text().unwrap_or_default(),
+        first_seen_ns: row[1].int(),
+        last_seen_ns: row[2].int(),
+        last_service: row[3].text().unwrap_or_default(),
+        last_trace_id: row[4].text().unwrap_or_default(),
+        last_span_id: row[5].text().unwrap_or_default(),
+        errors: row[6].int(),
+        user_id: row[7].text(),
+        stuck_status: row[8].text(),
+        history: Vec::new(),
+        services: Default::default(),
+        steps: 0,
+    }
+}
+
+fn step_from_row(row: &[Value]) -> Step {
+    Step {
+        order_id: row[0].text().unwrap_or_default(),
+        span_id: row[1].text().unwrap_or_default(),
+        trace_id: row[2].text().unwrap_or_default(),
+        start_ns: row[3].int(),
+        end_ns: row[4].int(),
+        service: row[5].text().unwrap_or_default(),
+        operation: row[6].text().unwrap_or_default(),
+        kind: row[7].text().unwrap_or_default(),
+        status: row[8].text(),
+        error: row[9].text(),
+        synthesized: row[10].int() != 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse() {
+        assert_eq!(
+            StoreLocation::parse("sqlite:/var/x.db"),
+            Ok(StoreLocation::Sqlite("/var/x.db".into()))
+        );
+        assert_eq!(
+            StoreLocation::parse("/tmp/j.sqlite"),
+            Ok(StoreLocation::Sqlite("/tmp/j.sqlite".into()))
+        );
+        assert!(matches!(
+            StoreLocation::parse("postgres://u@h/db"),
+            Ok(StoreLocation::Postgres(_))
+        ));
+        assert_eq!(StoreLocation::parse("none"), Ok(StoreLocation::None));
+        assert!(StoreLocation::parse("mysql://x").is_err());
+        assert!(StoreLocation::parse("sqlite:").is_err());
+    }
+
+    #[test]
+    fn sqlite_store_round_trips_an_order_and_its_timeline() {
+        let path =
+            std::env::temp_dir().join(format!("tracer-store-test-{}.sqlite", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut store = Store::open(&StoreLocation::Sqlite(path.clone()))
+            .unwrap()
+            .unwrap();
+        let mut order = Order {
+            id: "A-1".into(),
+            first_seen_ns: 1,
+            last_seen_ns: 30,
+            last_service: "crm".into(),
+            last_trace_id: "t".into(),
+            last_span_id: "s2".into(),
+            errors: 1,
+            user_id: Some("u-1".into()),
+            stuck_status: None,
+            history: Vec::new(),
+            services: ["crm".to_string(), "shop".to_string()].into(),
+            steps: 0,
+        };
+        let step = |span: &str, end: i64, service: &str, status: Option<&str>| Step {
+            order_id: "A-1".into(),
+            span_id: span.into(),
+            trace_id: "t".into(),
+            start_ns: end - 1,
+            end_ns: end,
+            service: service.into(),
+            operation: "POST /orders".into(),
+            kind: "server".into(),
+            status: status.map(str::to_owned),
+            error: None,
+            synthesized: false,
+        };
+        let steps = [
+            step("s1", 10, "shop", Some("INITIATED")),
+            step("s2", 30, "crm", Some("SUBMITTED")),
+        ];
+        store.save(&[&order], &steps).unwrap();
+        // A retried delivery changes nothing.
+        store.save(&[&order], &steps[..1]).unwrap();
+        drop(store);
+        let mut store = Store::open(&StoreLocation::Sqlite(path.clone()))
+            .unwrap()
+            .unwrap();
+        let loaded = store.load(0).unwrap();
+        order.steps = 2;
+        order.history = vec![
+            StatusChange {
+                status: "INITIATED".into(),
+                at_ns: 10,
+                service: "shop".into(),
+            },
+            StatusChange {
+                status: "SUBMITTED".into(),
+                at_ns: 30,
+                service: "crm".into(),
+            },
+        ];
+        assert_eq!(loaded, vec![order.clone()]);
+        let (shown, timeline) = store.order("A-1").unwrap().unwrap();
+        assert_eq!(shown.history, order.history);
+        assert_eq!(timeline, steps.to_vec());
+        assert_eq!(store.prune(31).unwrap(), 1);
+        assert!(store.load(0).unwrap().is_empty());
+        let _ = std::fs::remove_file(&path);
+    }
+}

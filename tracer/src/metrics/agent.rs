@@ -1,0 +1,153 @@
+//! The agent's own health in `/metrics`: events read and lost, parse errors, spans exported
+//! and dropped. The main loop copies its counters here (absolute values) once a second.
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::{agent::PipelineStats, export::ExportStats, session::SessionStats};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Protocol {
+    pub protocol: String,
+}
+
+#[derive(Clone, Default)]
+pub struct AgentMetrics {
+    events_read: Counter,
+    events_lost: Family<Reason, Counter>,
+    stream_bytes_lost: Counter,
+    parse_skipped_bytes: Family<Protocol, Counter>,
+    exchanges: Family<Protocol, Counter>,
+    spans_exported: Counter,
+    spans_dropped: Family<Reason, Counter>,
+    spans_sampled_out: Counter,
+    export_errors: Counter,
+    connections: Gauge,
+}
+
+fn set(counter: &Counter, value: u64) {
+    counter.inner().store(value, Ordering::Relaxed);
+}
+
+impl AgentMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry;
+        r.register(
+            "tracer_events_read",
+            "Records read from the kernel ring buffers",
+            m.events_read.clone(),
+        );
+        r.register(
+            "tracer_events_lost",
+            "Kernel events lost, by reason (ring buffer full, tables full, unreadable memory, undecodable)",
+            m.events_lost.clone(),
+        );
+        r.register(
+            "tracer_stream_bytes_lost",
+            "Payload bytes missing from reassembled streams",
+            m.stream_bytes_lost.clone(),
+        );
+        r.register(
+            "tracer_parse_skipped_bytes",
+            "Bytes a protocol parser could not parse and skipped, by protocol",
+            m.parse_skipped_bytes.clone(),
+        );
+        r.register(
+            "tracer_exchanges",
+            "Requests and messages parsed, by protocol",
+            m.exchanges.clone(),
+        );
+        r.register(
+            "tracer_spans_exported",
+            "Spans delivered to export targets",
+            m.spans_exported.clone(),
+        );
+        r.register(
+            "tracer_spans_dropped",
+            "Spans dropped, by reason",
+            m.spans_dropped.clone(),
+        );
+        r.register(
+            "tracer_spans_sampled_out",
+            "Spans not exported by sampling decision",
+            m.spans_sampled_out.clone(),
+        );
+        r.register(
+            "tracer_export_errors",
+            "Failed export attempts",
+            m.export_errors.clone(),
+        );
+        r.register(
+            "tracer_connections",
+            "Connections followed now",
+            m.connections.clone(),
+        );
+        m
+    }
+
+    pub fn update(&self, capture: &SessionStats, pipeline: &PipelineStats, export: &ExportStats) {
+        set(&self.events_read, capture.records_read);
+        let lost = |reason: &str| {
+            self.events_lost.get_or_create(&Reason {
+                reason: reason.to_owned(),
+            })
+        };
+        for (name, value) in &capture.kernel {
+            let reason = match *name {
+                "ringbuf_data_lost" => "data_ring_full",
+                "ringbuf_conn_lost" => "connection_ring_full",
+                "syscall_stash_full" => "syscall_table_full",
+                "conn_table_full" => "connection_table_full",
+                "user_read_failed" => "user_memory_unreadable",
+                _ => continue,
+            };
+            set(&lost(reason), *value);
+        }
+        set(&lost("undecodable"), capture.decode_errors);
+        set(&self.stream_bytes_lost, capture.reassembly.gap_bytes_lost);
+        for (protocol, bytes) in &pipeline.parse_skipped_bytes {
+            set(
+                &self.parse_skipped_bytes.get_or_create(&Protocol {
+                    protocol: (*protocol).to_owned(),
+                }),
+                *bytes,
+            );
+        }
+        for (protocol, count) in &pipeline.exchanges {
+            set(
+                &self.exchanges.get_or_create(&Protocol {
+                    protocol: (*protocol).to_owned(),
+                }),
+                *count,
+            );
+        }
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        set(&self.spans_exported, load(&export.spans_exported));
+        let dropped = |reason: &str| {
+            self.spans_dropped.get_or_create(&Reason {
+                reason: reason.to_owned(),
+            })
+        };
+        set(
+            &dropped("queue_full"),
+            load(&export.spans_dropped_queue_full),
+        );
+        set(
+            &dropped("export_failed"),
+            load(&export.spans_dropped_export_failed),
+        );
+        set(&self.spans_sampled_out, pipeline.spans_sampled_out);
+        set(&self.export_errors, load(&export.export_errors));
+        self.connections.set(capture.connections as i64);
+    }
+}

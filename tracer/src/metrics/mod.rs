@@ -1,0 +1,126 @@
+//! `/metrics` (OpenMetrics text, `prometheus-client`), `/healthz` and `/readyz` on one small
+//! HTTP listener, bound to localhost unless told otherwise.
+mod agent;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicI64, Ordering},
+        Arc,
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+pub use agent::AgentMetrics;
+use anyhow::Context;
+use http_body_util::Full;
+use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response};
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+
+/// A main loop silent this long is reported unhealthy.
+const STALL_SECONDS: i64 = 30;
+
+/// Liveness and readiness, as the process's main loop reports them.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+    heartbeat_s: AtomicI64,
+}
+
+fn unix_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Health {
+    pub fn ready(&self) {
+        self.beat();
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Called by the main loop on every turn.
+    pub fn beat(&self) {
+        self.heartbeat_s.store(unix_seconds(), Ordering::Relaxed);
+    }
+
+    fn live(&self) -> bool {
+        unix_seconds() - self.heartbeat_s.load(Ordering::Relaxed) <= STALL_SECONDS
+    }
+}
+
+/// Where to listen: `host:port`, or `none`.
+pub fn parse_listen(text: &str) -> Result<Option<SocketAddr>, String> {
+    if text == "none" {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| format!("{text:?} is not host:port (e.g. 127.0.0.1:9464) or none"))
+}
+
+/// Binds now (so a taken port fails the start with a clear message) and serves on `runtime`.
+pub fn serve(
+    addr: SocketAddr,
+    registry: Arc<Registry>,
+    health: Arc<Health>,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen for /metrics on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let _guard = runtime.enter();
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    runtime.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let registry = registry.clone();
+            let health = health.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let response = respond(request.uri().path(), &registry, &health);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+fn respond(path: &str, registry: &Registry, health: &Health) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/metrics" => {
+            let mut text = String::new();
+            match prometheus_client::encoding::text::encode(&mut text, registry) {
+                Ok(()) => (
+                    200,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                ),
+                Err(_) => (500, "text/plain", "encoding metrics failed\n".into()),
+            }
+        }
+        "/healthz" if health.live() => (200, "text/plain", "ok\n".into()),
+        "/healthz" => (503, "text/plain", "main loop stalled\n".into()),
+        "/readyz" if health.ready.load(Ordering::Relaxed) => (200, "text/plain", "ready\n".into()),
+        "/readyz" => (503, "text/plain", "starting\n".into()),
+        _ => (
+            404,
+            "text/plain",
+            "try /metrics, /healthz or /readyz\n".into(),
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts")
+}

@@ -1,7 +1,7 @@
 //! `tracer journey`: the journey logic as a service. Receives OTLP (gRPC and HTTP) from
 //! any number of agents, keeps journeys in PostgreSQL (or SQLite), serves `/metrics`, and
 //! exports stuck-order spans to the given targets.
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Args;
 use tokio::sync::mpsc;
@@ -23,14 +23,14 @@ pub struct JourneyArgs {
     #[arg(long, env = "TRACER_JOURNEY_STORE")]
     store: Option<String>,
     /// OTLP/gRPC listen address (host:port, or none).
-    #[arg(long, default_value = "127.0.0.1:4317", value_parser = metrics::parse_listen)]
-    otlp_grpc: Option<SocketAddr>,
+    #[arg(long, default_value = "127.0.0.1:4317")]
+    otlp_grpc: metrics::Listen,
     /// OTLP/HTTP listen address (host:port, or none).
-    #[arg(long, default_value = "127.0.0.1:4318", value_parser = metrics::parse_listen)]
-    otlp_http: Option<SocketAddr>,
+    #[arg(long, default_value = "127.0.0.1:4318")]
+    otlp_http: metrics::Listen,
     /// /metrics, /healthz and /readyz listen address (host:port, or none).
-    #[arg(long, default_value = "127.0.0.1:9464", value_parser = metrics::parse_listen)]
-    metrics_listen: Option<SocketAddr>,
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics_listen: metrics::Listen,
     /// Where stuck-order spans go (repeatable): otlp-grpc=URL, otlp-http=URL, file:PATH.
     #[arg(long = "export")]
     exports: Vec<ExportTarget>,
@@ -92,14 +92,14 @@ pub fn run(args: JourneyArgs) -> anyhow::Result<()> {
     )?
     .expect("a store was given");
     for (protocol, addr) in receiver::serve(
-        args.otlp_grpc,
-        args.otlp_http,
+        args.otlp_grpc.0,
+        args.otlp_http.0,
         running.handle.clone(),
         runtime.handle(),
     )? {
         eprintln!("tracer: journey receiving OTLP/{protocol} on {addr}");
     }
-    if let Some(addr) = args.metrics_listen {
+    if let metrics::Listen(Some(addr)) = args.metrics_listen {
         let bound = metrics::serve(addr, Arc::new(registry), health.clone(), runtime.handle())?;
         eprintln!("tracer: metrics on http://{bound}/metrics (health: /healthz, /readyz)");
     }

@@ -80,8 +80,8 @@ pub struct RunArgs {
     #[arg(long)]
     journey_store: Option<String>,
     /// Serve /metrics, /healthz and /readyz here (host:port, or none).
-    #[arg(long, default_value = "127.0.0.1:9464", value_parser = metrics::parse_listen)]
-    metrics_listen: Option<std::net::SocketAddr>,
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics_listen: metrics::Listen,
     /// Test and drill aid: a file holding a duration ("26h") added to the journey clock.
     #[arg(long, hide = true)]
     clock_offset_file: Option<PathBuf>,
@@ -168,7 +168,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(queues.clone()),
     )?;
     stages.journey = journey.as_ref().map(|j| j.handle.clone());
-    if let Some(addr) = args.metrics_listen {
+    if let metrics::Listen(Some(addr)) = args.metrics_listen {
         let bound = metrics::serve(addr, Arc::new(registry), health.clone(), runtime.handle())?;
         eprintln!("tracer: metrics on http://{bound}/metrics (health: /healthz, /readyz)");
     }

@@ -57,7 +57,11 @@ pub fn human(ns: i64) -> String {
     } else if ns >= 1_000_000_000 {
         format!("{seconds} s")
     } else {
-        format!("{} ms", ns.max(0) / 1_000_000)
+        if ns >= 10_000_000 {
+            format!("{} ms", ns / 1_000_000)
+        } else {
+            format!("{:.1} ms", ns.max(0) as f64 / 1e6)
+        }
     }
 }
 
@@ -85,5 +89,6 @@ mod tests {
         assert_eq!(human(12 * 60 * s), "12 min");
         assert_eq!(human(45 * s), "45 s");
         assert_eq!(human(12_000_000), "12 ms");
+        assert_eq!(human(400_000), "0.4 ms");
     }
 }

@@ -115,8 +115,8 @@ pub fn show(order: &Order, steps: &[Step], config: &JourneyConfig, now_ns: i64) 
     out.push_str("\ntimeline\n");
     let _ = writeln!(
         out,
-        "  {:<19}  {:>9}  {:<16} {:<40} {:>9}  {:<20} {}",
-        "TIME (UTC)", "+START", "SERVICE", "OPERATION", "TOOK", "STATUS", "ERROR"
+        "  {:<19}  {:>9}  {:<16} {:<40} {:>9}  {:<20} ERROR",
+        "TIME (UTC)", "+START", "SERVICE", "OPERATION", "TOOK", "STATUS"
     );
     for step in steps {
         let _ = writeln!(

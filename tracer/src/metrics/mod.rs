@@ -52,13 +52,20 @@ impl Health {
 }
 
 /// Where to listen: `host:port`, or `none`.
-pub fn parse_listen(text: &str) -> Result<Option<SocketAddr>, String> {
-    if text == "none" {
-        return Ok(None);
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "none" {
+            return Ok(Self(None));
+        }
+        text.parse()
+            .map(|addr| Self(Some(addr)))
+            .map_err(|_| format!("{text:?} is not host:port (e.g. 127.0.0.1:9464) or none"))
     }
-    text.parse()
-        .map(Some)
-        .map_err(|_| format!("{text:?} is not host:port (e.g. 127.0.0.1:9464) or none"))
 }
 
 /// Binds now (so a taken port fails the start with a clear message) and serves on `runtime`.

@@ -13,16 +13,33 @@ pub const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers");
 pub struct AgentRun {
     child: Child,
     stderr: thread::JoinHandle<String>,
+    /// Where its /metrics, /healthz and /readyz are served.
+    pub metrics: String,
 }
 
 impl AgentRun {
     /// Starts `tracer run` and waits until its programs are attached. Tests see every
     /// span unless they pass their own `--sample-success-ratio` (the sampling tests do).
+    /// Each run keeps its journeys in its own file unless `--journey-store` is given.
     pub fn start(args: &[&str]) -> Self {
-        let mut args = args.to_vec();
-        if !args.contains(&"--sample-success-ratio") {
-            args.extend(["--sample-success-ratio", "1"]);
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let has = |args: &[String], flag: &str| args.iter().any(|a| a == flag);
+        if !has(&args, "--sample-success-ratio") {
+            args.extend(["--sample-success-ratio".into(), "1".into()]);
         }
+        if !has(&args, "--journey-store") {
+            let store = std::env::temp_dir().join(format!(
+                "tracer-test-journeys-{}-{}.sqlite",
+                std::process::id(),
+                super::otlp::free_port()
+            ));
+            args.extend([
+                "--journey-store".into(),
+                format!("sqlite:{}", store.display()),
+            ]);
+        }
+        let metrics = format!("127.0.0.1:{}", super::otlp::free_port());
+        args.extend(["--metrics-listen".into(), metrics.clone()]);
         assert!(
             unsafe { libc::geteuid() } == 0,
             "end-to-end agent tests load eBPF programs and must run as root"
@@ -35,7 +52,11 @@ impl AgentRun {
             .spawn()
             .expect("spawning tracer run");
         let stderr = super::wait_until_ready(&mut child, "agent started", "tracer run");
-        Self { child, stderr }
+        Self {
+            child,
+            stderr,
+            metrics: format!("http://{metrics}"),
+        }
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -108,6 +129,10 @@ impl Service {
             let _ = stdout.read_to_end(&mut sink);
         });
         Self { child, port }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn url(&self, path: &str) -> String {

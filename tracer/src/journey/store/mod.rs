@@ -246,6 +246,11 @@ impl Store {
             return Ok(None);
         };
         let mut order = order_from_row(row);
+        let services = self.db.query(
+            "SELECT DISTINCT service FROM journey_steps WHERE order_id = ?1 AND synthesized = 0",
+            &[id.into()],
+        )?;
+        order.services = services.iter().filter_map(|row| row[0].text()).collect();
         let statuses = self.db.query(
             "SELECT status, end_ns, service FROM journey_steps WHERE order_id = ?1 AND status IS NOT NULL ORDER BY end_ns",
             &[id.into()],

@@ -18,8 +18,10 @@ pub struct PgDb {
 
 impl PgDb {
     pub fn connect(url: &str) -> anyhow::Result<Self> {
-        let client = Client::connect(url, NoTls)
+        let mut client = Client::connect(url, NoTls)
             .with_context(|| format!("connecting to the journey store {}", redact_password(url)))?;
+        // "relation already exists, skipping" and friends are not worth a log line.
+        client.batch_execute("SET client_min_messages TO WARNING")?;
         Ok(Self {
             client,
             statements: HashMap::new(),

@@ -29,7 +29,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(),
-        Command::Build => run::build_release(),
+        Command::Build => run::build_release().map(drop),
         Command::Run(args) => run::run(args),
         Command::Test(args) => test::run(args),
     }

@@ -1,5 +1,6 @@
-//! `cargo xtask build` and `cargo xtask run`.
-use std::process::Command;
+//! `cargo xtask build` and `cargo xtask run`. The container image (deploy/Dockerfile) builds
+//! with `cargo xtask build` too: one build recipe, tested by every `cargo xtask run`.
+use std::{path::PathBuf, process::Command};
 
 use clap::Args;
 
@@ -7,6 +8,18 @@ use crate::{
     exec::{exec, is_root},
     setup,
 };
+
+/// What `cargo xtask build` produces, relative to the workspace root.
+pub const BINARY: &str = "target/release/tracer";
+
+/// The agent's default arguments: OTLP to localhost:4317 and an OTLP/JSON file.
+const DEFAULT_ARGS: &[&str] = &[
+    "run",
+    "--export",
+    "otlp",
+    "--export",
+    "file:target/tracer-spans.jsonl",
+];
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -16,30 +29,28 @@ pub struct RunArgs {
     args: Vec<String>,
 }
 
-pub fn build_release() -> anyhow::Result<()> {
-    if setup::needed() {
-        setup::run()?;
-    }
-    exec(Command::new("cargo").args(["build", "--release", "--package", "tracer"]))
+/// Builds tracer and its eBPF programs (release), installing the build tools if missing.
+pub fn build_release() -> anyhow::Result<PathBuf> {
+    setup::build_tools()?;
+    exec(Command::new("cargo").args(["build", "--release", "--package", "tracer"]))?;
+    eprintln!("xtask: built {BINARY}");
+    Ok(PathBuf::from(BINARY))
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    build_release()?;
-    let binary = "target/release/tracer";
+    let binary = build_release()?;
+    setup::runtime_filesystems()?;
     let args = if args.args.is_empty() {
-        vec!["capture".to_owned()]
+        eprintln!("xtask: starting the agent; stop with Ctrl-C. Other commands: `cargo xtask run -- --help`.");
+        DEFAULT_ARGS.iter().map(|a| a.to_string()).collect()
     } else {
         args.args
     };
-    eprintln!("tracer: live capture of every process's TCP traffic; stop with Ctrl-C.");
-    eprintln!(
-        "tracer: narrow it with e.g. `cargo xtask run -- capture --port 8080 --format jsonl`."
-    );
     let mut cmd = if is_root() {
-        Command::new(binary)
+        Command::new(&binary)
     } else {
         let mut sudo = Command::new("sudo");
-        sudo.args(["-E", binary]);
+        sudo.arg("-E").arg(&binary);
         sudo
     };
     exec(cmd.args(&args))

@@ -24,6 +24,9 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
 const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("pika", "pika>=1.3,<2"),
     ("psycopg", "psycopg[binary]>=3.1,<4"),
+    // Offline, strict validation of the deploy/ manifests.
+    ("yamllint", "yamllint>=1.35,<2"),
+    ("kubernetes_validate", "kubernetes-validate==1.37.0"),
 ];
 
 /// Node.js libraries the test peers use (`tracer/tests/peers/package.json`).
@@ -40,7 +43,25 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Cheap check used by `run` and `test`: is anything missing?
+/// What building tracer needs (the image build runs exactly this, via `cargo xtask build`):
+/// nightly's rust-src and bpf-linker.
+pub fn build_tools() -> anyhow::Result<()> {
+    if rust_src_installed() && bpf_linker_ok() {
+        return Ok(());
+    }
+    nightly_rust_src()?;
+    bpf_linker()
+}
+
+/// What running the agent needs besides the binary: tracefs (and bpffs) mounted.
+pub fn runtime_filesystems() -> anyhow::Result<()> {
+    if tracefs_mounted() {
+        return Ok(());
+    }
+    kernel_filesystems()
+}
+
+/// Cheap check used by `test`: is anything missing?
 pub fn needed() -> bool {
     !rust_src_installed()
         || !bpf_linker_ok()

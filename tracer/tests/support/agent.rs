@@ -15,6 +15,8 @@ pub struct AgentRun {
     stderr: thread::JoinHandle<String>,
     /// Where its /metrics, /healthz and /readyz are served.
     pub metrics: String,
+    /// The journey store this helper made up for it (removed at stop).
+    own_store: Option<std::path::PathBuf>,
 }
 
 impl AgentRun {
@@ -27,6 +29,7 @@ impl AgentRun {
         if !has(&args, "--sample-success-ratio") {
             args.extend(["--sample-success-ratio".into(), "1".into()]);
         }
+        let mut own_store = None;
         if !has(&args, "--journey-store") {
             let store = std::env::temp_dir().join(format!(
                 "tracer-test-journeys-{}-{}.sqlite",
@@ -37,6 +40,7 @@ impl AgentRun {
                 "--journey-store".into(),
                 format!("sqlite:{}", store.display()),
             ]);
+            own_store = Some(store);
         }
         let metrics = format!("127.0.0.1:{}", super::otlp::free_port());
         args.extend(["--metrics-listen".into(), metrics.clone()]);
@@ -56,6 +60,7 @@ impl AgentRun {
             child,
             stderr,
             metrics: format!("http://{metrics}"),
+            own_store,
         }
     }
 
@@ -82,6 +87,11 @@ impl AgentRun {
             thread::sleep(Duration::from_millis(50));
         };
         let stderr = self.stderr.join().unwrap();
+        if let Some(store) = &self.own_store {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", store.display()));
+            }
+        }
         assert!(status.success(), "tracer run failed ({status}):\n{stderr}");
         assert!(
             !stderr.contains("panicked"),

@@ -8,7 +8,10 @@ use clap::{Args, Subcommand};
 use super::run::journey_clock;
 use crate::{
     config::Config,
-    journey::{view, Store, StoreLocation},
+    journey::{
+        diagnose::{diagnose, Diagnosis},
+        view, Order, Store, StoreLocation,
+    },
     privacy::IdKey,
 };
 
@@ -37,6 +40,9 @@ enum OrdersCommand {
         /// At most this many orders.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// JSON (one array) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// An order's status history and timeline. Takes the raw id or, with ids
     /// pseudonymised, either the raw id (the HMAC key is needed) or its pseudonym.
@@ -45,7 +51,35 @@ enum OrdersCommand {
         /// HMAC key file, to find a pseudonymised order by its raw id.
         #[arg(long)]
         hmac_key_file: Option<String>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
+}
+
+/// One order as JSON: where it is, since when, and what went wrong.
+fn summary(
+    order: &Order,
+    diagnosis: Option<&Diagnosis>,
+    config: &Config,
+    now: i64,
+) -> serde_json::Value {
+    let status = order.status();
+    serde_json::json!({
+        "order_id": order.id,
+        "status": status.map(|c| c.status.clone()),
+        "status_since_ns": status.map(|c| c.at_ns),
+        "stuck": view::stuck_limit(order, &config.journey, now).is_some(),
+        "first_seen_ns": order.first_seen_ns,
+        "last_seen_ns": order.last_seen_ns,
+        "last_service": order.last_service,
+        "services": order.services,
+        "errors": order.errors,
+        "user_id": order.user_id,
+        "trace_id": order.last_trace_id,
+        "jaeger_url": format!("{}/trace/{}", config.journey.jaeger_url.trim_end_matches('/'), order.last_trace_id),
+        "problem": diagnosis,
+    })
 }
 
 pub fn run(args: OrdersArgs) -> anyhow::Result<()> {
@@ -69,17 +103,32 @@ pub fn run(args: OrdersArgs) -> anyhow::Result<()> {
         Store::open(&location)?.context("journey.store is none: no journeys are kept")?;
     let now = journey_clock(&args.clock_offset_file).now_ns();
     match args.command {
-        OrdersCommand::List { stuck, limit } => {
+        OrdersCommand::List { stuck, limit, json } => {
             let mut orders = store.load(0)?;
             if stuck {
                 orders.retain(|o| view::stuck_limit(o, &config.journey, now).is_some());
             }
             orders.truncate(limit);
-            print!("{}", view::list(&orders, &config.journey, now));
+            let mut diagnosed = Vec::with_capacity(orders.len());
+            for order in orders {
+                let steps = store.order(&order.id)?.map(|(_, s)| s).unwrap_or_default();
+                let diagnosis = diagnose(&order, &steps, &config.journey, now);
+                diagnosed.push((order, diagnosis));
+            }
+            if json {
+                let all: Vec<_> = diagnosed
+                    .iter()
+                    .map(|(order, diagnosis)| summary(order, diagnosis.as_ref(), &config, now))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                print!("{}", view::list(&diagnosed, &config.journey, now));
+            }
         }
         OrdersCommand::Show {
             order_id,
             hmac_key_file,
+            json,
         } => {
             let mut found = store.order(&order_id)?;
             if found.is_none() {
@@ -93,7 +142,18 @@ pub fn run(args: OrdersArgs) -> anyhow::Result<()> {
             let Some((order, steps)) = found else {
                 bail!("no journey for order {order_id:?} in the store");
             };
-            print!("{}", view::show(&order, &steps, &config.journey, now));
+            let diagnosis = diagnose(&order, &steps, &config.journey, now);
+            if json {
+                let mut shown = summary(&order, diagnosis.as_ref(), &config, now);
+                shown["history"] = serde_json::to_value(&order.history)?;
+                shown["steps"] = serde_json::to_value(&steps)?;
+                println!("{}", serde_json::to_string_pretty(&shown)?);
+            } else {
+                print!(
+                    "{}",
+                    view::show(&order, &steps, diagnosis.as_ref(), &config.journey, now)
+                );
+            }
         }
     }
     Ok(())

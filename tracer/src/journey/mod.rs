@@ -3,6 +3,7 @@
 //! and its last trace; kept in SQLite (agent) or PostgreSQL (`tracer journey`), checked
 //! against per-status dwell limits, and summarised as Prometheus metrics.
 mod clock;
+pub mod diagnose;
 mod journeys;
 mod metrics;
 mod order;

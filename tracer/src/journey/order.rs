@@ -5,14 +5,14 @@ use std::collections::BTreeSet;
 use super::JourneySpan;
 
 /// The order entered `status` at `at_ns` (Unix ns), seen by `service`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct StatusChange {
     pub status: String,
     pub at_ns: i64,
     pub service: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Order {
     pub id: String,
     pub first_seen_ns: i64,

@@ -2,7 +2,7 @@
 //! order's timeline (status, service, time per step, errors, trace and Jaeger link).
 use std::{fmt::Write, time::Duration};
 
-use super::{human, Order, Step};
+use super::{diagnose::Diagnosis, human, Order, Step};
 use crate::config::JourneyConfig;
 
 fn time(ns: i64) -> String {
@@ -24,14 +24,14 @@ pub fn stuck_limit(order: &Order, config: &JourneyConfig, now_ns: i64) -> Option
     (dwell > limit.as_nanos() as i64).then_some(limit)
 }
 
-pub fn list(orders: &[Order], config: &JourneyConfig, now_ns: i64) -> String {
+pub fn list(orders: &[(Order, Option<Diagnosis>)], config: &JourneyConfig, now_ns: i64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<20} {:<24} {:<12} {:<16} {:>6}  {:<32}",
+        "{:<20} {:<24} {:<12} {:<16} {:>6}  {:<32}  PROBLEM",
         "ORDER", "STATUS", "FOR", "LAST SEEN BY", "ERRORS", "TRACE"
     );
-    for order in orders {
+    for (order, diagnosis) in orders {
         let (status, dwell) = order
             .dwell_ns(now_ns)
             .map(|(s, d)| (s.to_owned(), human(d)))
@@ -43,13 +43,17 @@ pub fn list(orders: &[Order], config: &JourneyConfig, now_ns: i64) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<20} {:<24} {:<12} {:<16} {:>6}  {:<32}",
+            "{:<20} {:<24} {:<12} {:<16} {:>6}  {:<32}  {}",
             order.id,
             format!("{status}{flag}"),
             dwell,
             order.last_service,
             order.errors,
-            order.last_trace_id
+            order.last_trace_id,
+            diagnosis
+                .as_ref()
+                .map(|d| d.to_string())
+                .unwrap_or_default()
         );
     }
     if orders.is_empty() {
@@ -58,7 +62,13 @@ pub fn list(orders: &[Order], config: &JourneyConfig, now_ns: i64) -> String {
     out
 }
 
-pub fn show(order: &Order, steps: &[Step], config: &JourneyConfig, now_ns: i64) -> String {
+pub fn show(
+    order: &Order,
+    steps: &[Step],
+    diagnosis: Option<&Diagnosis>,
+    config: &JourneyConfig,
+    now_ns: i64,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "order {}", order.id);
     match order.dwell_ns(now_ns) {
@@ -86,6 +96,9 @@ pub fn show(order: &Order, steps: &[Step], config: &JourneyConfig, now_ns: i64) 
         let _ = writeln!(out, "  user        {user}");
     }
     let _ = writeln!(out, "  errors      {}", order.errors);
+    if let Some(diagnosis) = diagnosis {
+        let _ = writeln!(out, "  problem     {diagnosis}");
+    }
     let _ = writeln!(
         out,
         "  trace       {}  {}/trace/{}",

@@ -39,7 +39,7 @@ impl StoreLocation {
 }
 
 /// One span in an order's timeline.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Step {
     pub order_id: String,
     pub span_id: String,

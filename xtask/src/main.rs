@@ -1,4 +1,5 @@
 //! `cargo xtask`: set up a machine, run tracer, run every test.
+mod demo;
 mod exec;
 mod run;
 mod setup;
@@ -24,6 +25,8 @@ enum Command {
     Run(run::RunArgs),
     /// Run every test: unit tests, then end-to-end tests against the real kernel.
     Test(test::TestArgs),
+    /// The jewellery company in a box: services, faults, orders, and what tracer finds.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +35,6 @@ fn main() -> anyhow::Result<()> {
         Command::Build => run::build_release().map(drop),
         Command::Run(args) => run::run(args),
         Command::Test(args) => test::run(args),
+        Command::Demo(args) => demo::run(args),
     }
 }

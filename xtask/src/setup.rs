@@ -18,6 +18,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     "rabbitmq-server",
     "postgresql",
+    // The demo's MES stand-in is C#, compiled with mcs and run by mono.
+    "mono-devel",
 ];
 
 /// Python libraries the test peers use (installed with pip): (module, requirement).

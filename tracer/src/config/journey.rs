@@ -59,6 +59,18 @@ pub struct StatusRule {
     /// Also when the span failed (default: only successful spans move the order).
     #[serde(default)]
     pub on_error: bool,
+    /// When the order enters the status: at the span's `end` (default: the request was
+    /// answered) or its `start` (work began, e.g. a consumer took the message).
+    #[serde(default)]
+    pub at: StatusAt,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusAt {
+    Start,
+    #[default]
+    End,
 }
 
 /// Spans named like `span` should finish within `within`.

@@ -4,7 +4,7 @@ mod journey;
 
 use std::{fs, path::Path};
 
-pub use journey::{glob_match, JourneyConfig, SlaRule, StatusRule};
+pub use journey::{glob_match, JourneyConfig, SlaRule, StatusAt, StatusRule};
 
 use serde::Deserialize;
 use thiserror::Error;

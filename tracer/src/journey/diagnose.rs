@@ -133,6 +133,7 @@ mod tests {
             operation: operation.into(),
             kind: kind.into(),
             status: None,
+            status_at_ns: 0,
             error: error.map(str::to_owned),
             synthesized: false,
         }

@@ -9,7 +9,7 @@ use std::{
 use super::{
     clock::human, metrics::OperationLabels, Clock, JourneyMetrics, JourneySpan, Order, Step, Store,
 };
-use crate::config::{glob_match, JourneyConfig};
+use crate::config::{glob_match, JourneyConfig, StatusAt};
 
 /// Span ids remembered to ignore a span delivered twice (OTLP is at-least-once).
 const RECENT_SPANS: usize = 100_000;
@@ -100,7 +100,11 @@ impl Journeys {
                 self.metrics.orders_seen.inc();
                 Order::new(order_id, span)
             });
-            let applied = order.apply(span, status.as_deref(), &final_status);
+            let applied = order.apply_at(
+                span,
+                status.as_ref().map(|(s, at)| (s.as_str(), *at)),
+                &final_status,
+            );
             if let Some(status) = &applied.reached {
                 self.metrics
                     .reached
@@ -131,7 +135,8 @@ impl Journeys {
                     service: span.service.clone(),
                     operation: span.name.clone(),
                     kind: span.kind.to_owned(),
-                    status,
+                    status_at_ns: status.as_ref().map_or(0, |(_, at)| *at),
+                    status: status.map(|(s, _)| s),
                     error: span.error.clone(),
                     synthesized: span.synthesized,
                 });
@@ -178,8 +183,9 @@ impl Journeys {
         }
     }
 
-    /// The status a span moves its order to: a configured rule, else `app.order.status`.
-    fn status_of(&self, span: &JourneySpan) -> Option<String> {
+    /// The status a span moves its order to, and when: a configured rule, else
+    /// `app.order.status` (at the span's end).
+    fn status_of(&self, span: &JourneySpan) -> Option<(String, i64)> {
         if span.synthesized {
             return None;
         }
@@ -190,8 +196,14 @@ impl Journeys {
                 && (span.error.is_none() || rule.on_error)
         });
         match rule {
-            Some(rule) => Some(rule.status.clone()),
-            None if span.error.is_none() => span.status.clone(),
+            Some(rule) => {
+                let at = match rule.at {
+                    StatusAt::Start => span.start_ns,
+                    StatusAt::End => span.end_ns,
+                };
+                Some((rule.status.clone(), at))
+            }
+            None if span.error.is_none() => span.status.clone().map(|s| (s, span.end_ns)),
             None => None,
         }
     }
@@ -265,6 +277,7 @@ impl Journeys {
             operation: format!("order stuck in {}", stuck.status),
             kind: "internal".into(),
             status: None,
+            status_at_ns: 0,
             error: Some(stuck.message()),
             synthesized: true,
         };

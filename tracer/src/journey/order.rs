@@ -74,6 +74,16 @@ impl Order {
         status: Option<&str>,
         final_status: &str,
     ) -> Applied {
+        self.apply_at(span, status.map(|s| (s, span.end_ns)), final_status)
+    }
+
+    /// As [`Order::apply`], with the time the status was entered (the span's start or end).
+    pub fn apply_at(
+        &mut self,
+        span: &JourneySpan,
+        status: Option<(&str, i64)>,
+        final_status: &str,
+    ) -> Applied {
         let mut applied = Applied::default();
         self.first_seen_ns = self.first_seen_ns.min(span.start_ns);
         if span.end_ns >= self.last_seen_ns {
@@ -89,10 +99,9 @@ impl Order {
         if let Some(user) = &span.user_id {
             self.user_id = Some(user.clone());
         }
-        let Some(status) = status else {
+        let Some((status, at)) = status else {
             return applied;
         };
-        let at = span.end_ns;
         let position = self.history.partition_point(|c| c.at_ns <= at);
         let before = position.checked_sub(1).map(|i| &self.history[i]);
         if before.is_some_and(|c| c.status == status) {

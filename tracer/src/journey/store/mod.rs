@@ -49,8 +49,9 @@ pub struct Step {
     pub service: String,
     pub operation: String,
     pub kind: String,
-    /// The status this step moved the order to.
+    /// The status this step moved the order to, and when (Unix ns; 0 without a status).
     pub status: Option<String>,
+    pub status_at_ns: i64,
     pub error: Option<String>,
     /// Made up by tracer ("stuck in SUBMITTED"), not observed.
     pub synthesized: bool,
@@ -128,6 +129,7 @@ CREATE TABLE IF NOT EXISTS journey_steps (
     operation TEXT NOT NULL,
     kind TEXT NOT NULL,
     status TEXT,
+    status_at_ns BIGINT NOT NULL,
     error TEXT,
     synthesized BIGINT NOT NULL,
     PRIMARY KEY (order_id, span_id)
@@ -143,12 +145,12 @@ ON CONFLICT (order_id) DO UPDATE SET first_seen_ns = excluded.first_seen_ns, las
     last_service = excluded.last_service, last_trace_id = excluded.last_trace_id, last_span_id = excluded.last_span_id,
     errors = excluded.errors, user_id = excluded.user_id, stuck_status = excluded.stuck_status";
 
-const INSERT_STEP: &str = "INSERT INTO journey_steps (order_id, span_id, trace_id, start_ns, end_ns, service, operation, kind, status, error, synthesized)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+const INSERT_STEP: &str = "INSERT INTO journey_steps (order_id, span_id, trace_id, start_ns, end_ns, service, operation, kind, status, status_at_ns, error, synthesized)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
 ON CONFLICT (order_id, span_id) DO NOTHING";
 
 const STEP_COLUMNS: &str =
-    "order_id, span_id, trace_id, start_ns, end_ns, service, operation, kind, status, error, synthesized";
+    "order_id, span_id, trace_id, start_ns, end_ns, service, operation, kind, status, status_at_ns, error, synthesized";
 
 pub struct Store {
     db: Box<dyn Db>,
@@ -203,7 +205,7 @@ impl Store {
             }
         }
         let statuses = self.db.query(
-            "SELECT s.order_id, s.status, s.end_ns, s.service FROM journey_steps s JOIN journey_orders o ON o.order_id = s.order_id WHERE o.last_seen_ns >= ?1 AND s.status IS NOT NULL ORDER BY s.order_id, s.end_ns",
+            "SELECT s.order_id, s.status, s.status_at_ns, s.service FROM journey_steps s JOIN journey_orders o ON o.order_id = s.order_id WHERE o.last_seen_ns >= ?1 AND s.status IS NOT NULL ORDER BY s.order_id, s.status_at_ns",
             &[since_ns.into()],
         )?;
         for row in statuses {
@@ -252,7 +254,7 @@ impl Store {
         )?;
         order.services = services.iter().filter_map(|row| row[0].text()).collect();
         let statuses = self.db.query(
-            "SELECT status, end_ns, service FROM journey_steps WHERE order_id = ?1 AND status IS NOT NULL ORDER BY end_ns",
+            "SELECT status, status_at_ns, service FROM journey_steps WHERE order_id = ?1 AND status IS NOT NULL ORDER BY status_at_ns",
             &[id.into()],
         )?;
         for row in statuses {
@@ -314,6 +316,7 @@ impl Store {
                     step.operation.as_str().into(),
                     step.kind.as_str().into(),
                     step.status.as_ref().into(),
+                    step.status_at_ns.into(),
                     step.error.as_ref().into(),
                     i64::from(step.synthesized).into(),
                 ],
@@ -366,8 +369,9 @@ fn step_from_row(row: &[Value]) -> Step {
         operation: row[6].text().unwrap_or_default(),
         kind: row[7].text().unwrap_or_default(),
         status: row[8].text(),
-        error: row[9].text(),
-        synthesized: row[10].int() != 0,
+        status_at_ns: row[9].int(),
+        error: row[10].text(),
+        synthesized: row[11].int() != 0,
     }
 }
 
@@ -426,6 +430,7 @@ mod tests {
             operation: "POST /orders".into(),
             kind: "server".into(),
             status: status.map(str::to_owned),
+            status_at_ns: if status.is_some() { end } else { 0 },
             error: None,
             synthesized: false,
         };

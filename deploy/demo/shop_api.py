@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Shop API: orders from the online shop. Keeps them in the Shop DB (PostgreSQL), stores
+3D models in the file storage, and hands submitted orders to the CRM. Fault switches come
+with the order (its "scenario"): `db-failure` makes the Shop DB refuse the SUBMITTED write
+(a CHECK constraint); `upload-hang` is passed on to the storage."""
+import argparse
+import json
+
+import psycopg
+
+from service import call, serve
+
+config = {}
+
+
+def db():
+    return psycopg.connect(host="127.0.0.1", port=config["db_port"], user="postgres", dbname="postgres", autocommit=True)
+
+
+def create(handler, match, body):
+    order = json.loads(body)
+    with db() as connection:
+        connection.execute(
+            "INSERT INTO orders (order_id, user_id, email, scenario, state) VALUES (%s, %s, %s, %s, %s)",
+            (order["order_id"], order.get("user_id"), order.get("email"), order.get("scenario", "ok"), "INITIATED"),
+        )
+    return 201, {"order_id": order["order_id"], "stage": "created"}
+
+
+def scenario_of(order_id):
+    with db() as connection:
+        row = connection.execute("SELECT scenario FROM orders WHERE order_id = %s", (order_id,)).fetchone()
+    return row[0] if row else "ok"
+
+
+def set_state(order_id, state):
+    with db() as connection:
+        connection.execute("UPDATE orders SET state = %s WHERE order_id = %s", (state, order_id))
+
+
+def upload(handler, match, body):
+    order_id = match[1]
+    try:
+        status, _ = call(config["storage"], "PUT", f"/objects/{order_id}", body,
+                         headers={"X-Demo-Scenario": scenario_of(order_id)}, timeout=3)
+    except OSError:
+        return 504, {"order_id": order_id, "error": "file storage did not answer"}
+    if status != 201:
+        return 502, {"order_id": order_id, "error": f"file storage answered {status}"}
+    set_state(order_id, "FILE_UPLOADED")
+    return 201, {"order_id": order_id, "stage": "file uploaded"}
+
+
+def submit(handler, match, body):
+    order_id = match[1]
+    set_state(order_id, "SUBMITTED")
+    status, reply = call(config["crm"], "POST", f"/orders/{order_id}/approval", {"order_id": order_id})
+    if status != 202:
+        return 502, {"order_id": order_id, "error": f"CRM answered {status}"}
+    return 201, {"order_id": order_id, "stage": "submitted"}
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS orders (
+    order_id text PRIMARY KEY,
+    user_id text,
+    email text,
+    scenario text NOT NULL,
+    state text NOT NULL,
+    price integer,
+    CONSTRAINT shop_db_write_failure CHECK (NOT (scenario = 'db-failure' AND state = 'SUBMITTED'))
+)"""
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--db-port", type=int, required=True)
+    p.add_argument("--storage", required=True, help="http://127.0.0.1:PORT")
+    p.add_argument("--crm", required=True, help="http://127.0.0.1:PORT")
+    a = p.parse_args()
+    config.update(db_port=a.db_port, storage=a.storage, crm=a.crm)
+    with db() as connection:
+        connection.execute(SCHEMA)
+    serve(a.port, [
+        ("POST", r"/orders", create),
+        ("POST", r"/orders/([^/]+)/files", upload),
+        ("POST", r"/orders/([^/]+)/submit", submit),
+    ])

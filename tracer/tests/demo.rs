@@ -1,0 +1,138 @@
+//! The company in a box, headless: `cargo xtask demo` runs the Shop API, file storage,
+//! CRM, B2B API and the C# MES (Mono) against a private RabbitMQ and PostgreSQL with the
+//! real agent, places orders with every fault, and this test checks — from tracer's own
+//! outputs only (`tracer orders`, the OTLP/JSON span file) — that each injected fault is
+//! located in the right service and step.
+mod support;
+
+use std::{path::Path, process::Command};
+
+use serde_json::Value;
+
+/// Where each fault must be found: (problem, service, step).
+fn expected(scenario: &str) -> Option<(&'static str, &'static str, &'static str)> {
+    Some(match scenario {
+        "slow-price" => ("slow", "mes", "deliver mes.orders"),
+        "invalid-model" => ("failed", "mes", "deliver mes.orders"),
+        "lost-message" => ("stuck", "mes", "deliver mes.orders"),
+        "db-failure" => ("failed", "shop-api", "UPDATE orders"),
+        "b2b-timeout" => ("slow", "b2b-api", "POST /b2b/{order_id}/calculate"),
+        "upload-hang" => ("slow", "storage", "PUT /objects/{order_id}"),
+        _ => return None,
+    })
+}
+
+fn orders(out: &Path, args: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .arg("orders")
+        .args(args)
+        .args([
+            "--json",
+            "--config",
+            "../deploy/demo/tracer-demo.toml",
+            "--store",
+        ])
+        .arg(format!("sqlite:{}", out.join("journeys.sqlite").display()))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn every_injected_fault_is_located_in_the_right_service_and_step() {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "the demo runs the eBPF agent and must run as root"
+    );
+    let out = std::env::temp_dir().join(format!("tracer-demo-{}", std::process::id()));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let demo = Command::new("cargo")
+        .args(["xtask", "demo", "--headless", "--orders", "13"])
+        .arg("--tracer")
+        .arg(env!("CARGO_BIN_EXE_tracer"))
+        .arg("--out")
+        .arg(&out)
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&demo.stdout),
+        String::from_utf8_lossy(&demo.stderr)
+    );
+    println!("{printed}");
+    assert!(demo.status.success(), "cargo xtask demo failed:\n{printed}");
+
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("orders.json")).unwrap()).unwrap();
+    let manifest = manifest.as_array().unwrap();
+    let scenarios: Vec<&str> = manifest
+        .iter()
+        .map(|o| o["scenario"].as_str().unwrap())
+        .collect();
+    for fault in [
+        "slow-price",
+        "invalid-model",
+        "lost-message",
+        "db-failure",
+        "b2b-timeout",
+        "upload-hang",
+    ] {
+        assert!(
+            scenarios.contains(&fault),
+            "{fault} was not injected: {scenarios:?}"
+        );
+    }
+    let spans = std::fs::read_to_string(out.join("spans.jsonl")).unwrap();
+    let mut wrong = Vec::new();
+    for placed in manifest {
+        let id = placed["order_id"].as_str().unwrap();
+        let scenario = placed["scenario"].as_str().unwrap();
+        let order = orders(&out, &["show", id]);
+        let problem = &order["problem"];
+        let found = (
+            problem["problem"].as_str().unwrap_or(""),
+            problem["service"].as_str().unwrap_or(""),
+            problem["operation"].as_str().unwrap_or(""),
+        );
+        match expected(scenario) {
+            Some(want) if found != want => {
+                wrong.push(format!(
+                    "{id} ({scenario}): expected {want:?}, tracer says {found:?} ({})",
+                    problem["detail"]
+                ));
+            }
+            None if !problem.is_null() || order["status"] != "SHIPPED" => {
+                wrong.push(format!(
+                    "{id} (healthy): ended {} with {problem}",
+                    order["status"]
+                ));
+            }
+            _ => {}
+        }
+        // Every order is one trace in the exported spans.
+        let trace = order["trace_id"].as_str().unwrap();
+        assert!(
+            spans.contains(trace),
+            "{id}: its trace {trace} is not in the OTLP file"
+        );
+        if scenario == "lost-message" {
+            assert_eq!(order["status"], "PRICE_CALCULATION", "{id}");
+            assert!(
+                spans.contains("order stuck in PRICE_CALCULATION"),
+                "the stuck order's synthesized span is exported"
+            );
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "faults not located:\n{}\n\n{printed}",
+        wrong.join("\n")
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}

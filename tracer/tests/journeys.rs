@@ -10,11 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use support::{
     agent::{curl, AgentRun, Service, PEERS},
     broker::broker,
+    keys,
     metrics::{names, scrape, value},
     otlp::{free_port, Receiver},
     postgres::postgres,
@@ -27,18 +26,11 @@ fn temp(name: &str) -> PathBuf {
 }
 
 fn key_file() -> PathBuf {
-    let path = temp("key");
-    std::fs::write(&path, KEY).unwrap();
-    path
+    keys::key_file(KEY)
 }
 
 fn order_trace(order_id: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(KEY.as_bytes()).unwrap();
-    mac.update(order_id.as_bytes());
-    mac.finalize().into_bytes()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    keys::order_trace(KEY, order_id)
 }
 
 fn post(service: &Service, path: &str, body: &str) {

@@ -4,11 +4,10 @@ mod support;
 
 use std::{process::Command, time::Duration};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use support::{
     agent::{curl, AgentRun, Service, PEERS},
     broker::broker,
+    keys,
     otlp::{ReceivedSpan, Receiver},
 };
 
@@ -16,9 +15,7 @@ const KEY: &str = "order-journey-test-key";
 const SERVER: i32 = 2;
 
 fn key_file() -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("tracer-test-key-{}", std::process::id()));
-    std::fs::write(&path, format!("{KEY}\n")).unwrap();
-    path
+    keys::key_file(KEY)
 }
 
 /// The agent as the order tests run it: the test's HMAC key, a short settle time.
@@ -43,12 +40,7 @@ fn order_agent(receiver: &Receiver, key: &std::path::Path, extra: &[&str]) -> Ag
 
 /// DESIGN.md's derivation, computed here independently of tracer.
 fn documented_trace_id(order_id: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(KEY.as_bytes()).unwrap();
-    mac.update(order_id.as_bytes());
-    mac.finalize().into_bytes()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    keys::order_trace(KEY, order_id)
 }
 
 fn hash_id(id: &str, key: &std::path::Path) -> String {

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod broker;
+pub mod keys;
 pub mod metrics;
 pub mod otlp;
 pub mod postgres;

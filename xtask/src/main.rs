@@ -1,6 +1,9 @@
 //! `cargo xtask`: set up a machine, run tracer, run every test.
+mod bench;
 mod demo;
 mod exec;
+mod fuzz;
+mod infra;
 mod run;
 mod setup;
 mod test;
@@ -27,6 +30,10 @@ enum Command {
     Test(test::TestArgs),
     /// The jewellery company in a box: services, faults, orders, and what tracer finds.
     Demo(demo::DemoArgs),
+    /// Overhead, cost, loss and pipeline throughput, against a baseline in the same run.
+    Bench(bench::BenchArgs),
+    /// Fuzz the reassembler and every protocol session (cargo fuzz, nightly).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,5 +43,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => run::run(args),
         Command::Test(args) => test::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Fuzz(args) => fuzz::run(args),
     }
 }

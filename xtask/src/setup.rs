@@ -231,7 +231,11 @@ fn link(target: &std::path::Path, at: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn missing_packages() -> Vec<&'static str> {
-    DEBIAN_PACKAGES
+    missing_of(DEBIAN_PACKAGES)
+}
+
+fn missing_of(packages: &[&'static str]) -> Vec<&'static str> {
+    packages
         .iter()
         .copied()
         .filter(|p| {
@@ -243,11 +247,16 @@ fn missing_packages() -> Vec<&'static str> {
 }
 
 fn debian_packages() -> anyhow::Result<()> {
-    let missing = missing_packages();
+    debian_packages_named(DEBIAN_PACKAGES)
+}
+
+/// Installs those of `packages` that are missing (apt-get, as root or with sudo).
+pub fn debian_packages_named(packages: &[&'static str]) -> anyhow::Result<()> {
+    let missing = missing_of(packages);
     if missing.is_empty() {
         eprintln!(
             "setup: Debian packages already installed ({})",
-            DEBIAN_PACKAGES.join(", ")
+            packages.join(", ")
         );
         return Ok(());
     }

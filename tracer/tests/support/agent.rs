@@ -72,6 +72,25 @@ impl AgentRun {
         self.child.id()
     }
 
+    /// Kills the agent with SIGKILL, as an OOM kill or a node problem would: no clean-up.
+    pub fn kill(mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+        let _ = self.stderr.join();
+    }
+
+    /// Resident memory of the agent, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the agent is running");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
     /// Stops the agent with SIGINT; returns its stderr. Panics if it failed or panicked.
     pub fn stop(mut self) -> String {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };

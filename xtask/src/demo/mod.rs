@@ -3,7 +3,6 @@
 //! CRM, B2B API, the C# MES under Mono, the MES UI driver), places orders with a mix of
 //! faults, then reports per order where it ended, how long each step took and which system
 //! is at fault — from tracer's own outputs — and stops everything it started.
-mod infra;
 mod report;
 
 use std::{
@@ -13,11 +12,14 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use crate::{
+    exec::exec,
+    infra::{self, free_port, wait_for_port, Started},
+    run::build_release,
+    setup,
+};
 use anyhow::{bail, Context as _};
 use clap::Args;
-use infra::{free_port, wait_for_port, Started};
-
-use crate::{exec::exec, run::build_release, setup};
 
 const DEMO: &str = "deploy/demo";
 const CONFIG: &str = "deploy/demo/tracer-demo.toml";

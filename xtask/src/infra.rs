@@ -1,5 +1,6 @@
-//! The demo's infrastructure, private to one run: a RabbitMQ node and a PostgreSQL cluster
-//! from the Debian packages, on free ports, with their data under the run's directory.
+//! Infrastructure for the demo and the benchmarks, private to one run: processes in their
+//! own process groups, a RabbitMQ node and a PostgreSQL cluster from the Debian packages,
+//! on free ports, with their data under the run's directory.
 use std::{
     fs,
     io::{Read, Write},

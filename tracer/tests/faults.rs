@@ -1,0 +1,173 @@
+//! Faults around the agent, with real processes: the agent SIGKILLed mid-traffic (the
+//! traced service must not notice; a restarted agent picks its connections up again),
+//! 10,000 idle connections (agent memory stays bounded), and a traced process that dies
+//! mid-request. (The OTLP receiver going away and coming back is in tests/http.rs.)
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use support::{
+    agent::{curl, AgentRun, Service, PEERS},
+    metrics::{scrape, value},
+    otlp::Receiver,
+};
+
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn agent(receiver: &Receiver) -> AgentRun {
+    let export = format!("otlp-grpc={}", receiver.grpc_url());
+    AgentRun::start(&["--export", &export, "--settle-ms", "200"])
+}
+
+#[test]
+fn a_killed_agent_leaves_the_service_alone_and_a_restarted_one_picks_its_connection_up() {
+    let receiver = Receiver::start();
+    let service = Service::python(&[]);
+    let first = agent(&receiver);
+    let client = Command::new("python3")
+        .arg(format!("{PEERS}/keepalive_client.py"))
+        .args(["--port", &service.port.to_string(), "--path", "/steady/"])
+        .args(["--seconds", "10"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_secs(2));
+    first.kill();
+    thread::sleep(Duration::from_secs(1));
+    let restarted_at = unix_ns();
+    let second = agent(&receiver);
+    let output = client.wait_with_output().unwrap();
+    let counts: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("the client's counts");
+    assert_eq!(
+        counts["failed"], 0,
+        "the service noticed the agent's death: {counts}"
+    );
+    assert!(counts["ok"].as_u64().unwrap() >= 100, "{counts}");
+    // The connection predates the second agent: it is adopted from /proc and its requests
+    // become spans again.
+    let spans = receiver.wait_for(
+        "spans from the restarted agent",
+        Duration::from_secs(20),
+        |spans| {
+            spans.iter().any(|s| {
+                s.kind == SERVER
+                    && s.attr("url.path").starts_with("/steady/")
+                    && s.start_unix_nano > restarted_at
+            })
+        },
+    );
+    let after: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind == SERVER && s.start_unix_nano > restarted_at)
+        .collect();
+    assert!(
+        after.len() >= 20,
+        "only {} spans after the restart",
+        after.len()
+    );
+    second.stop();
+}
+
+#[test]
+fn ten_thousand_idle_connections_keep_agent_memory_bounded() {
+    let agent = AgentRun::start(&["--export", "file:/dev/null"]);
+    thread::sleep(Duration::from_secs(1));
+    let before = agent.rss_bytes();
+    let mut holder = Command::new("python3")
+        .arg(format!("{PEERS}/idle_connections.py"))
+        .args(["--count", "10000", "--seconds", "6"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    let open = lines.next().expect("the holder's first line").unwrap();
+    assert_eq!(open, "OPEN 10000");
+    // Let the agent take in every connection event, then look.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let followed = loop {
+        let metrics = scrape(&agent.metrics);
+        let followed = value(&metrics, "tracer_connections", &[]);
+        let lost = value(
+            &metrics,
+            "tracer_events_lost_total",
+            &[("reason", "connection_table_full")],
+        );
+        if followed >= 20_000.0 || lost > 0.0 || Instant::now() > deadline {
+            break (followed, lost);
+        }
+        thread::sleep(Duration::from_millis(250));
+    };
+    let during = agent.rss_bytes();
+    assert_eq!(lines.next().expect("the holder finishes").unwrap(), "DONE");
+    assert!(holder.wait().unwrap().success());
+    assert!(
+        followed.0 >= 20_000.0,
+        "20,000 sockets (both ends of 10,000 connections) followed, or the loss counted: {followed:?}"
+    );
+    let growth = during.saturating_sub(before);
+    println!(
+        "agent RSS {} MiB → {} MiB with 10,000 idle connections",
+        before >> 20,
+        during >> 20
+    );
+    assert!(growth < 64 << 20, "the agent grew by {} MiB", growth >> 20);
+    let stderr = agent.stop();
+    assert!(stderr.contains("tracer: stats"), "{stderr}");
+}
+
+#[test]
+fn a_traced_process_that_exits_mid_request_ends_its_client_span_and_nothing_else() {
+    let receiver = Receiver::start();
+    let agent = agent(&receiver);
+    let mut dying = Command::new("python3")
+        .arg(format!("{PEERS}/exit_server.py"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(dying.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let port: u16 = first.trim().strip_prefix("PORT ").unwrap().parse().unwrap();
+    let status = curl(&[&format!("http://127.0.0.1:{port}/dying/request")]);
+    assert_eq!(status, "000", "curl got no answer");
+    assert_eq!(dying.wait().unwrap().code(), Some(3));
+    let spans = receiver.wait_for(
+        "curl's unanswered request",
+        Duration::from_secs(20),
+        |spans| {
+            spans
+                .iter()
+                .any(|s| s.kind == CLIENT && s.attr("url.path") == "/dying/request")
+        },
+    );
+    let span = spans
+        .iter()
+        .find(|s| s.kind == CLIENT && s.attr("url.path") == "/dying/request")
+        .unwrap();
+    assert_eq!(span.status, 2, "an error: {span:?}");
+    assert_eq!(span.attr("error.type"), "no_response", "{span:?}");
+    // The agent is unharmed and still traces.
+    let service = Service::python(&[]);
+    assert_eq!(curl(&[&service.url("/after/death")]), "200");
+    receiver.wait_for("a span after the death", Duration::from_secs(20), |spans| {
+        spans
+            .iter()
+            .any(|s| s.kind == SERVER && s.attr("url.path") == "/after/death")
+    });
+    agent.stop();
+}

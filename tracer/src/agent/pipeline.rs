@@ -42,6 +42,8 @@ pub struct PipelineStats {
     /// Bytes skipped as unparseable, by protocol (closed connections only).
     pub parse_skipped_bytes: BTreeMap<&'static str, u64>,
     pub spans_sampled_out: u64,
+    /// Connections dropped because their parser panicked (a bug; the agent carries on).
+    pub parser_panics: u64,
     pub correlator: CorrelatorStats,
 }
 
@@ -99,8 +101,29 @@ impl Pipeline {
         }
     }
 
-    /// Handles one capture event; `now_ns` is kernel time.
+    /// Handles one capture event; `now_ns` is kernel time. A parser bug (a panic) costs
+    /// only its connection: it is counted, logged, and no longer parsed.
     pub fn handle(&mut self, event: SessionEvent, now_ns: u64, requests: &mut Vec<Request>) {
+        let conn = match &event {
+            SessionEvent::Conn { conn, .. } | SessionEvent::Stream { conn, .. } => conn.id,
+        };
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.handle_event(event, now_ns, requests)
+        }));
+        if handled.is_err() {
+            self.stats.parser_panics += 1;
+            self.exchanges.clear();
+            self.conns.insert(conn, ConnProtocol::Ignored);
+            requests.push(Request::IgnorePayload(conn));
+            tracing::error!(
+                pid = conn.tgid,
+                fd = conn.fd,
+                "a protocol parser panicked on this connection; it is no longer parsed (please report the panic above)"
+            );
+        }
+    }
+
+    fn handle_event(&mut self, event: SessionEvent, now_ns: u64, requests: &mut Vec<Request>) {
         match event {
             SessionEvent::Conn {
                 conn,

@@ -26,6 +26,7 @@ pub struct AgentMetrics {
     events_lost: Family<Reason, Counter>,
     stream_bytes_lost: Counter,
     parse_skipped_bytes: Family<Protocol, Counter>,
+    parser_panics: Counter,
     exchanges: Family<Protocol, Counter>,
     spans_exported: Counter,
     spans_dropped: Family<Reason, Counter>,
@@ -61,6 +62,11 @@ impl AgentMetrics {
             "tracer_parse_skipped_bytes",
             "Bytes a protocol parser could not parse and skipped, by protocol",
             m.parse_skipped_bytes.clone(),
+        );
+        r.register(
+            "tracer_parser_panics",
+            "Connections no longer parsed because their parser panicked (a bug to report)",
+            m.parser_panics.clone(),
         );
         r.register(
             "tracer_exchanges",
@@ -147,6 +153,7 @@ impl AgentMetrics {
             load(&export.spans_dropped_export_failed),
         );
         set(&self.spans_sampled_out, pipeline.spans_sampled_out);
+        set(&self.parser_panics, pipeline.parser_panics);
         set(&self.export_errors, load(&export.export_errors));
         self.connections.set(capture.connections as i64);
     }

@@ -90,12 +90,14 @@ pub fn column_values(query: &str, params: &[Option<String>]) -> BTreeMap<String,
     let lower = query.to_ascii_lowercase();
     if let (Some(cols_at), Some(values_at)) = (lower.find('('), lower.find("values")) {
         if cols_at < values_at && lower.starts_with("insert") {
-            let columns =
-                &query[cols_at + 1..query[cols_at..].find(')').map_or(cols_at, |e| cols_at + e)];
+            // Between the parentheses, when both are there (text from the wire: never trusted).
+            let inside = |from: usize| -> Option<&str> {
+                let rest = query.get(from..)?;
+                Some(&rest[..rest.find(')').unwrap_or(rest.len())])
+            };
+            let columns = inside(cols_at + 1).filter(|_| query[cols_at..].contains(')'));
             let values_start = query[values_at..].find('(').map(|p| values_at + p + 1);
-            if let Some(start) = values_start {
-                let values =
-                    &query[start..query[start..].find(')').map_or(query.len(), |e| start + e)];
+            if let (Some(columns), Some(values)) = (columns, values_start.and_then(inside)) {
                 for (column, value) in columns.split(',').zip(values.split(',')) {
                     if let Some(v) = param(value) {
                         found.insert(column.trim().trim_matches('"').to_owned(), v);
@@ -170,5 +172,23 @@ mod tests {
         assert_eq!(found.get("order_id").map(String::as_str), Some("ORD-1"));
         let found = column_values("SELECT * FROM orders WHERE order_id = 'ORD-7'", &[]);
         assert_eq!(found.get("order_id").map(String::as_str), Some("ORD-7"));
+    }
+}
+
+#[cfg(test)]
+mod fuzzed {
+    /// Found by `cargo xtask fuzz`: an INSERT with a '(' and VALUES but no ')'.
+    #[test]
+    fn unbalanced_parentheses_do_not_panic() {
+        for query in [
+            "insert into t (a values",
+            "INSERT x(values",
+            "insert (",
+            "insert into t (a) values (",
+        ] {
+            let _ = super::column_values(query, &[]);
+        }
+        let found = super::column_values("insert into t (a) values ($1", &[Some("7".into())]);
+        assert_eq!(found.get("a").map(String::as_str), Some("7"));
     }
 }

@@ -103,3 +103,25 @@ fn gaps_resynchronise_at_the_next_ready_for_query() {
         .count();
     assert_eq!(finished, 1, "statements after the gap are still seen");
 }
+
+#[test]
+fn a_huge_declared_length_is_passed_over_not_buffered() {
+    use crate::protocols::postgres::backend::{Backend, BackendReader};
+    let mut reader = BackendReader::new(false);
+    // A DataRow claiming 2.5 GB (found by fuzzing: the agent must not reserve it), …
+    reader.push(b"D\x96\x00\x00\x00\x00\x01");
+    assert_eq!(reader.next(), None);
+    // … its bytes keep coming and are passed over, …
+    for _ in 0..4 {
+        reader.push(&[0u8; 65536]);
+        assert_eq!(reader.next(), None);
+    }
+    // … and a length that is no message at all resynchronises at the next ReadyForQuery.
+    let mut reader = BackendReader::new(false);
+    reader.push(b"\xff\x96\x00\x00\x00garbageZ\x00\x00\x00\x05I");
+    let mut seen = Vec::new();
+    while let Some(message) = reader.next() {
+        seen.push(message);
+    }
+    assert_eq!(seen, vec![Backend::ReadyForQuery(b'I')]);
+}

@@ -22,9 +22,25 @@ pub const EMAIL_MASK: &str = "[email]";
 pub const PHONE_MASK: &str = "[phone]";
 pub const CARD_MASK: &str = "[card]";
 
-/// The value with personal data replaced, or None if there was none.
+/// The value with personal data replaced, or None if there was none. Each pattern runs
+/// only where it could match (an `@`, 13 digits, a `+` or `(`): most values have none.
 pub fn mask(value: &str) -> Option<String> {
-    let mut out = EMAIL.replace_all(value, EMAIL_MASK).into_owned();
+    let digits = value.bytes().filter(u8::is_ascii_digit).count();
+    let may_email = value.contains('@') || value.contains("%40");
+    let may_card = digits >= 13;
+    let may_phone =
+        digits >= 7 && (value.contains('+') || value.contains("%2B") || value.contains('('));
+    if !(may_email || may_card || may_phone) {
+        return None;
+    }
+    let mut out = if may_email {
+        EMAIL.replace_all(value, EMAIL_MASK).into_owned()
+    } else {
+        value.to_owned()
+    };
+    if !may_card && !may_phone {
+        return (out != value).then_some(out);
+    }
     out = CARD
         .replace_all(&out, |caps: &regex::Captures<'_>| {
             let digits: String = caps[0].chars().filter(char::is_ascii_digit).collect();

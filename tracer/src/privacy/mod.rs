@@ -124,8 +124,12 @@ impl Privacy {
 }
 
 fn keep(key: &str, changes: &mut Redactions) -> bool {
-    let lower = key.to_ascii_lowercase();
-    if CREDENTIALS.iter().any(|c| lower.contains(c)) {
+    let credential = CREDENTIALS.iter().any(|c| {
+        key.as_bytes()
+            .windows(c.len())
+            .any(|w| w.eq_ignore_ascii_case(c.as_bytes()))
+    });
+    if credential {
         changes.dropped.insert(key.to_owned());
         return false;
     }

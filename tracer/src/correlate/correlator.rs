@@ -443,7 +443,8 @@ impl Correlator {
     fn peer_client(&self, id: NodeId, node: &Node) -> Option<NodeId> {
         let (local, remote) = (node.local?, node.remote?);
         let clients = self.clients_by_tuple.get(&(remote, local))?;
-        if let Some(client) = clients.iter().find(|client| client.1 == id.1) {
+        // Newest first: on a busy keep-alive connection the match is among the last ones.
+        if let Some(client) = clients.iter().rev().find(|client| client.1 == id.1) {
             return Some(*client);
         }
         // Sequence numbers differ when one side was seen mid-connection: fall back to the

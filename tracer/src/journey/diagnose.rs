@@ -88,16 +88,28 @@ pub fn diagnose(
             detail: step.error.clone().unwrap_or_default(),
         });
     }
-    // 3. Stuck: the last service that saw it, at its last step.
+    // 3. Stuck: where the order stopped moving. Since it entered its status, the last
+    // system that took it off a queue (a consumer), else the last that served a request
+    // about it, else whoever saw it last: callers asking about an order (a price
+    // request, a status page) do not hold it.
     let limit = stuck_limit(order, config, now_ns)?;
     let (status, dwell) = order.dwell_ns(now_ns)?;
-    let last = observed()
-        .filter(|s| s.service == order.last_service)
-        .max_by_key(|s| s.end_ns);
+    let entered = order.status().map_or(0, |c| c.at_ns);
+    let since: Vec<&Step> = observed().filter(|s| s.end_ns >= entered).collect();
+    let last_of = |kind: &str| {
+        since
+            .iter()
+            .filter(|s| s.kind == kind)
+            .max_by_key(|s| s.end_ns)
+            .copied()
+    };
+    let holder = last_of("consumer")
+        .or_else(|| last_of("server"))
+        .or_else(|| since.iter().max_by_key(|s| s.end_ns).copied());
     Some(Diagnosis {
         problem: Problem::Stuck,
-        service: order.last_service.clone(),
-        operation: last.map(|s| s.operation.clone()).unwrap_or_default(),
+        service: holder.map_or_else(|| order.last_service.clone(), |s| s.service.clone()),
+        operation: holder.map(|s| s.operation.clone()).unwrap_or_default(),
         detail: format!(
             "in {status} for {} (limit {}), nothing since",
             human(dwell),
@@ -259,7 +271,26 @@ mod tests {
             (Problem::Failed, "shop-api", "UPDATE orders")
         );
 
-        let steps = [step("mes", "deliver mes.orders", "consumer", 2, 0.01, None)];
+        let steps = [
+            step("mes", "deliver mes.orders", "consumer", 2, 0.01, None),
+            // A price request about the order, answered later: not where it is stuck.
+            step(
+                "b2b-api",
+                "POST /b2b/{order_id}/calculate",
+                "server",
+                2,
+                0.3,
+                None,
+            ),
+            step(
+                "customers",
+                "POST /b2b/{order_id}/calculate",
+                "client",
+                2,
+                0.31,
+                None,
+            ),
+        ];
         let order = order("mes", "SUBMITTED", 1);
         assert_eq!(
             diagnose(&order, &steps, &config(), 5 * S),

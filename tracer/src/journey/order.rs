@@ -124,8 +124,10 @@ impl Order {
             }
             self.stuck_status = None;
         } else if self.history[position].status == status {
-            // The same status was already known from a later span: it started earlier.
+            // The same status was already known from a later span: it started earlier, and
+            // this span's service is the one that saw it first.
             self.history[position].at_ns = at;
+            self.history[position].service = span.service.clone();
             return applied;
         }
         self.history.insert(position, change);
@@ -198,5 +200,12 @@ mod tests {
         assert_eq!(order.last_service, "crm");
         assert_eq!(order.first_seen_ns, 10 * S - 1);
         assert_eq!(order.dwell_ns(26 * S), Some(("SUBMITTED", 6 * S)));
+        // The same status seen earlier by another service: that service set it.
+        order.apply(&span("mes", 19, false), Some("SUBMITTED"), "SHIPPED");
+        let submitted = order.status().unwrap();
+        assert_eq!(
+            (submitted.at_ns, submitted.service.as_str()),
+            (19 * S, "mes")
+        );
     }
 }

@@ -9,6 +9,7 @@ pub mod correlate;
 pub mod export;
 pub mod extract;
 pub mod journey;
+pub mod listen;
 pub mod metrics;
 pub mod privacy;
 pub mod protocols;

@@ -202,3 +202,36 @@ pub fn postgres(dir: &Path) -> anyhow::Result<Postgres> {
     wait_for_port(port, "PostgreSQL", Duration::from_secs(30))?;
     Ok(Postgres { port, data })
 }
+
+/// Every span in an OTLP/JSON lines file (tracer's `--export file:`), unparsable lines
+/// skipped.
+pub fn otlp_file_spans(path: &Path) -> Vec<serde_json::Value> {
+    let mut spans = Vec::new();
+    for line in fs::read_to_string(path).unwrap_or_default().lines() {
+        let Ok(mut batch) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        for resource in batch["resourceSpans"].as_array_mut().into_iter().flatten() {
+            for scope in resource["scopeSpans"].as_array_mut().into_iter().flatten() {
+                if let Some(found) = scope["spans"].as_array_mut() {
+                    spans.append(found);
+                }
+            }
+        }
+    }
+    spans
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn spans_of_an_otlp_json_file() {
+        let path = std::env::temp_dir().join(format!("xtask-otlp-{}.jsonl", std::process::id()));
+        let batch = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"a","kind":2},{"traceId":"b","kind":3}]}]},{"scopeSpans":[{"spans":[{"traceId":"c"}]}]}]}"#;
+        std::fs::write(&path, format!("{batch}\nnot json\n{batch}\n")).unwrap();
+        let spans = super::otlp_file_spans(&path);
+        let _ = std::fs::remove_file(&path);
+        let traces: Vec<&str> = spans.iter().filter_map(|s| s["traceId"].as_str()).collect();
+        assert_eq!(traces, ["a", "b", "c", "a", "b", "c"]);
+    }
+}

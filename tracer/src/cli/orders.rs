@@ -111,7 +111,7 @@ pub fn run(args: OrdersArgs) -> anyhow::Result<()> {
             orders.truncate(limit);
             let mut diagnosed = Vec::with_capacity(orders.len());
             for order in orders {
-                let steps = store.order(&order.id)?.map(|(_, s)| s).unwrap_or_default();
+                let steps = store.steps(&order.id)?;
                 let diagnosis = diagnose(&order, &steps, &config.journey, now);
                 diagnosed.push((order, diagnosis));
             }

@@ -4,10 +4,8 @@
 //! retry (gRPC UNAVAILABLE, HTTP 503) rather than losing the span here.
 use std::{convert::Infallible, net::SocketAddr};
 
-use anyhow::Context;
 use http_body_util::{BodyExt, Full};
-use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::{body::Bytes, Request, Response};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     trace_service_server::{TraceService, TraceServiceServer},
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -15,6 +13,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use prost::Message;
 
 use super::{JourneyHandle, JourneySpan};
+use crate::listen::{bind, serve_http1};
 
 /// Offers every span of `request`; false when some could not be queued.
 fn take(request: &ExportTraceServiceRequest, journey: &JourneyHandle) -> bool {
@@ -51,13 +50,6 @@ impl TraceService for Grpc {
     }
 }
 
-fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("cannot listen for OTLP/{what} on {addr}"))?;
-    listener.set_nonblocking(true)?;
-    Ok(tokio::net::TcpListener::from_std(listener)?)
-}
-
 /// Starts listening (errors now, if a port is taken); serves on the current runtime.
 /// Returns the bound addresses.
 pub fn serve(
@@ -69,7 +61,7 @@ pub fn serve(
     let _guard = runtime.enter();
     let mut bound = Vec::new();
     if let Some(addr) = grpc {
-        let listener = bind(addr, "gRPC")?;
+        let listener = bind(addr, "OTLP/gRPC")?;
         bound.push(("grpc", listener.local_addr()?));
         let service = TraceServiceServer::new(Grpc(journey.clone()));
         runtime.spawn(async move {
@@ -84,22 +76,10 @@ pub fn serve(
         });
     }
     if let Some(addr) = http {
-        let listener = bind(addr, "HTTP")?;
+        let listener = bind(addr, "OTLP/HTTP")?;
         bound.push(("http", listener.local_addr()?));
-        runtime.spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let journey = journey.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| handle_http(request, journey.clone()));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let handle = move |request| handle_http(request, journey.clone());
+        serve_http1(listener, handle, runtime);
     }
     Ok(bound)
 }

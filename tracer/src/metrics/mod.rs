@@ -13,10 +13,8 @@ use std::{
 };
 
 pub use agent::AgentMetrics;
-use anyhow::Context;
 use http_body_util::Full;
-use hyper::{body::Bytes, server::conn::http1, service::service_fn, Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::{body::Bytes, Request, Response};
 use prometheus_client::registry::Registry;
 
 /// A main loop silent this long is reported unhealthy.
@@ -75,30 +73,14 @@ pub fn serve(
     health: Arc<Health>,
     runtime: &tokio::runtime::Handle,
 ) -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("cannot listen for /metrics on {addr}"))?;
-    listener.set_nonblocking(true)?;
-    let bound = listener.local_addr()?;
     let _guard = runtime.enter();
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    runtime.spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let registry = registry.clone();
-            let health = health.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let response = respond(request.uri().path(), &registry, &health);
-                    async move { Ok::<_, Infallible>(response) }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let listener = crate::listen::bind(addr, "/metrics")?;
+    let bound = listener.local_addr()?;
+    let handle = move |request: Request<hyper::body::Incoming>| {
+        let response = respond(request.uri().path(), &registry, &health);
+        async move { Ok::<_, Infallible>(response) }
+    };
+    crate::listen::serve_http1(listener, handle, runtime);
     Ok(bound)
 }
 

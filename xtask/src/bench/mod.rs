@@ -90,30 +90,21 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// HTTP server spans per path prefix in an OTLP/JSON file.
 fn server_spans(file: &Path, prefix: &str) -> u64 {
-    let mut count = 0;
-    for line in fs::read_to_string(file).unwrap_or_default().lines() {
-        let Ok(batch) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        for resource in batch["resourceSpans"].as_array().into_iter().flatten() {
-            for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
-                for span in scope["spans"].as_array().into_iter().flatten() {
-                    let server = span["kind"] == 2
-                        || span["kind"].as_str().is_some_and(|k| k.contains("SERVER"));
-                    let path = span["attributes"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .find(|a| a["key"] == "url.path")
-                        .and_then(|a| a["value"]["stringValue"].as_str());
-                    if server && path.is_some_and(|p| p.starts_with(prefix)) {
-                        count += 1;
-                    }
-                }
-            }
-        }
-    }
-    count
+    let server_on = |span: &Value| {
+        let server =
+            span["kind"] == 2 || span["kind"].as_str().is_some_and(|k| k.contains("SERVER"));
+        let path = span["attributes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["key"] == "url.path")
+            .and_then(|a| a["value"]["stringValue"].as_str());
+        server && path.is_some_and(|p| p.starts_with(prefix))
+    };
+    infra::otlp_file_spans(file)
+        .iter()
+        .filter(|s| server_on(s))
+        .count() as u64
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {

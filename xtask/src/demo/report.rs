@@ -104,18 +104,9 @@ pub fn wait_until_settled(
 
 fn spans_per_trace(path: &Path) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
-    for line in fs::read_to_string(path).unwrap_or_default().lines() {
-        let Ok(batch) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        for resource in batch["resourceSpans"].as_array().into_iter().flatten() {
-            for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
-                for span in scope["spans"].as_array().into_iter().flatten() {
-                    if let Some(trace) = span["traceId"].as_str() {
-                        *counts.entry(trace.to_lowercase()).or_default() += 1;
-                    }
-                }
-            }
+    for span in crate::infra::otlp_file_spans(path) {
+        if let Some(trace) = span["traceId"].as_str() {
+            *counts.entry(trace.to_lowercase()).or_default() += 1;
         }
     }
     counts

@@ -213,33 +213,15 @@ impl Store {
                 continue;
             };
             let Some(&i) = index.get(&id) else { continue };
-            let history = &mut orders[i].history;
-            if history.last().is_some_and(|c| c.status == status) {
-                continue;
-            }
-            history.push(StatusChange {
-                status,
-                at_ns: row[2].int(),
-                service: row[3].text().unwrap_or_default(),
-            });
+            let service = row[3].text().unwrap_or_default();
+            push_status(&mut orders[i].history, status, row[2].int(), service);
         }
         Ok(orders)
     }
 
-    /// One order and its timeline (steps in time order).
+    /// One order and its timeline (steps in time order); its history and services come
+    /// from those steps.
     pub fn order(&mut self, id: &str) -> anyhow::Result<Option<(Order, Vec<Step>)>> {
-        let Some(order) = self.load_one(id)? else {
-            return Ok(None);
-        };
-        let rows = self.db.query(
-            &format!("SELECT {STEP_COLUMNS} FROM journey_steps WHERE order_id = ?1 ORDER BY start_ns, end_ns"),
-            &[id.into()],
-        )?;
-        let steps = rows.iter().map(|row| step_from_row(row)).collect();
-        Ok(Some((order, steps)))
-    }
-
-    fn load_one(&mut self, id: &str) -> anyhow::Result<Option<Order>> {
         let rows = self.db.query(
             &format!("SELECT {ORDER_COLUMNS} FROM journey_orders WHERE order_id = ?1"),
             &[id.into()],
@@ -248,29 +230,34 @@ impl Store {
             return Ok(None);
         };
         let mut order = order_from_row(row);
-        let services = self.db.query(
-            "SELECT DISTINCT service FROM journey_steps WHERE order_id = ?1 AND synthesized = 0",
-            &[id.into()],
-        )?;
-        order.services = services.iter().filter_map(|row| row[0].text()).collect();
-        let statuses = self.db.query(
-            "SELECT status, status_at_ns, service FROM journey_steps WHERE order_id = ?1 AND status IS NOT NULL ORDER BY status_at_ns",
-            &[id.into()],
-        )?;
-        for row in statuses {
-            let Some(status) = row[0].text() else {
-                continue;
-            };
-            if order.history.last().is_some_and(|c| c.status == status) {
-                continue;
-            }
-            order.history.push(StatusChange {
+        let steps = self.steps(id)?;
+        let mut changes: Vec<&Step> = steps.iter().filter(|s| s.status.is_some()).collect();
+        changes.sort_by_key(|s| s.status_at_ns);
+        for step in changes {
+            let status = step.status.clone().unwrap_or_default();
+            push_status(
+                &mut order.history,
                 status,
-                at_ns: row[1].int(),
-                service: row[2].text().unwrap_or_default(),
-            });
+                step.status_at_ns,
+                step.service.clone(),
+            );
         }
-        Ok(Some(order))
+        order.services = steps
+            .iter()
+            .filter(|s| !s.synthesized)
+            .map(|s| s.service.clone())
+            .collect();
+        order.steps = steps.len() as i64;
+        Ok(Some((order, steps)))
+    }
+
+    /// An order's timeline, in time order.
+    pub fn steps(&mut self, id: &str) -> anyhow::Result<Vec<Step>> {
+        let rows = self.db.query(
+            &format!("SELECT {STEP_COLUMNS} FROM journey_steps WHERE order_id = ?1 ORDER BY start_ns, end_ns"),
+            &[id.into()],
+        )?;
+        Ok(rows.iter().map(|row| step_from_row(row)).collect())
     }
 
     /// Writes orders and new steps in one transaction (steps already stored are kept).
@@ -338,6 +325,17 @@ impl Store {
         )?;
         self.db.batch("COMMIT")?;
         Ok(removed)
+    }
+}
+
+/// Appends a status change unless the order is already in that status.
+fn push_status(history: &mut Vec<StatusChange>, status: String, at_ns: i64, service: String) {
+    if history.last().is_none_or(|c| c.status != status) {
+        history.push(StatusChange {
+            status,
+            at_ns,
+            service,
+        });
     }
 }
 

@@ -182,7 +182,7 @@ fn pipelining_chunked_large_upload_errors_and_garbage() {
     assert_eq!(curl(&[&b.url("/after-garbage")]), "200");
 
     let spans = receiver.wait_for(
-        "spans for every request",
+        "spans for every request and curl's CLIENT /fail",
         Duration::from_secs(20),
         |spans| {
             let servers: Vec<&str> = spans
@@ -201,6 +201,9 @@ fn pipelining_chunked_large_upload_errors_and_garbage() {
             ]
             .iter()
             .all(|p| servers.contains(p))
+                && spans
+                    .iter()
+                    .any(|s| s.kind == CLIENT && s.attr("url.path") == "/fail")
         },
     );
     let mut agent = agent;

@@ -21,6 +21,10 @@ pub const EVENT_CONN_OPEN: u32 = 2;
 pub const EVENT_CONN_CLOSE: u32 = 3;
 pub const EVENT_CONN_ADDR: u32 = 4;
 pub const EVENT_PROCESS_EXIT: u32 = 5;
+/// A process started a new program (`sched:sched_process_exec`): look for TLS libraries.
+pub const EVENT_PROCESS_EXEC: u32 = 6;
+/// A process returned from `dlopen`: it may have mapped a TLS library late.
+pub const EVENT_LIBRARY_LOADED: u32 = 7;
 
 /// Which end of the connection the traced process is.
 pub const ROLE_UNKNOWN: u32 = 0;
@@ -43,6 +47,10 @@ pub const SYS_WRITE: u32 = 4;
 pub const SYS_WRITEV: u32 = 5;
 pub const SYS_SENDTO: u32 = 6;
 pub const SYS_SENDMSG: u32 = 7;
+/// Plaintext returned by a TLS library's read function (uretprobe), not socket bytes.
+pub const SYS_TLS_READ: u32 = 8;
+/// Plaintext handed to a TLS library's write function.
+pub const SYS_TLS_WRITE: u32 = 9;
 /// Not a data syscall: stashed between enter and exit to learn a client's connection.
 pub const SYS_CONNECT: u32 = 100;
 /// A thread's stash slot with no syscall in progress (slots are reused, not deleted).
@@ -55,6 +63,8 @@ pub const CLOSE_NOT_TCP: u32 = 1;
 
 /// `ConnControl::flags`: stop copying payload; positions still advance.
 pub const CONTROL_NO_PAYLOAD: u32 = 1;
+/// `ConnControl::flags`: stop copying TLS plaintext; positions still advance.
+pub const CONTROL_NO_PLAINTEXT: u32 = 2;
 
 /// `CaptureConfig::mode`: trace every process except the agent.
 pub const SELECT_ALL: u32 = 0;
@@ -69,7 +79,12 @@ pub const COUNTER_CONN_TABLE_FULL: u32 = 3;
 pub const COUNTER_USER_READ_FAILED: u32 = 4;
 pub const COUNTER_DATA_RECORDS: u32 = 5;
 pub const COUNTER_GAP_RECORDS: u32 = 6;
-pub const COUNTERS: u32 = 7;
+/// TLS plaintext whose socket could not be identified (no syscall on the same thread,
+/// no matching encrypted record): dropped.
+pub const COUNTER_TLS_NO_SOCKET: u32 = 7;
+/// TLS read/write calls whose plaintext was copied.
+pub const COUNTER_TLS_CALLS: u32 = 8;
+pub const COUNTERS: u32 = 9;
 
 /// Names of the counters, in index order, for metrics and logs.
 pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
@@ -80,6 +95,8 @@ pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "user_read_failed",
     "data_records",
     "gap_records",
+    "tls_no_socket",
+    "tls_calls",
 ];
 
 /// A socket as the kernel side knows it: process and file descriptor.
@@ -112,6 +129,12 @@ pub struct ConnState {
     pub role: u32,
     /// 1 once the 4-tuple has been sent to userspace.
     pub addr_sent: u32,
+    /// 1 once a TLS library was seen using this socket: from then on its payload is
+    /// plaintext from the uprobes and the encrypted socket bytes are not copied.
+    pub tls: u32,
+    pub _pad: u32,
+    /// Next plaintext stream position per direction.
+    pub tls_position: [u64; 2],
 }
 
 /// Userspace's instructions for one connection (`CONN_CONTROL` map value).
@@ -144,6 +167,38 @@ pub struct SockTuple {
     pub _pad: u16,
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
+}
+
+/// A TLS read or write between its uprobe and its uretprobe (`TLS_CALLS` value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TlsCall {
+    /// The library's connection object (`SSL *`).
+    pub ssl: u64,
+    pub buf: u64,
+    /// For the `_ex` forms: where the library stores the byte count; else 0.
+    pub count_out: u64,
+    /// `DIR_EGRESS` for writes, `DIR_INGRESS` for reads.
+    pub direction: u32,
+    pub _pad: u32,
+}
+
+/// A TLS connection object within a process (`TLS_SOCKETS` key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TlsKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ssl: u64,
+}
+
+/// A socket as it was when learnt; stale once the fd's generation differs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockRef {
+    pub fd: u32,
+    pub _pad: u32,
+    pub generation: u64,
 }
 
 /// Arguments of a data syscall between its enter and exit (`ACTIVE_SYSCALLS` value).
@@ -246,6 +301,8 @@ mod pod {
     unsafe impl aya::Pod for ConnControl {}
     unsafe impl aya::Pod for CaptureConfig {}
     unsafe impl aya::Pod for SockTuple {}
+    unsafe impl aya::Pod for TlsKey {}
+    unsafe impl aya::Pod for SockRef {}
 }
 
 #[cfg(test)]
@@ -260,6 +317,9 @@ mod tests {
         assert_eq!(size_of::<DataEvent>(), 64);
         assert_eq!(size_of::<SockTuple>(), 40);
         assert_eq!(size_of::<ConnEvent>(), 32 + 8 + 40 + 16 + 16);
-        assert_eq!(size_of::<ConnState>(), 40);
+        assert_eq!(size_of::<ConnState>(), 64);
+        assert_eq!(size_of::<TlsCall>(), 32);
+        assert_eq!(size_of::<TlsKey>(), 16);
+        assert_eq!(size_of::<SockRef>(), 16);
     }
 }

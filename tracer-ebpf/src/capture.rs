@@ -19,7 +19,7 @@ use crate::{
     conn::check_socket,
     maps::{count, CONN_CONTROL, DATA_SCRATCH, EVENTS, SOCKETS, WANTS_SOCK},
     select::is_traced,
-    stash,
+    stash, tls,
 };
 
 const MSG_PEEK: u64 = 2;
@@ -91,6 +91,9 @@ pub fn try_exit_data(ctx: &TracePointContext, direction: u32) -> Result<u32, u32
     let dir = (direction & 1) as usize;
     let position = state.position[dir];
     state.position[dir] = position + ret as u64;
+    if tls::socket_carries_tls(id, key, state, &args) {
+        return Ok(0); // encrypted: its plaintext comes from the TLS uprobes
+    }
     let conn = ConnId {
         tgid: key.tgid,
         fd: key.fd,
@@ -159,7 +162,7 @@ fn init_cursor(cursor: *mut CopyCursor, args: &SyscallArgs, total: u64) -> bool 
 const MAX_STEPS: usize = MAX_IOVECS + MAX_RECORDS_PER_SYSCALL;
 
 #[inline(always)]
-fn emit_records(
+pub fn emit_records(
     args: &SyscallArgs,
     conn: ConnId,
     tid: u32,

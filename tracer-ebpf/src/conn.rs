@@ -112,6 +112,9 @@ fn open_connection(id: u64, fd: u32, role: u32, sk: u64, tuple: SockTuple) {
         position: [0, 0],
         role,
         addr_sent: (tuple.local_port != 0) as u32,
+        tls: 0,
+        _pad: 0,
+        tls_position: [0, 0],
     };
     if SOCKETS.insert(SockKey { tgid, fd }, state, 0).is_err() {
         count(COUNTER_CONN_TABLE_FULL);
@@ -135,8 +138,14 @@ pub fn try_enter_close(ctx: &TracePointContext) -> Result<u32, u32> {
     let Some(state) = SOCKETS.get_ptr(key) else {
         return Ok(0);
     };
-    let (generation, role, positions) =
-        unsafe { ((*state).generation, (*state).role, (*state).position) };
+    let state = unsafe { &*state };
+    // A TLS connection's stream, as userspace sees it, is its plaintext.
+    let positions = if state.tls != 0 {
+        state.tls_position
+    } else {
+        state.position
+    };
+    let (generation, role) = (state.generation, state.role);
     let _ = SOCKETS.remove(key);
     let conn = ConnId {
         tgid: key.tgid,
@@ -283,7 +292,15 @@ pub fn try_process_exit(ctx: &TracePointContext) -> Result<u32, u32> {
 }
 
 #[inline(always)]
-fn emit_conn(kind: u32, id: u64, now: u64, conn: ConnId, role: u32, reason: u32, tuple: SockTuple) {
+pub fn emit_conn(
+    kind: u32,
+    id: u64,
+    now: u64,
+    conn: ConnId,
+    role: u32,
+    reason: u32,
+    tuple: SockTuple,
+) {
     emit(kind, id, now, conn, role, reason, tuple, [0, 0]);
 }
 

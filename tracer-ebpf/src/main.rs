@@ -9,8 +9,13 @@ mod conn;
 mod maps;
 mod select;
 mod stash;
+mod targets;
+mod tls;
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{tracepoint, uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+};
 use tracer_common::{
     DIR_EGRESS, DIR_INGRESS, SYS_READ, SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG,
     SYS_SENDTO, SYS_WRITE, SYS_WRITEV,
@@ -51,6 +56,42 @@ shim!(enter_close, conn::try_enter_close);
 shim!(sock_set_state, conn::try_sock_set_state);
 shim!(sock_length, conn::try_sock_length);
 shim!(process_exit, conn::try_process_exit);
+shim!(process_exec, targets::try_process_exec);
+
+/// Uprobe entry points, one per calling convention of the hooked TLS functions.
+macro_rules! probe {
+    ($attr:ident, $ctx:ty, $name:ident, $body:expr) => {
+        #[$attr]
+        pub fn $name(ctx: $ctx) -> u32 {
+            match ($body)(&ctx) {
+                Ok(r) | Err(r) => r,
+            }
+        }
+    };
+}
+
+probe!(uprobe, ProbeContext, tls_read_enter, |ctx| tls::try_enter(
+    ctx,
+    DIR_INGRESS,
+    false
+));
+probe!(uprobe, ProbeContext, tls_read_ex_enter, |ctx| {
+    tls::try_enter(ctx, DIR_INGRESS, true)
+});
+probe!(uprobe, ProbeContext, tls_write_enter, |ctx| tls::try_enter(
+    ctx, DIR_EGRESS, false
+));
+probe!(uprobe, ProbeContext, tls_write_ex_enter, |ctx| {
+    tls::try_enter(ctx, DIR_EGRESS, true)
+});
+probe!(uretprobe, RetProbeContext, tls_return, tls::try_return);
+probe!(uprobe, ProbeContext, tls_shutdown, tls::try_shutdown);
+probe!(
+    uretprobe,
+    RetProbeContext,
+    library_loaded,
+    targets::try_library_loaded
+);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -4,7 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    CaptureConfig, ConnControl, ConnState, DataScratch, SockKey, SockTuple, SyscallArgs, COUNTERS,
+    CaptureConfig, ConnControl, ConnState, DataScratch, SockKey, SockRef, SockTuple, SyscallArgs,
+    TlsCall, TlsKey, COUNTERS,
 };
 
 /// Data records for userspace. Userspace resizes it at load time (`--ring-buffer-bytes`).
@@ -40,6 +41,21 @@ pub static SOCK_TUPLES: LruHashMap<u64, SockTuple> = LruHashMap::with_max_entrie
 /// Syscall arguments between enter and exit, by `pid_tgid` (see `stash.rs`).
 #[map]
 pub static ACTIVE_SYSCALLS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(32768, 0);
+
+/// TLS read/write calls between uprobe and uretprobe, by `pid_tgid`.
+#[map]
+pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// The socket under each TLS connection object, learnt from the syscall the library made
+/// on the same thread during a read/write (or from `LAST_TLS_SOCKET` for memory BIOs).
+#[map]
+pub static TLS_SOCKETS: LruHashMap<TlsKey, SockRef> = LruHashMap::with_max_entries(65536, 0);
+
+/// Per thread (`pid_tgid`): the followed socket that last carried TLS records. Libraries
+/// that encrypt into memory (Node, .NET) read and write the socket outside their TLS
+/// calls; their plaintext belongs to the socket whose records the thread just moved.
+#[map]
+pub static LAST_TLS_SOCKET: LruHashMap<u64, SockRef> = LruHashMap::with_max_entries(16384, 0);
 
 /// One record-building area per CPU. A plain array indexed by CPU, because per-CPU
 /// values are limited to 32 KiB; userspace sizes it to the number of possible CPUs.

@@ -16,3 +16,4 @@ pub mod protocols;
 pub mod reassembly;
 pub mod sample;
 pub mod session;
+pub mod tls;

@@ -7,6 +7,7 @@ use crate::{
         KernelCapture, KernelClock, KernelEvent,
     },
     reassembly::{Limits, Reassembler, ReassemblyStats, StreamEvent},
+    tls::{TlsProbes, TlsStatus},
 };
 
 /// What a session hands to its consumer, in order.
@@ -33,6 +34,10 @@ pub struct SessionStats {
     pub decode_errors: u64,
     pub reassembly: ReassemblyStats,
     pub connections: usize,
+    /// Files whose TLS functions are hooked.
+    pub tls_libraries: Vec<TlsStatus>,
+    pub tls_processes: usize,
+    pub tls_attach_errors: u64,
 }
 
 pub struct CaptureSession {
@@ -43,6 +48,7 @@ pub struct CaptureSession {
     records_read: u64,
     decode_errors: u64,
     scratch: Vec<StreamEvent>,
+    tls: TlsProbes,
 }
 
 impl CaptureSession {
@@ -53,7 +59,10 @@ impl CaptureSession {
         limits: Limits,
         out: &mut Vec<SessionEvent>,
     ) -> Result<Self, CaptureError> {
-        let kernel = KernelCapture::start(options)?;
+        let mut kernel = KernelCapture::start(options)?;
+        let tls = TlsProbes::start(&mut kernel, options.tls.clone(), |pid| {
+            wanted(options, pid)
+        });
         let mut session = Self {
             kernel,
             conns: Connections::new(),
@@ -62,6 +71,7 @@ impl CaptureSession {
             records_read: 0,
             decode_errors: 0,
             scratch: Vec::new(),
+            tls,
         };
         session.seed_existing(options, out)?;
         Ok(session)
@@ -72,15 +82,7 @@ impl CaptureSession {
         options: &CaptureOptions,
         out: &mut Vec<SessionEvent>,
     ) -> Result<(), CaptureError> {
-        let own = std::process::id();
-        let wanted = |pid: u32| {
-            pid != own
-                && match &options.selection {
-                    capture::Selection::All => true,
-                    capture::Selection::Pids(pids) => pids.contains(&pid),
-                }
-        };
-        for existing in procfs::existing_connections(wanted) {
+        for existing in procfs::existing_connections(|pid| wanted(options, pid)) {
             if let Some(conn) = self.kernel.seed(&existing)? {
                 let connection = self.conns.seed(conn, &existing);
                 let change = ConnChange::Addresses {
@@ -126,6 +128,7 @@ impl CaptureSession {
                 }
             }
         }
+        self.tls.tick(&mut self.kernel);
         self.clock.refresh();
         self.reassembler
             .expire(capture::monotonic_now(), &mut self.scratch);
@@ -136,7 +139,19 @@ impl CaptureSession {
     fn handle(&mut self, event: KernelEvent, out: &mut Vec<SessionEvent>) {
         match event {
             KernelEvent::Data(record) => {
-                self.conns.for_data(record.conn);
+                let conn = self.conns.for_data(record.conn);
+                if record.is_tls() && !conn.tls {
+                    // What came before was the encrypted handshake: start over.
+                    self.reassembler.restart(record.conn);
+                    let change = ConnChange::TlsPlaintext;
+                    let connection = self.conns.apply(record.conn, &change, "");
+                    out.push(SessionEvent::Conn {
+                        conn: connection,
+                        change,
+                        ktime_ns: record.ktime_ns,
+                        seeded: false,
+                    });
+                }
                 self.reassembler.push(record, &mut self.scratch);
                 self.flush_stream_events(out);
             }
@@ -163,7 +178,12 @@ impl CaptureSession {
                     seeded: false,
                 });
             }
+            KernelEvent::ProcessExec { tgid } => self.tls.process_exec(&mut self.kernel, tgid),
+            KernelEvent::LibraryLoaded { tgid } => {
+                self.tls.library_loaded(&mut self.kernel, tgid)
+            }
             KernelEvent::ProcessExit { tgid } => {
+                self.tls.process_exit(tgid);
                 for connection in self.conns.process_exited(tgid) {
                     self.kernel.forget(connection.id);
                     self.reassembler
@@ -203,7 +223,8 @@ impl CaptureSession {
     /// Stops payload copying for a connection nobody wants (filtered out, or a protocol
     /// we do not parse); stream positions keep counting in the kernel.
     pub fn ignore_payload(&mut self, conn: tracer_common::ConnId) {
-        if let Err(error) = self.kernel.set_payload_capture(conn, false) {
+        let tls = self.conns.get(&conn).is_some_and(|c| c.tls);
+        if let Err(error) = self.kernel.set_payload_capture(conn, false, tls) {
             tracing::warn!(%error, "could not turn payload capture off");
         }
     }
@@ -216,10 +237,22 @@ impl CaptureSession {
             decode_errors: self.decode_errors,
             reassembly: self.reassembler.stats(),
             connections: self.conns.len(),
+            tls_libraries: self.tls.status(),
+            tls_processes: self.tls.covered_processes(),
+            tls_attach_errors: self.tls.attach_errors,
         }
     }
 
     pub fn missing_optional_tracepoints(&self) -> &[String] {
         &self.kernel.missing_optional
     }
+}
+
+/// Whether a process is followed: the selection, never the agent itself.
+fn wanted(options: &CaptureOptions, pid: u32) -> bool {
+    pid != std::process::id()
+        && match &options.selection {
+            capture::Selection::All => true,
+            capture::Selection::Pids(pids) => pids.contains(&pid),
+        }
 }

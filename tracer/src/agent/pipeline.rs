@@ -38,6 +38,9 @@ enum ConnProtocol {
 pub struct PipelineStats {
     pub connections_by_protocol: BTreeMap<&'static str, u64>,
     pub connections_unrecognised: u64,
+    /// Connections whose bytes were TLS records (their plaintext, if hooked, is counted
+    /// under its own protocol).
+    pub connections_encrypted: u64,
     pub exchanges: BTreeMap<&'static str, u64>,
     /// Bytes skipped as unparseable, by protocol (closed connections only).
     pub parse_skipped_bytes: BTreeMap<&'static str, u64>,
@@ -142,6 +145,14 @@ impl Pipeline {
                     self.hand_over(&conn, protocol, now_ns);
                 }
             }
+            SessionEvent::Conn {
+                conn,
+                change: ConnChange::TlsPlaintext,
+                ..
+            } => {
+                // The encrypted bytes are done with; the plaintext is sniffed afresh.
+                self.conns.remove(&conn.id);
+            }
             SessionEvent::Conn { .. } => {}
             SessionEvent::Stream {
                 conn,
@@ -222,6 +233,14 @@ impl Pipeline {
                 *mid_stream = true;
             }
             sniffed.extend_from_slice(&bytes[..bytes.len().min(MAX_SNIFF)]);
+            if !conn.tls && protocols::is_tls_record(sniffed) {
+                // Encrypted: its plaintext arrives from the TLS uprobes (when its library
+                // is hooked); the encrypted bytes are not worth copying.
+                self.stats.connections_encrypted += 1;
+                *state = ConnProtocol::Ignored;
+                requests.push(Request::IgnorePayload(conn.id));
+                return;
+            }
             match protocols::infer(sniffed, direction, *mid_stream) {
                 Ok(protocol) => {
                     let mut session =

@@ -17,6 +17,8 @@ pub struct Connection {
     pub process: Arc<ProcessInfo>,
     /// Found in `/proc` at start-up: its streams may begin mid-message.
     pub seeded: bool,
+    /// Its stream is TLS plaintext from the library's uprobes.
+    pub tls: bool,
     /// True once we asked `/proc` for missing addresses, so we ask at most once.
     proc_lookup_done: bool,
 }
@@ -37,6 +39,7 @@ impl Connection {
             remote,
             process,
             seeded: false,
+            tls: false,
             proc_lookup_done: true,
         }
     }
@@ -74,6 +77,11 @@ impl Connections {
                 let entry = self.entry(conn);
                 entry.local = Some(*local);
                 entry.remote = Some(*remote);
+                entry.clone()
+            }
+            ConnChange::TlsPlaintext => {
+                let entry = self.entry(conn);
+                entry.tls = true;
                 entry.clone()
             }
             ConnChange::Close { .. } => {
@@ -170,6 +178,7 @@ impl Connections {
                     remote: None,
                     process,
                     seeded: false,
+                    tls: false,
                     proc_lookup_done: false,
                 },
             );

@@ -8,8 +8,8 @@ use serde::Serialize;
 use thiserror::Error;
 use tracer_common::{
     ConnEvent, ConnId, DataEvent, EventHeader, SockTuple, CLOSE_NOT_TCP, DIR_EGRESS,
-    EVENT_CONN_ADDR, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_DATA, EVENT_PROCESS_EXIT,
-    ROLE_CLIENT, ROLE_SERVER,
+    EVENT_CONN_ADDR, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_DATA, EVENT_LIBRARY_LOADED,
+    EVENT_PROCESS_EXEC, EVENT_PROCESS_EXIT, ROLE_CLIENT, ROLE_SERVER, SYS_TLS_READ, SYS_TLS_WRITE,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -68,6 +68,13 @@ pub struct DataRecord {
     pub payload: Vec<u8>,
 }
 
+impl DataRecord {
+    /// Plaintext from a TLS library's uprobes rather than bytes of the socket.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.syscall, SYS_TLS_READ | SYS_TLS_WRITE)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConnChange {
     Open {
@@ -85,6 +92,9 @@ pub enum ConnChange {
         not_tcp: bool,
         final_positions: Option<[u64; 2]>,
     },
+    /// The connection turned out to carry TLS: its stream starts over with the plaintext
+    /// from the TLS library, and the encrypted bytes seen so far are dropped.
+    TlsPlaintext,
 }
 
 #[derive(Clone, Debug)]
@@ -98,6 +108,14 @@ pub enum KernelEvent {
         comm: String,
     },
     ProcessExit {
+        tgid: u32,
+    },
+    /// A process started a new program.
+    ProcessExec {
+        tgid: u32,
+    },
+    /// A process returned from `dlopen`.
+    LibraryLoaded {
         tgid: u32,
     },
 }
@@ -173,6 +191,12 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             })
         }
         EVENT_PROCESS_EXIT => Ok(KernelEvent::ProcessExit {
+            tgid: header.conn.tgid,
+        }),
+        EVENT_PROCESS_EXEC => Ok(KernelEvent::ProcessExec {
+            tgid: header.conn.tgid,
+        }),
+        EVENT_LIBRARY_LOADED => Ok(KernelEvent::LibraryLoaded {
             tgid: header.conn.tgid,
         }),
         other => Err(DecodeError::UnknownKind(other)),

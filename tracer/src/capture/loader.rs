@@ -3,16 +3,17 @@ use std::{io, path::Path};
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{uprobe::UProbeScope, ProgramError, TracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
 use thiserror::Error;
 use tracer_common::{
-    CaptureConfig, ConnControl, ConnId, ConnState, SockKey, CONTROL_NO_PAYLOAD, COUNTERS,
-    ROLE_CLIENT, ROLE_SERVER, SELECT_ALL, SELECT_LISTED,
+    CaptureConfig, ConnControl, ConnId, ConnState, SockKey, CONTROL_NO_PAYLOAD,
+    CONTROL_NO_PLAINTEXT, COUNTERS, ROLE_CLIENT, ROLE_SERVER, SELECT_ALL, SELECT_LISTED,
 };
 
 use super::{clock::monotonic_ns, procfs::ExistingConnection, Role};
+use crate::tls::TlsOptions;
 
 /// The compiled kernel programs (empty when built with `TRACER_EBPF_STUB=1`).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -36,6 +37,7 @@ pub struct CaptureOptions {
     /// Ring buffer size; a power of two, at least one page.
     pub ring_buffer_bytes: u32,
     pub selection: Selection,
+    pub tls: TlsOptions,
 }
 
 impl Default for CaptureOptions {
@@ -43,6 +45,7 @@ impl Default for CaptureOptions {
         Self {
             ring_buffer_bytes: 32 * 1024 * 1024,
             selection: Selection::All,
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -127,6 +130,7 @@ const ATTACHMENTS: &[Attachment] = &[
     syscall("enter_close", &[("syscalls", "sys_enter_close")]),
     syscall("sock_set_state", &[("sock", "inet_sock_set_state")]),
     syscall("process_exit", &[("sched", "sched_process_exit")]),
+    syscall("process_exec", &[("sched", "sched_process_exec")]),
     // Linux ≥ 6.3. Without them, accepted sockets get their 4-tuple from /proc instead.
     Attachment {
         program: "sock_length",
@@ -164,6 +168,13 @@ impl KernelCapture {
         let mut missing_optional = Vec::new();
         for attachment in ATTACHMENTS {
             attach(&mut ebpf, attachment, &mut missing_optional)?;
+        }
+        if options.tls.enabled {
+            for program in UPROBE_PROGRAMS {
+                uprobe(&mut ebpf, program)?
+                    .load()
+                    .map_err(|e| refused(program, e))?;
+            }
         }
         let conn_events = take_ring(&mut ebpf, "CONN_EVENTS")?;
         let data_events = take_ring(&mut ebpf, "EVENTS")?;
@@ -211,6 +222,9 @@ impl KernelCapture {
             position: [0, 0],
             role,
             addr_sent: 1,
+            tls: 0,
+            _pad: 0,
+            tls_position: [0, 0],
         };
         let mut sockets = self.hash_map::<SockKey, ConnState>("SOCKETS")?;
         match sockets.insert(key, state, BPF_NOEXIST) {
@@ -224,7 +238,13 @@ impl KernelCapture {
     }
 
     /// Turns payload copying for one connection off (or back on); positions keep counting.
-    pub fn set_payload_capture(&mut self, conn: ConnId, enabled: bool) -> Result<(), CaptureError> {
+    /// `tls`: the plaintext from TLS uprobes too, not only the socket's own bytes.
+    pub fn set_payload_capture(
+        &mut self,
+        conn: ConnId,
+        enabled: bool,
+        tls: bool,
+    ) -> Result<(), CaptureError> {
         let key = SockKey {
             tgid: conn.tgid,
             fd: conn.fd,
@@ -233,9 +253,14 @@ impl KernelCapture {
         let result = if enabled {
             control.remove(&key)
         } else {
+            let flags = if tls {
+                CONTROL_NO_PAYLOAD | CONTROL_NO_PLAINTEXT
+            } else {
+                CONTROL_NO_PAYLOAD
+            };
             let value = ConnControl {
                 generation: conn.generation,
-                flags: CONTROL_NO_PAYLOAD,
+                flags,
                 _pad: 0,
             };
             control.insert(key, value, 0)
@@ -262,6 +287,23 @@ impl KernelCapture {
         if let Ok(mut control) = self.hash_map::<SockKey, ConnControl>("CONN_CONTROL") {
             let _ = control.remove(&key);
         }
+    }
+
+    /// Attaches a uprobe program at a file offset, for every process mapping the file.
+    /// Detached when the agent exits (the links belong to the loaded programs).
+    pub fn attach_uprobe(
+        &mut self,
+        program: &str,
+        target: &Path,
+        offset: u64,
+    ) -> Result<(), CaptureError> {
+        uprobe(&mut self.ebpf, program)?
+            .attach(offset, target, UProbeScope::AllProcesses)
+            .map(|_| ())
+            .map_err(|e| CaptureError::Refused {
+                program: program.into(),
+                reason: format!("attaching to {} at {offset:#x}: {e}", target.display()),
+            })
     }
 
     /// Kernel-side counters summed over CPUs, in `tracer_common::COUNTER_NAMES` order.
@@ -291,6 +333,30 @@ impl KernelCapture {
             .ok_or(CaptureError::MissingMap(name))?;
         HashMap::try_from(map).map_err(|e| map_error(name, e))
     }
+}
+
+/// The uprobe programs, loaded at start and attached as TLS libraries are found.
+const UPROBE_PROGRAMS: &[&str] = &[
+    "tls_read_enter",
+    "tls_read_ex_enter",
+    "tls_write_enter",
+    "tls_write_ex_enter",
+    "tls_return",
+    "tls_shutdown",
+    "library_loaded",
+];
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, CaptureError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| CaptureError::Refused {
+            program: name.into(),
+            reason: "not in the eBPF object".into(),
+        })?
+        .try_into()
+        .map_err(|e: ProgramError| CaptureError::Refused {
+            program: name.into(),
+            reason: e.to_string(),
+        })
 }
 
 fn take_ring(ebpf: &mut Ebpf, name: &'static str) -> Result<RingBuf<MapData>, CaptureError> {

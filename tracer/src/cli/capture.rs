@@ -47,6 +47,9 @@ pub struct CaptureArgs {
     /// How often the ring buffer is read, in milliseconds.
     #[arg(long, default_value_t = 10)]
     poll_ms: u64,
+    /// Do not hook TLS libraries: encrypted connections show only their encrypted bytes.
+    #[arg(long)]
+    no_tls: bool,
 }
 
 pub fn run(args: CaptureArgs) -> anyhow::Result<()> {
@@ -57,6 +60,7 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<()> {
         } else {
             Selection::Pids(args.pids.clone())
         },
+        tls: crate::config::TlsConfig::default().options(args.no_tls),
     };
     let stop = StopSignal::install(args.duration.map(Duration::from_secs_f64))?;
     let mut events = Vec::new();
@@ -169,6 +173,7 @@ fn conn_record(change: &ConnChange, seeded: bool, time_unix_nano: u64) -> Value 
         ConnChange::Open { .. } => ("conn_open", json!({})),
         ConnChange::Addresses { .. } if seeded => ("conn_open", json!({ "seeded": true })),
         ConnChange::Addresses { .. } => ("conn_addr", json!({})),
+        ConnChange::TlsPlaintext => ("conn_tls", json!({})),
         ConnChange::Close { not_tcp, .. } => (
             "conn_close",
             json!({ "reason": if *not_tcp { "not_tcp" } else { "closed" } }),

@@ -82,6 +82,9 @@ pub struct RunArgs {
     /// Serve /metrics, /healthz and /readyz here (host:port, or none).
     #[arg(long, default_value = "127.0.0.1:9464")]
     metrics_listen: metrics::Listen,
+    /// Do not hook TLS libraries (default: tls.enabled from the config, else on).
+    #[arg(long)]
+    pub no_tls: bool,
     /// Test and drill aid: a file holding a duration ("26h") added to the journey clock.
     #[arg(long, hide = true)]
     clock_offset_file: Option<PathBuf>,
@@ -179,6 +182,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         } else {
             Selection::Pids(args.pids.clone())
         },
+        tls: config.tls.options(args.no_tls),
     };
     let mut events = Vec::new();
     let mut session = CaptureSession::start(&options, Limits::default(), &mut events)?;

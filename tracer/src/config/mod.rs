@@ -27,6 +27,40 @@ pub struct Config {
     pub sampling: SamplingConfig,
     #[serde(default)]
     pub journey: JourneyConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// Encrypted connections: plaintext from uprobes on TLS libraries.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Hook TLS libraries (OpenSSL `libssl`, Node, .NET, Mono BTLS) with uprobes.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// More file names to hook as OpenSSL (programs linking it statically under other
+    /// names); executables exporting `SSL_read`/`SSL_write` are found without this.
+    #[serde(default)]
+    pub extra_libraries: Vec<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            extra_libraries: Vec::new(),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The options for the capture side; `--no-tls` on the command line wins.
+    pub fn options(&self, no_tls: bool) -> crate::tls::TlsOptions {
+        crate::tls::TlsOptions {
+            enabled: self.enabled && !no_tls,
+            extra_libraries: self.extra_libraries.clone(),
+        }
+    }
 }
 
 /// Business attributes from exchanges.

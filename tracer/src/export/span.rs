@@ -49,6 +49,13 @@ pub fn to_span_data(span: ResolvedSpan, clock: &KernelClock) -> SpanData {
         attributes.push(KeyValue::new("network.local.port", i64::from(local.port())));
     }
     attributes.push(KeyValue::new("network.transport", "tcp"));
+    if exchange.protocol == "http" {
+        let scheme = if connection.tls { "https" } else { "http" };
+        attributes.push(KeyValue::new("url.scheme", scheme));
+    }
+    if connection.tls {
+        attributes.push(KeyValue::new("tls.established", true));
+    }
     attributes.extend(
         exchange
             .business

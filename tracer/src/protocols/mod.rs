@@ -106,3 +106,9 @@ pub fn infer(
     }
     Err(need_more)
 }
+
+/// Whether bytes start with a TLS record header: content type 20–23 (change_cipher_spec,
+/// alert, handshake, application_data) and version 3.0–3.4.
+pub fn is_tls_record(bytes: &[u8]) -> bool {
+    matches!(bytes, [20..=23, 3, 0..=4, ..])
+}

@@ -183,6 +183,14 @@ impl Reassembler {
     /// The connection ended: flush what is held (as gaps where bytes never came) and forget
     /// it. With the kernel's final positions (egress, ingress), bytes lost at the very end
     /// of a stream are reported as a gap too.
+    /// Drops a connection's streams without reporting anything: what came so far was
+    /// encrypted, and its plaintext starts a new stream at position 0.
+    pub fn restart(&mut self, conn: ConnId) {
+        for direction in [Direction::Egress, Direction::Ingress] {
+            self.streams.remove(&(conn, direction));
+        }
+    }
+
     pub fn close(
         &mut self,
         conn: ConnId,

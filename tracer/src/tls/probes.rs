@@ -1,0 +1,334 @@
+//! Which files are hooked, for which processes, and when to look again.
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use super::{
+    library::{self, Flavour},
+    maps::{self, FileKey, Mapping},
+};
+use crate::capture::KernelCapture;
+
+/// After an exec, the dynamic loader maps the program's libraries within milliseconds;
+/// look again at these delays (a `dlopen` later is caught by its own uretprobe).
+const RESCAN_AFTER_EXEC: [Duration; 3] = [
+    Duration::from_millis(20),
+    Duration::from_millis(250),
+    Duration::from_secs(2),
+];
+
+/// Host directories whose TLS libraries are hooked at start-up, so programs started later
+/// are covered from their first call.
+const HOST_LIBRARY_DIRS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+];
+
+#[derive(Clone, Debug)]
+pub struct TlsOptions {
+    pub enabled: bool,
+    /// Extra file names to treat as OpenSSL (statically linked programs whose symbols
+    /// are not exported under the usual names are not found otherwise).
+    pub extra_libraries: Vec<String>,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            extra_libraries: Vec::new(),
+        }
+    }
+}
+
+/// A hooked file, for logs, `/metrics` and `tracer capture`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TlsStatus {
+    pub path: PathBuf,
+    pub flavour: Flavour,
+    pub functions: Vec<&'static str>,
+    /// Live processes known to map it.
+    pub processes: usize,
+}
+
+struct Hooked {
+    path: PathBuf,
+    flavour: Flavour,
+    functions: Vec<&'static str>,
+    pids: BTreeSet<u32>,
+}
+
+pub struct TlsProbes {
+    options: TlsOptions,
+    own_pid: u32,
+    hooked: HashMap<FileKey, Hooked>,
+    /// Files looked at that hold nothing to hook (or failed): not looked at again.
+    passed_over: HashMap<FileKey, ()>,
+    pids: HashMap<u32, Vec<FileKey>>,
+    rescans: Vec<(Instant, u32)>,
+    pub attach_errors: u64,
+}
+
+impl TlsProbes {
+    /// Hooks the host's TLS libraries and those of every running process (`wanted`).
+    pub fn start(
+        kernel: &mut KernelCapture,
+        options: TlsOptions,
+        wanted: impl Fn(u32) -> bool,
+    ) -> Self {
+        let mut probes = Self {
+            options,
+            own_pid: std::process::id(),
+            hooked: HashMap::new(),
+            passed_over: HashMap::new(),
+            pids: HashMap::new(),
+            rescans: Vec::new(),
+            attach_errors: 0,
+        };
+        if !probes.options.enabled {
+            tracing::info!("tls: uprobes disabled; encrypted connections are not traced");
+            return probes;
+        }
+        probes.hook_host_libraries(kernel);
+        let pids: Vec<u32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .filter(|pid| wanted(*pid))
+            .collect();
+        for pid in pids {
+            probes.scan(kernel, pid);
+        }
+        let files: Vec<String> = probes
+            .status()
+            .iter()
+            .map(|s| format!("{} ({})", s.path.display(), s.flavour.name()))
+            .collect();
+        tracing::info!("tls: hooked {} files: {}", files.len(), files.join(", "));
+        probes
+    }
+
+    /// A process started a new program: look now and a few times while it loads.
+    pub fn process_exec(&mut self, kernel: &mut KernelCapture, pid: u32) {
+        if !self.options.enabled {
+            return;
+        }
+        self.pids.remove(&pid);
+        self.scan(kernel, pid);
+        let now = Instant::now();
+        self.rescans
+            .extend(RESCAN_AFTER_EXEC.iter().map(|delay| (now + *delay, pid)));
+    }
+
+    /// A process returned from `dlopen`.
+    pub fn library_loaded(&mut self, kernel: &mut KernelCapture, pid: u32) {
+        if self.options.enabled {
+            self.scan(kernel, pid);
+        }
+    }
+
+    pub fn process_exit(&mut self, pid: u32) {
+        for file in self.pids.remove(&pid).unwrap_or_default() {
+            if let Some(hooked) = self.hooked.get_mut(&file) {
+                hooked.pids.remove(&pid);
+            }
+        }
+        self.rescans.retain(|(_, p)| *p != pid);
+    }
+
+    /// Runs the rescans that are due.
+    pub fn tick(&mut self, kernel: &mut KernelCapture) {
+        if self.rescans.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<u32> = self
+            .rescans
+            .iter()
+            .filter(|(at, _)| *at <= now)
+            .map(|(_, pid)| *pid)
+            .collect();
+        self.rescans.retain(|(at, _)| *at > now);
+        for pid in due {
+            self.scan(kernel, pid);
+        }
+    }
+
+    pub fn status(&self) -> Vec<TlsStatus> {
+        let mut status: Vec<TlsStatus> = self
+            .hooked
+            .values()
+            .map(|h| TlsStatus {
+                path: h.path.clone(),
+                flavour: h.flavour,
+                functions: h.functions.clone(),
+                processes: h.pids.len(),
+            })
+            .collect();
+        status.sort_by(|a, b| a.path.cmp(&b.path));
+        status
+    }
+
+    /// Processes known to map a hooked TLS library (not the loader).
+    pub fn covered_processes(&self) -> usize {
+        self.pids
+            .iter()
+            .filter(|(_, files)| {
+                files.iter().any(|f| {
+                    self.hooked
+                        .get(f)
+                        .is_some_and(|h| h.flavour != Flavour::Loader)
+                })
+            })
+            .count()
+    }
+
+    fn hook_host_libraries(&mut self, kernel: &mut KernelCapture) {
+        for dir in HOST_LIBRARY_DIRS {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Some(flavour) = library::flavour_by_name(&path, &self.options.extra_libraries)
+                else {
+                    continue;
+                };
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    continue;
+                };
+                use std::os::unix::fs::MetadataExt;
+                let dev = meta.dev();
+                let file = (libc::major(dev), libc::minor(dev), meta.ino());
+                self.consider(kernel, file, &path, &path, flavour, None);
+            }
+        }
+    }
+
+    /// Reads a process's mappings and hooks what is new.
+    fn scan(&mut self, kernel: &mut KernelCapture, pid: u32) {
+        if pid == self.own_pid {
+            return;
+        }
+        let mappings = maps::executable_mappings(pid);
+        for Mapping { file, path } in &mappings {
+            if self.passed_over.contains_key(file) {
+                continue;
+            }
+            if let Some(hooked) = self.hooked.get_mut(file) {
+                let files = self.pids.entry(pid).or_default();
+                if !files.contains(file) {
+                    files.push(*file);
+                }
+                if hooked.pids.insert(pid) && hooked.flavour != Flavour::Loader {
+                    tracing::debug!(pid, comm = %comm(pid), "tls: process uses hooked {}", hooked.path.display());
+                }
+                continue;
+            }
+            // Through the process's root, so files inside containers are found.
+            let target = PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path));
+            let flavour = library::flavour_by_name(path, &self.options.extra_libraries).or_else(|| {
+                library::exports_openssl(&target).then_some(Flavour::OpenSsl)
+            });
+            match flavour {
+                Some(flavour) => {
+                    self.consider(kernel, *file, path, &target, flavour, Some(pid));
+                    if self.hooked.contains_key(file) {
+                        self.pids.entry(pid).or_default().push(*file);
+                    }
+                }
+                None => {
+                    self.passed_over.insert(*file, ());
+                }
+            }
+        }
+    }
+
+    /// Resolves and attaches a file's functions once.
+    fn consider(
+        &mut self,
+        kernel: &mut KernelCapture,
+        file: FileKey,
+        path: &Path,
+        target: &Path,
+        flavour: Flavour,
+        pid: Option<u32>,
+    ) {
+        if self.hooked.contains_key(&file) || self.passed_over.contains_key(&file) {
+            if let (Some(pid), Some(hooked)) = (pid, self.hooked.get_mut(&file)) {
+                hooked.pids.insert(pid);
+            }
+            return;
+        }
+        let functions = match library::resolve(target, flavour) {
+            Ok(functions) if !functions.is_empty() => functions,
+            Ok(_) => {
+                tracing::debug!("tls: {} has no {} functions to hook", path.display(), flavour.name());
+                self.passed_over.insert(file, ());
+                return;
+            }
+            Err(reason) => {
+                tracing::warn!("tls: cannot read {}: {reason}", path.display());
+                self.passed_over.insert(file, ());
+                return;
+            }
+        };
+        let mut attached = Vec::new();
+        for function in &functions {
+            let result = function
+                .program
+                .programs()
+                .iter()
+                .try_for_each(|program| kernel.attach_uprobe(program, target, function.offset));
+            match result {
+                Ok(()) => attached.push(function.symbol),
+                Err(error) => {
+                    self.attach_errors += 1;
+                    tracing::warn!("tls: cannot hook {} in {}: {error}", function.symbol, path.display());
+                }
+            }
+        }
+        if attached.is_empty() {
+            self.passed_over.insert(file, ());
+            return;
+        }
+        match pid {
+            Some(pid) if flavour != Flavour::Loader => tracing::info!(
+                pid,
+                comm = %comm(pid),
+                "tls: hooked {} ({}: {})",
+                path.display(),
+                flavour.name(),
+                attached.join(", ")
+            ),
+            _ => tracing::debug!(
+                "tls: hooked {} ({}: {})",
+                path.display(),
+                flavour.name(),
+                attached.join(", ")
+            ),
+        }
+        self.hooked.insert(
+            file,
+            Hooked {
+                path: path.to_owned(),
+                flavour,
+                functions: attached,
+                pids: pid.into_iter().collect(),
+            },
+        );
+    }
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_owned())
+        .unwrap_or_default()
+}

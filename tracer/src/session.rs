@@ -60,9 +60,7 @@ impl CaptureSession {
         out: &mut Vec<SessionEvent>,
     ) -> Result<Self, CaptureError> {
         let mut kernel = KernelCapture::start(options)?;
-        let tls = TlsProbes::start(&mut kernel, options.tls.clone(), |pid| {
-            wanted(options, pid)
-        });
+        let tls = TlsProbes::start(&mut kernel, options.tls.clone(), |pid| wanted(options, pid));
         let mut session = Self {
             kernel,
             conns: Connections::new(),
@@ -179,9 +177,7 @@ impl CaptureSession {
                 });
             }
             KernelEvent::ProcessExec { tgid } => self.tls.process_exec(&mut self.kernel, tgid),
-            KernelEvent::LibraryLoaded { tgid } => {
-                self.tls.library_loaded(&mut self.kernel, tgid)
-            }
+            KernelEvent::LibraryLoaded { tgid } => self.tls.library_loaded(&mut self.kernel, tgid),
             KernelEvent::ProcessExit { tgid } => {
                 self.tls.process_exit(tgid);
                 for connection in self.conns.process_exited(tgid) {
@@ -222,9 +218,9 @@ impl CaptureSession {
 
     /// Stops payload copying for a connection nobody wants (filtered out, or a protocol
     /// we do not parse); stream positions keep counting in the kernel.
-    pub fn ignore_payload(&mut self, conn: tracer_common::ConnId) {
-        let tls = self.conns.get(&conn).is_some_and(|c| c.tls);
-        if let Err(error) = self.kernel.set_payload_capture(conn, false, tls) {
+    /// `plaintext`: TLS plaintext too, not only the socket's own bytes.
+    pub fn ignore_payload(&mut self, conn: tracer_common::ConnId, plaintext: bool) {
+        if let Err(error) = self.kernel.set_payload_capture(conn, false, plaintext) {
             tracing::warn!(%error, "could not turn payload capture off");
         }
     }

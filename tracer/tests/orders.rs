@@ -8,7 +8,7 @@ use support::{
     agent::{curl, AgentRun, Service, PEERS},
     broker::broker,
     keys,
-    otlp::{ReceivedSpan, Receiver},
+    otlp::{everything, ReceivedSpan, Receiver},
 };
 
 const KEY: &str = "order-journey-test-key";
@@ -83,18 +83,6 @@ fn publish_order(order_prefix: &str) {
 }
 
 /// Everything a receiver saw, as one string, to search for leaks.
-fn everything(spans: &[ReceivedSpan]) -> String {
-    spans
-        .iter()
-        .map(|s| {
-            format!(
-                "{} {:?} {:?} {}\n",
-                s.name, s.attributes, s.resource, s.status_message
-            )
-        })
-        .collect()
-}
-
 /// The order's spans, from the HTTP service that created it (id in a JSON body), a second
 /// service that used it in a path, and a message carrying it to a third process.
 fn order_journey(

@@ -74,7 +74,9 @@ pub struct Pipeline {
 
 /// What the pipeline asks of the capture side.
 pub enum Request {
-    IgnorePayload(ConnId),
+    /// Stop copying a connection's socket bytes, and with `plaintext` its TLS plaintext
+    /// too (a connection may be dropped as encrypted noise before its plaintext begins).
+    IgnorePayload { conn: ConnId, plaintext: bool },
 }
 
 impl Pipeline {
@@ -117,7 +119,10 @@ impl Pipeline {
             self.stats.parser_panics += 1;
             self.exchanges.clear();
             self.conns.insert(conn, ConnProtocol::Ignored);
-            requests.push(Request::IgnorePayload(conn));
+            requests.push(Request::IgnorePayload {
+                conn,
+                plaintext: true,
+            });
             tracing::error!(
                 pid = conn.tgid,
                 fd = conn.fd,
@@ -238,7 +243,10 @@ impl Pipeline {
                 // is hooked); the encrypted bytes are not worth copying.
                 self.stats.connections_encrypted += 1;
                 *state = ConnProtocol::Ignored;
-                requests.push(Request::IgnorePayload(conn.id));
+                requests.push(Request::IgnorePayload {
+                    conn: conn.id,
+                    plaintext: false,
+                });
                 return;
             }
             match protocols::infer(sniffed, direction, *mid_stream) {
@@ -268,9 +276,19 @@ impl Pipeline {
                 }
                 Err(true) if sniffed.len() < MAX_SNIFF => {}
                 Err(_) => {
+                    tracing::debug!(
+                        pid = conn.id.tgid,
+                        fd = conn.id.fd,
+                        tls = conn.tls,
+                        first = %String::from_utf8_lossy(&sniffed[..sniffed.len().min(32)]).escape_debug(),
+                        "connection speaks no protocol we parse; its payload is no longer copied"
+                    );
                     self.stats.connections_unrecognised += 1;
                     *state = ConnProtocol::Ignored;
-                    requests.push(Request::IgnorePayload(conn.id));
+                    requests.push(Request::IgnorePayload {
+                        conn: conn.id,
+                        plaintext: conn.tls,
+                    });
                 }
             }
             return;

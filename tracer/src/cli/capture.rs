@@ -80,7 +80,7 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<()> {
     loop {
         for event in events.drain(..) {
             if let Some(ignored) = printer.print(&mut session, &filter, event)? {
-                session.ignore_payload(ignored);
+                session.ignore_payload(ignored, true);
             }
         }
         printer.out.flush()?;

@@ -224,7 +224,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         for request in requests.drain(..) {
             match request {
-                Request::IgnorePayload(conn) => session.ignore_payload(conn),
+                Request::IgnorePayload { conn, plaintext } => {
+                    session.ignore_payload(conn, plaintext)
+                }
             }
         }
         pipeline.tick(now, &session.clock);

@@ -33,6 +33,15 @@ pub struct AgentMetrics {
     spans_sampled_out: Counter,
     export_errors: Counter,
     connections: Gauge,
+    tls_calls: Counter,
+    tls_libraries: Family<Flavour, Gauge>,
+    tls_processes: Gauge,
+    tls_attach_errors: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Flavour {
+    pub flavour: String,
 }
 
 fn set(counter: &Counter, value: u64) {
@@ -98,6 +107,26 @@ impl AgentMetrics {
             "Connections followed now",
             m.connections.clone(),
         );
+        r.register(
+            "tracer_tls_calls",
+            "TLS library reads and writes whose plaintext was captured",
+            m.tls_calls.clone(),
+        );
+        r.register(
+            "tracer_tls_libraries",
+            "Files whose TLS functions are hooked with uprobes, by kind",
+            m.tls_libraries.clone(),
+        );
+        r.register(
+            "tracer_tls_processes",
+            "Running processes known to use a hooked TLS library",
+            m.tls_processes.clone(),
+        );
+        r.register(
+            "tracer_tls_attach_errors",
+            "TLS functions that could not be hooked (see the agent log)",
+            m.tls_attach_errors.clone(),
+        );
         m
     }
 
@@ -115,6 +144,11 @@ impl AgentMetrics {
                 "syscall_stash_full" => "syscall_table_full",
                 "conn_table_full" => "connection_table_full",
                 "user_read_failed" => "user_memory_unreadable",
+                "tls_no_socket" => "tls_socket_unknown",
+                "tls_calls" => {
+                    set(&self.tls_calls, *value);
+                    continue;
+                }
                 _ => continue,
             };
             set(&lost(reason), *value);
@@ -156,5 +190,17 @@ impl AgentMetrics {
         set(&self.parser_panics, pipeline.parser_panics);
         set(&self.export_errors, load(&export.export_errors));
         self.connections.set(capture.connections as i64);
+        let mut by_flavour = std::collections::BTreeMap::<&str, i64>::new();
+        for library in &capture.tls_libraries {
+            *by_flavour.entry(library.flavour.name()).or_default() += 1;
+        }
+        for (flavour, count) in by_flavour {
+            let flavour = Flavour {
+                flavour: flavour.to_owned(),
+            };
+            self.tls_libraries.get_or_create(&flavour).set(count);
+        }
+        self.tls_processes.set(capture.tls_processes as i64);
+        set(&self.tls_attach_errors, capture.tls_attach_errors);
     }
 }

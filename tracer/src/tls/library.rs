@@ -2,7 +2,7 @@
 //! addresses from the ELF symbol tables (`object`), turned into file offsets.
 use std::{fs::File, path::Path};
 
-use object::{read::ReadCache, Object, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSegment, ObjectSymbol};
 
 /// The kind of library, which decides the functions hooked and their calling convention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -76,8 +76,7 @@ impl Program {
     }
 }
 
-/// What a file's name says it may be. Other executables are checked for exported OpenSSL
-/// functions (statically linked OpenSSL, as in `node`).
+/// What a file's name says it may be (others may still export OpenSSL, see `resolve`).
 pub fn flavour_by_name(path: &Path, extra: &[String]) -> Option<Flavour> {
     let name = path.file_name()?.to_str()?;
     if name.starts_with("libssl.so") || extra.iter().any(|e| e == name) {
@@ -101,19 +100,39 @@ pub struct Function {
     pub offset: u64,
 }
 
-/// The functions of `flavour` that `path` defines, with file offsets. Only the parts of the
-/// file the symbol tables need are read (executables like `node` are ~100 MB).
-pub fn resolve(path: &Path, flavour: Flavour) -> Result<Vec<Function>, String> {
+/// The functions of `flavour` that `path` defines, with file offsets; for `None`, the
+/// OpenSSL functions if the file exports both `SSL_read` and `SSL_write` (statically
+/// linked OpenSSL, as in `node`), else nothing. The file is mapped, not read: executables
+/// like `node` are ~100 MB and only their symbol tables are touched, in one pass.
+pub fn resolve(path: &Path, flavour: Option<Flavour>) -> Result<(Flavour, Vec<Function>), String> {
     let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let cache = ReadCache::new(file);
-    let elf = object::File::parse(&cache).map_err(|e| format!("not an ELF file: {e}"))?;
+    let mapped = Mapped::new(&file).map_err(|e| format!("cannot map: {e}"))?;
+    let elf = object::File::parse(mapped.bytes()).map_err(|e| format!("not an ELF file: {e}"))?;
+    let hooks = flavour.unwrap_or(Flavour::OpenSsl).hooks();
+    let mut addresses: Vec<Option<u64>> = vec![None; hooks.len()];
+    let find = |symbols: object::SymbolIterator<'_, '_, &[u8]>, addresses: &mut [Option<u64>]| {
+        for symbol in symbols.filter(|s| s.is_definition()) {
+            let Ok(name) = symbol.name() else { continue };
+            if let Some(i) = hooks.iter().position(|(wanted, _)| *wanted == name) {
+                addresses[i].get_or_insert(symbol.address());
+            }
+        }
+    };
+    find(elf.dynamic_symbols(), &mut addresses);
+    if flavour.is_some() && addresses.iter().any(Option::is_none) {
+        find(elf.symbols(), &mut addresses); // unexported functions of a named library
+    }
+    let exported = |name: &str| {
+        hooks
+            .iter()
+            .zip(&addresses)
+            .any(|((symbol, _), address)| *symbol == name && address.is_some())
+    };
+    if flavour.is_none() && !(exported("SSL_read") && exported("SSL_write")) {
+        return Ok((Flavour::OpenSsl, Vec::new()));
+    }
     let mut found = Vec::new();
-    for &(symbol, program) in flavour.hooks() {
-        let address = elf
-            .dynamic_symbols()
-            .chain(elf.symbols())
-            .find(|s| s.is_definition() && s.name() == Ok(symbol))
-            .map(|s| s.address());
+    for (&(symbol, program), address) in hooks.iter().zip(addresses) {
         let Some(address) = address else { continue };
         let offset = elf.segments().find_map(|segment| {
             let start = segment.address();
@@ -128,25 +147,51 @@ pub fn resolve(path: &Path, flavour: Flavour) -> Result<Vec<Function>, String> {
             });
         }
     }
-    Ok(found)
+    Ok((flavour.unwrap_or(Flavour::OpenSsl), found))
 }
 
-/// True if an executable of unknown name exports OpenSSL's read and write functions.
-pub fn exports_openssl(path: &Path) -> bool {
-    let Ok(file) = File::open(path) else {
-        return false;
-    };
-    let cache = ReadCache::new(file);
-    let Ok(elf) = object::File::parse(&cache) else {
-        return false;
-    };
-    let mut wanted = ["SSL_read", "SSL_write"].map(|name| (name, false));
-    for symbol in elf.dynamic_symbols().filter(|s| s.is_definition()) {
-        for (name, seen) in wanted.iter_mut() {
-            *seen |= symbol.name() == Ok(*name);
+/// A read-only private mapping of a whole file.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    fn new(file: &File) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let len = file.metadata()?.len() as usize;
+        if len == 0 {
+            return Err(std::io::Error::other("empty file"));
         }
+        // SAFETY: a fresh read-only private mapping of an open file; unmapped on drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { ptr, len })
     }
-    wanted.iter().all(|(_, seen)| *seen)
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes and lives as long as `self`. (A file
+        // truncated while mapped would fault; TLS libraries in use are not truncated.)
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
 }
 
 #[cfg(test)]
@@ -176,22 +221,34 @@ mod tests {
 
     #[test]
     fn libssl_functions_resolve_to_offsets_inside_the_file() {
-        let libssl = ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/lib/x86_64-linux-gnu/libssl.so.3"]
-            .into_iter()
-            .map(Path::new)
-            .find(|p| p.exists())
-            .expect("libssl3 is installed by `cargo xtask setup` (Debian package libssl3)");
-        let functions = resolve(libssl, Flavour::OpenSsl).unwrap();
+        let libssl = [
+            "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+            "/lib/x86_64-linux-gnu/libssl.so.3",
+        ]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("libssl3 is installed by `cargo xtask setup` (Debian package libssl3)");
+        let (_, functions) = resolve(libssl, Some(Flavour::OpenSsl)).unwrap();
         let names: Vec<&str> = functions.iter().map(|f| f.symbol).collect();
         assert_eq!(
             names,
-            ["SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex", "SSL_shutdown"]
+            [
+                "SSL_read",
+                "SSL_read_ex",
+                "SSL_write",
+                "SSL_write_ex",
+                "SSL_shutdown"
+            ]
         );
         let size = std::fs::metadata(libssl).unwrap().len();
         assert!(functions.iter().all(|f| f.offset > 0 && f.offset < size));
         // A function's first bytes at that offset are code (endbr64 on CET builds).
         let bytes = std::fs::read(libssl).unwrap();
         let read = &functions[0];
-        assert_ne!(&bytes[read.offset as usize..read.offset as usize + 4], &[0, 0, 0, 0]);
+        assert_ne!(
+            &bytes[read.offset as usize..read.offset as usize + 4],
+            &[0, 0, 0, 0]
+        );
     }
 }

@@ -196,7 +196,8 @@ impl TlsProbes {
                 continue;
             };
             for entry in entries.flatten() {
-                let path = entry.path();
+                // Symlinks (libssl.so → libssl.so.3) name the same file: log its real name.
+                let path = std::fs::canonicalize(entry.path()).unwrap_or_else(|_| entry.path());
                 let Some(flavour) = library::flavour_by_name(&path, &self.options.extra_libraries)
                 else {
                     continue;
@@ -207,7 +208,7 @@ impl TlsProbes {
                 use std::os::unix::fs::MetadataExt;
                 let dev = meta.dev();
                 let file = (libc::major(dev), libc::minor(dev), meta.ino());
-                self.consider(kernel, file, &path, &path, flavour, None);
+                self.consider(kernel, file, &path, &path, Some(flavour), None);
             }
         }
     }
@@ -233,20 +234,12 @@ impl TlsProbes {
                 continue;
             }
             // Through the process's root, so files inside containers are found.
-            let target = PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path));
-            let flavour = library::flavour_by_name(path, &self.options.extra_libraries).or_else(|| {
-                library::exports_openssl(&target).then_some(Flavour::OpenSsl)
-            });
-            match flavour {
-                Some(flavour) => {
-                    self.consider(kernel, *file, path, &target, flavour, Some(pid));
-                    if self.hooked.contains_key(file) {
-                        self.pids.entry(pid).or_default().push(*file);
-                    }
-                }
-                None => {
-                    self.passed_over.insert(*file, ());
-                }
+            let target = PathBuf::from(format!("/proc/{pid}/root"))
+                .join(path.strip_prefix("/").unwrap_or(path));
+            let flavour = library::flavour_by_name(path, &self.options.extra_libraries);
+            self.consider(kernel, *file, path, &target, flavour, Some(pid));
+            if self.hooked.contains_key(file) {
+                self.pids.entry(pid).or_default().push(*file);
             }
         }
     }
@@ -258,7 +251,7 @@ impl TlsProbes {
         file: FileKey,
         path: &Path,
         target: &Path,
-        flavour: Flavour,
+        flavour: Option<Flavour>,
         pid: Option<u32>,
     ) {
         if self.hooked.contains_key(&file) || self.passed_over.contains_key(&file) {
@@ -267,15 +260,21 @@ impl TlsProbes {
             }
             return;
         }
-        let functions = match library::resolve(target, flavour) {
-            Ok(functions) if !functions.is_empty() => functions,
+        let named = flavour.is_some();
+        let (flavour, functions) = match library::resolve(target, flavour) {
+            Ok((flavour, functions)) if !functions.is_empty() => (flavour, functions),
             Ok(_) => {
-                tracing::debug!("tls: {} has no {} functions to hook", path.display(), flavour.name());
                 self.passed_over.insert(file, ());
                 return;
             }
             Err(reason) => {
-                tracing::warn!("tls: cannot read {}: {reason}", path.display());
+                // A file named like a TLS library in a process that cannot be read is
+                // worth a warning; host linker scripts (libc.so) and the rest are not.
+                if named && pid.is_some() {
+                    tracing::warn!("tls: cannot read {}: {reason}", path.display());
+                } else {
+                    tracing::debug!("tls: cannot read {}: {reason}", path.display());
+                }
                 self.passed_over.insert(file, ());
                 return;
             }
@@ -291,7 +290,11 @@ impl TlsProbes {
                 Ok(()) => attached.push(function.symbol),
                 Err(error) => {
                     self.attach_errors += 1;
-                    tracing::warn!("tls: cannot hook {} in {}: {error}", function.symbol, path.display());
+                    tracing::warn!(
+                        "tls: cannot hook {} in {}: {error}",
+                        function.symbol,
+                        path.display()
+                    );
                 }
             }
         }

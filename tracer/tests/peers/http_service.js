@@ -1,9 +1,16 @@
 // Service B for tracer's HTTP tests: a plain Node.js HTTP server, no tracing code.
 // GET /prices/<id> → JSON; GET /chunked → a chunked response; POST /upload → byte count;
-// GET /fail → 500. Prints "PORT <n>" once listening.
+// GET /fail → 500. With `--tls CERT KEY` it serves HTTPS (Node's built-in OpenSSL).
+// Prints "PORT <n>" once listening.
+const fs = require("fs");
 const http = require("http");
+const https = require("https");
 
-const server = http.createServer((req, res) => {
+const args = process.argv.slice(2);
+const tls = args.indexOf("--tls");
+const port = Number(args.find((a) => /^[0-9]+$/.test(a)) || 0);
+
+const handler = (req, res) => {
   if (req.method === "POST") {
     let received = 0;
     req.on("data", (chunk) => { received += chunk.length; });
@@ -28,8 +35,11 @@ const server = http.createServer((req, res) => {
     res.writeHead(200, { "Content-Type": "text/plain", "Content-Length": 2 });
     res.end("ok");
   }
-});
+};
+const server = tls >= 0
+  ? https.createServer({ cert: fs.readFileSync(args[tls + 1]), key: fs.readFileSync(args[tls + 2]) }, handler)
+  : http.createServer(handler);
 server.keepAliveTimeout = 30000;
-server.listen(Number(process.argv[2] || 0), "127.0.0.1", () => {
+server.listen(port, "127.0.0.1", () => {
   console.log(`PORT ${server.address().port}`);
 });

@@ -2,7 +2,8 @@
 """Service A for tracer's HTTP tests: a plain Python HTTP/1.1 server (keep-alive), no
 tracing code. GET /quotes/<id> calls the downstream service (--downstream) at
 /prices/<id> on the same thread and answers with what it got; GET /fail answers 500;
-anything else 200. Prints "PORT <n>" once listening."""
+anything else 200. With --tls CERT KEY it serves HTTPS (Python's ssl module, OpenSSL), and
+with --ca it calls the downstream over HTTPS. Prints "PORT <n>" once listening."""
 import argparse
 import http.client
 import json
@@ -12,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     downstream = None
+    downstream_ca = None
     db_port = None
 
     def log_message(self, *args):
@@ -29,7 +31,13 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/quotes/") and self.downstream:
             order = self.path.rsplit("/", 1)[1]
             host, port = self.downstream.split(":")
-            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            if self.downstream_ca:
+                import ssl
+
+                context = ssl.create_default_context(cafile=self.downstream_ca)
+                conn = http.client.HTTPSConnection(host, int(port), timeout=10, context=context)
+            else:
+                conn = http.client.HTTPConnection(host, int(port), timeout=10)
             conn.request("GET", f"/prices/{order}")
             price = json.loads(conn.getresponse().read())
             conn.close()
@@ -58,7 +66,10 @@ class Handler(BaseHTTPRequestHandler):
             with psycopg.connect(host="127.0.0.1", port=self.db_port, user="postgres", dbname="postgres", autocommit=True) as db:
                 db.execute("CREATE TABLE IF NOT EXISTS orders (order_id text PRIMARY KEY, status text, email text)")
                 db.execute("INSERT INTO orders (order_id, status) VALUES (%s, %s)", (order, "INITIATED"))
-        self.reply(201, {"received": received})
+        reply = {"received": received}
+        if body.startswith(b"{"):
+            reply["order_id"] = json.loads(body).get("order_id")
+        self.reply(201, reply)
 
 
 def main():
@@ -66,10 +77,19 @@ def main():
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--downstream", help="host:port of service B")
     p.add_argument("--db-port", type=int, help="save POSTed orders in PostgreSQL on this port")
+    p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"), help="serve HTTPS")
+    p.add_argument("--ca", help="CA file: call the downstream over HTTPS")
     a = p.parse_args()
     Handler.downstream = a.downstream
+    Handler.downstream_ca = a.ca
     Handler.db_port = a.db_port
     server = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
+    if a.tls:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*a.tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(f"PORT {server.server_address[1]}", flush=True)
     server.serve_forever()
 

@@ -136,7 +136,16 @@ impl Service {
     }
 
     pub fn node() -> Self {
-        Self::spawn(Command::new("node").arg(format!("{PEERS}/http_service.js")))
+        Self::node_at("node", &[])
+    }
+
+    /// Service B run by a given node executable, with extra arguments (`--tls CERT KEY`).
+    pub fn node_at(node: &str, args: &[&str]) -> Self {
+        Self::spawn(
+            Command::new(node)
+                .arg(format!("{PEERS}/http_service.js"))
+                .args(args),
+        )
     }
 
     fn spawn(cmd: &mut Command) -> Self {
@@ -166,6 +175,10 @@ impl Service {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
     }
 }
 

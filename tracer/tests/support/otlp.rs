@@ -45,6 +45,19 @@ pub struct ReceivedSpan {
     pub end_unix_nano: u64,
 }
 
+/// Every name, attribute, resource value and status message, to check what never leaves.
+pub fn everything(spans: &[ReceivedSpan]) -> String {
+    spans
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {:?} {:?} {}\n",
+                s.name, s.attributes, s.resource, s.status_message
+            )
+        })
+        .collect()
+}
+
 impl ReceivedSpan {
     pub fn attr(&self, key: &str) -> &str {
         self.attributes.get(key).map(String::as_str).unwrap_or("")

@@ -14,6 +14,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "procps",
     "curl",
+    // The TLS tests make a throw-away CA with the openssl CLI.
+    "openssl",
     "nodejs",
     "util-linux",
     "rabbitmq-server",

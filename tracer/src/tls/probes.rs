@@ -190,25 +190,43 @@ impl TlsProbes {
             .count()
     }
 
+    /// Through init's root where it can be read, so an agent in a container (hostPID)
+    /// hooks the host's files; else through its own.
     fn hook_host_libraries(&mut self, kernel: &mut KernelCapture) {
+        let init_root = Path::new("/proc/1/root");
+        let root = if std::fs::read_dir(init_root).is_ok() {
+            init_root
+        } else {
+            Path::new("/")
+        };
         for dir in HOST_LIBRARY_DIRS {
-            let Ok(entries) = std::fs::read_dir(dir) else {
+            let host_dir = root.join(dir.trim_start_matches('/'));
+            let Ok(entries) = std::fs::read_dir(&host_dir) else {
                 continue;
             };
             for entry in entries.flatten() {
-                // Symlinks (libssl.so → libssl.so.3) name the same file: log its real name.
-                let path = std::fs::canonicalize(entry.path()).unwrap_or_else(|_| entry.path());
+                // Symlinks (libssl.so → libssl.so.3) name the same file: use its real name.
+                let Ok(target) = std::fs::read_link(entry.path())
+                    .map(|link| host_dir.join(link))
+                    .or_else(|_| Ok::<_, std::io::Error>(entry.path()))
+                else {
+                    continue;
+                };
+                let Some(name) = target.file_name() else {
+                    continue;
+                };
+                let path = Path::new(dir).join(name);
                 let Some(flavour) = library::flavour_by_name(&path, &self.options.extra_libraries)
                 else {
                     continue;
                 };
-                let Ok(meta) = std::fs::metadata(&path) else {
+                let Ok(meta) = std::fs::metadata(&target) else {
                     continue;
                 };
                 use std::os::unix::fs::MetadataExt;
                 let dev = meta.dev();
                 let file = (libc::major(dev), libc::minor(dev), meta.ino());
-                self.consider(kernel, file, &path, &path, Some(flavour), None);
+                self.consider(kernel, file, &path, &target, Some(flavour), None);
             }
         }
     }
@@ -270,6 +288,9 @@ impl TlsProbes {
             Err(reason) => {
                 // A file named like a TLS library in a process that cannot be read is
                 // worth a warning; host linker scripts (libc.so) and the rest are not.
+                if !target.exists() {
+                    return; // the process is gone: another one may map the file later
+                }
                 if named && pid.is_some() {
                     tracing::warn!("tls: cannot read {}: {reason}", path.display());
                 } else {

@@ -112,3 +112,26 @@ pub fn infer(
 pub fn is_tls_record(bytes: &[u8]) -> bool {
     matches!(bytes, [20..=23, 3, 0..=4, ..])
 }
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    #[test]
+    fn tls_records_are_told_from_the_protocols_we_parse() {
+        let client_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+        let application_data = b"\x17\x03\x03\x00\x45";
+        assert!(is_tls_record(client_hello));
+        assert!(is_tls_record(application_data));
+        for plain in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"AMQP\x00\x00\x09\x01",
+            b"\x00\x00\x00\x08\x04\xd2\x16\x2f", // PostgreSQL SSLRequest
+            b"\x16\x03",                         // too short to tell
+            b"\x18\x03\x03",                     // heartbeat is not a type we expect first
+        ] {
+            assert!(!is_tls_record(plain), "{plain:?}");
+        }
+        assert!(infer(client_hello, Direction::Egress, false).is_err());
+    }
+}

@@ -13,6 +13,16 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(tracer: &Path, out: &Path, spans: &Path) -> anyhow::Result<Self> {
+        Self::start_with(tracer, out, spans, &[])
+    }
+
+    /// With extra `tracer run` arguments (`--no-tls`).
+    pub fn start_with(
+        tracer: &Path,
+        out: &Path,
+        spans: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let metrics_port = free_port();
         let mut cmd = Command::new(tracer);
         cmd.arg("run")
@@ -20,7 +30,8 @@ impl Agent {
             .arg(format!("file:{}", spans.display()))
             .args(["--sample-success-ratio", "1", "--journey-store", "none"])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--stats-every", "0"]);
+            .args(["--stats-every", "0"])
+            .args(extra);
         let log = out.join(format!("agent-{metrics_port}.log"));
         let mut process = Started::spawn("tracer", &mut cmd, &log)?;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);

@@ -2,6 +2,7 @@
 //! always against a baseline measured in the same run (untraced and traced rounds
 //! alternate). Writes a Markdown table to stdout and target/bench/report.md.
 mod agent;
+mod https;
 mod load;
 
 use std::{
@@ -60,9 +61,13 @@ fn micros(text: &str) -> Option<f64> {
 }
 
 fn wrk(port: u16, seconds: u32) -> anyhow::Result<Wrk> {
+    wrk_url(&format!("http://127.0.0.1:{port}/bench"), seconds)
+}
+
+fn wrk_url(url: &str, seconds: u32) -> anyhow::Result<Wrk> {
     let output = Command::new("wrk")
         .args(["-t1", "-c16", &format!("-d{seconds}s"), "--latency"])
-        .arg(format!("http://127.0.0.1:{port}/bench"))
+        .arg(url)
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&output.stdout);
@@ -147,6 +152,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     http_overhead(&args, &tracer, &out, port, &mut report)?;
     loss_curve(&tracer, &out, port, &mut report)?;
     server.stop(Duration::from_secs(5));
+    https::overhead(&args, &tracer, &out, &mut report)?;
     amqp_overhead(&tracer, &out, &mut report)?;
     pipeline(&mut report)?;
     fs::write(out.join("report.md"), &report)?;

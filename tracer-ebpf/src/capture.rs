@@ -17,7 +17,7 @@ use tracer_common::{
 use crate::{
     args::{syscall_arg, syscall_ret},
     conn::check_socket,
-    maps::{count, CONN_CONTROL, DATA_SCRATCH, EVENTS, SOCKETS, WANTS_SOCK},
+    maps::{count, payload_off, DATA_SCRATCH, EVENTS, SOCKETS, WANTS_SOCK},
     select::is_traced,
     stash, tls,
 };
@@ -99,11 +99,8 @@ pub fn try_exit_data(ctx: &TracePointContext, direction: u32) -> Result<u32, u32
         fd: key.fd,
         generation: state.generation,
     };
-    if let Some(control) = CONN_CONTROL.get_ptr(key) {
-        let control = unsafe { *control };
-        if control.generation == conn.generation && control.flags & CONTROL_NO_PAYLOAD != 0 {
-            return Ok(0);
-        }
+    if payload_off(key, conn.generation, CONTROL_NO_PAYLOAD) {
+        return Ok(0);
     }
     emit_records(&args, conn, id as u32, direction, position, ret as u64);
     Ok(0)

@@ -79,3 +79,14 @@ pub fn count(index: u32) {
         unsafe { *counter += 1 };
     }
 }
+
+/// Whether userspace turned `flag` (`CONTROL_NO_PAYLOAD`, `CONTROL_NO_PLAINTEXT`) on for
+/// this connection (a reused fd with another generation does not inherit it).
+#[inline(always)]
+pub fn payload_off(key: SockKey, generation: u64, flag: u32) -> bool {
+    CONN_CONTROL.get_ptr(key).is_some_and(|control| {
+        // SAFETY: value pointer from a successful lookup.
+        let control = unsafe { *control };
+        control.generation == generation && control.flags & flag != 0
+    })
+}

@@ -13,7 +13,7 @@ use tracer_common::{
 
 use crate::{
     capture::emit_records,
-    maps::{count, CONN_CONTROL, LAST_TLS_SOCKET, SOCKETS, TLS_CALLS, TLS_SOCKETS},
+    maps::{count, payload_off, LAST_TLS_SOCKET, SOCKETS, TLS_CALLS, TLS_SOCKETS},
     select::is_traced,
 };
 
@@ -73,11 +73,8 @@ pub fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
         fd: key.fd,
         generation: state.generation,
     };
-    if let Some(control) = CONN_CONTROL.get_ptr(key) {
-        let control = unsafe { *control };
-        if control.generation == conn.generation && control.flags & CONTROL_NO_PLAINTEXT != 0 {
-            return Ok(0);
-        }
+    if payload_off(key, conn.generation, CONTROL_NO_PLAINTEXT) {
+        return Ok(0);
     }
     let args = SyscallArgs {
         buf: call.buf,
@@ -106,7 +103,7 @@ pub fn try_shutdown(ctx: &ProbeContext) -> Result<u32, u32> {
         _pad: 0,
         ssl: ctx.arg(0).ok_or(0u32)?,
     };
-    let _ = TLS_SOCKETS.remove(&key);
+    let _ = TLS_SOCKETS.remove(key);
     Ok(0)
 }
 
@@ -115,14 +112,14 @@ pub fn try_shutdown(ctx: &ProbeContext) -> Result<u32, u32> {
 #[inline(always)]
 fn tls_socket(id: u64, tgid: u32, ssl: u64) -> Option<(SockKey, *mut ConnState)> {
     let key = TlsKey { tgid, _pad: 0, ssl };
-    if let Some(known) = TLS_SOCKETS.get_ptr(&key) {
+    if let Some(known) = TLS_SOCKETS.get_ptr(key) {
         if let Some(found) = live(tgid, unsafe { *known }) {
             return Some(found);
         }
     }
-    let last = unsafe { *LAST_TLS_SOCKET.get_ptr(&id)? };
+    let last = unsafe { *LAST_TLS_SOCKET.get_ptr(id)? };
     let found = live(tgid, last)?;
-    let _ = TLS_SOCKETS.insert(&key, &last, 0);
+    let _ = TLS_SOCKETS.insert(key, last, 0);
     Some(found)
 }
 
@@ -133,7 +130,7 @@ fn live(tgid: u32, socket: SockRef) -> Option<(SockKey, *mut ConnState)> {
         tgid,
         fd: socket.fd,
     };
-    let state = SOCKETS.get_ptr_mut(&key)?;
+    let state = SOCKETS.get_ptr_mut(key)?;
     (unsafe { (*state).generation } == socket.generation).then_some((key, state))
 }
 
@@ -159,16 +156,16 @@ pub fn socket_carries_tls(
             _pad: 0,
             ssl: unsafe { (*call).ssl },
         };
-        let _ = TLS_SOCKETS.insert(&tls_key, &socket, 0);
+        let _ = TLS_SOCKETS.insert(tls_key, socket, 0);
         state.tls = 1;
         return true;
     }
     if state.tls != 0 {
-        let _ = LAST_TLS_SOCKET.insert(&id, &socket, 0);
+        let _ = LAST_TLS_SOCKET.insert(id, socket, 0);
         return true;
     }
     if starts_with_tls_record(args) {
-        let _ = LAST_TLS_SOCKET.insert(&id, &socket, 0);
+        let _ = LAST_TLS_SOCKET.insert(id, socket, 0);
     }
     false
 }

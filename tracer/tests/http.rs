@@ -10,7 +10,7 @@ use std::{
 
 use support::{
     agent::{curl, final_stats, AgentRun, Service},
-    otlp::{free_port, ReceivedSpan, Receiver},
+    otlp::{find, free_port, ReceivedSpan, Receiver},
 };
 
 const SERVER: i32 = 2;
@@ -18,20 +18,6 @@ const CLIENT: i32 = 3;
 const ERROR: i32 = 2;
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-
-fn find<'a>(
-    spans: &'a [ReceivedSpan],
-    what: &str,
-    pred: impl Fn(&ReceivedSpan) -> bool,
-) -> &'a ReceivedSpan {
-    let found: Vec<&ReceivedSpan> = spans.iter().filter(|s| pred(s)).collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "expected exactly one {what}, found {found:#?}"
-    );
-    found[0]
-}
 
 /// curl → A (Python) → B (Node.js): four spans, one trace, the right parents.
 fn two_hop_chain(export: impl Fn(&Receiver) -> String) {

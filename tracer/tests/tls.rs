@@ -14,7 +14,7 @@ use std::{
 use support::{
     agent::{curl, AgentRun, Service, PEERS},
     metrics::{scrape, value},
-    otlp::{everything, ReceivedSpan, Receiver},
+    otlp::{everything, find, ReceivedSpan, Receiver},
 };
 
 const SERVER: i32 = 2;
@@ -139,20 +139,6 @@ fn which(program: &str) -> PathBuf {
         "{program} is needed (cargo xtask setup installs it)"
     );
     std::fs::canonicalize(path).unwrap()
-}
-
-fn find<'a>(
-    spans: &'a [ReceivedSpan],
-    what: &str,
-    pred: impl Fn(&ReceivedSpan) -> bool,
-) -> &'a ReceivedSpan {
-    let found: Vec<&ReceivedSpan> = spans.iter().filter(|s| pred(s)).collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "expected exactly one {what}, found {found:#?}"
-    );
-    found[0]
 }
 
 fn run_json(cmd: &mut Command) -> serde_json::Value {

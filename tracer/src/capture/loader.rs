@@ -347,6 +347,14 @@ const UPROBE_PROGRAMS: &[&str] = &[
 ];
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, CaptureError> {
+    program(ebpf, name)
+}
+
+/// A program of the object as its kind, or why not.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, CaptureError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or_else(|| CaptureError::Refused {
             program: name.into(),
@@ -464,17 +472,7 @@ fn attach(
     missing: &mut Vec<String>,
 ) -> Result<(), CaptureError> {
     let name = attachment.program;
-    let program: &mut TracePoint = ebpf
-        .program_mut(name)
-        .ok_or_else(|| CaptureError::Refused {
-            program: name.into(),
-            reason: "not in the eBPF object".into(),
-        })?
-        .try_into()
-        .map_err(|e: ProgramError| CaptureError::Refused {
-            program: name.into(),
-            reason: e.to_string(),
-        })?;
+    let program: &mut TracePoint = program(ebpf, name)?;
     program.load().map_err(|e| refused(name, e))?;
     for (category, tracepoint) in attachment.tracepoints {
         if let Err(source) = program.attach(category, tracepoint) {

@@ -55,10 +55,10 @@ impl Default for TlsConfig {
 
 impl TlsConfig {
     /// The options for the capture side; `--no-tls` on the command line wins.
-    pub fn options(&self, no_tls: bool) -> crate::tls::TlsOptions {
-        crate::tls::TlsOptions {
+    pub fn options(&self, no_tls: bool) -> Self {
+        Self {
             enabled: self.enabled && !no_tls,
-            extra_libraries: self.extra_libraries.clone(),
+            ..self.clone()
         }
     }
 }

@@ -30,22 +30,8 @@ const HOST_LIBRARY_DIRS: &[&str] = &[
     "/usr/local/lib",
 ];
 
-#[derive(Clone, Debug)]
-pub struct TlsOptions {
-    pub enabled: bool,
-    /// Extra file names to treat as OpenSSL (statically linked programs whose symbols
-    /// are not exported under the usual names are not found otherwise).
-    pub extra_libraries: Vec<String>,
-}
-
-impl Default for TlsOptions {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            extra_libraries: Vec::new(),
-        }
-    }
-}
+/// What `[tls]` in the configuration (and `--no-tls`) decide.
+pub type TlsOptions = crate::config::TlsConfig;
 
 /// A hooked file, for logs, `/metrics` and `tracer capture`.
 #[derive(Clone, Debug, serde::Serialize)]

@@ -45,6 +45,21 @@ pub struct ReceivedSpan {
     pub end_unix_nano: u64,
 }
 
+/// The one span `pred` picks; panics with what matched when there is not exactly one.
+pub fn find<'a>(
+    spans: &'a [ReceivedSpan],
+    what: &str,
+    pred: impl Fn(&ReceivedSpan) -> bool,
+) -> &'a ReceivedSpan {
+    let found: Vec<&ReceivedSpan> = spans.iter().filter(|s| pred(s)).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected exactly one {what}, found {found:#?}"
+    );
+    found[0]
+}
+
 /// Every name, attribute, resource value and status message, to check what never leaves.
 pub fn everything(spans: &[ReceivedSpan]) -> String {
     spans

@@ -12,10 +12,11 @@ use tracer_common::{
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(32 * 1024 * 1024, 0);
 
-/// Connection events (open, addresses, close, process exit), apart from the bulk data so
-/// a flood of payload can never starve them.
+/// Connection events (open, addresses, close, process exit and exec, dlopen), apart from
+/// the bulk data so a flood of payload can never starve them. Sized for bursts of ~8,000
+/// events between two reads (every exec on the host lands here too).
 #[map]
-pub static CONN_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub static CONN_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
 /// `[0]`: agent-wide settings written by userspace before attaching.
 #[map]

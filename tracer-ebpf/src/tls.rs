@@ -156,9 +156,17 @@ pub fn socket_carries_tls(
             _pad: 0,
             ssl: unsafe { (*call).ssl },
         };
-        let _ = TLS_SOCKETS.insert(tls_key, socket, 0);
-        state.tls = 1;
-        return true;
+        // An object already tied to another live socket is not using this one (a memory
+        // BIO, or a call whose return was never seen): leave this socket alone.
+        let elsewhere = TLS_SOCKETS
+            .get_ptr(tls_key)
+            .map(|known| unsafe { *known })
+            .is_some_and(|known| known != socket && live(key.tgid, known).is_some());
+        if !elsewhere {
+            let _ = TLS_SOCKETS.insert(tls_key, socket, 0);
+            state.tls = 1;
+            return true;
+        }
     }
     if state.tls != 0 {
         let _ = LAST_TLS_SOCKET.insert(id, socket, 0);

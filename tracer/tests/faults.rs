@@ -101,11 +101,10 @@ fn ten_thousand_idle_connections_keep_agent_memory_bounded() {
     let followed = loop {
         let metrics = scrape(&agent.metrics);
         let followed = value(&metrics, "tracer_connections", &[]);
-        let lost = value(
-            &metrics,
-            "tracer_events_lost_total",
-            &[("reason", "connection_table_full")],
-        );
+        let lost = ["connection_table_full", "connection_ring_full"]
+            .iter()
+            .map(|reason| value(&metrics, "tracer_events_lost_total", &[("reason", reason)]))
+            .sum::<f64>();
         if followed >= 20_000.0 || lost > 0.0 || Instant::now() > deadline {
             break (followed, lost);
         }
@@ -114,10 +113,10 @@ fn ten_thousand_idle_connections_keep_agent_memory_bounded() {
     let during = agent.rss_bytes();
     assert_eq!(lines.next().expect("the holder finishes").unwrap(), "DONE");
     assert!(holder.wait().unwrap().success());
-    assert!(
-        followed.0 >= 20_000.0,
-        "20,000 sockets (both ends of 10,000 connections) followed, or the loss counted: {followed:?}"
-    );
+    if followed.0 < 20_000.0 && followed.1 == 0.0 {
+        let stderr = agent.stop();
+        panic!("20,000 sockets (both ends of 10,000 connections) followed, or the loss counted: {followed:?}; agent log:\n{stderr}");
+    }
     let growth = during.saturating_sub(before);
     println!(
         "agent RSS {} MiB → {} MiB with 10,000 idle connections",

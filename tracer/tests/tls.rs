@@ -262,7 +262,10 @@ fn https_spans_from_python_curl_and_node_with_parents_order_ids_and_no_credentia
         "py-s3cret",
     ]));
     assert_eq!(python["statuses"], serde_json::json!([201]));
-    let node = run_json(Command::new("node").args([
+    // The client runs from the same fresh executable: its exec is found and the file is
+    // already hooked (a node started within the hooking window — tens of ms after its
+    // exec — would have its first calls missed; see README).
+    let node = run_json(Command::new(&node_copy).args([
         &format!("{PEERS}/https_client.js"),
         &b.port.to_string(),
         "/orders",

@@ -63,13 +63,15 @@ pub enum Program {
 }
 
 impl Program {
-    /// Programs attached at the function, in order: entry first, then return.
+    /// Programs attached at the function, in this order: the return before the entry, so
+    /// no call can be stashed at entry and then miss its return (a stale stash would make
+    /// the thread's later plain syscalls look like a TLS library's).
     pub fn programs(self) -> &'static [&'static str] {
         match self {
-            Program::Read => &["tls_read_enter", "tls_return"],
-            Program::ReadEx => &["tls_read_ex_enter", "tls_return"],
-            Program::Write => &["tls_write_enter", "tls_return"],
-            Program::WriteEx => &["tls_write_ex_enter", "tls_return"],
+            Program::Read => &["tls_return", "tls_read_enter"],
+            Program::ReadEx => &["tls_return", "tls_read_ex_enter"],
+            Program::Write => &["tls_return", "tls_write_enter"],
+            Program::WriteEx => &["tls_return", "tls_write_ex_enter"],
             Program::Shutdown => &["tls_shutdown"],
             Program::LibraryLoaded => &["library_loaded"],
         }

@@ -1,6 +1,7 @@
 //! Which files are hooked, for which processes, and when to look again.
 use std::{
     collections::{BTreeSet, HashMap},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -264,6 +265,17 @@ impl TlsProbes {
             }
             return;
         }
+        // Held open while resolving and attaching, and named through our own descriptor:
+        // the process whose /proc/<pid>/root led here may exit at any moment.
+        let opened = match std::fs::File::open(target) {
+            Ok(opened) => opened,
+            Err(_) if pid.is_some() => return, // gone; another process may map it later
+            Err(e) => {
+                tracing::debug!("tls: cannot open {}: {e}", path.display());
+                return;
+            }
+        };
+        let target = &PathBuf::from(format!("/proc/self/fd/{}", opened.as_raw_fd()));
         let named = flavour.is_some();
         let (flavour, functions) = match library::resolve(target, flavour) {
             Ok((flavour, functions)) if !functions.is_empty() => (flavour, functions),
@@ -274,9 +286,6 @@ impl TlsProbes {
             Err(reason) => {
                 // A file named like a TLS library in a process that cannot be read is
                 // worth a warning; host linker scripts (libc.so) and the rest are not.
-                if !target.exists() {
-                    return; // the process is gone: another one may map the file later
-                }
                 if named && pid.is_some() {
                     tracing::warn!("tls: cannot read {}: {reason}", path.display());
                 } else {

@@ -23,24 +23,16 @@ fn expected(scenario: &str) -> Option<(&'static str, &'static str, &'static str)
 }
 
 fn orders(out: &Path, args: &[&str]) -> Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_tracer"))
-        .arg("orders")
-        .args(args)
-        .args([
-            "--json",
-            "--config",
-            "../deploy/demo/tracer-demo.toml",
-            "--store",
-        ])
-        .arg(format!("sqlite:{}", out.join("journeys.sqlite").display()))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    let store = format!("sqlite:{}", out.join("journeys.sqlite").display());
+    let json = [
+        "--json",
+        "--config",
+        "../deploy/demo/tracer-demo.toml",
+        "--store",
+        &store,
+    ];
+    let stdout = support::tracer_ok([&["orders"], args, &json].concat());
+    serde_json::from_str(&stdout).unwrap()
 }
 
 #[test]

@@ -17,6 +17,7 @@ use support::{
     metrics::{names, scrape, value},
     otlp::{free_port, Receiver},
     postgres::postgres,
+    tracer_ok,
 };
 
 const KEY: &str = "journey-test-key";
@@ -81,20 +82,6 @@ fn wait_for_metrics(
     }
 }
 
-fn tracer(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_tracer"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "tracer {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 fn publish_and_consume(prefix: &str, queue: &str) {
     let port = broker().port.to_string();
     let published = Command::new("python3")
@@ -156,7 +143,7 @@ span = "POST /orders/*/submit"
         mes = mes.port,
     );
     std::fs::write(path, config).unwrap();
-    let checked = tracer(&["config", "check", path.to_str().unwrap()]);
+    let checked = tracer_ok(["config", "check", path.to_str().unwrap()]);
     assert!(checked.contains("ok"), "{checked}");
 }
 
@@ -330,7 +317,7 @@ fn orders_move_through_statuses_and_one_held_in_submitted_is_reported_stuck() {
             "--clock-offset-file",
             clock.to_str().unwrap(),
         ]);
-        tracer(&all)
+        tracer_ok(&all)
     };
     let shown = cli(&["orders", "show", "J-0"]);
     println!("{shown}");

@@ -44,17 +44,10 @@ fn documented_trace_id(order_id: &str) -> String {
 }
 
 fn hash_id(id: &str, key: &std::path::Path) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_tracer"))
-        .args(["hash-id", id, "--hmac-key-file"])
-        .arg(key)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    let key = key.display().to_string();
+    support::tracer_ok(["hash-id", id, "--hmac-key-file", &key])
+        .trim()
+        .to_owned()
 }
 
 fn publish_order(order_prefix: &str) {
@@ -311,14 +304,5 @@ fn a_config_typo_is_rejected_at_start_with_line_and_field() {
         );
     }
     std::fs::write(&file, "[sampling]\nsuccess_ratio = 0.2\n").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_tracer"))
-        .args(["config", "check"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    support::tracer_ok(["config".as_ref(), "check".as_ref(), file.as_os_str()]);
 }

@@ -331,6 +331,14 @@ impl Journeys {
 
 #[cfg(test)]
 mod tests {
+
+    fn stuck_in_submitted(journeys: &Journeys) -> i64 {
+        journeys
+            .metrics
+            .stuck
+            .get_or_create(&JourneyMetrics::status("SUBMITTED"))
+            .get()
+    }
     use super::*;
     use crate::journey::StoreLocation;
     use prometheus_client::registry::Registry;
@@ -407,14 +415,7 @@ mod tests {
         );
         journeys.record_stuck(&stuck[0], "00f067aa0ba902b7", clock.now_ns());
         assert!(journeys.check().is_empty(), "reported once");
-        assert_eq!(
-            journeys
-                .metrics
-                .stuck
-                .get_or_create(&JourneyMetrics::status("SUBMITTED"))
-                .get(),
-            1
-        );
+        assert_eq!(stuck_in_submitted(&journeys), 1);
         drop(journeys);
 
         let mut journeys = open(&db, clock);
@@ -423,14 +424,7 @@ mod tests {
             journeys.check().is_empty(),
             "the report survives the restart"
         );
-        assert_eq!(
-            journeys
-                .metrics
-                .stuck
-                .get_or_create(&JourneyMetrics::status("SUBMITTED"))
-                .get(),
-            1
-        );
+        assert_eq!(stuck_in_submitted(&journeys), 1);
         let (order, steps) = journeys.store.order("J-1").unwrap().unwrap();
         let statuses: Vec<&str> = order.history.iter().map(|c| c.status.as_str()).collect();
         assert_eq!(statuses, ["INITIATED", "SUBMITTED"]);

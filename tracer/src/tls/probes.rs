@@ -1,6 +1,6 @@
 //! Which files are hooked, for which processes, and when to look again.
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -56,8 +56,7 @@ pub struct TlsProbes {
     own_pid: u32,
     hooked: HashMap<FileKey, Hooked>,
     /// Files looked at that hold nothing to hook (or failed): not looked at again.
-    passed_over: HashMap<FileKey, ()>,
-    pids: HashMap<u32, Vec<FileKey>>,
+    passed_over: HashSet<FileKey>,
     rescans: Vec<(Instant, u32)>,
     pub attach_errors: u64,
 }
@@ -73,8 +72,7 @@ impl TlsProbes {
             options,
             own_pid: std::process::id(),
             hooked: HashMap::new(),
-            passed_over: HashMap::new(),
-            pids: HashMap::new(),
+            passed_over: HashSet::new(),
             rescans: Vec::new(),
             attach_errors: 0,
         };
@@ -107,7 +105,7 @@ impl TlsProbes {
         if !self.options.enabled {
             return;
         }
-        self.pids.remove(&pid);
+        self.forget(pid); // a new program maps other files
         self.scan(kernel, pid);
         let now = Instant::now();
         self.rescans
@@ -122,12 +120,14 @@ impl TlsProbes {
     }
 
     pub fn process_exit(&mut self, pid: u32) {
-        for file in self.pids.remove(&pid).unwrap_or_default() {
-            if let Some(hooked) = self.hooked.get_mut(&file) {
-                hooked.pids.remove(&pid);
-            }
-        }
+        self.forget(pid);
         self.rescans.retain(|(_, p)| *p != pid);
+    }
+
+    fn forget(&mut self, pid: u32) {
+        for hooked in self.hooked.values_mut() {
+            hooked.pids.remove(&pid);
+        }
     }
 
     /// Runs the rescans that are due.
@@ -165,16 +165,13 @@ impl TlsProbes {
 
     /// Processes known to map a hooked TLS library (not the loader).
     pub fn covered_processes(&self) -> usize {
-        self.pids
-            .iter()
-            .filter(|(_, files)| {
-                files.iter().any(|f| {
-                    self.hooked
-                        .get(f)
-                        .is_some_and(|h| h.flavour != Flavour::Loader)
-                })
-            })
-            .count()
+        let covered: BTreeSet<u32> = self
+            .hooked
+            .values()
+            .filter(|h| h.flavour != Flavour::Loader)
+            .flat_map(|h| h.pids.iter().copied())
+            .collect();
+        covered.len()
     }
 
     /// Through init's root where it can be read, so an agent in a container (hostPID)
@@ -192,19 +189,19 @@ impl TlsProbes {
                 continue;
             };
             for entry in entries.flatten() {
+                let extra = &self.options.extra_libraries;
+                if library::flavour_by_name(&entry.path(), extra).is_none() {
+                    continue; // most of the directory
+                }
                 // Symlinks (libssl.so → libssl.so.3) name the same file: use its real name.
-                let Ok(target) = std::fs::read_link(entry.path())
+                let target = std::fs::read_link(entry.path())
                     .map(|link| host_dir.join(link))
-                    .or_else(|_| Ok::<_, std::io::Error>(entry.path()))
-                else {
-                    continue;
-                };
+                    .unwrap_or_else(|_| entry.path());
                 let Some(name) = target.file_name() else {
                     continue;
                 };
                 let path = Path::new(dir).join(name);
-                let Some(flavour) = library::flavour_by_name(&path, &self.options.extra_libraries)
-                else {
+                let Some(flavour) = library::flavour_by_name(&path, extra) else {
                     continue;
                 };
                 let Ok(meta) = std::fs::metadata(&target) else {
@@ -225,14 +222,10 @@ impl TlsProbes {
         }
         let mappings = maps::executable_mappings(pid);
         for Mapping { file, path } in &mappings {
-            if self.passed_over.contains_key(file) {
+            if self.passed_over.contains(file) {
                 continue;
             }
             if let Some(hooked) = self.hooked.get_mut(file) {
-                let files = self.pids.entry(pid).or_default();
-                if !files.contains(file) {
-                    files.push(*file);
-                }
                 if hooked.pids.insert(pid) && hooked.flavour != Flavour::Loader {
                     tracing::debug!(pid, comm = %comm(pid), "tls: process uses hooked {}", hooked.path.display());
                 }
@@ -243,9 +236,6 @@ impl TlsProbes {
                 .join(path.strip_prefix("/").unwrap_or(path));
             let flavour = library::flavour_by_name(path, &self.options.extra_libraries);
             self.consider(kernel, *file, path, &target, flavour, Some(pid));
-            if self.hooked.contains_key(file) {
-                self.pids.entry(pid).or_default().push(*file);
-            }
         }
     }
 
@@ -259,7 +249,7 @@ impl TlsProbes {
         flavour: Option<Flavour>,
         pid: Option<u32>,
     ) {
-        if self.hooked.contains_key(&file) || self.passed_over.contains_key(&file) {
+        if self.hooked.contains_key(&file) || self.passed_over.contains(&file) {
             if let (Some(pid), Some(hooked)) = (pid, self.hooked.get_mut(&file)) {
                 hooked.pids.insert(pid);
             }
@@ -280,7 +270,7 @@ impl TlsProbes {
         let (flavour, functions) = match library::resolve(target, flavour) {
             Ok((flavour, functions)) if !functions.is_empty() => (flavour, functions),
             Ok(_) => {
-                self.passed_over.insert(file, ());
+                self.passed_over.insert(file);
                 return;
             }
             Err(reason) => {
@@ -291,7 +281,7 @@ impl TlsProbes {
                 } else {
                     tracing::debug!("tls: cannot read {}: {reason}", path.display());
                 }
-                self.passed_over.insert(file, ());
+                self.passed_over.insert(file);
                 return;
             }
         };
@@ -315,7 +305,7 @@ impl TlsProbes {
             }
         }
         if attached.is_empty() {
-            self.passed_over.insert(file, ());
+            self.passed_over.insert(file);
             return;
         }
         match pid {

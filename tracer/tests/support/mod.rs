@@ -21,6 +21,23 @@ use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+/// Runs the `tracer` CLI to completion; panics with its output unless it succeeded.
+/// Returns what it printed on stdout.
+pub fn tracer_ok<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> String {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().into()).collect();
+    let output = Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "tracer {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 pub const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/socket_peer.py");
 
 /// A running `tracer capture --format jsonl`.

@@ -20,6 +20,9 @@ const RESCAN_AFTER_EXEC: [Duration; 3] = [
     Duration::from_secs(2),
 ];
 
+/// Process scans per capture-loop iteration (each reads one `/proc/<pid>/maps`).
+const SCANS_PER_TICK: usize = 16;
+
 /// Host directories whose TLS libraries are hooked at start-up, so programs started later
 /// are covered from their first call.
 const HOST_LIBRARY_DIRS: &[&str] = &[
@@ -62,7 +65,9 @@ pub struct TlsProbes {
 }
 
 impl TlsProbes {
-    /// Hooks the host's TLS libraries and those of every running process (`wanted`).
+    /// Hooks the host's TLS libraries now, and queues every running process (`wanted`)
+    /// for `tick`, so start-up (and the adoption of existing connections after it) does
+    /// not wait for every process's files to be read.
     pub fn start(
         kernel: &mut KernelCapture,
         options: TlsOptions,
@@ -88,15 +93,20 @@ impl TlsProbes {
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
             .filter(|pid| wanted(*pid))
             .collect();
-        for pid in pids {
-            probes.scan(kernel, pid);
-        }
+        let now = Instant::now();
+        probes
+            .rescans
+            .extend(pids.into_iter().map(|pid| (now, pid)));
         let files: Vec<String> = probes
             .status()
             .iter()
             .map(|s| format!("{} ({})", s.path.display(), s.flavour.name()))
             .collect();
-        tracing::info!("tls: hooked {} files: {}", files.len(), files.join(", "));
+        tracing::info!(
+            "tls: hooked {} host files: {}; running processes are looked at next",
+            files.len(),
+            files.join(", ")
+        );
         probes
     }
 
@@ -130,19 +140,21 @@ impl TlsProbes {
         }
     }
 
-    /// Runs the rescans that are due.
+    /// Runs up to `SCANS_PER_TICK` of the scans that are due, so the capture loop is never
+    /// held up for long.
     pub fn tick(&mut self, kernel: &mut KernelCapture) {
         if self.rescans.is_empty() {
             return;
         }
         let now = Instant::now();
-        let due: Vec<u32> = self
-            .rescans
-            .iter()
-            .filter(|(at, _)| *at <= now)
-            .map(|(_, pid)| *pid)
-            .collect();
-        self.rescans.retain(|(at, _)| *at > now);
+        let mut due = Vec::new();
+        self.rescans.retain(|&(at, pid)| {
+            let run = at <= now && due.len() < SCANS_PER_TICK;
+            if run {
+                due.push(pid);
+            }
+            !run
+        });
         for pid in due {
             self.scan(kernel, pid);
         }

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Shop API: orders from the online shop. Keeps them in the Shop DB (PostgreSQL), stores
 3D models in the file storage, and hands submitted orders to the CRM. Fault switches come
-with the order (its "scenario"): `db-failure` makes the Shop DB refuse the SUBMITTED write
-(a CHECK constraint); `upload-hang` is passed on to the storage."""
+with the order (its "scenario"): a `db-failure` order is submitted with a quantity of 0,
+which the Shop DB's schema refuses (the SUBMITTED write fails); `upload-hang` is passed on
+to the storage."""
 import argparse
 import json
 
@@ -38,6 +39,12 @@ def set_state(order_id, state):
         connection.execute("UPDATE orders SET state = %s WHERE order_id = %s", (state, order_id))
 
 
+def submit_order(order_id, quantity):
+    with db() as connection:
+        connection.execute("UPDATE orders SET state = %s, quantity = %s WHERE order_id = %s",
+                           ("SUBMITTED", quantity, order_id))
+
+
 def upload(handler, match, body):
     order_id = match[1]
     try:
@@ -53,7 +60,7 @@ def upload(handler, match, body):
 
 def submit(handler, match, body):
     order_id = match[1]
-    set_state(order_id, "SUBMITTED")
+    submit_order(order_id, json.loads(body).get("quantity", 1))
     status, reply = call(config["crm"], "POST", f"/orders/{order_id}/approval", {"order_id": order_id})
     if status != 202:
         return 502, {"order_id": order_id, "error": f"CRM answered {status}"}
@@ -68,7 +75,8 @@ CREATE TABLE IF NOT EXISTS orders (
     scenario text NOT NULL,
     state text NOT NULL,
     price integer,
-    CONSTRAINT shop_db_write_failure CHECK (NOT (scenario = 'db-failure' AND state = 'SUBMITTED'))
+    quantity integer,
+    CONSTRAINT orders_quantity_positive CHECK (quantity > 0)
 )"""
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ fn full_pipeline(records: &[DataRecord], conn: &Connection) -> (usize, usize) {
     let mut sampling = config.sampling.clone();
     sampling.success_ratio = 1.0;
     let mut pipeline = Pipeline::new(
-        Correlator::with_stuck_after(0, 300_000_000_000, key.clone()),
+        Correlator::new(0, 300_000_000_000, key.clone()),
         Services::new(Vec::new()),
         ExportQueues::new(vec![tx], stats),
         SessionOptions::default(),

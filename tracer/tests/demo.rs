@@ -22,6 +22,35 @@ fn expected(scenario: &str) -> Option<(&'static str, &'static str, &'static str)
     })
 }
 
+/// (trace id, span name, `app.order.id`) of every span in the OTLP/JSON lines file.
+fn exported_spans(path: &Path) -> Vec<(String, String, Option<String>)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut spans = Vec::new();
+    for line in text.lines() {
+        let batch: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("an OTLP/JSON line that does not parse ({e}): {line}"));
+        for resource in batch["resourceSpans"].as_array().into_iter().flatten() {
+            for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+                for span in scope["spans"].as_array().into_iter().flatten() {
+                    let order = span["attributes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|a| a["key"] == "app.order.id")
+                        .and_then(|a| a["value"]["stringValue"].as_str())
+                        .map(str::to_owned);
+                    spans.push((
+                        span["traceId"].as_str().unwrap().to_owned(),
+                        span["name"].as_str().unwrap().to_owned(),
+                        order,
+                    ));
+                }
+            }
+        }
+    }
+    spans
+}
+
 fn orders(out: &Path, args: &[&str]) -> Value {
     let store = format!("sqlite:{}", out.join("journeys.sqlite").display());
     let json = [
@@ -80,8 +109,9 @@ fn every_injected_fault_is_located_in_the_right_service_and_step() {
             "{fault} was not injected: {scenarios:?}"
         );
     }
-    let spans = std::fs::read_to_string(out.join("spans.jsonl")).unwrap();
+    let spans = exported_spans(&out.join("spans.jsonl"));
     let mut wrong = Vec::new();
+    let mut traces = std::collections::HashMap::new();
     for placed in manifest {
         let id = placed["order_id"].as_str().unwrap();
         let scenario = placed["scenario"].as_str().unwrap();
@@ -107,17 +137,42 @@ fn every_injected_fault_is_located_in_the_right_service_and_step() {
             }
             _ => {}
         }
-        // Every order is one trace in the exported spans.
-        let trace = order["trace_id"].as_str().unwrap();
-        assert!(
-            spans.contains(trace),
-            "{id}: its trace {trace} is not in the OTLP file"
-        );
+        let trace = order["trace_id"].as_str().unwrap().to_owned();
+        // Every span that names the order is in its trace, and there is at least one.
+        let named: Vec<_> = spans
+            .iter()
+            .filter(|(_, _, order)| order.as_deref() == Some(id))
+            .collect();
+        assert!(!named.is_empty(), "{id}: no exported span names it");
+        for (span_trace, name, _) in &named {
+            assert_eq!(
+                span_trace, &trace,
+                "{id}: its span {name:?} is in another trace"
+            );
+        }
         if scenario == "lost-message" {
             assert_eq!(order["status"], "PRICE_CALCULATION", "{id}");
             assert!(
-                spans.contains("order stuck in PRICE_CALCULATION"),
-                "the stuck order's synthesized span is exported"
+                spans
+                    .iter()
+                    .any(|(span_trace, name, _)| span_trace == &trace
+                        && name == "order stuck in PRICE_CALCULATION"),
+                "{id}: the synthesized stuck span is exported in its trace"
+            );
+        }
+        traces.insert(trace, id.to_owned());
+    }
+    assert_eq!(
+        traces.len(),
+        manifest.len(),
+        "one trace per order: {traces:?}"
+    );
+    // And no order's trace holds a span naming another order.
+    for (trace, name, order) in &spans {
+        if let (Some(owner), Some(named)) = (traces.get(trace), order) {
+            assert_eq!(
+                owner, named,
+                "span {name:?} naming {named} sits in {owner}'s trace"
             );
         }
     }

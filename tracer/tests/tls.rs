@@ -13,7 +13,7 @@ use std::{
 
 use support::{
     agent::{curl, AgentRun, Service, PEERS},
-    metrics::{scrape, value},
+    metrics::{scrape, try_value},
     otlp::{everything, find, ReceivedSpan, Receiver},
 };
 
@@ -158,17 +158,17 @@ fn run_json(cmd: &mut Command) -> serde_json::Value {
 fn wait_for_openssl_files(agent: &AgentRun, ok: impl Fn(f64) -> bool) -> f64 {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let files = value(
+        let files = try_value(
             &scrape(&agent.metrics),
             "tracer_tls_libraries",
             &[("flavour", "openssl")],
         );
-        if ok(files) {
+        if let Some(files) = files.filter(|n| ok(*n)) {
             return files;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "tracer_tls_libraries{{flavour=\"openssl\"}} stayed at {files}"
+            "tracer_tls_libraries{{flavour=\"openssl\"}} stayed at {files:?} (None: not served)"
         );
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -28,6 +28,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
 const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("pika", "pika>=1.3,<2"),
     ("psycopg", "psycopg[binary]>=3.1,<4"),
+    // An asyncio (event-loop) service for the causality tests.
+    ("aiohttp", "aiohttp>=3.9,<4"),
     // Offline, strict validation of the deploy/ manifests.
     ("yamllint", "yamllint>=1.35,<2"),
     ("kubernetes_validate", "kubernetes-validate==1.37.0"),

@@ -16,6 +16,8 @@ pub struct TestArgs {
     filter: Option<String>,
 }
 
+const TEST_FEATURES: &str = "tracer/test-clock";
+
 pub fn run(args: TestArgs) -> anyhow::Result<()> {
     if setup::needed() {
         setup::run()?;
@@ -25,10 +27,11 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
     }
     let filter: Vec<String> = args.filter.into_iter().collect();
     // Default members only: tracer-ebpf is built for the BPF target by tracer/build.rs.
-    exec(Command::new("cargo").args(["build", "--all-targets"]))?;
+    // The test-only clock (journeys tests move it a day on) is compiled in here alone.
+    exec(Command::new("cargo").args(["build", "--all-targets", "--features", TEST_FEATURES]))?;
     exec(
         Command::new("cargo")
-            .args(["test", "--lib", "--bins", "--"])
+            .args(["test", "--features", TEST_FEATURES, "--lib", "--bins", "--"])
             .args(&filter),
     )?;
     exec(
@@ -37,6 +40,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
                 "test",
                 "--package",
                 "tracer",
+                "--features",
+                TEST_FEATURES,
                 "--test",
                 "*",
                 "--",

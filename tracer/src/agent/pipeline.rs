@@ -45,6 +45,9 @@ pub struct PipelineStats {
     /// Bytes skipped as unparseable, by protocol (closed connections only).
     pub parse_skipped_bytes: BTreeMap<&'static str, u64>,
     pub spans_sampled_out: u64,
+    /// Calls left without a parent because several requests of their process were open
+    /// and no evidence said which one they served, by service.
+    pub parents_ambiguous: BTreeMap<String, u64>,
     /// Connections dropped because their parser panicked (a bug; the agent carries on).
     pub parser_panics: u64,
     pub correlator: CorrelatorStats,
@@ -304,6 +307,10 @@ impl Pipeline {
         for event in self.exchanges.drain(..) {
             match event {
                 ExchangeEvent::Started(start) => self.correlator.started(conn, &start),
+                ExchangeEvent::Identified {
+                    sequence,
+                    identifiers,
+                } => self.correlator.identified(conn, sequence, &identifiers),
                 ExchangeEvent::Finished(mut exchange) => {
                     *self.stats.exchanges.entry(protocol).or_default() += 1;
                     let extracted = self.stages.extractor.extract(&exchange);
@@ -333,6 +340,14 @@ impl Pipeline {
 
     fn export(&mut self, spans: Vec<ResolvedSpan>, clock: &KernelClock) {
         for mut span in spans {
+            if span.parent_ambiguous {
+                let resource = self.services.resource(&span.connection.process);
+                let service = resource
+                    .get(&opentelemetry::Key::new("service.name"))
+                    .map(|v| v.to_string())
+                    .unwrap_or_default();
+                *self.stats.parents_ambiguous.entry(service).or_default() += 1;
+            }
             let keep = self.stages.sampler.keep(&span);
             // An order's journey must not depend on whether its trace was sampled.
             let journey = self

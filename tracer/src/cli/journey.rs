@@ -6,7 +6,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use clap::Args;
 use tokio::sync::mpsc;
 
-use super::{run::journey_clock, StopSignal};
+use super::{run::TestClock, StopSignal};
 use crate::{
     config::Config,
     export::{self, ExportQueues, ExportStats, ExportTarget},
@@ -37,8 +37,8 @@ pub struct JourneyArgs {
     /// Stop after this many seconds (default: until Ctrl-C / SIGTERM).
     #[arg(long)]
     duration: Option<f64>,
-    #[arg(long, hide = true)]
-    clock_offset_file: Option<PathBuf>,
+    #[command(flatten)]
+    test_clock: TestClock,
 }
 
 pub fn run(args: JourneyArgs) -> anyhow::Result<()> {
@@ -87,7 +87,7 @@ pub fn run(args: JourneyArgs) -> anyhow::Result<()> {
         &config.journey,
         &location,
         journey_metrics,
-        journey_clock(&args.clock_offset_file),
+        args.test_clock.clock(),
         queues,
     )?
     .expect("a store was given");

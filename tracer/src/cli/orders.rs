@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
-use super::run::journey_clock;
+use super::run::TestClock;
 use crate::{
     config::Config,
     journey::{
@@ -23,9 +23,8 @@ pub struct OrdersArgs {
     /// The journey store: sqlite:PATH or postgres://… (default: journey.store).
     #[arg(long, global = true)]
     store: Option<String>,
-    /// Test and drill aid: a file holding a duration added to the clock.
-    #[arg(long, hide = true, global = true)]
-    clock_offset_file: Option<PathBuf>,
+    #[command(flatten)]
+    test_clock: TestClock,
     #[command(subcommand)]
     command: OrdersCommand,
 }
@@ -101,7 +100,7 @@ pub fn run(args: OrdersArgs) -> anyhow::Result<()> {
     }
     let mut store =
         Store::open(&location)?.context("journey.store is none: no journeys are kept")?;
-    let now = journey_clock(&args.clock_offset_file).now_ns();
+    let now = args.test_clock.clock().now_ns();
     match args.command {
         OrdersCommand::List { stuck, limit, json } => {
             let mut orders = store.load(0)?;

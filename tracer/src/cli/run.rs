@@ -85,16 +85,29 @@ pub struct RunArgs {
     /// Do not hook TLS libraries (default: tls.enabled from the config, else on).
     #[arg(long)]
     pub no_tls: bool,
-    /// Test and drill aid: a file holding a duration ("26h") added to the journey clock.
-    #[arg(long, hide = true)]
-    clock_offset_file: Option<PathBuf>,
+    #[command(flatten)]
+    test_clock: TestClock,
 }
 
-/// The journey clock: the system's, unless a test moves it.
-pub fn journey_clock(offset_file: &Option<PathBuf>) -> Clock {
-    match offset_file {
-        Some(path) => Clock::with_offset_file(path.clone()),
-        None => Clock::system(),
+/// The journey clock is the system's. Only a binary built with the cargo feature
+/// `test-clock` (which `cargo xtask test` enables, and no release build does) can move it,
+/// so that tests see a day pass in seconds.
+#[derive(Debug, Default, Args)]
+pub struct TestClock {
+    /// Testing only: a file holding a duration ("26h") added to the journey clock, re-read
+    /// at every check.
+    #[cfg(feature = "test-clock")]
+    #[arg(long, global = true)]
+    test_clock_offset_file: Option<PathBuf>,
+}
+
+impl TestClock {
+    pub fn clock(&self) -> Clock {
+        #[cfg(feature = "test-clock")]
+        if let Some(path) = &self.test_clock_offset_file {
+            return Clock::with_offset_file(path.clone());
+        }
+        Clock::system()
     }
 }
 
@@ -167,7 +180,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         &config.journey,
         &journey_store,
         journey_metrics,
-        journey_clock(&args.clock_offset_file),
+        args.test_clock.clock(),
         Some(queues.clone()),
     )?;
     stages.journey = journey.as_ref().map(|j| j.handle.clone());
@@ -191,7 +204,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         route_templates: config.http.routes.clone(),
     };
     let mut pipeline = Pipeline::new(
-        Correlator::with_stuck_after(
+        Correlator::new(
             args.settle_ms * 1_000_000,
             (args
                 .message_stuck_after

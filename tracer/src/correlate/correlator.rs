@@ -4,9 +4,10 @@
 //! 1. SERVER span whose client is a traced process on this host (the connection's 4-tuple
 //!    matches a CLIENT connection we follow): child of that CLIENT span.
 //! 2. SERVER span with a W3C `traceparent`: continues that trace (remote parent).
-//! 3. CLIENT or PRODUCER span made while a SERVER or CONSUMER span of the same process is
-//!    open on the same thread: its child; else, if the request carries a `traceparent`
-//!    (the process propagates context itself), a child of that remote context.
+//! 3. CLIENT or PRODUCER span: the child of the one SERVER or CONSUMER span of the same
+//!    process that evidence ties it to, among those open when it started (see
+//!    `causality.rs`: traceparent, identifiers, message, thread); when the evidence is
+//!    missing or points two ways it stays a root and is counted as ambiguous.
 //! 4. CONSUMER span: a `traceparent` in the message headers wins; otherwise it is the
 //!    child of the PRODUCER span whose message has the same fingerprint (what the broker
 //!    passes on unchanged), and links to it.
@@ -26,14 +27,16 @@ use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tracer_common::ConnId;
 
+mod causality;
 mod messages;
 
 use super::TraceParent;
 use crate::privacy::IdKey;
 use crate::{
     capture::Connection,
-    protocols::{AttrValue, Exchange, ExchangeKind, ExchangeStart},
+    protocols::{identifiers::Identifier, AttrValue, Exchange, ExchangeKind, ExchangeStart},
 };
+pub use causality::source;
 
 /// A span ready for export.
 #[derive(Clone, Debug)]
@@ -47,6 +50,11 @@ pub struct ResolvedSpan {
     pub order_trace: bool,
     pub exchange: Exchange,
     pub connection: Connection,
+    /// How the parent was found (`tracer.parent.source`); `None` for a root.
+    pub parent_source: Option<&'static str>,
+    /// A call made while several requests of its process were open, with no evidence of
+    /// which one it served: left a root (counted per service).
+    pub parent_ambiguous: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -55,8 +63,10 @@ pub struct CorrelatorStats {
     pub spans_resolved: u64,
     pub parents_by_peer: u64,
     pub parents_by_traceparent: u64,
-    pub parents_in_process: u64,
+    pub parents_by_thread: u64,
+    pub parents_by_identifier: u64,
     pub parents_by_message: u64,
+    pub parents_ambiguous: u64,
     pub messages_stuck: u64,
     pub evicted_unfinished: u64,
 }
@@ -82,7 +92,8 @@ struct Node {
     traceparent: Option<TraceParent>,
     parent: Option<Parent>,
     trace_id: Option<TraceId>,
-    finished: Option<(Exchange, Connection)>,
+    /// Boxed: nodes are kept (small) long after their exchange is exported.
+    finished: Option<Box<(Exchange, Connection)>>,
     message_out: Option<u64>,
     message_in: Option<u64>,
     /// CONSUMER: the PRODUCER span its message came from.
@@ -90,11 +101,18 @@ struct Node {
     /// PRODUCER: a consumer or the broker has delivered its message.
     delivered: bool,
     /// PRODUCER: what a "not delivered" span needs once the span itself is exported.
-    published: Option<(Connection, Vec<(&'static str, AttrValue)>)>,
+    published: Option<Box<(Connection, Vec<(&'static str, AttrValue)>)>>,
     /// Order ids of this exchange (set when it finishes).
     order_ids: Vec<String>,
     /// Whether `trace_id` came from an order id.
     order_trace: bool,
+    /// Identifiers of its request or message (hashes): causality evidence.
+    identifiers: Vec<Identifier>,
+    /// CLIENT/PRODUCER: the SERVER/CONSUMER spans of its process open when it started.
+    open_at_start: Box<[NodeId]>,
+    /// How `parent` was found, and whether it was left a root for want of evidence.
+    parent_source: Option<&'static str>,
+    parent_ambiguous: bool,
 }
 
 /// Spans never finished (a connection we stopped seeing) are dropped after this long.
@@ -104,8 +122,10 @@ pub struct Correlator {
     nodes: HashMap<NodeId, Node>,
     /// CLIENT spans by connection (local, remote), for rule 1.
     clients_by_tuple: HashMap<(SocketAddr, SocketAddr), Vec<NodeId>>,
-    /// SERVER and CONSUMER spans per process in start order, for rule 3.
-    servers_by_pid: HashMap<u32, VecDeque<NodeId>>,
+    /// SERVER and CONSUMER spans of each process open now, and the last ones closed (a
+    /// call's start may be read just after the end of a request it overlapped), for rule 3.
+    open_by_pid: HashMap<u32, Vec<NodeId>>,
+    closed_by_pid: HashMap<u32, VecDeque<NodeId>>,
     /// PRODUCER spans not yet matched to a delivery, by message fingerprint, oldest first.
     producers_by_message: HashMap<u64, VecDeque<NodeId>>,
     /// Broker-side entry times of messages not yet delivered, by fingerprint.
@@ -131,15 +151,13 @@ pub struct Correlator {
 const MAX_PARENT_WAIT_NS: u64 = 10_000_000_000;
 
 impl Correlator {
-    pub fn new(settle_ns: u64) -> Self {
-        Self::with_stuck_after(settle_ns, 300_000_000_000, IdKey::from_bytes(b"tests"))
-    }
-
-    pub fn with_stuck_after(settle_ns: u64, stuck_after_ns: u64, orders: IdKey) -> Self {
+    /// `orders` is the deployment's HMAC key: an order's trace id is derived from it.
+    pub fn new(settle_ns: u64, stuck_after_ns: u64, orders: IdKey) -> Self {
         Self {
             nodes: HashMap::new(),
             clients_by_tuple: HashMap::new(),
-            servers_by_pid: HashMap::new(),
+            open_by_pid: HashMap::new(),
+            closed_by_pid: HashMap::new(),
             producers_by_message: HashMap::new(),
             broker_entered: HashMap::new(),
             broker_delivered: HashMap::new(),
@@ -182,7 +200,12 @@ impl Correlator {
             published: None,
             order_ids: Vec::new(),
             order_trace: false,
+            identifiers: start.identifiers.clone(),
+            open_at_start: Box::default(),
+            parent_source: None,
+            parent_ambiguous: false,
         };
+        let mut node = node;
         match node.kind {
             ExchangeKind::Client => {
                 if let (Some(local), Some(remote)) = (node.local, node.remote) {
@@ -192,12 +215,13 @@ impl Correlator {
                         .push(id);
                 }
             }
-            ExchangeKind::Server | ExchangeKind::Consumer => self
-                .servers_by_pid
-                .entry(node.pid)
-                .or_default()
-                .push_back(id),
+            ExchangeKind::Server | ExchangeKind::Consumer => {
+                self.open_by_pid.entry(node.pid).or_default().push(id)
+            }
             ExchangeKind::Producer | ExchangeKind::Internal => {}
+        }
+        if matches!(node.kind, ExchangeKind::Client | ExchangeKind::Producer) {
+            node.open_at_start = self.open_requests(node.pid, node.start_ns);
         }
         if let Some(fingerprint) = node.message_out {
             self.producers_by_message
@@ -227,19 +251,25 @@ impl Correlator {
                 traceparent: exchange.traceparent.clone(),
                 message_out: None,
                 message_in: None,
+                identifiers: Vec::new(),
             };
             self.started(connection, &start);
         }
         let node = self.nodes.get_mut(&id).expect("inserted above");
+        if matches!(node.kind, ExchangeKind::Server | ExchangeKind::Consumer) {
+            let pid = node.pid;
+            self.close_request(pid, id);
+        }
+        let node = self.nodes.get_mut(&id).expect("inserted above");
         if node.message_out.is_some() {
-            node.published = Some((connection.clone(), exchange.attributes.clone()));
+            node.published = Some(Box::new((connection.clone(), exchange.attributes.clone())));
         }
         node.end_ns = Some(exchange.end_ktime_ns);
         // Addresses may have become known after the start.
         node.local = node.local.or(connection.local);
         node.remote = node.remote.or(connection.remote);
         node.order_ids = exchange.order_ids.clone();
-        node.finished = Some((exchange, connection.clone()));
+        node.finished = Some(Box::new((exchange, connection.clone())));
         self.settling.push_back((now_ns + self.settle_ns, id));
     }
 
@@ -287,7 +317,7 @@ impl Correlator {
     fn resolve(&mut self, id: NodeId) -> Option<ResolvedSpan> {
         let trace_id = self.trace_of(id);
         let parent = self.parent_of(id);
-        let (mut exchange, connection) = self.nodes.get_mut(&id)?.finished.take()?;
+        let (mut exchange, connection) = *self.nodes.get_mut(&id)?.finished.take()?;
         let mut links = Vec::new();
         let (parent_span_id, parent_is_remote) = match parent {
             Parent::Local(p) => {
@@ -337,6 +367,8 @@ impl Correlator {
                 .push(("tracer.messaging.queue_residence_source", source.into()));
         }
         let node = self.nodes.get(&id)?;
+        // A parent that became a link (another order's trace) is no parent.
+        let parent_source = parent_span_id.and(node.parent_source);
         Some(ResolvedSpan {
             trace_id,
             span_id: node.span_id,
@@ -346,6 +378,8 @@ impl Correlator {
             order_trace: node.order_trace,
             exchange,
             connection,
+            parent_source,
+            parent_ambiguous: node.parent_ambiguous,
         })
     }
 
@@ -402,39 +436,37 @@ impl Correlator {
         let Some(node) = self.nodes.get(&id) else {
             return Parent::Root;
         };
-        let parent = match node.kind {
+        let (parent, source) = match node.kind {
             ExchangeKind::Server => match self.peer_client(id, node) {
                 Some(client) => {
                     self.stats.parents_by_peer += 1;
-                    Some(Parent::Local(client))
+                    (Parent::Local(client), Some(source::PEER))
                 }
-                None => node.traceparent.map(|tp| {
-                    self.stats.parents_by_traceparent += 1;
-                    Parent::Remote(tp)
-                }),
+                None => match node.traceparent {
+                    Some(tp) => {
+                        self.stats.parents_by_traceparent += 1;
+                        (Parent::Remote(tp), Some(source::TRACEPARENT))
+                    }
+                    None => (Parent::Root, None),
+                },
             },
             ExchangeKind::Consumer => match (node.traceparent, node.producer) {
-                (Some(tp), _) => Some(Parent::Remote(tp)),
+                (Some(tp), _) => {
+                    self.stats.parents_by_traceparent += 1;
+                    (Parent::Remote(tp), Some(source::TRACEPARENT))
+                }
                 (None, Some(producer)) => {
                     self.stats.parents_by_message += 1;
-                    Some(Parent::Local(producer))
+                    (Parent::Local(producer), Some(source::MESSAGE))
                 }
-                (None, None) => None,
+                (None, None) => (Parent::Root, None),
             },
-            ExchangeKind::Client | ExchangeKind::Producer => match self.open_server_on_thread(node)
-            {
-                Some(server) => {
-                    self.stats.parents_in_process += 1;
-                    Some(Parent::Local(server))
-                }
-                // A request that carries its own traceparent names its caller's context.
-                None => node.traceparent.map(Parent::Remote),
-            },
-            ExchangeKind::Internal => None,
-        }
-        .unwrap_or(Parent::Root);
+            ExchangeKind::Client | ExchangeKind::Producer => self.causal_parent(id),
+            ExchangeKind::Internal => (Parent::Root, None),
+        };
         if let Some(node) = self.nodes.get_mut(&id) {
             node.parent = Some(parent);
+            node.parent_source = source;
         }
         parent
     }
@@ -455,19 +487,6 @@ impl Correlator {
             .filter(|(_, start)| *start <= node.start_ns)
             .max_by_key(|(_, start)| *start)
             .map(|(client, _)| client)
-    }
-
-    /// Rule 3: the latest SERVER (or CONSUMER) span of the same process and thread open at
-    /// this start.
-    fn open_server_on_thread(&self, node: &Node) -> Option<NodeId> {
-        let servers = self.servers_by_pid.get(&node.pid)?;
-        servers.iter().rev().copied().find(|server| {
-            self.nodes.get(server).is_some_and(|s| {
-                s.tid == node.tid
-                    && s.start_ns <= node.start_ns
-                    && s.end_ns.is_none_or(|end| end >= node.start_ns)
-            })
-        })
     }
 
     fn evict(&mut self, now_ns: u64) {
@@ -496,15 +515,30 @@ impl Correlator {
             }
             self.clients_by_tuple
                 .retain(|_, clients| !clients.is_empty());
-            for servers in self.servers_by_pid.values_mut() {
-                servers.retain(|id| nodes.contains_key(id));
+            for open in self.open_by_pid.values_mut() {
+                open.retain(|id| nodes.contains_key(id));
             }
-            self.servers_by_pid.retain(|_, servers| !servers.is_empty());
+            self.open_by_pid.retain(|_, open| !open.is_empty());
+            for closed in self.closed_by_pid.values_mut() {
+                closed.retain(|id| nodes.contains_key(id));
+            }
+            self.closed_by_pid.retain(|_, closed| !closed.is_empty());
             for producers in self.producers_by_message.values_mut() {
                 producers.retain(|id| nodes.contains_key(id));
             }
             self.producers_by_message
                 .retain(|_, producers| !producers.is_empty());
         }
+    }
+}
+
+#[cfg(test)]
+mod size {
+    /// Nodes outlive their exchanges by the retention time, tens of thousands at a time
+    /// on a busy host: keep them small.
+    #[test]
+    fn a_node_stays_small() {
+        let size = std::mem::size_of::<super::Node>();
+        assert!(size <= 384, "Node is {size} bytes");
     }
 }

@@ -9,6 +9,15 @@ use crate::{
     protocols::{Exchange, ExchangeKind, ExchangeStart, ExchangeStatus},
 };
 
+/// A correlator with a key of the tests' own (production reads it from config).
+fn correlator(settle_ns: u64) -> Correlator {
+    Correlator::new(
+        settle_ns,
+        300_000_000_000,
+        crate::privacy::IdKey::from_bytes(b"correlator unit tests"),
+    )
+}
+
 fn conn(pid: u32, fd: u32, role: Role, local: &str, remote: &str) -> Connection {
     Connection::for_tests(
         ConnId {
@@ -35,6 +44,7 @@ fn start(kind: ExchangeKind, at: u64, tid: u32, traceparent: Option<&str>) -> Ex
         traceparent: traceparent.map(str::to_owned),
         message_out: None,
         message_in: None,
+        identifiers: Vec::new(),
     }
 }
 
@@ -63,7 +73,7 @@ fn two_hop_chain_is_one_trace_whatever_the_arrival_order() {
     let a_in = conn(2, 4, Role::Server, "127.0.0.1:8001", "127.0.0.1:5000");
     let a_out = conn(2, 5, Role::Client, "127.0.0.1:6000", "127.0.0.1:8002");
     let b_in = conn(3, 4, Role::Server, "127.0.0.1:8002", "127.0.0.1:6000");
-    let mut c = Correlator::new(100);
+    let mut c = correlator(100);
     // B's server side is read from the ring before A's client write.
     c.started(&user, &start(ExchangeKind::Client, 10, 1, None));
     c.started(&a_in, &start(ExchangeKind::Server, 11, 20, None));
@@ -98,7 +108,7 @@ fn two_hop_chain_is_one_trace_whatever_the_arrival_order() {
 #[test]
 fn incoming_traceparent_is_continued() {
     let a_in = conn(2, 4, Role::Server, "127.0.0.1:8001", "10.0.0.9:5000");
-    let mut c = Correlator::new(0);
+    let mut c = correlator(0);
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     c.started(&a_in, &start(ExchangeKind::Server, 1, 1, Some(tp)));
     c.finished(&a_in, exchange(ExchangeKind::Server, 1, 2, 1), 2);
@@ -119,7 +129,7 @@ fn incoming_traceparent_is_continued() {
 fn client_call_on_another_thread_or_after_the_server_span_is_not_its_child() {
     let a_in = conn(2, 4, Role::Server, "127.0.0.1:8001", "10.0.0.9:5000");
     let a_out = conn(2, 5, Role::Client, "127.0.0.1:6000", "10.0.0.7:80");
-    let mut c = Correlator::new(0);
+    let mut c = correlator(0);
     c.started(&a_in, &start(ExchangeKind::Server, 10, 1, None));
     c.finished(&a_in, exchange(ExchangeKind::Server, 10, 20, 1), 20);
     let mut other_thread = start(ExchangeKind::Client, 12, 2, None);
@@ -145,7 +155,7 @@ fn client_call_on_another_thread_or_after_the_server_span_is_not_its_child() {
 #[test]
 fn spans_wait_for_their_settle_time() {
     let a_in = conn(2, 4, Role::Server, "127.0.0.1:8001", "10.0.0.9:5000");
-    let mut c = Correlator::new(50);
+    let mut c = correlator(50);
     c.started(&a_in, &start(ExchangeKind::Server, 1, 1, None));
     c.finished(&a_in, exchange(ExchangeKind::Server, 1, 2, 1), 100);
     let mut out = Vec::new();
@@ -153,4 +163,176 @@ fn spans_wait_for_their_settle_time() {
     assert!(out.is_empty());
     c.poll(150, &mut out);
     assert_eq!(out.len(), 1);
+}
+
+/// A start whose request carries these values (as a path, body or message would).
+fn with_values(mut start: ExchangeStart, sequence: u64, values: &str) -> ExchangeStart {
+    start.sequence = sequence;
+    crate::protocols::identifiers::collect(values.as_bytes(), &mut start.identifiers);
+    start
+}
+
+fn sequenced(kind: ExchangeKind, start: u64, end: u64, tid: u32, sequence: u64) -> Exchange {
+    Exchange {
+        sequence,
+        ..exchange(kind, start, end, tid)
+    }
+}
+
+/// An event-loop service (pid 2, one thread) with requests R-0001 and R-0002 open, and a
+/// call to C made while both are: what parent does the call get?
+fn event_loop_call(call_values: &str) -> (ResolvedSpan, Vec<ResolvedSpan>, CorrelatorStats) {
+    let a = conn(2, 4, Role::Server, "127.0.0.1:8001", "10.0.0.9:5000");
+    let b = conn(2, 5, Role::Server, "127.0.0.1:8001", "10.0.0.9:5001");
+    let call = conn(2, 6, Role::Client, "127.0.0.1:6000", "10.0.0.7:80");
+    let mut c = correlator(0);
+    c.started(
+        &a,
+        &with_values(start(ExchangeKind::Server, 10, 1, None), 0, "/work/R-0001"),
+    );
+    c.started(
+        &b,
+        &with_values(start(ExchangeKind::Server, 11, 1, None), 0, "/work/R-0002"),
+    );
+    c.started(
+        &call,
+        &with_values(start(ExchangeKind::Client, 12, 1, None), 0, call_values),
+    );
+    c.finished(&call, sequenced(ExchangeKind::Client, 12, 13, 1, 0), 13);
+    c.finished(&a, sequenced(ExchangeKind::Server, 10, 14, 1, 0), 14);
+    c.finished(&b, sequenced(ExchangeKind::Server, 11, 15, 1, 0), 15);
+    let mut out = Vec::new();
+    c.poll(100, &mut out);
+    let call = out
+        .iter()
+        .find(|s| s.exchange.kind == ExchangeKind::Client)
+        .unwrap()
+        .clone();
+    (call, out, c.stats())
+}
+
+fn server_span_of<'a>(spans: &'a [ResolvedSpan], fd: u32) -> &'a ResolvedSpan {
+    spans
+        .iter()
+        .find(|s| s.exchange.kind == ExchangeKind::Server && s.connection.id.fd == fd)
+        .unwrap()
+}
+
+#[test]
+fn an_identifier_found_in_exactly_one_open_request_names_the_parent() {
+    let (call, spans, stats) = event_loop_call("/price/R-0002");
+    assert_eq!(call.parent_span_id, Some(server_span_of(&spans, 5).span_id));
+    assert_eq!(call.parent_source, Some("identifier"));
+    assert_eq!(stats.parents_ambiguous, 0);
+}
+
+#[test]
+fn with_several_requests_open_the_thread_alone_decides_nothing() {
+    let (call, _, stats) = event_loop_call("/price");
+    assert_eq!(call.parent_span_id, None, "a root, not a guess");
+    assert!(call.parent_ambiguous);
+    assert_eq!(call.parent_source, None);
+    assert_eq!(stats.parents_ambiguous, 1);
+}
+
+#[test]
+fn identifiers_pointing_at_two_requests_are_ambiguous() {
+    let (call, _, stats) = event_loop_call("/compare/R-0001/R-0002");
+    assert_eq!(call.parent_span_id, None);
+    assert_eq!(stats.parents_ambiguous, 1);
+}
+
+#[test]
+fn the_only_open_request_on_the_callers_thread_is_the_parent() {
+    let a = conn(2, 4, Role::Server, "127.0.0.1:8001", "10.0.0.9:5000");
+    let call = conn(2, 6, Role::Client, "127.0.0.1:6000", "10.0.0.7:80");
+    let mut c = correlator(0);
+    c.started(&a, &start(ExchangeKind::Server, 10, 7, None));
+    c.started(&call, &start(ExchangeKind::Client, 12, 7, None));
+    c.finished(&call, exchange(ExchangeKind::Client, 12, 13, 7), 13);
+    c.finished(&a, exchange(ExchangeKind::Server, 10, 14, 7), 14);
+    let mut out = Vec::new();
+    c.poll(100, &mut out);
+    let call = out
+        .iter()
+        .find(|s| s.exchange.kind == ExchangeKind::Client)
+        .unwrap();
+    assert_eq!(call.parent_span_id, Some(server_span_of(&out, 4).span_id));
+    assert_eq!(call.parent_source, Some("thread"));
+}
+
+#[test]
+fn a_reply_published_while_handling_deliveries_is_the_child_of_the_one_it_answers() {
+    let deliveries = conn(3, 4, Role::Client, "127.0.0.1:6001", "127.0.0.1:5672");
+    let mut c = correlator(0);
+    // Two deliveries open on the consumer's connection, then a reply whose correlation id
+    // is the second one's message id.
+    c.started(
+        &deliveries,
+        &with_values(start(ExchangeKind::Consumer, 10, 1, None), 0, "msg-0001"),
+    );
+    c.started(
+        &deliveries,
+        &with_values(start(ExchangeKind::Consumer, 11, 1, None), 1, "msg-0002"),
+    );
+    c.started(
+        &deliveries,
+        &with_values(
+            start(ExchangeKind::Producer, 12, 1, None),
+            2,
+            "reply-0009 msg-0002",
+        ),
+    );
+    c.finished(
+        &deliveries,
+        sequenced(ExchangeKind::Producer, 12, 13, 1, 2),
+        13,
+    );
+    c.finished(
+        &deliveries,
+        sequenced(ExchangeKind::Consumer, 10, 14, 1, 0),
+        14,
+    );
+    c.finished(
+        &deliveries,
+        sequenced(ExchangeKind::Consumer, 11, 15, 1, 1),
+        15,
+    );
+    let mut out = Vec::new();
+    c.poll(100, &mut out);
+    let reply = out
+        .iter()
+        .find(|s| s.exchange.kind == ExchangeKind::Producer)
+        .unwrap();
+    let answered = out
+        .iter()
+        .find(|s| s.exchange.kind == ExchangeKind::Consumer && s.exchange.sequence == 1)
+        .unwrap();
+    assert_eq!(reply.parent_span_id, Some(answered.span_id));
+    assert_eq!(reply.parent_source, Some("message"));
+}
+
+#[test]
+fn a_call_carrying_trace_context_joins_the_open_request_of_that_trace() {
+    let a = conn(2, 4, Role::Server, "127.0.0.1:8001", "10.0.0.9:5000");
+    let b = conn(2, 5, Role::Server, "127.0.0.1:8001", "10.0.0.9:5001");
+    let call = conn(2, 6, Role::Client, "127.0.0.1:6000", "10.0.0.7:80");
+    let mut c = correlator(0);
+    let tp_a = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let tp_b = "00-11112222333344445555666677778888-00f067aa0ba902b7-01";
+    let own = "00-11112222333344445555666677778888-aaaaaaaaaaaaaaaa-01";
+    c.started(&a, &start(ExchangeKind::Server, 10, 1, Some(tp_a)));
+    c.started(&b, &start(ExchangeKind::Server, 11, 1, Some(tp_b)));
+    c.started(&call, &start(ExchangeKind::Client, 12, 1, Some(own)));
+    c.finished(&call, exchange(ExchangeKind::Client, 12, 13, 1), 13);
+    c.finished(&a, exchange(ExchangeKind::Server, 10, 14, 1), 14);
+    c.finished(&b, exchange(ExchangeKind::Server, 11, 15, 1), 15);
+    let mut out = Vec::new();
+    c.poll(100, &mut out);
+    let call = out
+        .iter()
+        .find(|s| s.exchange.kind == ExchangeKind::Client)
+        .unwrap();
+    assert_eq!(call.parent_span_id, Some(server_span_of(&out, 5).span_id));
+    assert_eq!(call.parent_source, Some("traceparent"));
 }

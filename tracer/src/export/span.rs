@@ -24,6 +24,8 @@ pub fn to_span_data(span: ResolvedSpan, clock: &KernelClock) -> SpanData {
         links,
         exchange,
         connection,
+        parent_source,
+        parent_ambiguous,
         ..
     } = span;
     let mut attributes: Vec<KeyValue> = exchange
@@ -49,6 +51,13 @@ pub fn to_span_data(span: ResolvedSpan, clock: &KernelClock) -> SpanData {
         attributes.push(KeyValue::new("network.local.port", i64::from(local.port())));
     }
     attributes.push(KeyValue::new("network.transport", "tcp"));
+    if let Some(source) = parent_source {
+        attributes.push(KeyValue::new("tracer.parent.source", source));
+    }
+    if parent_ambiguous {
+        // Made while several requests of its process were open, none shown to be its.
+        attributes.push(KeyValue::new("tracer.parent.ambiguous", true));
+    }
     if exchange.protocol == "http" {
         let scheme = if connection.tls { "https" } else { "http" };
         attributes.push(KeyValue::new("url.scheme", scheme));

@@ -74,6 +74,14 @@ impl Journeys {
             metrics,
             clock,
         };
+        // Every status with a limit has its series from the start, so "none reported" reads
+        // as 0 rather than as a missing metric.
+        for status in journeys.config.max_dwell.keys() {
+            let _ = journeys
+                .metrics
+                .stuck_reported
+                .get_or_create(&JourneyMetrics::status(status));
+        }
         journeys.update_stuck_gauges(journeys.clock.now_ns());
         Ok(journeys)
     }

@@ -4,12 +4,32 @@ use std::collections::BTreeSet;
 
 use super::JourneySpan;
 
-/// The order entered `status` at `at_ns` (Unix ns), seen by `service`.
+/// The order entered `status` at `at_ns` (Unix ns, its first sighting), set by `service`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct StatusChange {
     pub status: String,
     pub at_ns: i64,
     pub service: String,
+    /// `service` only asked (a CLIENT span): the answering side, when traced, replaces it.
+    #[serde(skip)]
+    pub by_client: bool,
+}
+
+impl StatusChange {
+    /// Who set a status is the side that answered or handled the exchange (SERVER,
+    /// CONSUMER, PRODUCER), even when the client's read of the answer came microseconds
+    /// earlier; a CLIENT only while no other side of that status is known. The time stays
+    /// the first sighting.
+    pub fn seen(&mut self, at_ns: i64, service: &str, kind: &str) {
+        let by_client = kind == "client";
+        if self.by_client && !by_client {
+            self.service = service.to_owned();
+            self.by_client = false;
+        } else if at_ns < self.at_ns && by_client == self.by_client {
+            self.service = service.to_owned();
+        }
+        self.at_ns = self.at_ns.min(at_ns);
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -103,9 +123,11 @@ impl Order {
             return applied;
         };
         let position = self.history.partition_point(|c| c.at_ns <= at);
-        let before = position.checked_sub(1).map(|i| &self.history[i]);
-        if before.is_some_and(|c| c.status == status) {
-            return applied;
+        if let Some(before) = position.checked_sub(1).map(|i| &mut self.history[i]) {
+            if before.status == status {
+                before.seen(at, &span.service, span.kind);
+                return applied;
+            }
         }
         if !self.history.iter().any(|c| c.status == status) {
             applied.reached = Some(status.to_owned());
@@ -117,6 +139,7 @@ impl Order {
             status: status.to_owned(),
             at_ns: at,
             service: span.service.clone(),
+            by_client: span.kind == "client",
         };
         if position == self.history.len() {
             if let Some(previous) = self.history.last() {
@@ -124,10 +147,8 @@ impl Order {
             }
             self.stuck_status = None;
         } else if self.history[position].status == status {
-            // The same status was already known from a later span: it started earlier, and
-            // this span's service is the one that saw it first.
-            self.history[position].at_ns = at;
-            self.history[position].service = span.service.clone();
+            // The same status was already known from a later span: it started earlier.
+            self.history[position].seen(at, &span.service, span.kind);
             return applied;
         }
         self.history.insert(position, change);
@@ -207,5 +228,34 @@ mod tests {
             (submitted.at_ns, submitted.service.as_str()),
             (19 * S, "mes")
         );
+    }
+
+    #[test]
+    fn the_answering_side_sets_a_status_even_when_its_client_read_it_first() {
+        let customer = JourneySpan {
+            kind: "client",
+            ..span("customer", 20, false)
+        };
+        let mut order = Order::new("A-1", &customer);
+        order.apply(&customer, Some("SUBMITTED"), "SHIPPED");
+        // The server's write ended a moment after the client's read returned.
+        order.apply_at(
+            &span("crm", 21, false),
+            Some(("SUBMITTED", 20 * S + 5)),
+            "SHIPPED",
+        );
+        let submitted = order.status().unwrap();
+        assert_eq!(
+            (submitted.at_ns, submitted.service.as_str()),
+            (20 * S, "crm")
+        );
+        // A later client sighting does not take it back.
+        let late_client = JourneySpan {
+            kind: "client",
+            ..span("customer", 22, false)
+        };
+        order.apply(&late_client, Some("SUBMITTED"), "SHIPPED");
+        assert_eq!(order.status().unwrap().service, "crm");
+        assert_eq!(order.history.len(), 1);
     }
 }

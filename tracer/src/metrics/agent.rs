@@ -16,6 +16,11 @@ pub struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Service {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Protocol {
     pub protocol: String,
 }
@@ -31,6 +36,7 @@ pub struct AgentMetrics {
     spans_exported: Counter,
     spans_dropped: Family<Reason, Counter>,
     spans_sampled_out: Counter,
+    parents_ambiguous: Family<Service, Counter>,
     export_errors: Counter,
     connections: Gauge,
     tls_calls: Counter,
@@ -96,6 +102,11 @@ impl AgentMetrics {
             "tracer_spans_sampled_out",
             "Spans not exported by sampling decision",
             m.spans_sampled_out.clone(),
+        );
+        r.register(
+            "tracer_parent_ambiguous",
+            "Calls left without a parent: several requests of their process were open and no evidence (traceparent, identifiers, message, thread) said which one they served, by service",
+            m.parents_ambiguous.clone(),
         );
         r.register(
             "tracer_export_errors",
@@ -187,6 +198,12 @@ impl AgentMetrics {
             load(&export.spans_dropped_export_failed),
         );
         set(&self.spans_sampled_out, pipeline.spans_sampled_out);
+        for (service, count) in &pipeline.parents_ambiguous {
+            let service = Service {
+                service: service.clone(),
+            };
+            set(&self.parents_ambiguous.get_or_create(&service), *count);
+        }
         set(&self.parser_panics, pipeline.parser_panics);
         set(&self.export_errors, load(&export.export_errors));
         self.connections.set(capture.connections as i64);

@@ -77,6 +77,9 @@ pub struct ExchangeStart {
     pub message_out: Option<u64>,
     /// Fingerprint of a message this exchange received from a broker.
     pub message_in: Option<u64>,
+    /// Identifiers in the request or message so far (path, query, non-standard headers,
+    /// message ids, bound values): evidence of which incoming request a call serves.
+    pub identifiers: Vec<super::identifiers::Identifier>,
 }
 
 /// Seen on a broker's own sockets: a message entered (was published to) or left (was

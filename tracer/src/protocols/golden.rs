@@ -95,6 +95,12 @@ pub fn render(event: &ExchangeEvent) -> Value {
                 "status": status, "attributes": attributes, "body": x.fields.get("body"),
             })
         }
+        ExchangeEvent::Identified {
+            sequence,
+            identifiers,
+        } => {
+            json!({ "event": "identified", "sequence": sequence, "identifiers": identifiers.len() })
+        }
         ExchangeEvent::Broker(b) => {
             json!({ "event": "broker", "entered": b.entered, "fingerprint": format!("{:016x}", b.fingerprint) })
         }

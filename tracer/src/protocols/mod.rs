@@ -5,6 +5,7 @@ mod exchange;
 #[cfg(test)]
 mod golden;
 pub mod http;
+pub mod identifiers;
 pub mod postgres;
 
 pub use exchange::{
@@ -45,6 +46,12 @@ impl Default for SessionOptions {
 #[derive(Clone, Debug)]
 pub enum ExchangeEvent {
     Started(ExchangeStart),
+    /// More identifiers of a started exchange (e.g. from a request body read after its
+    /// head), for the correlator's causality evidence.
+    Identified {
+        sequence: u64,
+        identifiers: Vec<identifiers::Identifier>,
+    },
     Finished(Exchange),
     Broker(BrokerEvent),
 }

@@ -1,6 +1,7 @@
 // RabbitMQ consumer for tracer's AMQP tests, using amqplib as any application would; no
 // tracing code. Consumes --count messages from a queue and acks them, except the message
-// ids given with --reject or --nack; prints one JSON line per message.
+// ids given with --reject or --nack; prints one JSON line per message (with the wall
+// clock at which it arrived).
 // Usage: node amqp_consumer.js <port> <queue> <count> [--reject id]... [--nack id]... [--work-ms n]
 const amqp = require("amqplib");
 
@@ -21,13 +22,14 @@ async function main() {
   let seen = 0;
   await new Promise((resolve) => {
     channel.consume(queue, async (msg) => {
+      const receivedAt = Date.now();
       const id = msg.properties.messageId;
       await new Promise((r) => setTimeout(r, workMs));
       let verdict = "ack";
       if (reject.has(id)) { channel.reject(msg, false); verdict = "reject"; }
       else if (nack.has(id)) { channel.nack(msg, false, false); verdict = "nack"; }
       else channel.ack(msg);
-      console.log(JSON.stringify({ message_id: id, verdict, bytes: msg.content.length }));
+      console.log(JSON.stringify({ message_id: id, verdict, bytes: msg.content.length, received_at_ms: receivedAt }));
       if (++seen >= Number(count)) resolve();
     });
   });

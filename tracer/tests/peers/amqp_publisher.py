@@ -2,9 +2,11 @@
 """RabbitMQ publisher for tracer's AMQP tests, using pika as any application would; no
 tracing code. Declares the exchange/queue it is told to, publishes --count messages
 (message ids <prefix>-<n>) round-robin over --channels channels, with publisher confirms
-if asked, and prints one JSON line per message: {"message_id", "ok", "error"}."""
+if asked, and prints one JSON line per message: {"message_id", "ok", "error", "published_at_ms"} (wall
+clock just before the publish)."""
 import argparse
 import json
+import time
 
 import pika
 from pika.exceptions import AMQPChannelError, ChannelClosedByBroker
@@ -41,7 +43,7 @@ def main():
         body = json.dumps({"order_id": message_id, "status": "SUBMITTED"}).encode()
         body += b" " * max(0, a.body_size - len(body))
         channel = channels[n % len(channels)]
-        result = {"message_id": message_id, "ok": True, "error": None}
+        result = {"message_id": message_id, "ok": True, "error": None, "published_at_ms": time.time() * 1000}
         try:
             channel.basic_publish(
                 a.exchange,

@@ -14,9 +14,9 @@ pub fn scrape(base: &str) -> Scrape {
     Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parsable exposition")
 }
 
-/// The value of the sample `name` whose labels include `labels`; 0 when absent
-/// (as Prometheus reads a series that was never incremented).
-pub fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+/// The value of the sample `name` whose labels include `labels`, if the agent serves it.
+/// A wait that polls for a value uses this; a check uses [`value`].
+pub fn try_value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let found: Vec<f64> = scrape
         .samples
         .iter()
@@ -31,12 +31,24 @@ pub fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .collect();
     assert!(found.len() <= 1, "{name} {labels:?} matches several series");
-    found.first().copied().unwrap_or(0.0)
+    found.first().copied()
+}
+
+/// The value of the sample `name` whose labels include `labels`. A series the agent does
+/// not serve fails the test, naming it: a renamed or missing metric must never read as 0.
+pub fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    try_value(scrape, name, labels).unwrap_or_else(|| {
+        panic!(
+            "/metrics has no series {name} {labels:?}; it serves {:?}",
+            names(scrape)
+        )
+    })
 }
 
 /// Every metric name in the scrape, for failure messages.
 pub fn names(scrape: &Scrape) -> Vec<String> {
     let mut names: Vec<String> = scrape.samples.iter().map(|s| s.metric.clone()).collect();
+    names.sort();
     names.dedup();
     names
 }

@@ -116,7 +116,7 @@ impl Correlator {
             if node.delivered {
                 continue;
             }
-            let Some((connection, mut attributes)) = node.published.clone() else {
+            let Some((connection, mut attributes)) = node.published.as_deref().cloned() else {
                 continue;
             };
             let (producer_span, start_ns, tid) =
@@ -169,6 +169,9 @@ impl Correlator {
                 order_trace: self.nodes.get(&id).is_some_and(|n| n.order_trace),
                 exchange,
                 connection,
+                // About the producer's message, and under it.
+                parent_source: Some(super::source::MESSAGE),
+                parent_ambiguous: false,
             });
         }
     }

@@ -205,7 +205,7 @@ impl Store {
             }
         }
         let statuses = self.db.query(
-            "SELECT s.order_id, s.status, s.status_at_ns, s.service FROM journey_steps s JOIN journey_orders o ON o.order_id = s.order_id WHERE o.last_seen_ns >= ?1 AND s.status IS NOT NULL ORDER BY s.order_id, s.status_at_ns",
+            "SELECT s.order_id, s.status, s.status_at_ns, s.service, s.kind FROM journey_steps s JOIN journey_orders o ON o.order_id = s.order_id WHERE o.last_seen_ns >= ?1 AND s.status IS NOT NULL ORDER BY s.order_id, s.status_at_ns",
             &[since_ns.into()],
         )?;
         for row in statuses {
@@ -214,7 +214,8 @@ impl Store {
             };
             let Some(&i) = index.get(&id) else { continue };
             let service = row[3].text().unwrap_or_default();
-            push_status(&mut orders[i].history, status, row[2].int(), service);
+            let kind = row[4].text().unwrap_or_default();
+            push_status(&mut orders[i].history, status, row[2].int(), service, &kind);
         }
         Ok(orders)
     }
@@ -240,6 +241,7 @@ impl Store {
                 status,
                 step.status_at_ns,
                 step.service.clone(),
+                &step.kind,
             );
         }
         order.services = steps
@@ -328,14 +330,23 @@ impl Store {
     }
 }
 
-/// Appends a status change unless the order is already in that status.
-fn push_status(history: &mut Vec<StatusChange>, status: String, at_ns: i64, service: String) {
-    if history.last().is_none_or(|c| c.status != status) {
-        history.push(StatusChange {
+/// Appends a status change (steps come in time order) unless the order is already in
+/// that status; then this step may name who set it (see [`StatusChange::seen`]).
+fn push_status(
+    history: &mut Vec<StatusChange>,
+    status: String,
+    at_ns: i64,
+    service: String,
+    kind: &str,
+) {
+    match history.last_mut() {
+        Some(last) if last.status == status => last.seen(at_ns, &service, kind),
+        _ => history.push(StatusChange {
             status,
             at_ns,
             service,
-        });
+            by_client: kind == "client",
+        }),
     }
 }
 
@@ -450,11 +461,13 @@ mod tests {
                 status: "INITIATED".into(),
                 at_ns: 10,
                 service: "shop".into(),
+                by_client: false,
             },
             StatusChange {
                 status: "SUBMITTED".into(),
                 at_ns: 30,
                 service: "crm".into(),
+                by_client: false,
             },
         ];
         assert_eq!(loaded, vec![order.clone()]);

@@ -10,7 +10,10 @@ use super::{
 };
 use crate::{
     capture::Direction,
-    protocols::{AttrValue, Exchange, ExchangeEvent, ExchangeKind, ExchangeStart, ExchangeStatus},
+    protocols::{
+        identifiers::{self, Identifier},
+        AttrValue, Exchange, ExchangeEvent, ExchangeKind, ExchangeStart, ExchangeStatus,
+    },
 };
 
 pub struct Open {
@@ -129,7 +132,28 @@ pub fn start(
         traceparent: message.traceparent().map(str::to_owned),
         message_out: produced.then_some(fingerprint),
         message_in: (!produced).then_some(fingerprint),
+        identifiers: message_identifiers(message),
     }
+}
+
+/// A message's evidence for causality: its message and correlation ids, string headers
+/// (but trace context) and body prefix. A reply carries its request's message id as its
+/// correlation id, so a consumer that answers is tied to the delivery it answers.
+fn message_identifiers(message: &Message) -> Vec<Identifier> {
+    let mut found = Vec::new();
+    for id in [&message.message_id, &message.correlation_id]
+        .into_iter()
+        .flatten()
+    {
+        identifiers::collect(id.as_bytes(), &mut found);
+    }
+    for (name, value) in &message.headers {
+        if identifiers::header_is_evidence(name) {
+            identifiers::collect(value.as_bytes(), &mut found);
+        }
+    }
+    identifiers::collect(&message.body_prefix, &mut found);
+    found
 }
 
 pub fn finish(open: Open, end_ktime_ns: u64, kind: ExchangeKind) -> Exchange {

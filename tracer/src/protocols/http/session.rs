@@ -9,10 +9,24 @@ use super::{
 use crate::{
     capture::{Direction, Role},
     protocols::{
+        identifiers::{self, Identifier},
         AttrValue, Exchange, ExchangeEvent, ExchangeKind, ExchangeStart, ExchangeStatus,
         ProtocolSession, SessionOptions,
     },
 };
+
+/// A request head's evidence for causality: its target (path and query) and the values of
+/// non-standard headers.
+fn head_identifiers(head: &Head) -> Vec<Identifier> {
+    let mut found = Vec::new();
+    identifiers::collect(head.target.as_bytes(), &mut found);
+    for (name, value) in &head.headers {
+        if identifiers::header_is_evidence(name) {
+            identifiers::collect(value.as_bytes(), &mut found);
+        }
+    }
+    found
+}
 
 struct PendingRequest {
     sequence: u64,
@@ -87,6 +101,7 @@ impl HttpSession {
                         traceparent: head.header("traceparent").map(str::to_owned),
                         message_out: None,
                         message_in: None,
+                        identifiers: head_identifiers(&head),
                     }));
                     self.pending.push_back(PendingRequest {
                         sequence,
@@ -103,6 +118,14 @@ impl HttpSession {
                 } => {
                     if let Some(request) = self.pending.iter_mut().rev().find(|r| r.body.is_none())
                     {
+                        let mut identifiers = Vec::new();
+                        identifiers::collect(&body_prefix, &mut identifiers);
+                        if !identifiers.is_empty() {
+                            out.push(ExchangeEvent::Identified {
+                                sequence: request.sequence,
+                                identifiers,
+                            });
+                        }
                         request.body = Some((body_len, body_prefix));
                     }
                 }

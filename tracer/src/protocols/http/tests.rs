@@ -270,6 +270,14 @@ fn traceparent_is_carried_to_the_start_event() {
     assert_eq!(start.tid, 7);
 }
 
+/// A xorshift step: the tests' own repeatable randomness.
+fn next(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
 #[test]
 fn random_bytes_never_panic() {
     let mut seed = 0x2545F4914F6CDD1Du64;
@@ -278,27 +286,83 @@ fn random_bytes_never_panic() {
         let mut out = Vec::new();
         let mut data = Vec::new();
         for _ in 0..(round * 7 % 400) {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            data.push(if seed.is_multiple_of(5) {
-                b"\r\nGET / HTTP/1.1\r\n"[(seed % 18) as usize]
+            let r = next(&mut seed);
+            data.push(if r.is_multiple_of(5) {
+                b"\r\nGET / HTTP/1.1\r\n"[(r % 18) as usize]
             } else {
-                seed as u8
+                r as u8
             });
         }
         for chunk in data.chunks(1 + round % 13) {
+            let r = next(&mut seed);
             s.feed(
-                if seed.is_multiple_of(2) { IN } else { OUT },
+                if r.is_multiple_of(2) { IN } else { OUT },
                 chunk,
                 1,
                 1,
                 &mut out,
             );
-            if seed.is_multiple_of(11) {
-                s.gap(IN, seed % 1000, 1, &mut out);
+            if r.is_multiple_of(11) {
+                s.gap(IN, r % 1000, 1, &mut out);
             }
         }
         s.close(2, &mut out);
+    }
+}
+
+/// One keep-alive conversation as a server sees it: (direction, bytes) in stream order.
+fn conversation() -> Vec<(Direction, Vec<u8>)> {
+    let body = "{\"order_id\": \"ORD-7\", \"status\": \"SUBMITTED\"}";
+    vec![
+        (
+            IN,
+            format!("POST /orders/ORD-7/submit HTTP/1.1\r\nHost: shop\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}GET /orders/ORD-7 HTTP/1.1\r\nHost: shop\r\n\r\n", body.len()).into_bytes(),
+        ),
+        (
+            OUT,
+            b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwiki\r\n5\r\npedia\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            IN,
+            b"PUT /u HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n".to_vec(),
+        ),
+        (OUT, b"HTTP/1.1 100 Continue\r\n\r\n".to_vec()),
+        (IN, b"abc".to_vec()),
+        (
+            OUT,
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nboom".to_vec(),
+        ),
+        (IN, b"HEAD /h HTTP/1.1\r\n\r\n".to_vec()),
+        (OUT, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n".to_vec()),
+    ]
+}
+
+/// The finished exchanges of `conversation`, each segment fed in chunks of the sizes
+/// `chunk` picks (each segment keeps its own timestamp, so only the split differs).
+fn exchanges_split(mut chunk: impl FnMut(usize) -> usize) -> Vec<String> {
+    let mut s = server();
+    let mut out = Vec::new();
+    for (n, (direction, bytes)) in conversation().into_iter().enumerate() {
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let size = chunk(rest.len()).clamp(1, rest.len());
+            s.feed(direction, &rest[..size], 10 + n as u64, 1, &mut out);
+            rest = &rest[size..];
+        }
+    }
+    s.close(100, &mut out);
+    finished(&out).iter().map(|x| format!("{x:?}")).collect()
+}
+
+#[test]
+fn every_split_of_a_conversation_gives_the_unsplit_exchanges() {
+    let whole = exchanges_split(|len| len);
+    assert_eq!(whole.len(), 4, "{whole:#?}");
+    assert_eq!(exchanges_split(|_| 1), whole, "byte by byte");
+    let mut seed = 0x9E3779B97F4A7C15u64;
+    for round in 0..300 {
+        let most = 1 + round % 40;
+        let split = exchanges_split(|_| 1 + (next(&mut seed) % most as u64) as usize);
+        assert_eq!(split, whole, "round {round}, chunks of 1..={most} bytes");
     }
 }

@@ -10,6 +10,7 @@ use super::{
 use crate::{
     capture::Direction,
     protocols::{
+        identifiers::{self, Identifier},
         AttrValue, Exchange, ExchangeEvent, ExchangeKind, ExchangeStart, ExchangeStatus,
         ProtocolSession,
     },
@@ -77,6 +78,7 @@ impl PostgresSession {
             traceparent: None,
             message_out: None,
             message_in: None,
+            identifiers: statement_identifiers(&query, &params),
         }));
         self.pending.push_back(Pending {
             sequence,
@@ -296,4 +298,17 @@ impl ProtocolSession for PostgresSession {
     fn bytes_skipped(&self) -> u64 {
         self.frontend.skipped() + self.backend.skipped()
     }
+}
+
+/// A statement's evidence for causality: its bound values and quoted literals (never its
+/// table or column names).
+fn statement_identifiers(query: &str, params: &[Option<String>]) -> Vec<Identifier> {
+    let mut found = Vec::new();
+    for value in params.iter().flatten() {
+        identifiers::collect(value.as_bytes(), &mut found);
+    }
+    for literal in query.split('\'').skip(1).step_by(2) {
+        identifiers::collect(literal.as_bytes(), &mut found);
+    }
+    found
 }

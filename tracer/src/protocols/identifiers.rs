@@ -1,0 +1,167 @@
+//! Identifiers in a request or message: values that can tie an outgoing call to the one
+//! incoming request it serves, in services where a thread says nothing about that (event
+//! loops, thread pools). Protocols collect them; the correlator compares them. They are
+//! kept as 64-bit hashes (never exported, cheap to keep while a request is open).
+
+/// The hash of one identifier.
+pub type Identifier = u64;
+
+/// At most this many per exchange: enough for a path, a few headers and a body prefix.
+pub const MAX_PER_EXCHANGE: usize = 32;
+
+const MIN_LEN: usize = 4;
+const MAX_LEN: usize = 64;
+/// Numbers with fewer digits (versions, counts, prices, ports) are too common to say
+/// which request is meant.
+const MIN_NUMBER_DIGITS: usize = 5;
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+}
+
+/// Whether a token can identify one request: 4 to 64 bytes with a digit, and not a short
+/// number. Words without digits (`orders`, `price`, `application`) never are.
+pub fn is_identifier(token: &[u8]) -> bool {
+    if !(MIN_LEN..=MAX_LEN).contains(&token.len()) {
+        return false;
+    }
+    let digits = token.iter().filter(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return false;
+    }
+    let numeric = token.iter().all(|b| b.is_ascii_digit() || *b == b'.');
+    !(numeric && digits < MIN_NUMBER_DIGITS)
+}
+
+/// FNV-1a: the same token hashes the same on every connection and every run.
+fn hash(token: &[u8]) -> Identifier {
+    token.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Adds the identifiers found in `text` to `out` (each once, at most
+/// [`MAX_PER_EXCHANGE`] in all).
+pub fn collect(text: &[u8], out: &mut Vec<Identifier>) {
+    for token in text.split(|b| !is_token_byte(*b)) {
+        if out.len() >= MAX_PER_EXCHANGE {
+            return;
+        }
+        let token = token.trim_ascii_start();
+        if is_identifier(token) {
+            let h = hash(token);
+            if !out.contains(&h) {
+                out.push(h);
+            }
+        }
+    }
+}
+
+/// Headers whose values are evidence. Standard headers say nothing about which request
+/// is served (and `Host`, `User-Agent` are the same for every call), credentials are never
+/// read, and trace context is evidence of its own.
+pub fn header_is_evidence(name: &str) -> bool {
+    const NOT_EVIDENCE: &[&str] = &[
+        "accept",
+        "accept-charset",
+        "accept-encoding",
+        "accept-language",
+        "authorization",
+        "cache-control",
+        "connection",
+        "content-encoding",
+        "content-length",
+        "content-type",
+        "cookie",
+        "date",
+        "expect",
+        "host",
+        "if-modified-since",
+        "if-none-match",
+        "keep-alive",
+        "origin",
+        "pragma",
+        "proxy-authorization",
+        "proxy-connection",
+        "referer",
+        "server",
+        "set-cookie",
+        "te",
+        "traceparent",
+        "tracestate",
+        "transfer-encoding",
+        "upgrade",
+        "user-agent",
+        "via",
+        "x-api-key",
+        "x-forwarded-for",
+        "x-real-ip",
+    ];
+    !NOT_EVIDENCE
+        .iter()
+        .any(|standard| standard.eq_ignore_ascii_case(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(text: &str) -> usize {
+        let mut out = Vec::new();
+        collect(text.as_bytes(), &mut out);
+        out.len()
+    }
+
+    #[test]
+    fn ids_are_identifiers_words_and_small_numbers_are_not() {
+        for id in [
+            "ORD-17",
+            "REQ-5821-07",
+            "123456",
+            "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+        ] {
+            assert!(is_identifier(id.as_bytes()), "{id}");
+        }
+        for not in [
+            "orders",
+            "price",
+            "1001",
+            "3.11",
+            "1.2.3",
+            "v1",
+            "application",
+            "HTTP",
+        ] {
+            assert!(!is_identifier(not.as_bytes()), "{not}");
+        }
+    }
+
+    #[test]
+    fn a_path_a_query_and_a_json_body_give_their_ids_once() {
+        assert_eq!(found("/orders/ORD-17/items?page=2&ref=AB12C"), 2);
+        assert_eq!(
+            found(r#"{"item_id": "T-0042", "qty": 3, "again": "T-0042"}"#),
+            1
+        );
+        assert_eq!(found("GET /price HTTP/1.1"), 0);
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        collect(b"/work/T-0042", &mut a);
+        collect(br#"{"item_id":"T-0042"}"#, &mut b);
+        assert_eq!(a, b, "the same id hashes the same wherever it is");
+    }
+
+    #[test]
+    fn credentials_and_standard_headers_are_never_evidence() {
+        for name in [
+            "Cookie",
+            "authorization",
+            "Host",
+            "User-Agent",
+            "traceparent",
+        ] {
+            assert!(!header_is_evidence(name), "{name}");
+        }
+        assert!(header_is_evidence("X-Order-Id"));
+    }
+}

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -124,6 +124,8 @@ impl AgentRun {
 pub struct Service {
     child: Child,
     pub port: u16,
+    /// What it printed after its port line.
+    printed: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Service {
@@ -148,7 +150,8 @@ impl Service {
         )
     }
 
-    fn spawn(cmd: &mut Command) -> Self {
+    /// Starts a service that prints "PORT <n>" when it listens.
+    pub fn spawn(cmd: &mut Command) -> Self {
         let mut child = cmd
             .stdout(Stdio::piped())
             .spawn()
@@ -162,11 +165,24 @@ impl Service {
             .and_then(|p| p.parse().ok());
         let port = port.unwrap_or_else(|| panic!("{cmd:?} did not print its port: {line:?}"));
         // Keep draining its stdout so it never blocks on a full pipe.
+        let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = printed.clone();
         thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = stdout.read_to_end(&mut sink);
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line);
+            }
         });
-        Self { child, port }
+        Self {
+            child,
+            port,
+            printed,
+        }
+    }
+
+    /// The lines it printed after its port line, so far.
+    pub fn printed(&self) -> Vec<String> {
+        self.printed.lock().unwrap().clone()
     }
 
     pub fn pid(&self) -> u32 {

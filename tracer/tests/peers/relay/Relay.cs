@@ -69,7 +69,7 @@ static class Relay
         while (true)
         {
             var context = await listener.GetContextAsync();
-            Handle(context).ContinueWith(t => { });
+            _ = Handle(context); // each request on its own, as Kestrel and HttpListener services do
         }
     }
 

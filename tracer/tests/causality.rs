@@ -34,7 +34,7 @@ enum Runtime {
 impl Runtime {
     const ALL: [Runtime; 4] = [Self::Node, Self::Aiohttp, Self::Mono, Self::Threaded];
 
-    fn start_b(self, c_port: u16, mode: &str, mono_exe: &PathBuf) -> Service {
+    fn start_b(self, c_port: u16, mode: &str, mono_exe: &Path) -> Service {
         let relay = format!("{PEERS}/relay");
         let port = c_port.to_string();
         let (program, script) = match self {

@@ -101,7 +101,7 @@ struct Node {
     /// PRODUCER: a consumer or the broker has delivered its message.
     delivered: bool,
     /// PRODUCER: what a "not delivered" span needs once the span itself is exported.
-    published: Option<Box<(Connection, Vec<(&'static str, AttrValue)>)>>,
+    published: Option<Box<Published>>,
     /// Order ids of this exchange (set when it finishes).
     order_ids: Vec<String>,
     /// Whether `trace_id` came from an order id.
@@ -114,6 +114,9 @@ struct Node {
     parent_source: Option<&'static str>,
     parent_ambiguous: bool,
 }
+
+/// What a PRODUCER span keeps for a "not delivered" span: its connection and attributes.
+type Published = (Connection, Vec<(&'static str, AttrValue)>);
 
 /// Spans never finished (a connection we stopped seeing) are dropped after this long.
 const MAX_OPEN_NS: u64 = 15 * 60 * 1_000_000_000;
@@ -467,6 +470,12 @@ impl Correlator {
         if let Some(node) = self.nodes.get_mut(&id) {
             node.parent = Some(parent);
             node.parent_source = source;
+            // Decided once: the evidence a call weighed is not needed again (a request's
+            // own identifiers are, for calls still to be decided).
+            if !node.open_at_start.is_empty() {
+                node.open_at_start = Box::default();
+                node.identifiers = Vec::new();
+            }
         }
         parent
     }

@@ -211,7 +211,7 @@ fn event_loop_call(call_values: &str) -> (ResolvedSpan, Vec<ResolvedSpan>, Corre
     (call, out, c.stats())
 }
 
-fn server_span_of<'a>(spans: &'a [ResolvedSpan], fd: u32) -> &'a ResolvedSpan {
+fn server_span_of(spans: &[ResolvedSpan], fd: u32) -> &ResolvedSpan {
     spans
         .iter()
         .find(|s| s.exchange.kind == ExchangeKind::Server && s.connection.id.fd == fd)

@@ -8,7 +8,12 @@
 //! cookie, which tracer never reads). A wrong parent fails the test in every runtime.
 mod support;
 
-use std::{collections::HashMap, path::PathBuf, process::Command, time::Duration};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use support::{
     agent::{AgentRun, Service, PEERS},

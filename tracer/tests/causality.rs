@@ -94,12 +94,7 @@ fn mono_relay() -> PathBuf {
 }
 
 /// Runs A → B → C once with B in `runtime`, and grades B's CLIENT spans.
-fn chain(
-    runtime: Runtime,
-    mode: &str,
-    receiver: &Receiver,
-    mono_exe: &PathBuf,
-) -> (Grades, String) {
+fn chain(runtime: Runtime, mode: &str, receiver: &Receiver, mono_exe: &Path) -> (Grades, String) {
     let c = Service::spawn(Command::new("python3").arg(format!("{PEERS}/relay/slow_server.py")));
     let b = runtime.start_b(c.port, mode, mono_exe);
     let prefix = format!("{runtime:?}-{mode}").to_uppercase();

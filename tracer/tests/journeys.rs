@@ -5,6 +5,7 @@
 mod support;
 
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -82,23 +83,54 @@ fn wait_for_metrics(
     }
 }
 
-fn publish_and_consume(prefix: &str, queue: &str) {
+/// The CRM publishes order `{prefix}-0` and the MES consumes it. Both are short-lived
+/// processes, kept alive until their spans are exported: a process gone before the agent
+/// reads `/proc` can only be named by its command (`node`), not by the config's rules.
+fn publish_and_consume(prefix: &str, queue: &str, receiver: &Receiver) {
     let port = broker().port.to_string();
-    let published = Command::new("python3")
-        .arg(format!("{PEERS}/amqp_publisher.py"))
-        .args(["--port", &port, "--queue", queue, "--routing-key", queue])
-        .args(["--id-prefix", prefix, "--confirm"])
-        .stdout(Stdio::null())
-        .status()
+    let hold = |command: &mut Command| {
+        command
+            .arg("--hold")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut publisher = hold(
+        Command::new("python3")
+            .arg(format!("{PEERS}/amqp_publisher.py"))
+            .args(["--port", &port, "--queue", queue, "--routing-key", queue])
+            .args(["--id-prefix", prefix, "--confirm"]),
+    );
+    // Its line says the message is published (and the queue declared).
+    let mut published = String::new();
+    BufReader::new(publisher.stdout.take().unwrap())
+        .read_line(&mut published)
         .unwrap();
-    assert!(published.success());
-    let consumed = Command::new("node")
-        .arg(format!("{PEERS}/amqp_consumer.js"))
-        .args([&port, queue, "1"])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(consumed.success());
+    assert!(published.contains("\"ok\": true"), "{published}");
+    let mut consumer = hold(
+        Command::new("node")
+            .arg(format!("{PEERS}/amqp_consumer.js"))
+            .args([&port, queue, "1"]),
+    );
+    let message = format!("{prefix}-0");
+    receiver.wait_for(
+        "the CRM's publish and the MES's delivery",
+        Duration::from_secs(30),
+        |spans| {
+            [(4, "crm"), (5, "mes")].iter().all(|(kind, service)| {
+                spans.iter().any(|s| {
+                    s.kind == *kind
+                        && s.service == *service
+                        && s.attr("messaging.message.id") == message
+                })
+            })
+        },
+    );
+    for child in [&mut publisher, &mut consumer] {
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success());
+    }
 }
 
 fn agent_config(path: &Path, shop: &Service, crm: &Service, mes: &Service) {
@@ -184,7 +216,7 @@ fn orders_move_through_statuses_and_one_held_in_submitted_is_reported_stuck() {
     post(&shop, "/orders", &order_body("J-0", Some("INITIATED")));
     post(&shop, "/orders/J-0/files", &order_body("J-0", None));
     post(&crm, "/orders/J-0/submit", &order_body("J-0", None));
-    publish_and_consume("J", "mes.journeys");
+    publish_and_consume("J", "mes.journeys", &receiver);
     post(&shop, "/orders", &order_body("J-1", Some("INITIATED")));
     post(&crm, "/orders/J-1/submit", &order_body("J-1", None));
     post(&mes, "/b2b/calculate", &order_body("J-1", None));

@@ -2,7 +2,9 @@
 // tracing code. Consumes --count messages from a queue and acks them, except the message
 // ids given with --reject or --nack; prints one JSON line per message (with the wall
 // clock at which it arrived).
-// Usage: node amqp_consumer.js <port> <queue> <count> [--reject id]... [--nack id]... [--work-ms n]
+// With --hold it stays (connection closed) until its stdin closes, so a test can keep it
+// alive until tracer has named it from /proc.
+// Usage: node amqp_consumer.js <port> <queue> <count> [--reject id]... [--nack id]... [--work-ms n] [--hold]
 const amqp = require("amqplib");
 
 async function main() {
@@ -10,6 +12,7 @@ async function main() {
   const reject = new Set();
   const nack = new Set();
   let workMs = 0;
+  const hold = rest.includes("--hold");
   for (let i = 0; i < rest.length; i += 2) {
     if (rest[i] === "--reject") reject.add(rest[i + 1]);
     if (rest[i] === "--nack") nack.add(rest[i + 1]);
@@ -35,6 +38,10 @@ async function main() {
   });
   await channel.close();
   await connection.close();
+  if (hold) {
+    process.stdin.resume();
+    await new Promise((resolve) => process.stdin.on("end", resolve));
+  }
 }
 
 main().catch((e) => { console.error(e); process.exit(1); });

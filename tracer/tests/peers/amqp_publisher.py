@@ -6,6 +6,7 @@ if asked, and prints one JSON line per message: {"message_id", "ok", "error", "p
 clock just before the publish)."""
 import argparse
 import json
+import sys
 import time
 
 import pika
@@ -24,6 +25,7 @@ def main():
     p.add_argument("--body-size", type=int, default=0, help="pad bodies to this size")
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--confirm", action="store_true")
+    p.add_argument("--hold", action="store_true", help="after publishing, stay until stdin closes (so a test can keep the process alive until tracer has named it)")
     a = p.parse_args()
 
     connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", a.port))
@@ -55,6 +57,8 @@ def main():
             result = {"message_id": message_id, "ok": False, "error": str(e)}
         print(json.dumps(result), flush=True)
     connection.close()
+    if a.hold:
+        sys.stdin.read()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 //! always against a baseline measured in the same run (untraced and traced rounds
 //! alternate). Writes a Markdown table to stdout and target/bench/report.md.
 mod agent;
+mod causality;
 mod https;
 mod load;
 
@@ -36,6 +37,10 @@ pub struct BenchArgs {
     /// Where the report and the runs' files go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// An older `tracer` binary: the event-loop chain rounds also run it, alternating with
+    /// this build, and report both agents' CPU per request.
+    #[arg(long)]
+    baseline_tracer: Option<PathBuf>,
 }
 
 /// One `wrk` run.
@@ -152,6 +157,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     http_overhead(&args, &tracer, &out, port, &mut report)?;
     loss_curve(&tracer, &out, port, &mut report)?;
     server.stop(Duration::from_secs(5));
+    causality::chain(&args, &tracer, &out, &mut report)?;
     https::overhead(&args, &tracer, &out, &mut report)?;
     amqp_overhead(&tracer, &out, &mut report)?;
     pipeline(&mut report)?;

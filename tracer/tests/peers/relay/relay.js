@@ -2,7 +2,8 @@
 // (GET /work/<id> or POST /work {"item_id"}) it calls C with http.request on a new
 // connection and answers when C has. With mode "id" the call carries the id (GET
 // /price/<id>); with "none" it does not (GET /price). The `tag` cookie is the tests'
-// witness only. No tracing code. Usage: node relay.js <C port> <id|none>; prints "PORT <n>".
+// witness only. No tracing code. Usage: node relay.js <C port> <id|none> [listen port];
+// prints "PORT <n>".
 const http = require("http");
 
 const [cPort, mode] = process.argv.slice(2);
@@ -33,4 +34,4 @@ const server = http.createServer((req, res) => {
     call.end();
   });
 });
-server.listen(0, "127.0.0.1", () => console.log(`PORT ${server.address().port}`));
+server.listen(Number(process.argv[4] || 0), "127.0.0.1", () => console.log(`PORT ${server.address().port}`));

@@ -1,0 +1,95 @@
+//! What deciding parents costs where it is hardest: wrk (16 connections, a new id in each
+//! request) → a Node.js event-loop service that calls another service for every request,
+//! passing the id on (`tracer/tests/peers/relay/relay.js`). Agent CPU per 100k requests for
+//! this build and, given `--baseline-tracer` (an older build), for that one in alternating
+//! rounds of the same run, so the two figures share the machine's noise.
+use std::{fmt::Write as _, path::Path, process::Command, time::Duration};
+
+use anyhow::Context;
+
+use super::{agent::Agent, median, BenchArgs};
+use crate::infra::{free_port, wait_for_port, Started};
+
+fn wrk_ids(port: u16, seconds: u32) -> anyhow::Result<f64> {
+    let output = Command::new("wrk")
+        .args([
+            "-t1",
+            "-c16",
+            &format!("-d{seconds}s"),
+            "-s",
+            "xtask/bench/ids.lua",
+        ])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .find_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            match fields.as_slice() {
+                [n, "requests", "in", ..] => n.parse().ok(),
+                _ => None,
+            }
+        })
+        .with_context(|| format!("wrk measured nothing:\n{text}"))
+}
+
+/// Agent CPU-seconds per 100k requests over one traced round.
+fn round(tracer: &Path, out: &Path, port: u16, seconds: u32) -> anyhow::Result<f64> {
+    let spans = out.join("spans-chain.jsonl");
+    let agent = Agent::start(tracer, out, &spans)?;
+    let cpu0 = agent.cpu_seconds();
+    let requests = wrk_ids(port, seconds)?;
+    let cpu1 = agent.cpu_seconds();
+    agent.stop();
+    let _ = std::fs::remove_file(&spans);
+    Ok((cpu1 - cpu0) / requests * 1e5)
+}
+
+pub fn chain(
+    args: &BenchArgs,
+    tracer: &Path,
+    out: &Path,
+    report: &mut String,
+) -> anyhow::Result<()> {
+    let (c_port, b_port) = (free_port(), free_port());
+    let mut c = Started::spawn(
+        "chain downstream",
+        Command::new("node")
+            .arg("xtask/bench/server.js")
+            .arg(c_port.to_string()),
+        &out.join("chain-c.log"),
+    )?;
+    let mut b = Started::spawn(
+        "chain relay",
+        Command::new("node").args([
+            "tracer/tests/peers/relay/relay.js",
+            &c_port.to_string(),
+            "id",
+            &b_port.to_string(),
+        ]),
+        &out.join("chain-b.log"),
+    )?;
+    wait_for_port(c_port, "the chain's downstream", Duration::from_secs(10))?;
+    wait_for_port(b_port, "the chain's relay", Duration::from_secs(10))?;
+    wrk_ids(b_port, 1)?; // warm-up
+    let (mut this, mut baseline) = (Vec::new(), Vec::new());
+    for n in 0..args.rounds {
+        eprintln!("bench: event-loop chain round {} of {}", n + 1, args.rounds);
+        this.push(round(tracer, out, b_port, args.seconds)?);
+        if let Some(older) = &args.baseline_tracer {
+            baseline.push(round(older, out, b_port, args.seconds)?);
+        }
+    }
+    b.stop(Duration::from_secs(5));
+    c.stop(Duration::from_secs(5));
+    let this = median(this);
+    match baseline.is_empty() {
+        true => writeln!(report, "| agent CPU per 100k requests, event-loop service calling another (wrk → Node.js → Node.js, a new id per request) | | {this:.2} CPU-s | | |")?,
+        false => {
+            let before = median(baseline);
+            writeln!(report, "| agent CPU per 100k requests, event-loop service calling another (wrk → Node.js → Node.js, a new id per request): baseline build → this build | {before:.2} CPU-s | {this:.2} CPU-s | **{:.3}** | ≤ 1.10 |", this / before)?
+        }
+    }
+    Ok(())
+}

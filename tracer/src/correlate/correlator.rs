@@ -109,7 +109,7 @@ struct Node {
     /// Identifiers of its request or message (hashes): causality evidence.
     identifiers: Vec<Identifier>,
     /// CLIENT/PRODUCER: the SERVER/CONSUMER spans of its process open when it started.
-    open_at_start: Box<[NodeId]>,
+    open_at_start: Vec<NodeId>,
     /// How `parent` was found, and whether it was left a root for want of evidence.
     parent_source: Option<&'static str>,
     parent_ambiguous: bool,
@@ -129,6 +129,9 @@ pub struct Correlator {
     /// call's start may be read just after the end of a request it overlapped), for rule 3.
     open_by_pid: HashMap<u32, Vec<NodeId>>,
     closed_by_pid: HashMap<u32, VecDeque<NodeId>>,
+    /// CLIENT and PRODUCER spans whose parent is not decided yet: a request they overlap
+    /// may still be reported (the connection's events come through another ring).
+    undecided_by_pid: HashMap<u32, Vec<NodeId>>,
     /// PRODUCER spans not yet matched to a delivery, by message fingerprint, oldest first.
     producers_by_message: HashMap<u64, VecDeque<NodeId>>,
     /// Broker-side entry times of messages not yet delivered, by fingerprint.
@@ -161,6 +164,7 @@ impl Correlator {
             clients_by_tuple: HashMap::new(),
             open_by_pid: HashMap::new(),
             closed_by_pid: HashMap::new(),
+            undecided_by_pid: HashMap::new(),
             producers_by_message: HashMap::new(),
             broker_entered: HashMap::new(),
             broker_delivered: HashMap::new(),
@@ -204,7 +208,7 @@ impl Correlator {
             order_ids: Vec::new(),
             order_trace: false,
             identifiers: start.identifiers.clone(),
-            open_at_start: Box::default(),
+            open_at_start: Vec::new(),
             parent_source: None,
             parent_ambiguous: false,
         };
@@ -219,12 +223,14 @@ impl Correlator {
                 }
             }
             ExchangeKind::Server | ExchangeKind::Consumer => {
-                self.open_by_pid.entry(node.pid).or_default().push(id)
+                self.open_by_pid.entry(node.pid).or_default().push(id);
+                self.late_request(id, node.pid, node.start_ns);
             }
             ExchangeKind::Producer | ExchangeKind::Internal => {}
         }
         if matches!(node.kind, ExchangeKind::Client | ExchangeKind::Producer) {
             node.open_at_start = self.open_requests(node.pid, node.start_ns);
+            self.undecided_by_pid.entry(node.pid).or_default().push(id);
         }
         if let Some(fingerprint) = node.message_out {
             self.producers_by_message
@@ -472,9 +478,11 @@ impl Correlator {
             node.parent_source = source;
             // Decided once: the evidence a call weighed is not needed again (a request's
             // own identifiers are, for calls still to be decided).
-            if !node.open_at_start.is_empty() {
-                node.open_at_start = Box::default();
+            if matches!(node.kind, ExchangeKind::Client | ExchangeKind::Producer) {
+                node.open_at_start = Vec::new();
                 node.identifiers = Vec::new();
+                let pid = node.pid;
+                self.decided(pid, id);
             }
         }
         parent
@@ -532,6 +540,11 @@ impl Correlator {
                 closed.retain(|id| nodes.contains_key(id));
             }
             self.closed_by_pid.retain(|_, closed| !closed.is_empty());
+            for undecided in self.undecided_by_pid.values_mut() {
+                undecided.retain(|id| nodes.contains_key(id));
+            }
+            self.undecided_by_pid
+                .retain(|_, undecided| !undecided.is_empty());
             for producers in self.producers_by_message.values_mut() {
                 producers.retain(|id| nodes.contains_key(id));
             }

@@ -336,3 +336,36 @@ fn a_call_carrying_trace_context_joins_the_open_request_of_that_trace() {
     assert_eq!(call.parent_span_id, Some(server_span_of(&out, 5).span_id));
     assert_eq!(call.parent_source, Some("traceparent"));
 }
+
+#[test]
+fn a_request_reported_after_the_call_it_served_is_still_weighed() {
+    // The request's connection events come through another ring than the call's data:
+    // its start can be read after the call's.
+    let a = conn(2, 4, Role::Server, "127.0.0.1:8001", "10.0.0.9:5000");
+    let b = conn(2, 5, Role::Server, "127.0.0.1:8001", "10.0.0.9:5001");
+    let call = conn(2, 6, Role::Client, "127.0.0.1:6000", "10.0.0.7:80");
+    let mut c = correlator(0);
+    c.started(
+        &a,
+        &with_values(start(ExchangeKind::Server, 10, 1, None), 0, "/work/R-0001"),
+    );
+    c.started(
+        &call,
+        &with_values(start(ExchangeKind::Client, 12, 1, None), 0, "/price/R-0002"),
+    );
+    c.started(
+        &b,
+        &with_values(start(ExchangeKind::Server, 11, 1, None), 0, "/work/R-0002"),
+    );
+    c.finished(&call, sequenced(ExchangeKind::Client, 12, 13, 1, 0), 13);
+    c.finished(&a, sequenced(ExchangeKind::Server, 10, 14, 1, 0), 14);
+    c.finished(&b, sequenced(ExchangeKind::Server, 11, 15, 1, 0), 15);
+    let mut out = Vec::new();
+    c.poll(100, &mut out);
+    let call = out
+        .iter()
+        .find(|s| s.exchange.kind == ExchangeKind::Client)
+        .unwrap();
+    assert_eq!(call.parent_span_id, Some(server_span_of(&out, 5).span_id));
+    assert_eq!(call.parent_source, Some("identifier"));
+}

@@ -53,7 +53,7 @@ enum Vote {
 impl Correlator {
     /// The SERVER and CONSUMER spans of `pid` open at `start_ns`: the candidates for the
     /// parent of a call starting then.
-    pub(super) fn open_requests(&self, pid: u32, start_ns: u64) -> Box<[NodeId]> {
+    pub(super) fn open_requests(&self, pid: u32, start_ns: u64) -> Vec<NodeId> {
         let open = self.open_by_pid.get(&pid).into_iter().flatten();
         let closed = self.closed_by_pid.get(&pid).into_iter().flatten();
         open.chain(closed)
@@ -65,6 +65,31 @@ impl Correlator {
             .take(MAX_CANDIDATES + 1)
             .copied()
             .collect()
+    }
+
+    /// A SERVER or CONSUMER span reported after calls of its process that started later
+    /// (its connection's first events can come late): it is a candidate for those too.
+    pub(super) fn late_request(&mut self, id: NodeId, pid: u32, start_ns: u64) {
+        let Some(undecided) = self.undecided_by_pid.get(&pid) else {
+            return;
+        };
+        for call in undecided {
+            if let Some(node) = self.nodes.get_mut(call) {
+                if node.start_ns >= start_ns && node.open_at_start.len() <= MAX_CANDIDATES {
+                    node.open_at_start.push(id);
+                }
+            }
+        }
+    }
+
+    /// A call's parent is decided: requests reported from now on are not weighed for it.
+    pub(super) fn decided(&mut self, pid: u32, id: NodeId) {
+        if let Some(undecided) = self.undecided_by_pid.get_mut(&pid) {
+            undecided.retain(|other| *other != id);
+            if undecided.is_empty() {
+                self.undecided_by_pid.remove(&pid);
+            }
+        }
     }
 
     /// A SERVER or CONSUMER span finished: calls starting from now on are not its.

@@ -187,7 +187,7 @@ impl Correlator {
     pub fn started(&mut self, connection: &Connection, start: &ExchangeStart) {
         let id = (connection.id, start.sequence);
         self.stats.spans_started += 1;
-        let node = Node {
+        let mut node = Node {
             span_id: self.ids.new_span_id(),
             kind: start.kind,
             pid: connection.id.tgid,
@@ -212,7 +212,6 @@ impl Correlator {
             parent_source: None,
             parent_ambiguous: false,
         };
-        let mut node = node;
         match node.kind {
             ExchangeKind::Client => {
                 if let (Some(local), Some(remote)) = (node.local, node.remote) {

@@ -341,11 +341,7 @@ impl Pipeline {
     fn export(&mut self, spans: Vec<ResolvedSpan>, clock: &KernelClock) {
         for mut span in spans {
             if span.parent_ambiguous {
-                let resource = self.services.resource(&span.connection.process);
-                let service = resource
-                    .get(&opentelemetry::Key::new("service.name"))
-                    .map(|v| v.to_string())
-                    .unwrap_or_default();
+                let service = Services::name_of(&self.services.resource(&span.connection.process));
                 *self.stats.parents_ambiguous.entry(service).or_default() += 1;
             }
             let keep = self.stages.sampler.keep(&span);

@@ -180,35 +180,53 @@ fn sequenced(kind: ExchangeKind, start: u64, end: u64, tid: u32, sequence: u64) 
 }
 
 /// An event-loop service (pid 2, one thread) with requests R-0001 and R-0002 open, and a
-/// call to C made while both are: what parent does the call get?
-fn event_loop_call(call_values: &str) -> (ResolvedSpan, Vec<ResolvedSpan>, CorrelatorStats) {
+/// call to C made while both are: what parent does the call get? With `b_late`, R-0002's
+/// start is read after the call's (its connection's events come through another ring).
+fn event_loop_call_reported(
+    call_values: &str,
+    b_late: bool,
+) -> (ResolvedSpan, Vec<ResolvedSpan>, CorrelatorStats) {
     let a = conn(2, 4, Role::Server, "127.0.0.1:8001", "10.0.0.9:5000");
     let b = conn(2, 5, Role::Server, "127.0.0.1:8001", "10.0.0.9:5001");
     let call = conn(2, 6, Role::Client, "127.0.0.1:6000", "10.0.0.7:80");
+    let b_start = with_values(start(ExchangeKind::Server, 11, 1, None), 0, "/work/R-0002");
     let mut c = correlator(0);
     c.started(
         &a,
         &with_values(start(ExchangeKind::Server, 10, 1, None), 0, "/work/R-0001"),
     );
-    c.started(
-        &b,
-        &with_values(start(ExchangeKind::Server, 11, 1, None), 0, "/work/R-0002"),
-    );
+    if !b_late {
+        c.started(&b, &b_start);
+    }
     c.started(
         &call,
         &with_values(start(ExchangeKind::Client, 12, 1, None), 0, call_values),
     );
+    if b_late {
+        c.started(&b, &b_start);
+    }
     c.finished(&call, sequenced(ExchangeKind::Client, 12, 13, 1, 0), 13);
     c.finished(&a, sequenced(ExchangeKind::Server, 10, 14, 1, 0), 14);
     c.finished(&b, sequenced(ExchangeKind::Server, 11, 15, 1, 0), 15);
+    let out = resolved(&mut c);
+    let call = the(&out, ExchangeKind::Client).clone();
+    (call, out, c.stats())
+}
+
+fn event_loop_call(call_values: &str) -> (ResolvedSpan, Vec<ResolvedSpan>, CorrelatorStats) {
+    event_loop_call_reported(call_values, false)
+}
+
+/// Everything the correlator resolves once every settle time has passed.
+fn resolved(c: &mut Correlator) -> Vec<ResolvedSpan> {
     let mut out = Vec::new();
     c.poll(100, &mut out);
-    let call = out
-        .iter()
-        .find(|s| s.exchange.kind == ExchangeKind::Client)
-        .unwrap()
-        .clone();
-    (call, out, c.stats())
+    out
+}
+
+/// The one span of `kind` among `spans`.
+fn the(spans: &[ResolvedSpan], kind: ExchangeKind) -> &ResolvedSpan {
+    spans.iter().find(|s| s.exchange.kind == kind).unwrap()
 }
 
 fn server_span_of(spans: &[ResolvedSpan], fd: u32) -> &ResolvedSpan {
@@ -251,12 +269,8 @@ fn the_only_open_request_on_the_callers_thread_is_the_parent() {
     c.started(&call, &start(ExchangeKind::Client, 12, 7, None));
     c.finished(&call, exchange(ExchangeKind::Client, 12, 13, 7), 13);
     c.finished(&a, exchange(ExchangeKind::Server, 10, 14, 7), 14);
-    let mut out = Vec::new();
-    c.poll(100, &mut out);
-    let call = out
-        .iter()
-        .find(|s| s.exchange.kind == ExchangeKind::Client)
-        .unwrap();
+    let out = resolved(&mut c);
+    let call = the(&out, ExchangeKind::Client);
     assert_eq!(call.parent_span_id, Some(server_span_of(&out, 4).span_id));
     assert_eq!(call.parent_source, Some("thread"));
 }
@@ -298,12 +312,8 @@ fn a_reply_published_while_handling_deliveries_is_the_child_of_the_one_it_answer
         sequenced(ExchangeKind::Consumer, 11, 15, 1, 1),
         15,
     );
-    let mut out = Vec::new();
-    c.poll(100, &mut out);
-    let reply = out
-        .iter()
-        .find(|s| s.exchange.kind == ExchangeKind::Producer)
-        .unwrap();
+    let out = resolved(&mut c);
+    let reply = the(&out, ExchangeKind::Producer);
     let answered = out
         .iter()
         .find(|s| s.exchange.kind == ExchangeKind::Consumer && s.exchange.sequence == 1)
@@ -327,45 +337,15 @@ fn a_call_carrying_trace_context_joins_the_open_request_of_that_trace() {
     c.finished(&call, exchange(ExchangeKind::Client, 12, 13, 1), 13);
     c.finished(&a, exchange(ExchangeKind::Server, 10, 14, 1), 14);
     c.finished(&b, exchange(ExchangeKind::Server, 11, 15, 1), 15);
-    let mut out = Vec::new();
-    c.poll(100, &mut out);
-    let call = out
-        .iter()
-        .find(|s| s.exchange.kind == ExchangeKind::Client)
-        .unwrap();
+    let out = resolved(&mut c);
+    let call = the(&out, ExchangeKind::Client);
     assert_eq!(call.parent_span_id, Some(server_span_of(&out, 5).span_id));
     assert_eq!(call.parent_source, Some("traceparent"));
 }
 
 #[test]
 fn a_request_reported_after_the_call_it_served_is_still_weighed() {
-    // The request's connection events come through another ring than the call's data:
-    // its start can be read after the call's.
-    let a = conn(2, 4, Role::Server, "127.0.0.1:8001", "10.0.0.9:5000");
-    let b = conn(2, 5, Role::Server, "127.0.0.1:8001", "10.0.0.9:5001");
-    let call = conn(2, 6, Role::Client, "127.0.0.1:6000", "10.0.0.7:80");
-    let mut c = correlator(0);
-    c.started(
-        &a,
-        &with_values(start(ExchangeKind::Server, 10, 1, None), 0, "/work/R-0001"),
-    );
-    c.started(
-        &call,
-        &with_values(start(ExchangeKind::Client, 12, 1, None), 0, "/price/R-0002"),
-    );
-    c.started(
-        &b,
-        &with_values(start(ExchangeKind::Server, 11, 1, None), 0, "/work/R-0002"),
-    );
-    c.finished(&call, sequenced(ExchangeKind::Client, 12, 13, 1, 0), 13);
-    c.finished(&a, sequenced(ExchangeKind::Server, 10, 14, 1, 0), 14);
-    c.finished(&b, sequenced(ExchangeKind::Server, 11, 15, 1, 0), 15);
-    let mut out = Vec::new();
-    c.poll(100, &mut out);
-    let call = out
-        .iter()
-        .find(|s| s.exchange.kind == ExchangeKind::Client)
-        .unwrap();
-    assert_eq!(call.parent_span_id, Some(server_span_of(&out, 5).span_id));
+    let (call, spans, _) = event_loop_call_reported("/price/R-0002", true);
+    assert_eq!(call.parent_span_id, Some(server_span_of(&spans, 5).span_id));
     assert_eq!(call.parent_source, Some("identifier"));
 }

@@ -75,6 +75,14 @@ impl Services {
         resource
     }
 
+    /// The `service.name` of a resource built here.
+    pub fn name_of(resource: &Resource) -> String {
+        resource
+            .get(&opentelemetry::Key::new("service.name"))
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    }
+
     pub fn forget(&mut self, pid: u32) {
         self.by_pid.remove(&pid);
     }
@@ -124,13 +132,6 @@ mod tests {
         }
     }
 
-    fn service_name(resource: &Resource) -> String {
-        resource
-            .get(&opentelemetry::Key::new("service.name"))
-            .map(|v| v.to_string())
-            .unwrap_or_default()
-    }
-
     #[test]
     fn rules_by_cmdline_then_executable_name_fallback() {
         let rules = vec![ServiceRule {
@@ -141,9 +142,9 @@ mod tests {
         }];
         let mut services = Services::new(rules);
         let shop = process("/usr/bin/python3.11", &["python3", "shop_api.py"]);
-        assert_eq!(service_name(&services.resource(&shop)), "shop-api");
+        assert_eq!(Services::name_of(&services.resource(&shop)), "shop-api");
         let mut other = process("/usr/bin/python3.11", &["python3", "crm.py"]);
         other.pid = 7;
-        assert_eq!(service_name(&services.resource(&other)), "python3.11");
+        assert_eq!(Services::name_of(&services.resource(&other)), "python3.11");
     }
 }

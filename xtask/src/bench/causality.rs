@@ -5,33 +5,12 @@
 //! rounds of the same run, so the two figures share the machine's noise.
 use std::{fmt::Write as _, path::Path, process::Command, time::Duration};
 
-use anyhow::Context;
-
-use super::{agent::Agent, median, BenchArgs};
+use super::{agent::Agent, median, wrk_with, BenchArgs};
 use crate::infra::{free_port, wait_for_port, Started};
 
 fn wrk_ids(port: u16, seconds: u32) -> anyhow::Result<f64> {
-    let output = Command::new("wrk")
-        .args([
-            "-t1",
-            "-c16",
-            &format!("-d{seconds}s"),
-            "-s",
-            "xtask/bench/ids.lua",
-        ])
-        .arg(format!("http://127.0.0.1:{port}/"))
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.lines()
-        .find_map(|l| {
-            let fields: Vec<&str> = l.split_whitespace().collect();
-            match fields.as_slice() {
-                [n, "requests", "in", ..] => n.parse().ok(),
-                _ => None,
-            }
-        })
-        .with_context(|| format!("wrk measured nothing:\n{text}"))
+    let url = format!("http://127.0.0.1:{port}/");
+    Ok(wrk_with(&url, seconds, &["-s", "xtask/bench/ids.lua"])?.requests)
 }
 
 /// Agent CPU-seconds per 100k requests over one traced round.

@@ -70,8 +70,14 @@ fn wrk(port: u16, seconds: u32) -> anyhow::Result<Wrk> {
 }
 
 fn wrk_url(url: &str, seconds: u32) -> anyhow::Result<Wrk> {
+    wrk_with(url, seconds, &[])
+}
+
+/// `wrk` with 16 connections for `seconds`, with extra arguments (`-s script.lua`).
+fn wrk_with(url: &str, seconds: u32, extra: &[&str]) -> anyhow::Result<Wrk> {
     let output = Command::new("wrk")
         .args(["-t1", "-c16", &format!("-d{seconds}s"), "--latency"])
+        .args(extra)
         .arg(url)
         .output()
         .context("running wrk")?;

@@ -50,6 +50,8 @@ pub struct PipelineStats {
     pub parents_ambiguous: BTreeMap<String, u64>,
     /// Connections dropped because their parser panicked (a bug; the agent carries on).
     pub parser_panics: u64,
+    /// Connections of processes never traced (`privacy.untraced_executables`).
+    pub connections_untraced: u64,
     pub correlator: CorrelatorStats,
 }
 
@@ -60,6 +62,8 @@ pub struct Stages {
     pub privacy: Privacy,
     /// Print each span that would be exported, with its redactions, instead of exporting.
     pub privacy_dry_run: bool,
+    /// Executables (file name or comm) whose connections are never parsed.
+    pub untraced_executables: Vec<String>,
     /// Order journeys: every exported span, and every order span even if sampled out.
     pub journey: Option<JourneyHandle>,
 }
@@ -220,6 +224,15 @@ impl Pipeline {
         now_ns: u64,
         requests: &mut Vec<Request>,
     ) {
+        if !self.conns.contains_key(&conn.id) && self.untraced(conn) {
+            self.stats.connections_untraced += 1;
+            self.conns.insert(conn.id, ConnProtocol::Ignored);
+            requests.push(Request::IgnorePayload {
+                conn: conn.id,
+                plaintext: true,
+            });
+            return;
+        }
         let state = self
             .conns
             .entry(conn.id)
@@ -303,6 +316,16 @@ impl Pipeline {
         }
     }
 
+    /// A process whose traffic must not be traced (the auth proxy, Jaeger: staff sessions).
+    fn untraced(&self, conn: &Connection) -> bool {
+        let process = &conn.process;
+        let file_name = process.exe.rsplit('/').next().unwrap_or_default();
+        self.stages
+            .untraced_executables
+            .iter()
+            .any(|name| name == file_name || *name == process.comm)
+    }
+
     fn hand_over(&mut self, conn: &Connection, protocol: &'static str, now_ns: u64) {
         for event in self.exchanges.drain(..) {
             match event {
@@ -374,8 +397,8 @@ impl Pipeline {
     }
 }
 
-/// One JSON line per span as it would be exported; masked values read `[email]`,
-/// `[phone]`, `[card]`, and `redactions` names what was masked, dropped or pseudonymised.
+/// One JSON line per span as it would be exported; `why` names, per attribute, what the
+/// privacy stage did to it (dropped, templated, redacted, sanitised, masked, pseudonymised).
 fn print_dry_run(
     resource: &opentelemetry_sdk::Resource,
     span: &opentelemetry_sdk::trace::SpanData,
@@ -396,7 +419,7 @@ fn print_dry_run(
         "kind": format!("{:?}", span.span_kind),
         "trace_id": span.span_context.trace_id().to_string(),
         "attributes": attributes,
-        "redactions": redactions,
+        "why": redactions,
     });
     println!("{line}");
 }

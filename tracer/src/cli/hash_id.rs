@@ -16,6 +16,9 @@ pub struct HashIdArgs {
     /// File holding the HMAC key (else the config's, else TRACER_HMAC_KEY).
     #[arg(long)]
     hmac_key_file: Option<String>,
+    /// The id is a user id (user pseudonyms are keyed apart from order pseudonyms).
+    #[arg(long)]
+    user: bool,
 }
 
 pub fn run(args: HashIdArgs) -> anyhow::Result<()> {
@@ -27,6 +30,10 @@ pub fn run(args: HashIdArgs) -> anyhow::Result<()> {
         privacy.hmac_key_file = args.hmac_key_file;
     }
     let key = IdKey::load(&privacy)?;
-    println!("{}", key.pseudonym(&args.id));
+    if args.user {
+        println!("{}", key.user_pseudonym(&args.id));
+    } else {
+        println!("{}", key.pseudonym(&args.id));
+    }
     Ok(())
 }

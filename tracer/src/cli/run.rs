@@ -14,7 +14,7 @@ use crate::{
     extract::Extractor,
     journey::{self, Clock, JourneyMetrics, StoreLocation},
     metrics::{self, AgentMetrics, Health},
-    privacy::{IdKey, Privacy},
+    privacy::{IdKey, Privacy, PrivacyOptions},
     protocols::SessionOptions,
     reassembly::Limits,
     sample::Sampler,
@@ -47,9 +47,10 @@ pub struct RunArgs {
     /// lost (default: amqp.stuck_after_seconds from the config, else 300).
     #[arg(long)]
     message_stuck_after: Option<f64>,
-    /// Replace order and user ids by HMAC-SHA256(key, id) in everything exported.
-    #[arg(long)]
-    pseudonymise_ids: bool,
+    /// Replace order and user ids by their keyed pseudonyms in everything exported
+    /// (default: on when a key is configured; `--pseudonymise-ids=false` turns it off).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pseudonymise_ids: Option<bool>,
     /// File holding the HMAC key for order trace ids and pseudonyms (else TRACER_HMAC_KEY).
     #[arg(long)]
     hmac_key_file: Option<String>,
@@ -117,7 +118,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         None => Config::default(),
     };
     // Flags override the file.
-    config.privacy.pseudonymise_ids |= args.pseudonymise_ids;
+    if args.pseudonymise_ids.is_some() {
+        config.privacy.pseudonymise_ids = args.pseudonymise_ids;
+    }
     if let Some(path) = &args.hmac_key_file {
         config.privacy.hmac_key_file = Some(path.clone());
     }
@@ -145,10 +148,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         sampler: Sampler::new(&config.sampling),
         privacy: Privacy::new(
             key.clone(),
-            config.privacy.pseudonymise_ids,
-            config.privacy.mask_personal_data,
+            PrivacyOptions {
+                pseudonymise_ids: config.privacy.pseudonymise(key.is_secret()),
+                mask_personal_data: config.privacy.mask_personal_data,
+                allowed_query_keys: config.privacy.allowed_query_keys.clone(),
+            },
         ),
         privacy_dry_run: args.privacy_dry_run,
+        untraced_executables: config.privacy.untraced_executables.clone(),
         journey: None,
     };
     let stop = StopSignal::install(args.duration.map(Duration::from_secs_f64))?;

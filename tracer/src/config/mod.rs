@@ -122,24 +122,63 @@ pub enum ExtractSource {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrivacyConfig {
-    /// Replace order and user ids by HMAC-SHA256(key, id) everywhere in exported spans.
+    /// Replace order and user ids by their keyed pseudonyms everywhere in exported spans,
+    /// logs and the journey store. Default: on whenever a key is configured.
     #[serde(default)]
-    pub pseudonymise_ids: bool,
+    pub pseudonymise_ids: Option<bool>,
     /// File holding the HMAC key (else the TRACER_HMAC_KEY environment variable). The same
     /// key on every agent puts the same order in the same trace.
     pub hmac_key_file: Option<String>,
-    /// Mask e-mail addresses, phone numbers and card numbers in attribute values.
+    /// Mask e-mail addresses, phone numbers, card numbers and secrets in the free text
+    /// that is exported (the second line: the allow-list comes first).
     #[serde(default = "yes")]
     pub mask_personal_data: bool,
+    /// Query keys whose values are exported (masked and pseudonymised); every other
+    /// query value is exported as `REDACTED`.
+    #[serde(default = "default_allowed_query_keys")]
+    pub allowed_query_keys: Vec<String>,
+    /// Executables (file name or comm) never traced: they carry staff credentials.
+    #[serde(default = "default_untraced")]
+    pub untraced_executables: Vec<String>,
 }
 
 impl Default for PrivacyConfig {
     fn default() -> Self {
         Self {
-            pseudonymise_ids: false,
+            pseudonymise_ids: None,
             hmac_key_file: None,
             mask_personal_data: true,
+            allowed_query_keys: default_allowed_query_keys(),
+            untraced_executables: default_untraced(),
         }
+    }
+}
+
+fn default_allowed_query_keys() -> Vec<String> {
+    [
+        "page", "per_page", "limit", "offset", "sort", "lang", "format",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The Jaeger UI's auth proxy and Jaeger itself: their traffic is staff sessions.
+fn default_untraced() -> Vec<String> {
+    [
+        "oauth2-proxy",
+        "jaeger",
+        "jaeger-query",
+        "jaeger-all-in-one",
+        "jaeger-collector",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+impl PrivacyConfig {
+    /// Pseudonymisation as configured, else on when a key is configured.
+    pub fn pseudonymise(&self, key_configured: bool) -> bool {
+        self.pseudonymise_ids.unwrap_or(key_configured)
     }
 }
 

@@ -48,6 +48,9 @@ pub struct ResolvedSpan {
     pub links: Vec<(TraceId, SpanId)>,
     /// The trace comes from an order id (this span's or an ancestor's).
     pub order_trace: bool,
+    /// Order and user ids of this span and its ancestors in the trace: privacy replaces
+    /// them wherever they occur in this span.
+    pub known_ids: KnownIds,
     pub exchange: Exchange,
     pub connection: Connection,
     /// How the parent was found (`tracer.parent.source`); `None` for a root.
@@ -55,6 +58,13 @@ pub struct ResolvedSpan {
     /// A call made while several requests of its process were open, with no evidence of
     /// which one it served: left a root (counted per service).
     pub parent_ambiguous: bool,
+}
+
+/// Order and user ids known for a span's trace, nearest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KnownIds {
+    pub orders: Vec<String>,
+    pub users: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -103,7 +113,9 @@ struct Node {
     /// PRODUCER: what a "not delivered" span needs once the span itself is exported.
     published: Option<Box<Published>>,
     /// Order ids of this exchange (set when it finishes).
-    order_ids: Vec<String>,
+    order_ids: Box<[String]>,
+    /// User ids (`app.user.id`) of this exchange (set when it finishes).
+    user_ids: Box<[String]>,
     /// Whether `trace_id` came from an order id.
     order_trace: bool,
     /// Identifiers of its request or message (hashes): causality evidence.
@@ -205,7 +217,8 @@ impl Correlator {
             producer: None,
             delivered: false,
             published: None,
-            order_ids: Vec::new(),
+            order_ids: Box::default(),
+            user_ids: Box::default(),
             order_trace: false,
             identifiers: start.identifiers.clone(),
             open_at_start: Vec::new(),
@@ -276,7 +289,13 @@ impl Correlator {
         // Addresses may have become known after the start.
         node.local = node.local.or(connection.local);
         node.remote = node.remote.or(connection.remote);
-        node.order_ids = exchange.order_ids.clone();
+        node.order_ids = exchange.order_ids.clone().into_boxed_slice();
+        node.user_ids = exchange
+            .business
+            .iter()
+            .filter(|(k, _)| k == crate::extract::USER_ID)
+            .map(|(_, v)| v.clone())
+            .collect();
         node.finished = Some(Box::new((exchange, connection.clone())));
         self.settling.push_back((now_ns + self.settle_ns, id));
     }
@@ -374,6 +393,7 @@ impl Correlator {
                 .attributes
                 .push(("tracer.messaging.queue_residence_source", source.into()));
         }
+        let known_ids = self.known_ids(id, trace_id);
         let node = self.nodes.get(&id)?;
         // A parent that became a link (another order's trace) is no parent.
         let parent_source = parent_span_id.and(node.parent_source);
@@ -384,11 +404,33 @@ impl Correlator {
             parent_is_remote,
             links,
             order_trace: node.order_trace,
+            known_ids,
             exchange,
             connection,
             parent_source,
             parent_ambiguous: node.parent_ambiguous,
         })
+    }
+
+    /// The ids a node and its ancestors in `trace` named, nearest first.
+    fn known_ids(&self, id: NodeId, trace: TraceId) -> KnownIds {
+        let mut ids = KnownIds::default();
+        let mut current = Some(id);
+        for _ in 0..64 {
+            let Some(node) = current.and_then(|c| self.nodes.get(&c)) else {
+                break;
+            };
+            if node.trace_id.is_some_and(|t| t != trace) {
+                break;
+            }
+            ids.orders.extend(node.order_ids.iter().cloned());
+            ids.users.extend(node.user_ids.iter().cloned());
+            current = match node.parent {
+                Some(Parent::Local(parent)) => Some(parent),
+                _ => None,
+            };
+        }
+        ids
     }
 
     /// The trace of a node: its parent's, recursively, or a new one for a root.

@@ -2,7 +2,7 @@
 mod correlator;
 mod traceparent;
 
-pub use correlator::{Correlator, CorrelatorStats, ResolvedSpan};
+pub use correlator::{Correlator, CorrelatorStats, KnownIds, ResolvedSpan};
 pub use traceparent::TraceParent;
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
 //! The agent's HMAC key: order id → trace id (the same on every agent that shares the
-//! key), and pseudonyms for order and user ids.
+//! key), and pseudonyms for order and user ids. Two keys come from the one secret: order
+//! ids are keyed with the secret itself (DESIGN.md's trace id derivation), user ids with
+//! HMAC(secret, "tracer user pseudonym v1"), so an order's and a user's pseudonyms
+//! cannot be joined by anyone who does not hold the secret.
 use hmac::{Hmac, Mac};
 use opentelemetry::trace::{SpanId, TraceId};
 use sha2::Sha256;
@@ -25,9 +28,13 @@ pub enum KeyError {
     Missing,
 }
 
+/// Label of the user key's derivation from the secret.
+const USER_KEY_LABEL: &[u8] = b"tracer user pseudonym v1";
+
 #[derive(Clone)]
 pub struct IdKey {
     key: Vec<u8>,
+    user_key: Vec<u8>,
     /// False for the built-in default key.
     secret: bool,
 }
@@ -63,27 +70,32 @@ impl IdKey {
                 .map(String::into_bytes),
         };
         match key {
-            Some(key) => Ok(Self { key, secret: true }),
-            None if config.pseudonymise_ids => Err(KeyError::Missing),
-            None => Ok(Self {
-                key: DEFAULT_KEY.to_vec(),
-                secret: false,
-            }),
+            Some(key) => Ok(Self::new(key, true)),
+            None if config.pseudonymise_ids == Some(true) => Err(KeyError::Missing),
+            None => Ok(Self::new(DEFAULT_KEY.to_vec(), false)),
         }
     }
 
     pub fn from_bytes(key: &[u8]) -> Self {
+        Self::new(key.to_vec(), true)
+    }
+
+    fn new(key: Vec<u8>, secret: bool) -> Self {
+        let user_key = hmac(&key, USER_KEY_LABEL).to_vec();
         Self {
-            key: key.to_vec(),
-            secret: true,
+            key,
+            user_key,
+            secret,
         }
     }
 
+    /// Whether the key was configured (pseudonyms made with the built-in key are not secret).
+    pub fn is_secret(&self) -> bool {
+        self.secret
+    }
+
     fn mac(&self, id: &str) -> [u8; 32] {
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
-        mac.update(id.as_bytes());
-        mac.finalize().into_bytes().into()
+        hmac(&self.key, id.as_bytes())
     }
 
     /// The order's trace: the first 16 bytes of HMAC-SHA256(key, order id).
@@ -96,14 +108,26 @@ impl IdKey {
         SpanId::from_bytes(self.mac(order_id)[16..24].try_into().expect("8 bytes"))
     }
 
-    /// The pseudonym exported instead of an id: the same 16 bytes, as hex. For an order id
-    /// it is also its trace id, so support staff can paste it into Jaeger directly.
-    pub fn pseudonym(&self, id: &str) -> String {
-        self.mac(id)[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+    /// The pseudonym exported instead of an order id: its trace id as hex, so support
+    /// staff can paste it into Jaeger directly.
+    pub fn pseudonym(&self, order_id: &str) -> String {
+        hex(&self.mac(order_id)[..16])
     }
+
+    /// The pseudonym exported instead of a user id (keyed apart from orders).
+    pub fn user_pseudonym(&self, user_id: &str) -> String {
+        hex(&hmac(&self.user_key, user_id.as_bytes())[..16])
+    }
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -126,13 +150,23 @@ mod tests {
             key.order_anchor("what do ya want for nothing?").to_string(),
             "5a003f089d273983"
         );
+        // The user key is HMAC(secret, label); a user's pseudonym is not its order twin.
+        let user = key.user_pseudonym("what do ya want for nothing?");
+        assert_eq!(
+            user,
+            hex(&hmac(
+                &hmac(b"Jefe", USER_KEY_LABEL),
+                b"what do ya want for nothing?"
+            )[..16])
+        );
+        assert_ne!(user, key.pseudonym("what do ya want for nothing?"));
     }
 
     #[test]
     fn pseudonymisation_without_a_key_is_refused() {
         std::env::remove_var(KEY_ENV);
         let config = PrivacyConfig {
-            pseudonymise_ids: true,
+            pseudonymise_ids: Some(true),
             ..PrivacyConfig::default()
         };
         assert!(matches!(IdKey::load(&config), Err(KeyError::Missing)));

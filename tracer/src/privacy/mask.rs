@@ -1,58 +1,113 @@
-//! Masking personal data in attribute values: e-mail addresses, phone numbers and card
-//! numbers (Luhn-checked, so order numbers are left alone).
+//! The second line of defence: personal data and secrets recognised inside values that
+//! the allow-list lets out (free text such as status messages). E-mail addresses (also
+//! internationalised), phone numbers, card numbers (Luhn-checked, so order numbers are left
+//! alone), JWTs, labelled secrets (`api_key=…`, `"token": "…"`) and high-entropy tokens.
 use std::sync::LazyLock;
 
 use regex::Regex;
 
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"[A-Za-z0-9._%+-]+(?:@|%40)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+    Regex::new(r"[\p{L}\p{N}._%+-]+(?:@|%40)[\p{L}\p{N}-]+(?:\.[\p{L}\p{N}-]+)*\.\p{L}{2,}")
         .unwrap()
 });
-/// International (+49 …) or North American ((555) 123-4567) phone numbers.
+/// International (`+49 151 …`, `0049…`), national with a trunk zero and a separator
+/// (`0151 12345678`, `030/1234567`) and North American (`(555) 123 4567`, `555-123-4567`).
 static PHONE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?:\+|%2B)\d{1,3}(?:[\s.-]|%20)?(?:\(?\d{1,4}\)?(?:[\s.-]|%20)?){2,5}\d{2,4}|\(\d{3}\)\s?\d{3}-\d{4}").unwrap()
+    let sep = r"(?:[\s./-]|%20)";
+    Regex::new(&format!(
+        r"(?:(?:\+|%2B)|\b00)\d{{1,3}}{sep}?(?:\(?\d{{1,4}}\)?{sep}?){{2,5}}\d{{2,4}}|\(\d{{3}}\){sep}?\d{{3}}{sep}\d{{4}}|\b\d{{3}}[.-]\d{{3}}[.-]\d{{4}}\b|\b0\d{{2,4}}(?:[ /-]|%20)\d{{5,8}}\b"
+    ))
+    .unwrap()
 });
-/// Contiguous 13–19 digits, or the printed groupings 4-4-4-4(-3) and Amex 4-6-5, with one
-/// kind of separator; only Luhn-valid numbers are masked.
+/// Contiguous 13–19 digits, or the printed groupings 4-4-4-4(-3) and Amex 4-6-5 with
+/// spaces, dashes, dots or plus signs; only Luhn-valid numbers are masked.
 static CARD: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"\b(?:\d{13,19}|\d{4}([ -])\d{4}[ -]\d{4}[ -]\d{4}(?:[ -]\d{3})?|\d{4}[ -]\d{6}[ -]\d{5})\b").unwrap()
+    let sep = r"(?:[ .+-]|%20)";
+    Regex::new(&format!(
+        r"\b(?:\d{{13,19}}|\d{{4}}{sep}\d{{4}}{sep}\d{{4}}{sep}\d{{4}}(?:{sep}\d{{3}})?|\d{{4}}{sep}\d{{6}}{sep}\d{{5}})\b"
+    ))
+    .unwrap()
 });
+static JWT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*").unwrap()
+});
+/// A value after a key that names a secret: `api_key=…`, `token: …`, `"code":"…"`.
+static LABELLED: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?i)(\b(?:api[_-]?key|apikey|access[_-]?token|refresh[_-]?token|id[_-]?token|token|secret|client[_-]?secret|password|passwd|pwd|code|state|session[_-]?id|sig|signature|auth)(?:"?\s*[:=]\s*"?|%3D))[^\s&"',;]+"#)
+        .unwrap()
+});
+/// 20+ characters mixing upper case, lower case and digits: API keys, session ids.
+static TOKEN: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"[A-Za-z0-9_-]{20,}").unwrap());
 
 pub const EMAIL_MASK: &str = "[email]";
 pub const PHONE_MASK: &str = "[phone]";
 pub const CARD_MASK: &str = "[card]";
+pub const SECRET_MASK: &str = "[secret]";
 
-/// The value with personal data replaced, or None if there was none. Each pattern runs
-/// only where it could match (an `@`, 13 digits, a `+` or `(`): most values have none.
+/// The value with personal data and secrets replaced, or None if there was none. Each
+/// pattern runs only where it could match: most values have none.
 pub fn mask(value: &str) -> Option<String> {
+    let mut out: Option<String> = None;
+    let current = |out: &Option<String>| out.clone().unwrap_or_else(|| value.to_owned());
+    if value.contains('@') || value.contains("%40") {
+        replace(&mut out, &EMAIL, EMAIL_MASK, value);
+    }
+    if value.contains("eyJ") {
+        replace(&mut out, &JWT, SECRET_MASK, value);
+    }
+    if value.contains(['=', ':']) {
+        let text = current(&out);
+        let masked = LABELLED.replace_all(&text, format!("${{1}}{SECRET_MASK}"));
+        if masked != text {
+            out = Some(masked.into_owned());
+        }
+    }
     let digits = value.bytes().filter(u8::is_ascii_digit).count();
-    let may_email = value.contains('@') || value.contains("%40");
-    let may_card = digits >= 13;
-    let may_phone =
-        digits >= 7 && (value.contains('+') || value.contains("%2B") || value.contains('('));
-    if !(may_email || may_card || may_phone) {
-        return None;
-    }
-    let mut out = if may_email {
-        EMAIL.replace_all(value, EMAIL_MASK).into_owned()
-    } else {
-        value.to_owned()
-    };
-    if !may_card && !may_phone {
-        return (out != value).then_some(out);
-    }
-    out = CARD
-        .replace_all(&out, |caps: &regex::Captures<'_>| {
+    if digits >= 13 {
+        let text = current(&out);
+        let masked = CARD.replace_all(&text, |caps: &regex::Captures<'_>| {
             let digits: String = caps[0].chars().filter(char::is_ascii_digit).collect();
-            if luhn(&digits) {
+            let before = &text[..caps.get(0).map_or(0, |m| m.start())];
+            // No card number starts with 0; +49… and 0049… are phone numbers.
+            let international_phone =
+                before.ends_with('+') || before.ends_with("%2B") || caps[0].starts_with('0');
+            if luhn(&digits) && !international_phone {
                 CARD_MASK.to_owned()
             } else {
                 caps[0].to_owned()
             }
-        })
-        .into_owned();
-    out = PHONE.replace_all(&out, PHONE_MASK).into_owned();
-    (out != value).then_some(out)
+        });
+        if masked != text {
+            out = Some(masked.into_owned());
+        }
+    }
+    if digits >= 7 {
+        replace(&mut out, &PHONE, PHONE_MASK, value);
+    }
+    if value.len() >= 20 {
+        let text = current(&out);
+        let masked = TOKEN.replace_all(&text, |caps: &regex::Captures<'_>| {
+            let token = &caps[0];
+            let has = |f: fn(&u8) -> bool| token.as_bytes().iter().any(f);
+            if has(u8::is_ascii_uppercase) && has(u8::is_ascii_lowercase) && has(u8::is_ascii_digit)
+            {
+                SECRET_MASK.to_owned()
+            } else {
+                token.to_owned()
+            }
+        });
+        if masked != text {
+            out = Some(masked.into_owned());
+        }
+    }
+    out
+}
+
+fn replace(out: &mut Option<String>, pattern: &Regex, mask: &str, original: &str) {
+    let text = out.as_deref().unwrap_or(original);
+    if let std::borrow::Cow::Owned(masked) = pattern.replace_all(text, mask) {
+        *out = Some(masked);
+    }
 }
 
 fn luhn(digits: &str) -> bool {
@@ -82,21 +137,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn masks_personal_data_and_leaves_ids_alone() {
+    fn masks_personal_data_and_secrets_and_leaves_ids_alone() {
         let cases = [
             (
                 "mail anna.schmidt@example.com now",
                 Some("mail [email] now"),
             ),
             ("email=anna%40example.com&x=1", Some("email=[email]&x=1")),
+            ("an jürgen.müller@bäckerei.de", Some("an [email]")),
             ("call +49 30 1234567 please", Some("call [phone] please")),
             ("call (555) 123-4567", Some("call [phone]")),
+            ("call (555) 123 4567", Some("call [phone]")),
+            ("tel 0151 12345678", Some("tel [phone]")),
+            ("tel 030/1234567", Some("tel [phone]")),
+            ("tel 555-123-4567", Some("tel [phone]")),
+            ("tel 555.123.4567", Some("tel [phone]")),
+            ("tel +4915112345678", Some("tel [phone]")),
+            ("tel 004915112345678", Some("tel [phone]")),
             ("card 4111 1111 1111 1111 ok", Some("card [card] ok")),
+            ("card 4111.1111.1111.1111", Some("card [card]")),
+            ("card 4111+1111+1111+1111", Some("card [card]")),
+            ("amex 3782 822463 10005", Some("amex [card]")),
             ("pan=4111111111111111", Some("pan=[card]")),
+            (
+                "t eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+                Some("t [secret]"),
+            ),
+            ("api_key=abcdef", Some("api_key=[secret]")),
+            (r#"{"token": "abc"}"#, Some(r#"{"token": "[secret]"}"#)),
+            ("key sk_live_4eC39HqLyjWDarjtT1zdp7dc", Some("key [secret]")),
             ("order 4111111111111112 is not a card", None),
             ("/orders/20261121-000123", None),
             ("ORD-2026-11-000123", None),
             ("GET /orders/{id}", None),
+            ("5bdcc146bf60754e6a042426089575c7", None),
+            ("2026-12-02T08:56:54Z", None),
         ];
         for (input, expected) in cases {
             assert_eq!(mask(input).as_deref(), expected, "{input}");

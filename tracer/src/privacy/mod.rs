@@ -1,137 +1,263 @@
-//! What may leave the agent: credentials dropped, personal data masked, order and user ids
-//! optionally replaced by keyed HMACs — applied to every span before export.
+//! What may leave the agent. One stage, applied to every span before export, that knows
+//! per attribute what is safe (`policy.rs`, an allow-list): paths and names keep their
+//! words only, query values are redacted, free text loses its input values and is masked
+//! (`message.rs`, `mask.rs`), and every known order or user id of the span's trace is
+//! replaced by its pseudonym wherever it occurs (`ids.rs`). Anything not on the list —
+//! headers, bodies, credentials, attributes a protocol adds tomorrow — is dropped.
+mod ids;
 mod key;
 mod mask;
+mod message;
+mod policy;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
+pub use ids::{replace_ids, KnownId};
 pub use key::{IdKey, KeyError, KEY_ENV};
 pub use mask::mask;
-use regex::Regex;
+pub use message::sanitize_message;
+use policy::Policy;
+pub use policy::{policy, redact_query};
 
-use crate::{correlate::ResolvedSpan, protocols::AttrValue};
+use crate::{
+    correlate::ResolvedSpan,
+    extract::{ORDER_ID, USER_ID},
+    protocols::{http::route, AttrValue, ExchangeStatus},
+};
 
-/// Attribute names (lower-case substrings) that are never exported.
-const CREDENTIALS: [&str; 4] = ["authorization", "cookie", "password", "sasl"];
+/// What the privacy stage is told by the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct PrivacyOptions {
+    pub pseudonymise_ids: bool,
+    pub mask_personal_data: bool,
+    /// Query keys whose values may be exported (still masked and pseudonymised).
+    pub allowed_query_keys: Vec<String>,
+}
 
 pub struct Privacy {
     key: IdKey,
-    pseudonymise_ids: bool,
-    mask_personal_data: bool,
-    /// Id → (its word-boundary pattern, its pseudonym): both cost more than the lookup.
-    pseudonyms: HashMap<String, (Regex, String)>,
+    options: PrivacyOptions,
 }
 
-/// Ids whose pattern and pseudonym are kept; the cache starts over beyond this.
-const MAX_CACHED_IDS: usize = 4096;
-
-/// What `apply` changed, for `--privacy-dry-run`.
+/// What `apply` did to each attribute, and why, for `--privacy-dry-run`.
 #[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct Redactions {
-    pub masked: BTreeSet<String>,
-    pub dropped: BTreeSet<String>,
-    pub pseudonymised: BTreeSet<String>,
-}
+#[serde(transparent)]
+pub struct Redactions(pub BTreeMap<String, BTreeSet<&'static str>>);
 
-impl Privacy {
-    pub fn new(key: IdKey, pseudonymise_ids: bool, mask_personal_data: bool) -> Self {
-        Self {
-            key,
-            pseudonymise_ids,
-            mask_personal_data,
-            pseudonyms: HashMap::new(),
-        }
+impl Redactions {
+    fn note(&mut self, key: &str, why: &'static str) {
+        self.0.entry(key.to_owned()).or_default().insert(why);
     }
 
-    fn pseudonym_of(&mut self, id: &str) -> Option<(Regex, String)> {
-        if let Some(known) = self.pseudonyms.get(id) {
-            return Some(known.clone());
-        }
-        let pattern = Regex::new(&format!(r"\b{}\b", regex::escape(id))).ok()?;
-        if self.pseudonyms.len() >= MAX_CACHED_IDS {
-            self.pseudonyms.clear();
-        }
-        let entry = (pattern, self.key.pseudonym(id));
-        self.pseudonyms.insert(id.to_owned(), entry.clone());
-        Some(entry)
+    pub fn dropped(&self) -> usize {
+        self.0.values().filter(|w| w.contains(DROPPED)).count()
+    }
+}
+
+const DROPPED: &str = "dropped: not on the allow-list";
+const TEMPLATED: &str = "templated: ids and free text replaced";
+const REDACTED: &str = "query values redacted";
+const SANITISED: &str = "input values removed";
+const MASKED: &str = "personal data or secret masked";
+const PSEUDONYMISED: &str = "id pseudonymised";
+
+impl Privacy {
+    pub fn new(key: IdKey, options: PrivacyOptions) -> Self {
+        Self { key, options }
     }
 
     pub fn key(&self) -> &IdKey {
         &self.key
     }
 
+    pub fn pseudonymises(&self) -> bool {
+        self.options.pseudonymise_ids
+    }
+
+    /// The ids of the span's trace with their pseudonyms (none when pseudonymisation is
+    /// off), longest first so an id inside another is not split.
+    fn known_ids(&self, span: &ResolvedSpan) -> Vec<KnownId> {
+        if !self.options.pseudonymise_ids {
+            return Vec::new();
+        }
+        let exchange = &span.exchange;
+        let orders = span.known_ids.orders.iter().chain(&exchange.order_ids);
+        let own_users = exchange
+            .business
+            .iter()
+            .filter(|(k, _)| k == USER_ID)
+            .map(|(_, v)| v);
+        let users = span.known_ids.users.iter().chain(own_users);
+        let mut ids: Vec<KnownId> = orders
+            .map(|id| KnownId {
+                raw: id.clone(),
+                pseudonym: self.key.pseudonym(id),
+            })
+            .chain(users.map(|id| KnownId {
+                raw: id.clone(),
+                pseudonym: self.key.user_pseudonym(id),
+            }))
+            .collect();
+        ids.sort_by(|a, b| b.raw.len().cmp(&a.raw.len()).then(a.raw.cmp(&b.raw)));
+        ids.dedup_by(|a, b| a.raw == b.raw);
+        ids
+    }
+
     pub fn apply(&mut self, span: &mut ResolvedSpan) -> Redactions {
-        let mut changes = Redactions::default();
+        let mut why = Redactions::default();
+        let ids = self.known_ids(span);
+        // Every span of an order's trace names its order (as a pseudonym where on).
+        let trace_order = span.known_ids.orders.first().cloned();
         let exchange = &mut span.exchange;
-        exchange.attributes.retain(|(k, _)| keep(k, &mut changes));
-        exchange.business.retain(|(k, _)| keep(k, &mut changes));
-        let ids: Vec<String> = if self.pseudonymise_ids {
-            let mut ids: Vec<String> = exchange.order_ids.clone();
-            ids.extend(
-                exchange
-                    .business
-                    .iter()
-                    .filter(|(k, _)| k == "app.user.id" || k == "app.order.id")
-                    .map(|(_, v)| v.clone()),
-            );
-            ids.sort();
-            ids.dedup();
-            ids
-        } else {
-            Vec::new()
-        };
-        let patterns: Vec<(Regex, String)> =
-            ids.iter().filter_map(|id| self.pseudonym_of(id)).collect();
-        let mut clean = |key: &str, value: &mut String| {
-            for (pattern, pseudonym) in &patterns {
-                if pattern.is_match(value) {
-                    *value = pattern.replace_all(value, pseudonym.as_str()).into_owned();
-                    changes.pseudonymised.insert(key.to_owned());
-                }
+        if let Some(order) = trace_order.filter(|_| span.order_trace) {
+            if !exchange.business.iter().any(|(k, _)| k == ORDER_ID) {
+                exchange.business.push((ORDER_ID.to_owned(), order));
             }
-            // The ids themselves are identifiers, not personal data to mask.
-            if self.mask_personal_data && key != "app.order.id" && key != "app.user.id" {
-                if let Some(masked) = mask(value) {
-                    *value = masked;
-                    changes.masked.insert(key.to_owned());
-                }
+        }
+        exchange.attributes.retain(|(key, _)| {
+            let listed = policy(key).is_some();
+            if !listed {
+                why.note(key, DROPPED);
             }
-        };
-        clean("name", &mut exchange.name);
+            listed
+        });
+        exchange.business.retain(|(key, _)| {
+            let listed = policy(key).is_some();
+            if !listed {
+                why.note(key, DROPPED);
+            }
+            listed
+        });
+        let name = std::mem::take(&mut exchange.name);
+        exchange.name = self.span_name(&name, &ids, &mut why);
         for (key, value) in exchange.attributes.iter_mut() {
-            if let AttrValue::Str(s) = value {
-                clean(key, s);
+            if let AttrValue::Str(text) = value {
+                self.clean(key, text, &ids, &mut why);
             }
         }
         for (key, value) in exchange.business.iter_mut() {
-            clean(key, value);
+            self.clean(key, value, &ids, &mut why);
         }
-        if let crate::protocols::ExchangeStatus::Error { message, .. } = &mut exchange.status {
-            clean("status.message", message);
+        if let ExchangeStatus::Error { message, .. } = &mut exchange.status {
+            self.free_text("status.message", message, &ids, &mut why);
         }
         // Raw bodies and headers never leave the agent; drop them now so nothing downstream
         // can export them by mistake.
         exchange.fields.clear();
-        if self.pseudonymise_ids {
+        if self.options.pseudonymise_ids {
             exchange.order_ids = exchange
                 .order_ids
                 .iter()
                 .map(|id| self.key.pseudonym(id))
                 .collect();
         }
-        changes
+        why
     }
-}
 
-fn keep(key: &str, changes: &mut Redactions) -> bool {
-    let credential = CREDENTIALS.iter().any(|c| {
-        key.as_bytes()
-            .windows(c.len())
-            .any(|w| w.eq_ignore_ascii_case(c.as_bytes()))
-    });
-    if credential {
-        changes.dropped.insert(key.to_owned());
-        return false;
+    fn clean(&self, key: &str, value: &mut String, ids: &[KnownId], why: &mut Redactions) {
+        match policy(key) {
+            Some(Policy::Keep) | None => {}
+            Some(Policy::Path) => self.template(key, value, '/', ids, why),
+            Some(Policy::Name) => self.template(key, value, '.', ids, why),
+            Some(Policy::Query) => {
+                let redacted = redact_query(value, &self.options.allowed_query_keys);
+                if redacted != *value {
+                    *value = redacted;
+                    why.note(key, REDACTED);
+                }
+                self.mask_and_replace(key, value, ids, why);
+            }
+            Some(Policy::Text) => self.free_text(key, value, ids, why),
+            Some(Policy::Id) => self.id(key, value, why),
+        }
     }
-    true
+
+    /// An `app.order.id` / `app.user.id`: its pseudonym, or the id with personal data
+    /// masked (a user id that is an e-mail address).
+    fn id(&self, key: &str, value: &mut String, why: &mut Redactions) {
+        if self.options.pseudonymise_ids {
+            *value = if key == USER_ID {
+                self.key.user_pseudonym(value)
+            } else {
+                self.key.pseudonym(value)
+            };
+            why.note(key, PSEUDONYMISED);
+        } else if let Some(masked) = mask(value) {
+            *value = masked;
+            why.note(key, MASKED);
+        }
+    }
+
+    fn template(
+        &self,
+        key: &str,
+        value: &mut String,
+        separator: char,
+        ids: &[KnownId],
+        why: &mut Redactions,
+    ) {
+        // Known ids first, so they read as ids (not free text) when templated.
+        self.replace(key, value, ids, why);
+        let templated = route::template_segments(value, separator);
+        if templated != *value {
+            *value = templated;
+            why.note(key, TEMPLATED);
+        }
+    }
+
+    fn free_text(&self, key: &str, value: &mut String, ids: &[KnownId], why: &mut Redactions) {
+        let sanitised = sanitize_message(value);
+        if sanitised != *value {
+            *value = sanitised;
+            why.note(key, SANITISED);
+        }
+        self.mask_and_replace(key, value, ids, why);
+    }
+
+    fn mask_and_replace(
+        &self,
+        key: &str,
+        value: &mut String,
+        ids: &[KnownId],
+        why: &mut Redactions,
+    ) {
+        self.replace(key, value, ids, why);
+        if self.options.mask_personal_data {
+            if let Some(masked) = mask(value) {
+                *value = masked;
+                why.note(key, MASKED);
+            }
+        }
+    }
+
+    fn replace(&self, key: &str, value: &mut String, ids: &[KnownId], why: &mut Redactions) {
+        if replace_ids(value, ids) {
+            why.note(key, PSEUDONYMISED);
+        }
+    }
+
+    /// A span name keeps its words: `GET /orders/{id}`, `publish orders`, `SELECT orders`.
+    fn span_name(&self, name: &str, ids: &[KnownId], why: &mut Redactions) -> String {
+        let mut out = name.to_owned();
+        self.replace("name", &mut out, ids, why);
+        let templated: Vec<String> = out
+            .split(' ')
+            .map(|word| {
+                let separator = if word.starts_with('/') { '/' } else { '.' };
+                route::template_segments(word, separator)
+            })
+            .collect();
+        let templated = templated.join(" ");
+        if templated != out {
+            why.note("name", TEMPLATED);
+            out = templated;
+        }
+        if self.options.mask_personal_data {
+            if let Some(masked) = mask(&out) {
+                why.note("name", MASKED);
+                out = masked;
+            }
+        }
+        out
+    }
 }

@@ -167,6 +167,7 @@ impl Correlator {
                 parent_is_remote: false,
                 links: Vec::new(),
                 order_trace: self.nodes.get(&id).is_some_and(|n| n.order_trace),
+                known_ids: self.known_ids(id, trace_id),
                 exchange,
                 connection,
                 // About the producer's message, and under it.

@@ -1,16 +1,78 @@
-//! `http.route` from a concrete path: id-like segments become `{id}`, so
-//! `/orders/1234/files/9f8e…` and `/orders/77/files/…` share one route.
+//! Templating concrete paths and names so only their structure leaves the agent:
+//! `/orders/1234/files/9f8e…` and `/orders/77/files/…` share `/orders/{id}/files/{id}`,
+//! and free text (`/customers/Jane%20Doe`) becomes `{value}`. An allow-list: a segment
+//! is kept only when it reads as a fixed word of the API.
 
-/// Templates a path. Segments that are numbers, UUIDs, long hex strings or long mixed
-/// alphanumerics with digits become `{id}`.
+/// Templates a path. Segments that are numbers, UUIDs, hex strings or mixed alphanumerics
+/// with digits become `{id}`; anything else that is not a plain word becomes `{value}`.
 pub fn template(path: &str) -> String {
     if path.is_empty() {
         return "/".to_owned();
     }
-    path.split('/')
-        .map(|segment| if is_id_like(segment) { "{id}" } else { segment })
-        .collect::<Vec<_>>()
-        .join("/")
+    template_segments(path, '/')
+}
+
+/// Templates a name made of `separator`-joined segments (a routing key, a queue name).
+pub fn template_segments(text: &str, separator: char) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, segment) in text.split(separator).enumerate() {
+        if i > 0 {
+            out.push(separator);
+        }
+        out.push_str(match classify(segment) {
+            Segment::Word => segment,
+            Segment::Id => "{id}",
+            Segment::Value => "{value}",
+        });
+    }
+    out
+}
+
+/// What a path or name segment is, as far as export is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// A fixed word of the API (`orders`, `v2`, `ring.stl`, `{id}`): kept.
+    Word,
+    /// Looks like an identifier (digits, UUID, hex, `ORD-17`): `{id}`.
+    Id,
+    /// Anything else (spaces, `%`, `@`, non-ASCII, long tokens): `{value}`.
+    Value,
+}
+
+/// Longest segment kept as a word: longer runs of letters are tokens, not API words.
+const MAX_WORD: usize = 32;
+
+pub fn classify(segment: &str) -> Segment {
+    let bytes = segment.as_bytes();
+    if segment.is_empty() || is_placeholder(segment) {
+        return Segment::Word;
+    }
+    let version = bytes.len() <= 4
+        && bytes[0].eq_ignore_ascii_case(&b'v')
+        && bytes.len() > 1
+        && bytes[1..].iter().all(u8::is_ascii_digit);
+    if version {
+        return Segment::Word;
+    }
+    let word_char = |b: &u8| b.is_ascii_alphabetic() || matches!(b, b'-' | b'_' | b'.' | b'*');
+    if bytes.len() <= MAX_WORD && bytes.iter().all(word_char) {
+        return Segment::Word;
+    }
+    if is_id_like(segment) {
+        Segment::Id
+    } else {
+        Segment::Value
+    }
+}
+
+/// `{id}`, `{order_id}`: a template's own placeholders.
+fn is_placeholder(segment: &str) -> bool {
+    segment.len() > 2
+        && segment.starts_with('{')
+        && segment.ends_with('}')
+        && segment[1..segment.len() - 1]
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
 /// Matches `path` against configured templates (`/orders/{order_id}/items`); the first
@@ -44,12 +106,9 @@ fn is_id_like(segment: &str) -> bool {
         });
     let id_chars = segment
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    let version = segment.len() <= 4
-        && segment.starts_with(['v', 'V'])
-        && segment[1..].bytes().all(|b| b.is_ascii_digit());
-    // Business ids like ORD-0 or A17-3: a digit, some length, and not an API version.
-    let mixed = segment.len() >= 4 && has_digit && id_chars && !version;
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'#' | b'+' | b'~'));
+    // Business ids like ORD-0, A17-3 or #1001: a digit and some length.
+    let mixed = segment.len() >= 2 && has_digit && id_chars;
     all_digits || uuid || (hex && has_digit && segment.len() >= 12) || mixed
 }
 
@@ -74,6 +133,14 @@ mod tests {
             ("/orders/ORD-0", "/orders/{id}"),
             ("/files/ring.stl", "/files/ring.stl"),
             ("/api/v10/orders", "/api/v10/orders"),
+            ("/customers/Jane%20Doe", "/customers/{value}"),
+            ("/users/anna@example.com/cart", "/users/{value}/cart"),
+            (
+                "/reset/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln",
+                "/reset/{id}",
+            ),
+            ("/keys/abcdefghijklmnopqrstuvwxyzabcdefgh", "/keys/{value}"),
+            ("/orders/{id}", "/orders/{id}"),
         ];
         for (path, route) in cases {
             assert_eq!(template(path), route, "{path}");
@@ -95,5 +162,15 @@ mod tests {
             Some("/orders/{order_id}")
         );
         assert_eq!(match_template("/customers/1", &templates), None);
+    }
+
+    #[test]
+    fn routing_keys_keep_words_only() {
+        assert_eq!(
+            template_segments("orders.ORD-17.submitted", '.'),
+            "orders.{id}.submitted"
+        );
+        assert_eq!(template_segments("mail.Jane Doe", '.'), "mail.{value}");
+        assert_eq!(template_segments("amq.default", '.'), "amq.default");
     }
 }

@@ -10,9 +10,13 @@ pub struct JourneyConfig {
     /// `sqlite:PATH` (or a bare path), `postgres://…`, or `none` to keep no journeys.
     #[serde(default = "default_store")]
     pub store: String,
-    /// Orders not seen for this long are forgotten.
+    /// Orders not seen for this long are forgotten, and steps older than this are
+    /// deleted even from orders still active (their latest status change is kept).
     #[serde(default = "default_retention", deserialize_with = "duration")]
     pub retention: Duration,
+    /// Orders with errors, and error steps, are kept this long.
+    #[serde(default = "default_error_retention", deserialize_with = "duration")]
+    pub error_retention: Duration,
     /// Timeline steps kept per order; later steps still update the order's state.
     #[serde(default = "default_max_steps")]
     pub max_steps_per_order: usize,
@@ -38,6 +42,15 @@ pub struct JourneyConfig {
     /// Operations whose duration has a service-level agreement.
     #[serde(default = "default_sla", rename = "sla")]
     pub slas: Vec<SlaRule>,
+}
+
+impl JourneyConfig {
+    /// At `now_ns`: the times before which orders and steps, and those with errors, go.
+    pub fn retention_window(&self, now_ns: i64) -> (i64, i64) {
+        let before = now_ns - self.retention.as_nanos() as i64;
+        let errors_before = now_ns - self.error_retention.max(self.retention).as_nanos() as i64;
+        (before, errors_before)
+    }
 }
 
 impl Default for JourneyConfig {
@@ -91,6 +104,10 @@ fn default_store() -> String {
 }
 
 fn default_retention() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+
+fn default_error_retention() -> Duration {
     Duration::from_secs(30 * 86_400)
 }
 

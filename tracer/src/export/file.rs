@@ -22,10 +22,7 @@ pub async fn run_file_export(
     mut rx: mpsc::Receiver<ExportItem>,
     stats: Arc<ExportStats>,
 ) -> anyhow::Result<()> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
+    let file = crate::privacy::files::open_private_append(&path)
         .map_err(|e| anyhow::anyhow!("cannot open export file {}: {e}", path.display()))?;
     let mut out = std::io::BufWriter::new(file);
     let mut batch = Vec::new();

@@ -58,10 +58,11 @@ impl Journeys {
         metrics: JourneyMetrics,
         clock: Clock,
     ) -> anyhow::Result<Self> {
-        let since = clock.now_ns() - config.retention.as_nanos() as i64;
+        let (before, errors_before) = config.retention_window(clock.now_ns());
         let orders: HashMap<String, Order> = store
-            .load(since)?
+            .load(before.min(errors_before))?
             .into_iter()
+            .filter(|o| retained(o, before, errors_before))
             .map(|o| (o.id.clone(), o))
             .collect();
         tracing::info!(orders = orders.len(), "journeys loaded");
@@ -319,13 +320,16 @@ impl Journeys {
         }
     }
 
-    /// Forgets orders not seen within the retention period, in memory and in the store.
+    /// Applies retention in memory and in the store (see [`Store::prune`]).
     pub fn prune(&mut self) {
-        let before = self.clock.now_ns() - self.config.retention.as_nanos() as i64;
-        self.orders.retain(|_, o| o.last_seen_ns >= before);
-        match self.store.prune(before) {
-            Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, "journeys past retention forgotten"),
+        let (before, errors_before) = self.config.retention_window(self.clock.now_ns());
+        self.orders
+            .retain(|_, o| retained(o, before, errors_before));
+        match self.store.prune(before, errors_before) {
+            Ok((0, 0)) => {}
+            Ok((orders, steps)) => {
+                tracing::info!(orders, steps, "journeys and steps past retention forgotten")
+            }
             Err(error) => {
                 self.metrics.store_errors.inc();
                 tracing::error!(
@@ -335,6 +339,11 @@ impl Journeys {
             }
         }
     }
+}
+
+/// Kept: seen within retention, or with errors and seen within error retention.
+fn retained(order: &Order, before: i64, errors_before: i64) -> bool {
+    order.last_seen_ns >= before || (order.errors > 0 && order.last_seen_ns >= errors_before)
 }
 
 #[cfg(test)]

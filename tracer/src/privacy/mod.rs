@@ -4,6 +4,7 @@
 //! (`message.rs`, `mask.rs`), and every known order or user id of the span's trace is
 //! replaced by its pseudonym wherever it occurs (`ids.rs`). Anything not on the list —
 //! headers, bodies, credentials, attributes a protocol adds tomorrow — is dropped.
+pub mod files;
 mod ids;
 mod key;
 mod mask;

@@ -314,19 +314,50 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets orders last seen before `before_ns`; returns how many.
-    pub fn prune(&mut self, before_ns: i64) -> anyhow::Result<u64> {
+    /// Applies retention: orders last seen before `before_ns` are forgotten, except those
+    /// with errors, kept until `errors_before_ns`; steps older than `before_ns` are deleted
+    /// from every order, active ones too (error steps until `errors_before_ns`), except
+    /// each order's latest status change, which says where the order is. Returns the
+    /// numbers of orders and steps removed.
+    pub fn prune(&mut self, before_ns: i64, errors_before_ns: i64) -> anyhow::Result<(u64, u64)> {
         self.db.batch("BEGIN")?;
-        self.db.execute(
-            "DELETE FROM journey_steps WHERE order_id IN (SELECT order_id FROM journey_orders WHERE last_seen_ns < ?1)",
-            &[before_ns.into()],
+        let result = self.delete_expired(before_ns, errors_before_ns);
+        match result {
+            Ok(removed) => {
+                self.db.batch("COMMIT")?;
+                Ok(removed)
+            }
+            Err(error) => {
+                let _ = self.db.batch("ROLLBACK");
+                Err(error)
+            }
+        }
+    }
+
+    fn delete_expired(
+        &mut self,
+        before_ns: i64,
+        errors_before_ns: i64,
+    ) -> anyhow::Result<(u64, u64)> {
+        let window = [before_ns.into(), errors_before_ns.into()];
+        let expired_orders = "last_seen_ns < ?1 AND NOT (errors > 0 AND last_seen_ns >= ?2)";
+        let mut steps = self.db.execute(
+            &format!("DELETE FROM journey_steps WHERE order_id IN (SELECT order_id FROM journey_orders WHERE {expired_orders})"),
+            &window,
         )?;
-        let removed = self.db.execute(
-            "DELETE FROM journey_orders WHERE last_seen_ns < ?1",
-            &[before_ns.into()],
+        let orders = self.db.execute(
+            &format!("DELETE FROM journey_orders WHERE {expired_orders}"),
+            &window,
         )?;
-        self.db.batch("COMMIT")?;
-        Ok(removed)
+        steps += self.db.execute(
+            "DELETE FROM journey_steps WHERE end_ns < ?1
+                AND NOT (error IS NOT NULL AND end_ns >= ?2)
+                AND NOT (status IS NOT NULL AND status_at_ns = (
+                    SELECT MAX(latest.status_at_ns) FROM journey_steps latest
+                    WHERE latest.order_id = journey_steps.order_id AND latest.status IS NOT NULL))",
+            &window,
+        )?;
+        Ok((orders, steps))
     }
 }
 
@@ -474,8 +505,86 @@ mod tests {
         let (shown, timeline) = store.order("A-1").unwrap().unwrap();
         assert_eq!(shown.history, order.history);
         assert_eq!(timeline, steps.to_vec());
-        assert_eq!(store.prune(31).unwrap(), 1);
+        assert_eq!(store.prune(31, 31).unwrap().0, 1);
         assert!(store.load(0).unwrap().is_empty());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn retention_prunes_old_steps_of_active_orders_and_keeps_errors_longer() {
+        let path = std::env::temp_dir().join(format!(
+            "tracer-store-retention-{}.sqlite",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let mut store = Store::open(&StoreLocation::Sqlite(path.clone()))
+            .unwrap()
+            .unwrap();
+        let order = |id: &str, last_seen_ns: i64, errors: i64| Order {
+            id: id.into(),
+            first_seen_ns: 1,
+            last_seen_ns,
+            last_service: "shop".into(),
+            last_trace_id: "t".into(),
+            last_span_id: "s".into(),
+            errors,
+            user_id: None,
+            stuck_status: None,
+            history: Vec::new(),
+            services: Default::default(),
+            steps: 0,
+        };
+        let step = |order: &str, span: &str, end: i64, status: Option<&str>, error: bool| Step {
+            order_id: order.into(),
+            span_id: span.into(),
+            trace_id: "t".into(),
+            start_ns: end - 1,
+            end_ns: end,
+            service: "shop".into(),
+            operation: "POST /orders".into(),
+            kind: "server".into(),
+            status: status.map(str::to_owned),
+            status_at_ns: if status.is_some() { end } else { 0 },
+            error: error.then(|| "HTTP 500".to_owned()),
+            synthesized: false,
+        };
+        // Retention: steps before 100 go, error steps and erroneous orders before 50.
+        let active = order("ACTIVE", 150, 0);
+        let failed = order("FAILED", 60, 1);
+        let old = order("OLD", 40, 1);
+        let steps = [
+            step("ACTIVE", "a1", 10, Some("INITIATED"), false),
+            step("ACTIVE", "a2", 20, None, false),
+            step("ACTIVE", "a3", 30, Some("SUBMITTED"), false),
+            step("ACTIVE", "a4", 70, None, true),
+            step("ACTIVE", "a5", 150, None, false),
+            step("FAILED", "f1", 60, None, true),
+            step("OLD", "o1", 40, None, true),
+        ];
+        store.save(&[&active, &failed, &old], &steps).unwrap();
+        let (orders, removed_steps) = store.prune(100, 50).unwrap();
+        assert_eq!((orders, removed_steps), (1, 3), "OLD, then a1 and a2");
+        let kept: Vec<String> = store
+            .steps("ACTIVE")
+            .unwrap()
+            .into_iter()
+            .map(|s| s.span_id)
+            .collect();
+        assert_eq!(
+            kept,
+            ["a3", "a4", "a5"],
+            "latest status, a recent error, recent"
+        );
+        assert!(store.order("FAILED").unwrap().is_some());
+        assert!(store.order("OLD").unwrap().is_none());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the store is readable by its owner only"
+        );
         let _ = std::fs::remove_file(&path);
     }
 }

@@ -5,16 +5,21 @@ use anyhow::Context;
 use rusqlite::{types::ValueRef, Connection};
 
 use super::{Db, Value};
+use crate::privacy::files;
 
 pub struct SqliteDb(Connection);
 
 impl SqliteDb {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| {
+            files::create_private_dir(dir).with_context(|| {
                 format!("creating the journey store's directory {}", dir.display())
             })?;
         }
+        // SQLite gives its -wal and -shm files the database file's mode.
+        files::make_private(path).with_context(|| {
+            format!("creating the journey store {} (mode 0600)", path.display())
+        })?;
         let connection = Connection::open(path)
             .with_context(|| format!("opening the journey store {}", path.display()))?;
         connection

@@ -171,12 +171,15 @@ impl PostgresSession {
 
     fn exchange(&self, pending: Pending, end_ktime_ns: u64, transaction: Option<u8>) -> Exchange {
         let operation = sql::operation(&pending.query);
-        let table = sql::collection(&pending.query);
+        // An unknown first word (a typo, garbage) names no operation and no table.
+        let table = operation.and_then(|_| sql::collection(&pending.query));
         let mut attributes: Vec<(&'static str, AttrValue)> = vec![
             ("db.system.name", "postgresql".into()),
-            ("db.operation.name", operation.clone().into()),
             ("db.query.text", sql::sanitize(&pending.query).into()),
         ];
+        if let Some(operation) = operation {
+            attributes.push(("db.operation.name", operation.into()));
+        }
         if let Some(database) = &self.database {
             attributes.push(("db.namespace", database.as_str().into()));
         }
@@ -208,10 +211,10 @@ impl PostgresSession {
         for (column, value) in sql::column_values(&pending.query, &pending.params) {
             fields.insert(format!("param.{column}"), value);
         }
-        let name = match &table {
-            Some(table) => format!("{operation} {table}"),
-            None if operation.is_empty() => "postgresql".to_owned(),
-            None => operation,
+        let name = match (operation, &table) {
+            (Some(operation), Some(table)) => format!("{operation} {table}"),
+            (Some(operation), None) => operation.to_owned(),
+            (None, _) => "postgresql".to_owned(),
         };
         Exchange {
             protocol: "postgres",

@@ -2,14 +2,59 @@
 //! and which bound parameter fills which column (for order ids).
 use std::collections::BTreeMap;
 
-/// `INSERT`, `SELECT`, `BEGIN`, … (the first keyword), upper-cased.
-pub fn operation(query: &str) -> String {
-    query
+/// Statement keywords that may name a span or a metric label; anything else (a typo,
+/// garbage, a value sent as a statement) names nothing.
+const OPERATIONS: [&str; 40] = [
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "MERGE",
+    "WITH",
+    "VALUES",
+    "TABLE",
+    "COPY",
+    "BEGIN",
+    "START",
+    "COMMIT",
+    "END",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "RELEASE",
+    "PREPARE",
+    "EXECUTE",
+    "DEALLOCATE",
+    "CREATE",
+    "ALTER",
+    "DROP",
+    "TRUNCATE",
+    "GRANT",
+    "REVOKE",
+    "SET",
+    "SHOW",
+    "RESET",
+    "LOCK",
+    "LISTEN",
+    "NOTIFY",
+    "UNLISTEN",
+    "DECLARE",
+    "FETCH",
+    "MOVE",
+    "CLOSE",
+    "DISCARD",
+    "ANALYZE",
+    "VACUUM",
+    "CALL",
+];
+
+/// `INSERT`, `SELECT`, `BEGIN`, … (the first keyword), when it is a known statement.
+pub fn operation(query: &str) -> Option<&'static str> {
+    let first = query
         .split_whitespace()
-        .next()
-        .unwrap_or("")
+        .next()?
         .trim_end_matches(';')
-        .to_ascii_uppercase()
+        .to_ascii_uppercase();
+    OPERATIONS.iter().copied().find(|k| *k == first)
 }
 
 /// The table a statement is about, where it can be read off the text.
@@ -37,40 +82,90 @@ pub fn collection(query: &str) -> Option<String> {
     (!table.is_empty()).then(|| table.to_owned())
 }
 
-/// The statement with string and number literals replaced by `?` (no values leave the agent).
+/// The statement with literals replaced by `?` and comments removed, so no value leaves
+/// the agent: `'…'` (also `E'…'` with backslash escapes), dollar-quoted `$$…$$` and
+/// `$tag$…$tag$`, and numbers.
 pub fn sanitize(query: &str) -> String {
-    let chars: Vec<char> = query.chars().collect();
+    let bytes = query.as_bytes();
     let mut out = String::with_capacity(query.len());
     let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        let prev = if i > 0 { chars[i - 1] } else { ' ' };
-        if c == '\'' {
-            i += 1;
-            while i < chars.len() {
-                if chars[i] == '\'' && chars.get(i + 1) == Some(&'\'') {
-                    i += 2;
-                } else if chars[i] == '\'' {
-                    break;
-                } else {
-                    i += 1;
+    let mut kept = 0; // start of the text not yet copied to `out`
+    let skip = |out: &mut String, from: usize, to: usize, kept: &mut usize, with: &str| {
+        out.push_str(&query[*kept..from]);
+        out.push_str(with);
+        *kept = to;
+    };
+    while i < bytes.len() {
+        let c = bytes[i];
+        let prev = if i > 0 { bytes[i - 1] } else { b' ' };
+        let word_before = prev.is_ascii_alphanumeric() || prev == b'_';
+        if c == b'\'' {
+            let escapes = i > 0 && matches!(prev, b'E' | b'e') && {
+                let before = if i > 1 { bytes[i - 2] } else { b' ' };
+                !(before.is_ascii_alphanumeric() || before == b'_')
+            };
+            let from = if escapes { i - 1 } else { i };
+            let end = string_end(bytes, i + 1, escapes);
+            skip(&mut out, from, end, &mut kept, "?");
+            i = end;
+        } else if c == b'$' && !word_before {
+            match dollar_tag(bytes, i) {
+                Some(tag_len) => {
+                    let tag = &query[i..i + tag_len];
+                    let body = i + tag_len;
+                    let end = query[body..]
+                        .find(tag)
+                        .map_or(bytes.len(), |p| body + p + tag_len);
+                    skip(&mut out, i, end, &mut kept, "?");
+                    i = end;
                 }
+                None => i += 1, // a parameter like $1
             }
-            out.push('?');
-            i += 1;
-        } else if c.is_ascii_digit()
-            && !(prev.is_alphanumeric() || prev == '_' || prev == '$' || prev == '.')
-        {
-            while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
-                i += 1;
+        } else if c == b'-' && bytes.get(i + 1) == Some(&b'-') {
+            let end = query[i..].find('\n').map_or(bytes.len(), |p| i + p);
+            skip(&mut out, i, end, &mut kept, "");
+            i = end;
+        } else if c == b'/' && bytes.get(i + 1) == Some(&b'*') {
+            let end = query[i + 2..]
+                .find("*/")
+                .map_or(bytes.len(), |p| i + 2 + p + 2);
+            skip(&mut out, i, end, &mut kept, "");
+            i = end;
+        } else if c.is_ascii_digit() && !(word_before || prev == b'$' || prev == b'.') {
+            let mut end = i;
+            while end < bytes.len() && (bytes[end].is_ascii_digit() || bytes[end] == b'.') {
+                end += 1;
             }
-            out.push('?');
+            skip(&mut out, i, end, &mut kept, "?");
+            i = end;
         } else {
-            out.push(c);
             i += 1;
         }
     }
+    out.push_str(&query[kept.min(query.len())..]);
     out
+}
+
+/// Where a quoted string that starts at `from` ends (after its closing quote).
+fn string_end(bytes: &[u8], mut i: usize, escapes: bool) -> usize {
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if escapes => i += 2,
+            b'\'' if bytes.get(i + 1) == Some(&b'\'') => i += 2,
+            b'\'' => return i + 1,
+            _ => i += 1,
+        }
+    }
+    bytes.len()
+}
+
+/// The length of a dollar-quote tag (`$$`, `$body$`) starting at `at`, if there is one.
+fn dollar_tag(bytes: &[u8], at: usize) -> Option<usize> {
+    let mut i = at + 1;
+    while i < bytes.len() && (bytes[i].is_ascii_alphabetic() || bytes[i] == b'_') {
+        i += 1;
+    }
+    (bytes.get(i) == Some(&b'$')).then_some(i + 1 - at)
 }
 
 /// Column → value for what the statement binds or compares: `INSERT INTO t (a, b) VALUES
@@ -134,7 +229,12 @@ mod tests {
 
     #[test]
     fn names_operations_and_tables() {
-        assert_eq!(operation("insert into orders (a) values ($1)"), "INSERT");
+        assert_eq!(
+            operation("insert into orders (a) values ($1)"),
+            Some("INSERT")
+        );
+        assert_eq!(operation("asdsdfdsf;"), None);
+        assert_eq!(operation("Jane Doe"), None);
         assert_eq!(
             collection("INSERT INTO orders(order_id) VALUES ($1)").as_deref(),
             Some("orders")
@@ -158,6 +258,20 @@ mod tests {
             ),
             "SELECT * FROM orders WHERE id = ? AND n > ? AND col2 = $1 AND t = ?"
         );
+        assert_eq!(
+            sanitize(r"SELECT E'it\'s anna@example.com', e'x' FROM t"),
+            "SELECT ?, ? FROM t"
+        );
+        assert_eq!(
+            sanitize("SELECT $$Jane Doe$$, $tag$a $$ b$tag$, $1 FROM t"),
+            "SELECT ?, ?, $1 FROM t"
+        );
+        assert_eq!(
+            sanitize("SELECT 1 -- customer Jane Doe\nFROM t /* 4111 */ WHERE t1.a = 2"),
+            "SELECT ? \nFROM t  WHERE t1.a = ?"
+        );
+        assert_eq!(sanitize("SELECT 'unterminated anna@x.com"), "SELECT ?");
+        assert_eq!(sanitize("naïve 'é' ok"), "naïve ? ok");
     }
 
     #[test]

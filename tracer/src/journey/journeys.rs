@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::{
-    clock::human, metrics::OperationLabels, Clock, JourneyMetrics, JourneySpan, Order, Step, Store,
+    clock::human, labels::LabelBudget, Clock, JourneyMetrics, JourneySpan, Order, Step, Store,
 };
 use crate::config::{glob_match, JourneyConfig, StatusAt};
 
@@ -46,6 +46,7 @@ pub struct Journeys {
     recent: HashSet<String>,
     recent_order: VecDeque<String>,
     pub metrics: JourneyMetrics,
+    labels: LabelBudget,
     pub clock: Clock,
 }
 
@@ -67,6 +68,7 @@ impl Journeys {
             .collect();
         tracing::info!(orders = orders.len(), "journeys loaded");
         let journeys = Self {
+            labels: LabelBudget::new(&config),
             config,
             store,
             orders,
@@ -115,15 +117,14 @@ impl Journeys {
                 &final_status,
             );
             if let Some(status) = &applied.reached {
-                self.metrics
-                    .reached
-                    .get_or_create(&JourneyMetrics::status(status))
-                    .inc();
+                let label = self.labels.status(status, &self.metrics);
+                self.metrics.reached.get_or_create(&label).inc();
             }
             if let Some((status, dwell)) = &applied.left {
+                let label = self.labels.status(status, &self.metrics);
                 self.metrics
                     .dwell
-                    .get_or_create(&JourneyMetrics::status(status))
+                    .get_or_create(&label)
                     .observe(*dwell as f64 / 1e9);
             }
             if let Some(lead) = applied.lead_time_ns {
@@ -169,18 +170,15 @@ impl Journeys {
     }
 
     /// Errors and SLAs, for every span (with an order or not).
-    fn count(&self, span: &JourneySpan) {
+    fn count(&mut self, span: &JourneySpan) {
         if span.synthesized {
             return;
         }
         if span.error.is_some() {
-            self.metrics
-                .errors
-                .get_or_create(&OperationLabels {
-                    service: span.service.clone(),
-                    operation: span.name.clone(),
-                })
-                .inc();
+            let label = self
+                .labels
+                .operation(&span.service, &span.name, &self.metrics);
+            self.metrics.errors.get_or_create(&label).inc();
         }
         for sla in &self.config.slas {
             let kind_matches = sla.kind.as_deref().is_none_or(|k| k == span.kind);

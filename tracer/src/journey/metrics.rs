@@ -26,6 +26,11 @@ pub struct SlaLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MetricLabel {
+    pub metric: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SlaLabel {
     pub sla: String,
 }
@@ -82,6 +87,7 @@ pub struct JourneyMetrics {
     pub sla_ratio: Family<SlaLabel, Gauge<f64, AtomicU64>>,
     pub spans_dropped: Counter,
     pub store_errors: Counter,
+    pub labels_capped: Family<MetricLabel, Counter>,
 }
 
 impl JourneyMetrics {
@@ -98,6 +104,7 @@ impl JourneyMetrics {
             sla_ratio: Family::default(),
             spans_dropped: Counter::default(),
             store_errors: Counter::default(),
+            labels_capped: Family::default(),
         };
         let r = registry;
         r.register(
@@ -155,7 +162,27 @@ impl JourneyMetrics {
             "Failed writes to the journey store",
             metrics.store_errors.clone(),
         );
+        r.register(
+            "tracer_metric_labels_capped",
+            "Label values replaced by `other` (a status the journey config does not name, or operations beyond the cap)",
+            metrics.labels_capped.clone(),
+        );
+        for metric in ["status", "operation"] {
+            let _ = metrics.labels_capped.get_or_create(&MetricLabel { metric });
+        }
         metrics
+    }
+
+    pub fn label_capped(&self, metric: &'static str) {
+        self.labels_capped
+            .get_or_create(&MetricLabel { metric })
+            .inc();
+    }
+
+    pub fn capped(&self, metric: &'static str) -> u64 {
+        self.labels_capped
+            .get_or_create(&MetricLabel { metric })
+            .get()
     }
 
     pub fn status(status: &str) -> StatusLabel {

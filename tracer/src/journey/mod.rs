@@ -5,6 +5,7 @@
 mod clock;
 pub mod diagnose;
 mod journeys;
+mod labels;
 mod metrics;
 mod order;
 pub mod receiver;

@@ -490,3 +490,189 @@ fn the_image_builds_the_way_the_readme_does() {
         text(&run)
     );
 }
+
+/// A child process ended when the test ends, pass or fail: SIGTERM, so nginx's master
+/// takes its workers with it, then waited for.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// An upstream standing in for Jaeger: answers every method with 200 and `jaeger saw
+/// METHOD PATH`, so a refusal can be told from a forwarded request.
+fn fake_jaeger(port: u16) -> Reaped {
+    let script = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def answer(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(n)
+        body = f"jaeger saw {self.command} {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = answer
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+    Reaped(
+        Command::new("python3")
+            .args(["-c", script, &port.to_string()])
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// (status, body) of one request.
+fn request(method: &str, url: &str) -> (String, String) {
+    let mut args = vec!["-s", "--max-time", "10", "-w", "\n%{http_code}"];
+    if method == "HEAD" {
+        args.push("-I");
+    } else {
+        args.extend(["-X", method]);
+    }
+    if method == "POST" || method == "PUT" {
+        args.extend(["-d", "{}"]);
+    }
+    let output = tool("curl", &[&args[..], &[url]].concat());
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (status.trim().to_owned(), body.to_owned())
+}
+
+#[test]
+fn support_can_only_read_jaeger_through_the_auth_proxy() {
+    let documents = yaml_documents(&k8s().join("auth-proxy.yaml"));
+    // oauth2-proxy: the Support role only, re-checked every few minutes, and its only
+    // upstream is the read-only gate in its pod.
+    let deployment = documents
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap();
+    let containers = deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    let args: Vec<&str> = containers[0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for expected in [
+        "--allowed-group=Support",
+        "--upstream=http://127.0.0.1:8080",
+        "--cookie-refresh=2m",
+    ] {
+        assert!(
+            args.contains(&expected),
+            "oauth2-proxy lacks {expected}: {args:?}"
+        );
+    }
+    assert!(
+        containers.iter().any(|c| c["name"] == "read-only-gate"),
+        "the gate runs in the proxy's pod"
+    );
+    // The gate's nginx.conf, run for real with a stand-in for Jaeger behind it.
+    let conf = documents
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "jaeger-read-only-gate")
+        .expect("the gate's ConfigMap")["data"]["nginx.conf"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (gate, jaeger) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("tracer-gate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = dir.display().to_string();
+    let conf = conf
+        .replace(
+            "listen 127.0.0.1:8080;",
+            &format!("listen 127.0.0.1:{gate};"),
+        )
+        .replace(
+            "http://jaeger-query.tracer.svc:16686",
+            &format!("http://127.0.0.1:{jaeger}"),
+        )
+        .replace("/tmp/", &format!("{tmp}/"));
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let nginx = "/usr/sbin/nginx";
+    assert!(
+        Path::new(nginx).exists(),
+        "nginx is needed for this test; `cargo xtask setup` installs nginx-light"
+    );
+    let prefix = format!("{tmp}/");
+    let conf_arg = conf_path.to_str().unwrap();
+    let syntax = tool(nginx, &["-t", "-p", &prefix, "-c", conf_arg]);
+    assert!(syntax.status.success(), "nginx -t:\n{}", text(&syntax));
+    let _jaeger = fake_jaeger(jaeger);
+    let _gate = Reaped(
+        Command::new(nginx)
+            .args(["-p", &prefix, "-c", conf_arg, "-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{gate}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while request("GET", &format!("{base}/")).0 != "200" {
+        assert!(
+            Instant::now() < deadline,
+            "the gate or its upstream never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (method, path) in [
+        ("GET", "/api/traces?service=shop-api"),
+        ("GET", "/search"),
+        ("HEAD", "/"),
+    ] {
+        let (status, body) = request(method, &format!("{base}{path}"));
+        assert_eq!(status, "200", "{method} {path} is a read");
+        if method == "GET" {
+            assert_eq!(body, format!("jaeger saw GET {path}"));
+        }
+    }
+    for (method, path) in [
+        ("POST", "/api/archive/5bdcc146bf60754e6a042426089575c7"),
+        ("GET", "/api/archive/5bdcc146bf60754e6a042426089575c7"),
+        ("POST", "/api/traces"),
+        ("PUT", "/api/traces/1"),
+        ("DELETE", "/api/traces/1"),
+        ("PATCH", "/api/services"),
+    ] {
+        let (status, body) = request(method, &format!("{base}{path}"));
+        assert_eq!(status, "403", "{method} {path} is refused");
+        assert!(
+            !body.contains("jaeger saw"),
+            "{method} {path} reached Jaeger"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_agent_never_traces_the_auth_proxy_or_jaeger() {
+    let toml = configmap_toml("agent.yaml", "tracer-agent-config");
+    let config: toml::Value = toml::from_str(&toml).unwrap();
+    let privacy = &config["privacy"];
+    assert_eq!(privacy["pseudonymise_ids"].as_bool(), Some(true));
+    let untraced: Vec<&str> = privacy["untraced_executables"]
+        .as_array()
+        .expect("the DaemonSet lists its untraced executables")
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for name in ["oauth2-proxy", "jaeger", "jaeger-query"] {
+        assert!(untraced.contains(&name), "{name} is traced: {untraced:?}");
+    }
+}

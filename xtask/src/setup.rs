@@ -22,6 +22,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "postgresql",
     // The demo's MES stand-in is C#, compiled with mcs and run by mono.
     "mono-devel",
+    // The deploy test runs the Jaeger auth proxy's read-only gate (nginx) for real.
+    "nginx-light",
 ];
 
 /// Python libraries the test peers use (installed with pip): (module, requirement).

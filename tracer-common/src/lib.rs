@@ -84,7 +84,10 @@ pub const COUNTER_GAP_RECORDS: u32 = 6;
 pub const COUNTER_TLS_NO_SOCKET: u32 = 7;
 /// TLS read/write calls whose plaintext was copied.
 pub const COUNTER_TLS_CALLS: u32 = 8;
-pub const COUNTERS: u32 = 9;
+/// Records not built because their CPU's scratch slot was taken by a program that had
+/// been preempted mid-record (or was taken over while building): dropped, not mixed.
+pub const COUNTER_SCRATCH_BUSY: u32 = 9;
+pub const COUNTERS: u32 = 10;
 
 /// Names of the counters, in index order, for metrics and logs.
 pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
@@ -97,7 +100,15 @@ pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "gap_records",
     "tls_no_socket",
     "tls_calls",
+    "scratch_busy",
 ];
+
+/// Scratch slots per CPU: the syscall-exit tracepoints and the TLS return probe each have
+/// their own (uprobes run with migration disabled but may be preempted, outside the
+/// tracepoints' recursion guard).
+pub const SCRATCH_SLOTS_PER_CPU: u32 = 2;
+pub const SCRATCH_SYSCALL: u32 = 0;
+pub const SCRATCH_TLS: u32 = 1;
 
 /// A socket as the kernel side knows it: process and file descriptor.
 #[repr(C)]
@@ -290,6 +301,9 @@ pub struct DataScratch {
     pub event: DataEvent,
     pub payload: [u8; SCRATCH_BYTES],
     pub cursor: CopyCursor,
+    /// `pid_tgid` of the program building a record here, 0 when free: a guard against a
+    /// preempted program's record being overwritten (and then sent) by another.
+    pub owner: u64,
 }
 
 #[cfg(feature = "user")]

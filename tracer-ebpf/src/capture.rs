@@ -10,8 +10,9 @@ use aya_ebpf::{
 use tracer_common::{
     ConnId, CopyCursor, DataEvent, DataScratch, EventHeader, SockKey, SyscallArgs,
     CONTROL_NO_PAYLOAD, COUNTER_DATA_RECORDS, COUNTER_GAP_RECORDS, COUNTER_RINGBUF_DATA_LOST,
-    COUNTER_USER_READ_FAILED, EVENT_DATA, MAX_IOVECS, MAX_RECORD, MAX_RECORDS_PER_SYSCALL,
-    SCRATCH_MASK, SYS_CONNECT, SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG, SYS_WRITEV,
+    COUNTER_SCRATCH_BUSY, COUNTER_USER_READ_FAILED, EVENT_DATA, MAX_IOVECS, MAX_RECORD,
+    MAX_RECORDS_PER_SYSCALL, SCRATCH_MASK, SCRATCH_SLOTS_PER_CPU, SCRATCH_SYSCALL, SYS_CONNECT,
+    SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG, SYS_WRITEV,
 };
 
 use crate::{
@@ -102,7 +103,15 @@ pub fn try_exit_data(ctx: &TracePointContext, direction: u32) -> Result<u32, u32
     if payload_off(key, conn.generation, CONTROL_NO_PAYLOAD) {
         return Ok(0);
     }
-    emit_records(&args, conn, id as u32, direction, position, ret as u64);
+    emit_records(
+        &args,
+        conn,
+        id,
+        direction,
+        position,
+        ret as u64,
+        SCRATCH_SYSCALL,
+    );
     Ok(0)
 }
 
@@ -162,15 +171,52 @@ const MAX_STEPS: usize = MAX_IOVECS + MAX_RECORDS_PER_SYSCALL;
 pub fn emit_records(
     args: &SyscallArgs,
     conn: ConnId,
-    tid: u32,
+    id: u64,
+    direction: u32,
+    position: u64,
+    total: u64,
+    slot: u32,
+) {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let index = cpu * SCRATCH_SLOTS_PER_CPU + (slot & 1);
+    let Some(scratch) = DATA_SCRATCH.get_ptr_mut(index) else {
+        return;
+    };
+    let owner = unsafe { core::ptr::addr_of_mut!((*scratch).owner) };
+    // SAFETY: this CPU's slot; read and written volatile, see `DataScratch::owner`.
+    if unsafe { core::ptr::read_volatile(owner) } != 0 {
+        count(COUNTER_SCRATCH_BUSY); // a preempted program is building here: skip ours
+        return;
+    }
+    unsafe { core::ptr::write_volatile(owner, id) };
+    build_records(scratch, args, conn, id, direction, position, total);
+    if unsafe { core::ptr::read_volatile(owner) } == id {
+        unsafe { core::ptr::write_volatile(owner, 0) };
+    }
+}
+
+/// True while this program still owns the slot.
+#[inline(always)]
+fn still_owner(scratch: *mut DataScratch, id: u64) -> bool {
+    let owner = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*scratch).owner)) };
+    if owner != id {
+        count(COUNTER_SCRATCH_BUSY);
+        return false;
+    }
+    true
+}
+
+#[inline(always)]
+fn build_records(
+    scratch: *mut DataScratch,
+    args: &SyscallArgs,
+    conn: ConnId,
+    id: u64,
     direction: u32,
     position: u64,
     total: u64,
 ) {
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(scratch) = DATA_SCRATCH.get_ptr_mut(cpu) else {
-        return;
-    };
+    let tid = id as u32;
     let cursor = unsafe { core::ptr::addr_of_mut!((*scratch).cursor) };
     if !init_cursor(cursor, args, total) {
         count(COUNTER_USER_READ_FAILED);
@@ -193,9 +239,12 @@ pub fn emit_records(
         };
     }
     for _ in 0..MAX_STEPS {
-        if !copy_step(scratch) {
+        if !copy_step(scratch, id) {
             break;
         }
+    }
+    if !still_owner(scratch, id) {
+        return;
     }
     let filled = get!(cursor, filled);
     if filled > 0 {
@@ -222,7 +271,10 @@ pub fn emit_records(
 /// One copy from the current segment into the record being built; sends the record when
 /// it is full or the syscall's bytes are all copied. False when there is nothing more to do.
 #[inline(never)]
-fn copy_step(scratch: *mut DataScratch) -> bool {
+fn copy_step(scratch: *mut DataScratch, id: u64) -> bool {
+    if !still_owner(scratch, id) {
+        return false;
+    }
     let cursor = unsafe { core::ptr::addr_of_mut!((*scratch).cursor) };
     let remaining = get!(cursor, remaining);
     if remaining == 0 || get!(cursor, records) >= MAX_RECORDS_PER_SYSCALL as u64 {

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use tracer_common::{
     ConnId, ConnState, SockKey, SockRef, SyscallArgs, TlsCall, TlsKey, CONTROL_NO_PLAINTEXT,
-    COUNTER_SYSCALL_STASH_FULL, COUNTER_TLS_CALLS, COUNTER_TLS_NO_SOCKET, DIR_EGRESS, SYS_READV,
-    SYS_RECVMSG, SYS_SENDMSG, SYS_TLS_READ, SYS_TLS_WRITE, SYS_WRITEV,
+    COUNTER_SYSCALL_STASH_FULL, COUNTER_TLS_CALLS, COUNTER_TLS_NO_SOCKET, DIR_EGRESS, SCRATCH_TLS,
+    SYS_READV, SYS_RECVMSG, SYS_SENDMSG, SYS_TLS_READ, SYS_TLS_WRITE, SYS_WRITEV,
 };
 
 use crate::{
@@ -91,7 +91,15 @@ pub fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
         sk_protocol: 0,
     };
     count(COUNTER_TLS_CALLS);
-    emit_records(&args, conn, id as u32, call.direction, position, bytes);
+    emit_records(
+        &args,
+        conn,
+        id,
+        call.direction,
+        position,
+        bytes,
+        SCRATCH_TLS,
+    );
     Ok(0)
 }
 

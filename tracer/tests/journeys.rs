@@ -204,6 +204,8 @@ fn orders_move_through_statuses_and_one_held_in_submitted_is_reported_stuck() {
         export.as_str(),
         "--hmac-key-file",
         key.to_str().unwrap(),
+        // Raw ids, so the test can look orders up by them.
+        "--pseudonymise-ids=false",
         "--journey-store",
         store_arg.as_str(),
         "--test-clock-offset-file",
@@ -518,6 +520,7 @@ fn the_journey_service_merges_two_agents_into_one_journey_in_postgresql() {
             &export,
             "--hmac-key-file",
             key.to_str().unwrap(),
+            "--pseudonymise-ids=false",
             "--journey-store",
             "none",
         ])

@@ -161,7 +161,7 @@ impl KernelCapture {
         let cpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(256);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", size)
-            .map_max_entries("DATA_SCRATCH", cpus)
+            .map_max_entries("DATA_SCRATCH", cpus * tracer_common::SCRATCH_SLOTS_PER_CPU)
             .load(EBPF_OBJECT)
             .map_err(|e| CaptureError::Load(Box::new(e)))?;
         configure(&mut ebpf, &options.selection)?;

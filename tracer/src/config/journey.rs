@@ -23,6 +23,10 @@ pub struct JourneyConfig {
     /// How often orders are checked against `max_dwell`.
     #[serde(default = "default_check_every", deserialize_with = "duration")]
     pub check_every: Duration,
+    /// Order statuses that may appear as metric labels (besides those with a limit or a
+    /// rule); any other status value reads `other` in metrics.
+    #[serde(default = "default_statuses")]
+    pub statuses: Vec<String>,
     /// The status that ends a journey (order lead time is measured up to it).
     #[serde(default = "default_final_status")]
     pub final_status: String,
@@ -117,6 +121,24 @@ fn default_max_steps() -> usize {
 
 fn default_check_every() -> Duration {
     Duration::from_secs(10)
+}
+
+/// The company's order flow.
+fn default_statuses() -> Vec<String> {
+    [
+        "INITIATED",
+        "FILE_UPLOADED",
+        "SUBMITTED",
+        "PRICE_CALCULATION",
+        "PRICE_CALCULATED",
+        "B2B_CALCULATION",
+        "MANUFACTURING_APPROVED",
+        "MANUFACTURING",
+        "SHIPPED",
+        "CANCELLED",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 fn default_final_status() -> String {

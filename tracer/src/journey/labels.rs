@@ -17,9 +17,10 @@ pub struct LabelBudget {
 }
 
 impl LabelBudget {
-    /// Statuses the config names: limits, status rules and the final status.
+    /// Statuses the config names: its list, limits, status rules and the final status.
     pub fn new(config: &JourneyConfig) -> Self {
-        let mut statuses: BTreeSet<String> = config.max_dwell.keys().cloned().collect();
+        let mut statuses: BTreeSet<String> = config.statuses.iter().cloned().collect();
+        statuses.extend(config.max_dwell.keys().cloned());
         statuses.extend(config.status_rules.iter().map(|r| r.status.clone()));
         statuses.insert(config.final_status.clone());
         Self {
@@ -71,6 +72,7 @@ mod tests {
         let mut budget = LabelBudget::new(&config);
         assert_eq!(budget.status("SUBMITTED", &metrics).status, "SUBMITTED");
         assert_eq!(budget.status("SHIPPED", &metrics).status, "SHIPPED");
+        assert_eq!(budget.status("INITIATED", &metrics).status, "INITIATED");
         assert_eq!(budget.status("anna@example.com", &metrics).status, OTHER);
         for i in 0..MAX_OPERATIONS {
             budget.operation("shop", &format!("GET /{i}"), &metrics);

@@ -156,6 +156,7 @@ impl AgentMetrics {
                 "conn_table_full" => "connection_table_full",
                 "user_read_failed" => "user_memory_unreadable",
                 "tls_no_socket" => "tls_socket_unknown",
+                "scratch_busy" => "scratch_slot_busy",
                 "tls_calls" => {
                     set(&self.tls_calls, *value);
                     continue;

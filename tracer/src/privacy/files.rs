@@ -10,14 +10,17 @@ use std::{
 /// Owner read/write only.
 pub const PRIVATE_MODE: u32 = 0o600;
 
-/// Opens `path` for appending, creating it 0600; an existing file is made 0600 too.
+/// Opens `path` for appending, creating it 0600; an existing regular file is made 0600
+/// too (a device such as `/dev/null` is left as it is).
 pub fn open_private_append(path: &Path) -> io::Result<File> {
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(PRIVATE_MODE)
         .open(path)?;
-    file.set_permissions(Permissions::from_mode(PRIVATE_MODE))?;
+    if file.metadata()?.is_file() {
+        file.set_permissions(Permissions::from_mode(PRIVATE_MODE))?;
+    }
     Ok(file)
 }
 

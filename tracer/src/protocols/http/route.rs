@@ -107,8 +107,10 @@ fn is_id_like(segment: &str) -> bool {
     let id_chars = segment
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'#' | b'+' | b'~'));
-    // Business ids like ORD-0, A17-3 or #1001: a digit and some length.
-    let mixed = segment.len() >= 2 && has_digit && id_chars;
+    // Business ids like ORD-0, A17-3 or #1001: a digit and some length (`p1`, `h2` are
+    // words of an API), or an id marker in front.
+    let marked = segment.starts_with(['#', '+']);
+    let mixed = has_digit && id_chars && (segment.len() >= 4 || marked);
     all_digits || uuid || (hex && has_digit && segment.len() >= 12) || mixed
 }
 
@@ -141,6 +143,7 @@ mod tests {
             ),
             ("/keys/abcdefghijklmnopqrstuvwxyzabcdefgh", "/keys/{value}"),
             ("/orders/{id}", "/orders/{id}"),
+            ("/p1", "/p1"),
         ];
         for (path, route) in cases {
             assert_eq!(template(path), route, "{path}");

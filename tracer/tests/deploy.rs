@@ -644,7 +644,7 @@ fn support_can_only_read_jaeger_through_the_auth_proxy() {
     }
     for (method, path) in [
         ("POST", "/api/archive/5bdcc146bf60754e6a042426089575c7"),
-        ("GET", "/api/archive/5bdcc146bf60754e6a042426089575c7"),
+        ("PUT", "/api/archive/5bdcc146bf60754e6a042426089575c7"),
         ("POST", "/api/traces"),
         ("PUT", "/api/traces/1"),
         ("DELETE", "/api/traces/1"),

@@ -33,7 +33,7 @@ static JWT: LazyLock<Regex> = LazyLock::new(|| {
 });
 /// A value after a key that names a secret: `api_key=…`, `token: …`, `"code":"…"`.
 static LABELLED: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"(?i)(\b(?:api[_-]?key|apikey|access[_-]?token|refresh[_-]?token|id[_-]?token|token|secret|client[_-]?secret|password|passwd|pwd|code|state|session[_-]?id|sig|signature|auth)(?:"?\s*[:=]\s*"?|%3D))[^\s&"',;]+"#)
+    Regex::new(r#"(?i)(\b(?:api[_-]?key|apikey|access[_-]?token|refresh[_-]?token|id[_-]?token|token|secret|client[_-]?secret|password|passwd|pwd|code|state|session[_-]?id|sig|signature|auth)(?:"?\s*[:=]\s*"?|%3D))([^\s&"',;]+)"#)
         .unwrap()
 });
 /// 20+ characters mixing upper case, lower case and digits: API keys, session ids.
@@ -57,7 +57,14 @@ pub fn mask(value: &str) -> Option<String> {
     }
     if value.contains(['=', ':']) {
         let text = current(&out);
-        let masked = LABELLED.replace_all(&text, format!("${{1}}{SECRET_MASK}"));
+        let masked = LABELLED.replace_all(&text, |caps: &regex::Captures<'_>| {
+            // Already redacted (a query value), or masked by an earlier pattern.
+            if caps[2] == *"REDACTED" || caps[2].starts_with('[') {
+                caps[0].to_owned()
+            } else {
+                format!("{}{SECRET_MASK}", &caps[1])
+            }
+        });
         if masked != text {
             out = Some(masked.into_owned());
         }
@@ -164,6 +171,7 @@ mod tests {
                 Some("t [secret]"),
             ),
             ("api_key=abcdef", Some("api_key=[secret]")),
+            ("token=REDACTED&page=2", None),
             (r#"{"token": "abc"}"#, Some(r#"{"token": "[secret]"}"#)),
             ("key sk_live_4eC39HqLyjWDarjtT1zdp7dc", Some("key [secret]")),
             ("order 4111111111111112 is not a card", None),

@@ -197,8 +197,15 @@ impl Privacy {
         ids: &[KnownId],
         why: &mut Redactions,
     ) {
-        // Known ids first, so they read as ids (not free text) when templated.
+        // Known ids first, so they read as ids (not free text) when templated; then the
+        // maskers, so an e-mail split by `.` does not leave its first part as a word.
         self.replace(key, value, ids, why);
+        if self.options.mask_personal_data {
+            if let Some(masked) = mask(value) {
+                *value = masked;
+                why.note(key, MASKED);
+            }
+        }
         let templated = route::template_segments(value, separator);
         if templated != *value {
             *value = templated;

@@ -22,6 +22,7 @@ def main():
     p.add_argument("--routing-key", required=True)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--id-prefix", default="msg")
+    p.add_argument("--order-id", help="the order every message names (default: its message id)")
     p.add_argument("--body-size", type=int, default=0, help="pad bodies to this size")
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--confirm", action="store_true")
@@ -42,7 +43,8 @@ def main():
             channel.confirm_delivery()
     for n in range(a.count):
         message_id = f"{a.id_prefix}-{n}"
-        body = json.dumps({"order_id": message_id, "status": "SUBMITTED"}).encode()
+        order_id = a.order_id or message_id
+        body = json.dumps({"order_id": order_id, "status": "SUBMITTED"}).encode()
         body += b" " * max(0, a.body_size - len(body))
         channel = channels[n % len(channels)]
         result = {"message_id": message_id, "ok": True, "error": None, "published_at_ms": time.time() * 1000}

@@ -195,6 +195,12 @@ impl Receiver {
         flatten(&self.store.lock().unwrap())
     }
 
+    /// Every request received, whole (resources, scopes, spans, events, links), as text:
+    /// what a leak check must search.
+    pub fn raw(&self) -> String {
+        format!("{:?}", self.store.lock().unwrap())
+    }
+
     /// Waits until `done` holds for the spans received so far; panics with what arrived.
     pub fn wait_for(
         &self,

@@ -59,7 +59,12 @@ pub fn classify(segment: &str) -> Segment {
         return Segment::Word;
     }
     if is_id_like(segment) {
-        Segment::Id
+        return Segment::Id;
+    }
+    // Short names with a digit that are no id (`b2b`, `p1`, `h2c`).
+    let name_char = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    if bytes.len() <= MAX_WORD && bytes.iter().all(name_char) {
+        Segment::Word
     } else {
         Segment::Value
     }
@@ -144,6 +149,7 @@ mod tests {
             ("/keys/abcdefghijklmnopqrstuvwxyzabcdefgh", "/keys/{value}"),
             ("/orders/{id}", "/orders/{id}"),
             ("/p1", "/p1"),
+            ("/b2b/ORD-7/calculate", "/b2b/{id}/calculate"),
         ];
         for (path, route) in cases {
             assert_eq!(template(path), route, "{path}");

@@ -61,9 +61,14 @@ impl CaptureSession {
     ) -> Result<Self, CaptureError> {
         let mut kernel = KernelCapture::start(options)?;
         let tls = TlsProbes::start(&mut kernel, options.tls.clone(), |pid| wanted(options, pid));
+        let mut conns = Connections::new();
+        conns.check_tcp_in_proc = kernel
+            .missing_optional
+            .iter()
+            .any(|t| t.starts_with("sock:sock_"));
         let mut session = Self {
             kernel,
-            conns: Connections::new(),
+            conns,
             reassembler: Reassembler::new(limits),
             clock: KernelClock::new(),
             records_read: 0,

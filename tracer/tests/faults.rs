@@ -174,3 +174,55 @@ fn a_traced_process_that_exits_mid_request_ends_its_client_span_and_nothing_else
     });
     agent.stop();
 }
+
+#[test]
+fn without_its_socket_tracepoints_the_agent_still_parses_tcp_only() {
+    let receiver = Receiver::start();
+    let service = Service::python(&[]);
+    let export = format!("otlp-grpc={}", receiver.grpc_url());
+    let agent = AgentRun::start(&[
+        "--export",
+        &export,
+        "--settle-ms",
+        "200",
+        "--test-without-optional-tracepoints",
+    ]);
+    let mut peer = Command::new("python3")
+        .arg(format!("{PEERS}/not_tcp.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(peer.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "done", "the UNIX and UDP exchanges failed");
+    // After those exchanges, a TCP request: once its spans are out, the agent has read
+    // the earlier sockets' bytes (while the peer still holds them open).
+    assert_eq!(curl(&[&service.url("/tcp")]), "200");
+    let spans = receiver.wait_for(
+        "the TCP request's spans",
+        Duration::from_secs(20),
+        |spans| {
+            spans
+                .iter()
+                .any(|s| s.kind == SERVER && s.attr("url.path") == "/tcp")
+        },
+    );
+    drop(peer.stdin.take());
+    assert!(peer.wait().unwrap().success());
+    let stats = support::agent::final_stats(&agent.stop());
+    let paths: Vec<&str> = spans.iter().map(|s| s.attr("url.path")).collect();
+    assert!(
+        !paths.contains(&"/unix") && !paths.contains(&"/udp"),
+        "HTTP over UNIX or UDP sockets was parsed: {paths:?}"
+    );
+    let not_tcp = stats["pipeline"]["connections_not_tcp"]
+        .as_u64()
+        .expect("connections_not_tcp in the stats");
+    assert!(
+        not_tcp >= 2,
+        "the UNIX and UDP sockets are counted as not TCP: {stats}"
+    );
+}

@@ -52,6 +52,9 @@ pub struct PipelineStats {
     pub parser_panics: u64,
     /// Connections of processes never traced (`privacy.untraced_executables`).
     pub connections_untraced: u64,
+    /// UNIX or UDP sockets the kernel side followed for want of its socket tracepoints,
+    /// found out in `/proc` and never parsed.
+    pub connections_not_tcp: u64,
     pub correlator: CorrelatorStats,
 }
 
@@ -224,6 +227,15 @@ impl Pipeline {
         now_ns: u64,
         requests: &mut Vec<Request>,
     ) {
+        if !self.conns.contains_key(&conn.id) && conn.not_tcp {
+            self.stats.connections_not_tcp += 1;
+            self.conns.insert(conn.id, ConnProtocol::Ignored);
+            requests.push(Request::IgnorePayload {
+                conn: conn.id,
+                plaintext: true,
+            });
+            return;
+        }
         if !self.conns.contains_key(&conn.id) && self.untraced(conn) {
             self.stats.connections_untraced += 1;
             self.conns.insert(conn.id, ConnProtocol::Ignored);

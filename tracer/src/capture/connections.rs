@@ -21,6 +21,11 @@ pub struct Connection {
     pub tls: bool,
     /// True once we asked `/proc` for missing addresses, so we ask at most once.
     proc_lookup_done: bool,
+    /// Not an IPv4/IPv6 TCP socket (a UNIX or UDP socket the kernel side could not rule
+    /// out without its socket tracepoints): never parsed.
+    pub not_tcp: bool,
+    /// True once `/proc` said whether it is TCP (only asked without socket tracepoints).
+    tcp_checked: bool,
 }
 
 impl Connection {
@@ -41,6 +46,8 @@ impl Connection {
             seeded: false,
             tls: false,
             proc_lookup_done: true,
+            not_tcp: false,
+            tcp_checked: true,
         }
     }
 }
@@ -50,6 +57,9 @@ impl Connection {
 pub struct Connections {
     conns: HashMap<ConnId, Connection>,
     processes: HashMap<u32, Arc<ProcessInfo>>,
+    /// The kernel side cannot tell a socket's family (its socket tracepoints are
+    /// missing): check each new connection in `/proc` before its bytes are parsed.
+    pub check_tcp_in_proc: bool,
 }
 
 impl Connections {
@@ -95,7 +105,12 @@ impl Connections {
     /// The connection a data record belongs to. Unknown connections (their open event was
     /// lost) are created; missing addresses are looked up in `/proc` once.
     pub fn for_data(&mut self, conn: ConnId) -> &Connection {
+        let check_tcp = self.check_tcp_in_proc;
         let entry = self.entry(conn);
+        if check_tcp && !entry.tcp_checked && !entry.seeded && !entry.tls {
+            entry.tcp_checked = true;
+            entry.not_tcp = procfs::is_tcp_socket(conn.tgid, conn.fd) == Some(false);
+        }
         if entry.local.is_none() && !entry.proc_lookup_done {
             entry.proc_lookup_done = true;
             if let Some(found) = procfs::resolve_socket(conn.tgid, conn.fd) {
@@ -180,6 +195,8 @@ impl Connections {
                     seeded: false,
                     tls: false,
                     proc_lookup_done: false,
+                    not_tcp: false,
+                    tcp_checked: false,
                 },
             );
         }

@@ -38,6 +38,9 @@ pub struct CaptureOptions {
     pub ring_buffer_bytes: u32,
     pub selection: Selection,
     pub tls: TlsOptions,
+    /// Leave the optional tracepoints unattached, as on kernels that lack them (tests of
+    /// the fallbacks).
+    pub without_optional_tracepoints: bool,
 }
 
 impl Default for CaptureOptions {
@@ -46,6 +49,7 @@ impl Default for CaptureOptions {
             ring_buffer_bytes: 32 * 1024 * 1024,
             selection: Selection::All,
             tls: TlsOptions::default(),
+            without_optional_tracepoints: false,
         }
     }
 }
@@ -167,6 +171,14 @@ impl KernelCapture {
         configure(&mut ebpf, &options.selection)?;
         let mut missing_optional = Vec::new();
         for attachment in ATTACHMENTS {
+            if options.without_optional_tracepoints && !attachment.required {
+                let names = attachment
+                    .tracepoints
+                    .iter()
+                    .map(|(c, t)| format!("{c}:{t}"));
+                missing_optional.extend(names);
+                continue;
+            }
             attach(&mut ebpf, attachment, &mut missing_optional)?;
         }
         if options.tls.enabled {
@@ -484,7 +496,7 @@ fn attach(
                     source: Box::new(source),
                 });
             }
-            tracing::warn!("optional tracepoint {category}:{tracepoint} unavailable ({source}); using /proc to find 4-tuples of accepted sockets");
+            tracing::warn!("optional tracepoint {category}:{tracepoint} unavailable ({source}); using /proc to find 4-tuples of accepted sockets and to tell TCP sockets from others");
             missing.push(format!("{category}:{tracepoint}"));
         }
     }

@@ -190,6 +190,21 @@ pub fn existing_connections(wanted: impl Fn(u32) -> bool) -> Vec<ExistingConnect
     found
 }
 
+/// Whether a process's file descriptor is a TCP socket (in `/proc/<pid>/net/tcp{,6}`):
+/// None when that cannot be told (the descriptor is already closed).
+pub fn is_tcp_socket(pid: u32, fd: u32) -> Option<bool> {
+    let target = fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let Some(inode) = target
+        .to_str()
+        .and_then(|t| t.strip_prefix("socket:["))
+        .and_then(|t| t.strip_suffix(']'))
+        .and_then(|t| t.parse::<u64>().ok())
+    else {
+        return Some(false); // a file, a pipe: not a socket at all
+    };
+    Some(tcp_table_of(pid).iter().any(|e| e.inode == inode))
+}
+
 /// Addresses and role of one socket, looked up in `/proc` (the fallback when the kernel
 /// could not tell us).
 pub fn resolve_socket(pid: u32, fd: u32) -> Option<ExistingConnection> {

@@ -61,6 +61,7 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<()> {
             Selection::Pids(args.pids.clone())
         },
         tls: crate::config::TlsConfig::default().options(args.no_tls),
+        ..CaptureOptions::default()
     };
     let stop = StopSignal::install(args.duration.map(Duration::from_secs_f64))?;
     let mut events = Vec::new();

@@ -100,9 +100,20 @@ pub struct TestClock {
     #[cfg(feature = "test-clock")]
     #[arg(long, global = true)]
     test_clock_offset_file: Option<PathBuf>,
+    /// Testing only: run as on a kernel without the optional socket tracepoints.
+    #[cfg(feature = "test-clock")]
+    #[arg(long)]
+    test_without_optional_tracepoints: bool,
 }
 
 impl TestClock {
+    fn without_optional_tracepoints(&self) -> bool {
+        #[cfg(feature = "test-clock")]
+        return self.test_without_optional_tracepoints;
+        #[cfg(not(feature = "test-clock"))]
+        false
+    }
+
     pub fn clock(&self) -> Clock {
         #[cfg(feature = "test-clock")]
         if let Some(path) = &self.test_clock_offset_file {
@@ -203,6 +214,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             Selection::Pids(args.pids.clone())
         },
         tls: config.tls.options(args.no_tls),
+        without_optional_tracepoints: args.test_clock.without_optional_tracepoints(),
     };
     let mut events = Vec::new();
     let mut session = CaptureSession::start(&options, Limits::default(), &mut events)?;
@@ -268,6 +280,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     pipeline.finish(&session.clock);
     log_stats(&session, &pipeline, &stats);
+    let pipeline_stats = pipeline.stats();
     drop(pipeline); // closes the export queues (the journey thread holds the last ones)
     if let Some(journey) = journey {
         journey.finish();
@@ -275,7 +288,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     export::finish(exporters, &runtime);
     eprintln!(
         "tracer: stats {}",
-        serde_json::json!({ "export": stats.snapshot() })
+        serde_json::json!({ "export": stats.snapshot(), "pipeline": pipeline_stats })
     );
     Ok(())
 }

@@ -19,7 +19,7 @@ use tracer::{
     correlate::Correlator,
     export::{ExportQueues, ExportStats, Services},
     extract::Extractor,
-    privacy::{IdKey, Privacy},
+    privacy::{IdKey, Privacy, PrivacyOptions},
     protocols::SessionOptions,
     reassembly::{Limits, Reassembler},
     sample::Sampler,
@@ -142,8 +142,17 @@ fn full_pipeline(records: &[DataRecord], conn: &Connection) -> (usize, usize) {
         Stages {
             extractor: Extractor::new(&config.extract).unwrap(),
             sampler: Sampler::new(&sampling),
-            privacy: Privacy::new(key, false, true),
+            // The default setup with a key: pseudonymised, masked, allow-listed.
+            privacy: Privacy::new(
+                key,
+                PrivacyOptions {
+                    pseudonymise_ids: true,
+                    mask_personal_data: true,
+                    allowed_query_keys: config.privacy.allowed_query_keys.clone(),
+                },
+            ),
             privacy_dry_run: false,
+            untraced_executables: config.privacy.untraced_executables.clone(),
             journey: None,
         },
     );

@@ -241,7 +241,7 @@ fn no_personal_data_or_secret_of_any_kind_reaches_any_output() {
                 |pred: &dyn Fn(&ReceivedSpan) -> bool| spans.iter().filter(|s| pred(s)).count();
             by(&|s| s.attr("db.system.name") == "postgresql") >= 5 * count
                 && by(&|s| s.attr("messaging.operation.type") == "send") >= count
-                && by(&|s| s.attr("http.request.method") != "" && s.kind == 2) >= 3 * count
+                && by(&|s| !s.attr("http.request.method").is_empty() && s.kind == 2) >= 3 * count
         },
     );
     let (outputs, spans) = run.outputs(order);

@@ -47,8 +47,9 @@ fn replace_bounded(value: &mut String, needle: &str, with: &str) -> bool {
             .next_back()
             .or_else(|| consumed.chars().next_back());
         let after = rest[at + needle.len()..].chars().next();
-        let bounded = !(first_is_word && before.is_some_and(is_word))
-            && !(last_is_word && after.is_some_and(is_word));
+        let glued_before = first_is_word && before.is_some_and(is_word);
+        let glued_after = last_is_word && after.is_some_and(is_word);
+        let bounded = !(glued_before || glued_after);
         let (head, tail) = rest.split_at(at + needle.len());
         if bounded {
             out.push_str(&head[..at]);

@@ -41,7 +41,7 @@ pub fn sanitize_message(message: &str) -> String {
             '"' | '\'' => {
                 let close = message[at + 1..].find(c).map(|p| at + 1 + p);
                 let Some(close) = close else {
-                    out.push_str("?");
+                    out.push('?');
                     break; // an unterminated quote: nothing after it is trusted
                 };
                 let inner = &message[at + 1..close];

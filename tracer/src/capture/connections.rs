@@ -77,6 +77,7 @@ impl Connections {
                 local,
                 remote,
             } => {
+                self.check_tcp(conn); // as early as possible: before the socket closes
                 let entry = self.entry(conn);
                 entry.role = *role;
                 entry.local = entry.local.or(*local);
@@ -105,12 +106,8 @@ impl Connections {
     /// The connection a data record belongs to. Unknown connections (their open event was
     /// lost) are created; missing addresses are looked up in `/proc` once.
     pub fn for_data(&mut self, conn: ConnId) -> &Connection {
-        let check_tcp = self.check_tcp_in_proc;
+        self.check_tcp(conn);
         let entry = self.entry(conn);
-        if check_tcp && !entry.tcp_checked && !entry.seeded && !entry.tls {
-            entry.tcp_checked = true;
-            entry.not_tcp = procfs::is_tcp_socket(conn.tgid, conn.fd) == Some(false);
-        }
         if entry.local.is_none() && !entry.proc_lookup_done {
             entry.proc_lookup_done = true;
             if let Some(found) = procfs::resolve_socket(conn.tgid, conn.fd) {
@@ -122,6 +119,18 @@ impl Connections {
             }
         }
         entry
+    }
+
+    /// Without the kernel's socket tracepoints: is this a TCP socket? Asked once.
+    fn check_tcp(&mut self, conn: ConnId) {
+        if !self.check_tcp_in_proc {
+            return;
+        }
+        let entry = self.entry(conn);
+        if !entry.tcp_checked && !entry.seeded && !entry.tls {
+            entry.tcp_checked = true;
+            entry.not_tcp = procfs::is_tcp_socket(conn.tgid, conn.fd) == Some(false);
+        }
     }
 
     pub fn get(&self, conn: &ConnId) -> Option<&Connection> {

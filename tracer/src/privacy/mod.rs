@@ -269,3 +269,6 @@ impl Privacy {
         out
     }
 }
+
+#[cfg(test)]
+mod tests;

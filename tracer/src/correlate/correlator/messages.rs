@@ -132,6 +132,8 @@ impl Correlator {
                     AttrValue::Int(i) => i.to_string(),
                 })
                 .unwrap_or_default();
+            // Names in logs are templated like exported names: no ids, no free text.
+            let destination = crate::protocols::http::route::template_segments(&destination, '.');
             tracing::warn!(
                 trace_id = %trace_id,
                 pid = connection.id.tgid,

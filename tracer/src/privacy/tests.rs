@@ -1,0 +1,155 @@
+//! The privacy stage on a hand-made span: what each attribute becomes, and why.
+use std::sync::Arc;
+
+use opentelemetry::trace::{SpanId, TraceId};
+use tracer_common::ConnId;
+
+use super::*;
+use crate::{
+    capture::{procfs::ProcessInfo, Connection, Role},
+    correlate::KnownIds,
+    protocols::{Exchange, ExchangeKind},
+};
+
+fn key() -> IdKey {
+    IdKey::from_bytes(b"privacy unit tests")
+}
+
+/// A CLIENT call of a child hop: its own exchange names no order, its trace's does.
+fn child_span() -> ResolvedSpan {
+    let exchange = Exchange {
+        protocol: "http",
+        sequence: 0,
+        kind: ExchangeKind::Client,
+        name: "GET /orders/{id}/price".into(),
+        start_ktime_ns: 1,
+        end_ktime_ns: 2,
+        tid: 1,
+        attributes: vec![
+            ("url.path", "/orders/ORD-7/price".into()),
+            (
+                "url.query",
+                "order_id=ORD-7&page=2&token=eyJhbGciOi.eyJzdWIi.c2ln".into(),
+            ),
+            ("user_agent.original", "curl/8.5.0 (Jane Doe)".into()),
+            ("messaging.message.id", "ORD-7-msg-0".into()),
+            ("http.request.method", "GET".into()),
+        ],
+        status: ExchangeStatus::Error {
+            error_type: "23505".into(),
+            message: "Key (email)=(anna@example.com) already exists for user +4915112345678".into(),
+        },
+        traceparent: None,
+        fields: [("request.header.cookie".to_owned(), "s=1".to_owned())].into(),
+        order_ids: Vec::new(),
+        business: Vec::new(),
+    };
+    ResolvedSpan {
+        trace_id: TraceId::from_bytes([1; 16]),
+        span_id: SpanId::from_bytes([2; 8]),
+        parent_span_id: None,
+        parent_is_remote: false,
+        links: Vec::new(),
+        order_trace: true,
+        known_ids: KnownIds {
+            orders: vec!["ORD-7".into()],
+            users: vec!["+4915112345678".into()],
+        },
+        exchange,
+        connection: Connection::for_tests(
+            ConnId {
+                tgid: 1,
+                fd: 3,
+                generation: 1,
+            },
+            Role::Client,
+            None,
+            None,
+            Arc::new(ProcessInfo::default()),
+        ),
+        parent_source: None,
+        parent_ambiguous: false,
+    }
+}
+
+fn privacy(pseudonymise_ids: bool) -> Privacy {
+    Privacy::new(
+        key(),
+        PrivacyOptions {
+            pseudonymise_ids,
+            mask_personal_data: true,
+            allowed_query_keys: vec!["page".into()],
+        },
+    )
+}
+
+fn attr<'a>(span: &'a ResolvedSpan, key: &str) -> &'a str {
+    match span.exchange.attributes.iter().find(|(k, _)| *k == key) {
+        Some((_, AttrValue::Str(s))) => s,
+        _ => "",
+    }
+}
+
+#[test]
+fn every_attribute_leaves_in_its_safe_form_and_the_dry_run_says_why() {
+    let mut span = child_span();
+    let why = privacy(true).apply(&mut span);
+    let order = key().pseudonym("ORD-7");
+    let user = key().user_pseudonym("+4915112345678");
+    assert_eq!(attr(&span, "url.path"), "/orders/{id}/price");
+    assert_eq!(
+        attr(&span, "url.query"),
+        "order_id=REDACTED&page=2&token=REDACTED"
+    );
+    assert_eq!(
+        attr(&span, "user_agent.original"),
+        "",
+        "not on the allow-list"
+    );
+    assert_eq!(
+        attr(&span, "messaging.message.id"),
+        format!("{order}-msg-0")
+    );
+    assert_eq!(attr(&span, "http.request.method"), "GET");
+    let ExchangeStatus::Error { message, .. } = &span.exchange.status else {
+        panic!("status kept")
+    };
+    assert_eq!(
+        message,
+        &format!("Key (email)=(?) already exists for user {user}")
+    );
+    // The child names its trace's order, as a pseudonym.
+    assert_eq!(
+        span.exchange.business,
+        vec![(ORDER_ID.to_owned(), order.clone())]
+    );
+    assert!(
+        span.exchange.fields.is_empty(),
+        "headers and bodies never leave"
+    );
+    let reasons = |key: &str| why.0.get(key).cloned().unwrap_or_default();
+    assert!(reasons("user_agent.original").contains(DROPPED));
+    assert!(reasons("url.query").contains(REDACTED));
+    assert!(reasons("url.path").contains(TEMPLATED));
+    assert!(reasons("messaging.message.id").contains(PSEUDONYMISED));
+    assert!(reasons("status.message").contains(SANITISED));
+    assert!(reasons(ORDER_ID).contains(PSEUDONYMISED));
+    assert!(!why.0.contains_key("http.request.method"), "kept as it is");
+}
+
+#[test]
+fn without_pseudonymisation_ids_stay_but_personal_data_in_them_is_masked() {
+    let mut span = child_span();
+    span.exchange
+        .business
+        .push((USER_ID.to_owned(), "anna@example.com".into()));
+    privacy(false).apply(&mut span);
+    assert_eq!(attr(&span, "messaging.message.id"), "ORD-7-msg-0");
+    let business: Vec<&str> = span
+        .exchange
+        .business
+        .iter()
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(business, ["[email]", "ORD-7"]);
+}

@@ -186,6 +186,17 @@ impl Run {
         let metrics = support::metrics::scrape(&self.agent.metrics);
         let metrics_text = format!("{metrics:?}");
         let log = self.agent.stop();
+        for path in [&self.file, &self.store] {
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(path).unwrap().permissions(),
+            );
+            assert_eq!(
+                mode & 0o777,
+                0o600,
+                "{} is readable by its owner only",
+                path.display()
+            );
+        }
         let key = self.key.to_str().unwrap().to_owned();
         let listed = tracer_orders(&self.store, &["list"]);
         let pseudonym = support::tracer_ok(["hash-id", order, "--hmac-key-file", &key]);

@@ -66,8 +66,8 @@ fn secrets() -> BTreeMap<&'static str, Vec<&'static str>> {
 }
 
 /// The forms a value takes on the wire and in exports: as typed, percent-encoded (paths,
-/// queries), form-encoded (`+` for spaces), and as digits only for numbers people type
-/// with separators.
+/// queries), form-encoded (`+` for spaces), as digits only for numbers people type with
+/// separators, and the parts that identify alone (a name's words, an e-mail's local part).
 fn forms(value: &str) -> Vec<String> {
     let mut forms = vec![value.to_owned()];
     let percent: String = value
@@ -82,6 +82,13 @@ fn forms(value: &str) -> Vec<String> {
         .collect();
     forms.push(percent.clone());
     forms.push(percent.replace("%20", "+"));
+    // Parts that identify on their own: a name's words, an e-mail's local part.
+    if value.contains(' ') && !value.chars().any(|c| c.is_ascii_digit()) {
+        forms.extend(value.split(' ').map(str::to_owned));
+    }
+    if let Some((local, _)) = value.split_once('@') {
+        forms.push(local.to_owned());
+    }
     let digits: String = value.chars().filter(char::is_ascii_digit).collect();
     if digits.len() >= 10 && value.chars().any(|c| !c.is_ascii_digit()) {
         forms.push(digits);

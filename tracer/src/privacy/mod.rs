@@ -158,8 +158,15 @@ impl Privacy {
     fn clean(&self, key: &str, value: &mut String, ids: &[KnownId], why: &mut Redactions) {
         match policy(key) {
             Some(Policy::Keep) | None => {}
-            Some(Policy::Path) => self.template(key, value, '/', ids, why),
-            Some(Policy::Name) => self.template(key, value, '.', ids, why),
+            Some(Policy::Path) => {
+                self.template(key, value, ids, why, |v| route::template_segments(v, '/'))
+            }
+            Some(Policy::RoutingKey) => {
+                self.template(key, value, ids, why, |v| route::template_segments(v, '.'))
+            }
+            Some(Policy::Name) => self.template(key, value, ids, why, |v| {
+                route::template_object_name(v, '.')
+            }),
             Some(Policy::Query) => {
                 let redacted = redact_query(value, &self.options.allowed_query_keys);
                 if redacted != *value {
@@ -193,9 +200,9 @@ impl Privacy {
         &self,
         key: &str,
         value: &mut String,
-        separator: char,
         ids: &[KnownId],
         why: &mut Redactions,
+        template: impl Fn(&str) -> String,
     ) {
         // Known ids first, so they read as ids (not free text) when templated; then the
         // maskers, so an e-mail split by `.` does not leave its first part as a word.
@@ -206,7 +213,7 @@ impl Privacy {
                 why.note(key, MASKED);
             }
         }
-        let templated = route::template_segments(value, separator);
+        let templated = template(value);
         if templated != *value {
             *value = templated;
             why.note(key, TEMPLATED);
@@ -244,15 +251,19 @@ impl Privacy {
         }
     }
 
-    /// A span name keeps its words: `GET /orders/{id}`, `publish orders`, `SELECT orders`.
+    /// A span name keeps its words: `GET /orders/{id}`, `publish orders`, `SELECT
+    /// orders_2024`; paths are templated like `url.path`, other words like object names.
     fn span_name(&self, name: &str, ids: &[KnownId], why: &mut Redactions) -> String {
         let mut out = name.to_owned();
         self.replace("name", &mut out, ids, why);
         let templated: Vec<String> = out
             .split(' ')
             .map(|word| {
-                let separator = if word.starts_with('/') { '/' } else { '.' };
-                route::template_segments(word, separator)
+                if word.starts_with('/') {
+                    route::template_segments(word, '/')
+                } else {
+                    route::template_object_name(word, '.')
+                }
             })
             .collect();
         let templated = templated.join(" ");

@@ -8,7 +8,10 @@ pub enum Policy {
     Keep,
     /// A path: only its words survive; ids and free text become `{id}`, `{value}`.
     Path,
-    /// A dotted name (routing key, queue, table): templated like a path, on `.`.
+    /// A routing key: data, templated like a path, on `.`.
+    RoutingKey,
+    /// A declared object's name (queue, exchange, table, database): free text and plain
+    /// ids templated, names with digits (`orders_2024`) kept.
     Name,
     /// A query string: keys kept, values `REDACTED` unless the key is allowed.
     Query,
@@ -52,9 +55,9 @@ pub fn policy(key: &str) -> Option<Policy> {
         | "db.response.command_tag"
         | "db.operation.name" => Keep,
         "url.path" | "http.route" => Path,
+        "messaging.rabbitmq.destination.routing_key" => RoutingKey,
         "messaging.destination.name"
         | "messaging.destination.subscription.name"
-        | "messaging.rabbitmq.destination.routing_key"
         | "db.collection.name"
         | "db.namespace" => Name,
         "url.query" => Query,

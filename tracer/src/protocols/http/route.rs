@@ -28,6 +28,25 @@ pub fn template_segments(text: &str, separator: char) -> String {
     out
 }
 
+/// Templates the name of a declared object (a table, database, queue, exchange): names
+/// like `orders_2024` or `queue1` stay, while free text becomes `{value}` and what can only
+/// be an id (a number, a UUID, a long hex string, a long generated token such as
+/// `amq.gen-JzTY20BRgKO-HjmUJj0wLg`) `{id}`.
+pub fn template_object_name(text: &str, separator: char) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, segment) in text.split(separator).enumerate() {
+        if i > 0 {
+            out.push(separator);
+        }
+        out.push_str(match classify(segment) {
+            Segment::Value => "{value}",
+            Segment::Id if is_plain_id(segment) || segment.len() >= GENERATED => "{id}",
+            _ => segment,
+        });
+    }
+    out
+}
+
 /// What a path or name segment is, as far as export is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Segment {
@@ -94,6 +113,27 @@ pub fn match_template<'a>(path: &str, templates: &'a [String]) -> Option<&'a str
     })
 }
 
+/// Mixed letters and digits this long in an object's name are generated, not chosen.
+const GENERATED: usize = 16;
+
+/// A number, a UUID or a long hex string: an id whatever it names.
+fn is_plain_id(segment: &str) -> bool {
+    let bytes = segment.as_bytes();
+    let hex = bytes.iter().all(u8::is_ascii_hexdigit) && bytes.len() >= 12;
+    bytes.iter().all(u8::is_ascii_digit) || hex || is_uuid(segment)
+}
+
+fn is_uuid(segment: &str) -> bool {
+    segment.len() == 36
+        && segment.bytes().enumerate().all(|(i, b)| {
+            if [8, 13, 18, 23].contains(&i) {
+                b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        })
+}
+
 fn is_id_like(segment: &str) -> bool {
     if segment.is_empty() {
         return false;
@@ -101,14 +141,7 @@ fn is_id_like(segment: &str) -> bool {
     let all_digits = segment.bytes().all(|b| b.is_ascii_digit());
     let hex = segment.bytes().all(|b| b.is_ascii_hexdigit());
     let has_digit = segment.bytes().any(|b| b.is_ascii_digit());
-    let uuid = segment.len() == 36
-        && segment.bytes().enumerate().all(|(i, b)| {
-            if [8, 13, 18, 23].contains(&i) {
-                b == b'-'
-            } else {
-                b.is_ascii_hexdigit()
-            }
-        });
+    let uuid = is_uuid(segment);
     let id_chars = segment
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'#' | b'+' | b'~'));
@@ -181,5 +214,19 @@ mod tests {
         );
         assert_eq!(template_segments("mail.Jane Doe", '.'), "mail.{value}");
         assert_eq!(template_segments("amq.default", '.'), "amq.default");
+        assert_eq!(
+            template_object_name("shop.orders_2024", '.'),
+            "shop.orders_2024"
+        );
+        assert_eq!(template_object_name("mes.queue1", '.'), "mes.queue1");
+        assert_eq!(
+            template_object_name("amq.gen-JzTY20BRgKO-HjmUJj0wLg", '.'),
+            "amq.{id}"
+        );
+        assert_eq!(template_object_name("Jane Doe", '.'), "{value}");
+        assert_eq!(
+            template_object_name("replies.123e4567-e89b-12d3-a456-426614174000", '.'),
+            "replies.{id}"
+        );
     }
 }

@@ -74,12 +74,22 @@ pub fn collection(query: &str) -> Option<String> {
         "COPY" => words.get(1),
         _ => None,
     }?;
-    let table = table
-        .split(['(', ',', ';'])
+    let table = table.split(['(', ',', ';']).next().unwrap_or("");
+    // Only a plain (or plainly quoted) name: `"Jane Doe"` or `"anna@x"` is a value sent
+    // as an identifier, not a table worth naming.
+    let quoted = table.starts_with('"');
+    if quoted && !(table.len() > 1 && table.ends_with('"')) {
+        return None;
+    }
+    let table = table.trim_matches('"');
+    let plain = table
+        .chars()
         .next()
-        .unwrap_or("")
-        .trim_matches('"');
-    (!table.is_empty()).then(|| table.to_owned())
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && table
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$' | b'.'));
+    plain.then(|| table.to_owned())
 }
 
 /// The statement with literals replaced by `?` and comments removed, so no value leaves
@@ -248,6 +258,12 @@ mod tests {
             Some("orders")
         );
         assert_eq!(collection("BEGIN"), None);
+        assert_eq!(collection("SELECT * FROM \"Jane Doe\""), None);
+        assert_eq!(collection("SELECT * FROM \"anna@example.com\""), None);
+        assert_eq!(
+            collection("SELECT * FROM shop.orders_2024 WHERE a = 1").as_deref(),
+            Some("shop.orders_2024")
+        );
     }
 
     #[test]

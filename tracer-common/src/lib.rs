@@ -53,6 +53,10 @@ pub const SYS_TLS_READ: u32 = 8;
 pub const SYS_TLS_WRITE: u32 = 9;
 /// Not a data syscall: stashed between enter and exit to learn a client's connection.
 pub const SYS_CONNECT: u32 = 100;
+/// `socket(family, type, protocol)`: its family and type, to tell TCP from the rest.
+pub const SYS_SOCKET: u32 = 101;
+/// `accept`/`accept4`: the listening socket the new connection comes from.
+pub const SYS_ACCEPT: u32 = 102;
 /// A thread's stash slot with no syscall in progress (slots are reused, not deleted).
 pub const SYS_NONE: u32 = u32::MAX;
 
@@ -87,7 +91,10 @@ pub const COUNTER_TLS_CALLS: u32 = 8;
 /// Records not built because their CPU's scratch slot was taken by a program that had
 /// been preempted mid-record (or was taken over while building): dropped, not mixed.
 pub const COUNTER_SCRATCH_BUSY: u32 = 9;
-pub const COUNTERS: u32 = 10;
+/// Connections not followed because their socket, created while tracer ran, is not an
+/// IPv4/IPv6 stream socket (UNIX, UDP, …).
+pub const COUNTER_NOT_TCP_SKIPPED: u32 = 10;
+pub const COUNTERS: u32 = 11;
 
 /// Names of the counters, in index order, for metrics and logs.
 pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
@@ -101,6 +108,7 @@ pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "tls_no_socket",
     "tls_calls",
     "scratch_busy",
+    "not_tcp_skipped",
 ];
 
 /// Scratch slots per CPU: the syscall-exit tracepoints and the TLS return probe each have

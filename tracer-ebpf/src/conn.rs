@@ -7,13 +7,14 @@ use aya_ebpf::{
 };
 use tracer_common::{
     ConnEvent, ConnId, ConnState, EventHeader, SockKey, SockTuple, SyscallArgs, CLOSE_NOT_TCP,
-    CLOSE_SYSCALL, COUNTER_CONN_TABLE_FULL, COUNTER_RINGBUF_CONN_LOST, EVENT_CONN_ADDR,
-    EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_PROCESS_EXIT, ROLE_CLIENT, ROLE_SERVER, SYS_CONNECT,
+    CLOSE_SYSCALL, COUNTER_CONN_TABLE_FULL, COUNTER_NOT_TCP_SKIPPED, COUNTER_RINGBUF_CONN_LOST,
+    EVENT_CONN_ADDR, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_PROCESS_EXIT, ROLE_CLIENT,
+    ROLE_SERVER, SYS_ACCEPT, SYS_CONNECT, SYS_SOCKET,
 };
 
 use crate::{
     args::{syscall_arg, syscall_ret},
-    maps::{count, CONN_EVENTS, SOCKETS, SOCK_TUPLES, WANTS_SOCK},
+    maps::{count, CONN_EVENTS, NOT_TCP_SOCKETS, SOCKETS, SOCK_TUPLES, WANTS_SOCK},
     select::is_traced,
     stash,
 };
@@ -21,6 +22,9 @@ use crate::{
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
+const SOCK_STREAM: u64 = 1;
+/// The socket type's bits (the rest are SOCK_NONBLOCK, SOCK_CLOEXEC).
+const SOCK_TYPE_MASK: u64 = 0xf;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
@@ -80,6 +84,9 @@ pub fn try_exit_connect(ctx: &TracePointContext) -> Result<u32, u32> {
     let Some(mut tuple) = read_sockaddr(args.addr) else {
         return Ok(0); // not an IP socket: UNIX, netlink, …
     };
+    if not_tcp((id >> 32) as u32, args.fd) {
+        return Ok(0); // an IP socket, but not a stream one: UDP
+    }
     if args.sk != 0 {
         if let Some(known) = SOCK_TUPLES.get_ptr(args.sk) {
             tuple = unsafe { *known };
@@ -94,12 +101,101 @@ pub fn try_exit_connect(ctx: &TracePointContext) -> Result<u32, u32> {
 /// arrives with its first data (`check_socket`).
 pub fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
     let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    // Decided at once: an Option kept across branches confuses the verifier.
+    let on_unix_socket = match stash::take(id, |syscall| syscall == SYS_ACCEPT) {
+        Some(args) => listed_not_tcp(tgid, args.fd),
+        None => false,
+    };
     let ret = syscall_ret(ctx);
-    if ret < 0 || !is_traced((id >> 32) as u32) {
+    if ret < 0 || !is_traced(tgid) {
+        return Ok(0);
+    }
+    if on_unix_socket {
+        count(COUNTER_NOT_TCP_SKIPPED);
         return Ok(0);
     }
     open_connection(id, ret as u32, ROLE_SERVER, 0, SockTuple::default());
     Ok(0)
+}
+
+/// `sys_enter_accept*`: remember the listening socket until the exit.
+pub fn try_enter_accept(ctx: &TracePointContext) -> Result<u32, u32> {
+    let id = bpf_get_current_pid_tgid();
+    if !is_traced((id >> 32) as u32) {
+        return Ok(0);
+    }
+    stash::put(
+        id,
+        syscall_only(SYS_ACCEPT, syscall_arg(ctx, 0) as u32, 0, 0),
+    );
+    Ok(0)
+}
+
+/// `sys_enter_socket`: remember the family and type until the exit.
+pub fn try_enter_socket(ctx: &TracePointContext) -> Result<u32, u32> {
+    let id = bpf_get_current_pid_tgid();
+    if !is_traced((id >> 32) as u32) {
+        return Ok(0);
+    }
+    let (family, kind) = (syscall_arg(ctx, 0), syscall_arg(ctx, 1));
+    stash::put(id, syscall_only(SYS_SOCKET, 0, family as u32, kind as u32));
+    Ok(0)
+}
+
+/// `sys_exit_socket`: note a socket that is not an IPv4/IPv6 stream socket, so that a
+/// connect or accept on it is not followed even without the socket tracepoints.
+pub fn try_exit_socket(ctx: &TracePointContext) -> Result<u32, u32> {
+    let id = bpf_get_current_pid_tgid();
+    let Some(args) = stash::take(id, |syscall| syscall == SYS_SOCKET) else {
+        return Ok(0);
+    };
+    let ret = syscall_ret(ctx);
+    if ret < 0 {
+        return Ok(0);
+    }
+    let key = SockKey {
+        tgid: (id >> 32) as u32,
+        fd: ret as u32,
+    };
+    let family = args.sk_family as u16;
+    let stream = u64::from(args.sk_protocol) & SOCK_TYPE_MASK == SOCK_STREAM;
+    if (family == AF_INET || family == AF_INET6) && stream {
+        let _ = NOT_TCP_SOCKETS.remove(&key); // an older socket's fd, reused
+    } else {
+        let _ = NOT_TCP_SOCKETS.insert(&key, &0, 0);
+    }
+    Ok(0)
+}
+
+/// A socket `socket()` told us is not TCP; counts the connection it would have been.
+#[inline(always)]
+fn not_tcp(tgid: u32, fd: u32) -> bool {
+    let known = listed_not_tcp(tgid, fd);
+    if known {
+        count(COUNTER_NOT_TCP_SKIPPED);
+    }
+    known
+}
+
+#[inline(always)]
+fn listed_not_tcp(tgid: u32, fd: u32) -> bool {
+    unsafe { NOT_TCP_SOCKETS.get(&SockKey { tgid, fd }) }.is_some()
+}
+
+/// Stashed arguments of a syscall that only needs an fd and two numbers.
+#[inline(always)]
+fn syscall_only(syscall: u32, fd: u32, family: u32, kind: u32) -> SyscallArgs {
+    SyscallArgs {
+        buf: 0,
+        count: 0,
+        sk: 0,
+        addr: 0,
+        fd,
+        syscall,
+        sk_family: family,
+        sk_protocol: kind,
+    }
 }
 
 #[inline(always)]

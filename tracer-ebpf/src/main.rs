@@ -51,7 +51,10 @@ data_syscall!(enter_sendmsg, exit_sendmsg, SYS_SENDMSG, DIR_EGRESS);
 
 shim!(enter_connect, conn::try_enter_connect);
 shim!(exit_connect, conn::try_exit_connect);
+shim!(enter_accept, conn::try_enter_accept);
 shim!(exit_accept, conn::try_exit_accept);
+shim!(enter_socket, conn::try_enter_socket);
+shim!(exit_socket, conn::try_exit_socket);
 shim!(enter_close, conn::try_enter_close);
 shim!(sock_set_state, conn::try_sock_set_state);
 shim!(sock_length, conn::try_sock_length);

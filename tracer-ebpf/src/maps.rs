@@ -35,6 +35,11 @@ pub static SOCKETS: HashMap<SockKey, ConnState> = HashMap::with_max_entries(6553
 #[map]
 pub static CONN_CONTROL: HashMap<SockKey, ConnControl> = HashMap::with_max_entries(65536, 0);
 
+/// Sockets created (with `socket()`) while tracer runs that are not IPv4/IPv6 stream
+/// sockets: a `connect` or an `accept` on them is not followed. The value is unused.
+#[map]
+pub static NOT_TCP_SOCKETS: LruHashMap<SockKey, u32> = LruHashMap::with_max_entries(16384, 0);
+
 /// `struct sock` address → 4-tuple, from `sock:inet_sock_set_state`.
 #[map]
 pub static SOCK_TUPLES: LruHashMap<u64, SockTuple> = LruHashMap::with_max_entries(65536, 0);

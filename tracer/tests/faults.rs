@@ -179,6 +179,16 @@ fn a_traced_process_that_exits_mid_request_ends_its_client_span_and_nothing_else
 fn without_its_socket_tracepoints_the_agent_still_parses_tcp_only() {
     let receiver = Receiver::start();
     let service = Service::python(&[]);
+    // UNIX and UDP sockets made before the agent starts (only /proc can tell them) and
+    // after (the kernel side sees their socket() call).
+    let mut peer = Command::new("python3")
+        .arg(format!("{PEERS}/not_tcp.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(peer.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
     let export = format!("otlp-grpc={}", receiver.grpc_url());
     let agent = AgentRun::start(&[
         "--export",
@@ -187,17 +197,13 @@ fn without_its_socket_tracepoints_the_agent_still_parses_tcp_only() {
         "200",
         "--test-without-optional-tracepoints",
     ]);
-    let mut peer = Command::new("python3")
-        .arg(format!("{PEERS}/not_tcp.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(peer.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "done", "the UNIX and UDP exchanges failed");
+    let mut stdin = peer.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"go\n").unwrap();
+    assert_eq!(
+        lines.next().unwrap().unwrap(),
+        "done",
+        "the UNIX and UDP exchanges failed"
+    );
     // After those exchanges, a TCP request: once its spans are out, the agent has read
     // the earlier sockets' bytes (while the peer still holds them open).
     assert_eq!(curl(&[&service.url("/tcp")]), "200");
@@ -210,19 +216,38 @@ fn without_its_socket_tracepoints_the_agent_still_parses_tcp_only() {
                 .any(|s| s.kind == SERVER && s.attr("url.path") == "/tcp")
         },
     );
-    drop(peer.stdin.take());
+    drop(stdin);
     assert!(peer.wait().unwrap().success());
     let stats = support::agent::final_stats(&agent.stop());
     let paths: Vec<&str> = spans.iter().map(|s| s.attr("url.path")).collect();
     assert!(
-        !paths.contains(&"/unix") && !paths.contains(&"/udp"),
+        paths
+            .iter()
+            .all(|p| !p.starts_with("/unix") && !p.starts_with("/udp")),
         "HTTP over UNIX or UDP sockets was parsed: {paths:?}"
     );
-    let not_tcp = stats["pipeline"]["connections_not_tcp"]
-        .as_u64()
-        .expect("connections_not_tcp in the stats");
+    let count = |value: &serde_json::Value, what: &str| {
+        value
+            .as_u64()
+            .unwrap_or_else(|| panic!("{what} in the stats: {stats}"))
+    };
+    // Made before: followed by the kernel side, found out in /proc (the accepted UNIX
+    // socket and the UDP socket). Made after: never followed.
+    let in_proc = count(
+        &stats["pipeline"]["connections_not_tcp"],
+        "connections_not_tcp",
+    );
+    let kernel = stats["capture"]["kernel"]
+        .as_array()
+        .expect("kernel counters");
+    let skipped = kernel
+        .iter()
+        .find(|pair| pair[0] == "not_tcp_skipped")
+        .map(|pair| pair[1].clone())
+        .unwrap_or_default();
+    let at_socket = count(&skipped, "not_tcp_skipped");
     assert!(
-        not_tcp >= 2,
-        "the UNIX and UDP sockets are counted as not TCP: {stats}"
+        in_proc >= 2 && at_socket >= 2,
+        "not TCP: {in_proc} found in /proc (expected 2), {at_socket} skipped at socket() (expected 2)"
     );
 }

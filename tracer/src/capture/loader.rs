@@ -125,12 +125,22 @@ const ATTACHMENTS: &[Attachment] = &[
     syscall("enter_connect", &[("syscalls", "sys_enter_connect")]),
     syscall("exit_connect", &[("syscalls", "sys_exit_connect")]),
     syscall(
+        "enter_accept",
+        &[
+            ("syscalls", "sys_enter_accept"),
+            ("syscalls", "sys_enter_accept4"),
+        ],
+    ),
+    syscall(
         "exit_accept",
         &[
             ("syscalls", "sys_exit_accept"),
             ("syscalls", "sys_exit_accept4"),
         ],
     ),
+    // Which sockets are not TCP, known at creation (see `NOT_TCP_SOCKETS`).
+    syscall("enter_socket", &[("syscalls", "sys_enter_socket")]),
+    syscall("exit_socket", &[("syscalls", "sys_exit_socket")]),
     syscall("enter_close", &[("syscalls", "sys_enter_close")]),
     syscall("sock_set_state", &[("sock", "inet_sock_set_state")]),
     syscall("process_exit", &[("sched", "sched_process_exit")]),

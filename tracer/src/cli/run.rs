@@ -280,7 +280,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     pipeline.finish(&session.clock);
     log_stats(&session, &pipeline, &stats);
-    let pipeline_stats = pipeline.stats();
+    let (capture_stats, pipeline_stats) = (session.stats(), pipeline.stats());
     drop(pipeline); // closes the export queues (the journey thread holds the last ones)
     if let Some(journey) = journey {
         journey.finish();
@@ -288,7 +288,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     export::finish(exporters, &runtime);
     eprintln!(
         "tracer: stats {}",
-        serde_json::json!({ "export": stats.snapshot(), "pipeline": pipeline_stats })
+        serde_json::json!({
+            "export": stats.snapshot(),
+            "pipeline": pipeline_stats,
+            "capture": capture_stats,
+        })
     );
     Ok(())
 }

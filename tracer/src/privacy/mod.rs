@@ -49,13 +49,18 @@ impl Redactions {
     fn note(&mut self, key: &str, why: &'static str) {
         self.0.entry(key.to_owned()).or_default().insert(why);
     }
-
-    pub fn dropped(&self) -> usize {
-        self.0.values().filter(|w| w.contains(DROPPED)).count()
-    }
 }
 
 const DROPPED: &str = "dropped: not on the allow-list";
+
+/// Whether an attribute is on the allow-list (else it is noted as dropped).
+fn listed(key: &str, why: &mut Redactions) -> bool {
+    let listed = policy(key).is_some();
+    if !listed {
+        why.note(key, DROPPED);
+    }
+    listed
+}
 const TEMPLATED: &str = "templated: ids and free text replaced";
 const REDACTED: &str = "query values redacted";
 const SANITISED: &str = "input values removed";
@@ -65,14 +70,6 @@ const PSEUDONYMISED: &str = "id pseudonymised";
 impl Privacy {
     pub fn new(key: IdKey, options: PrivacyOptions) -> Self {
         Self { key, options }
-    }
-
-    pub fn key(&self) -> &IdKey {
-        &self.key
-    }
-
-    pub fn pseudonymises(&self) -> bool {
-        self.options.pseudonymise_ids
     }
 
     /// The ids of the span's trace with their pseudonyms (none when pseudonymisation is
@@ -115,20 +112,8 @@ impl Privacy {
                 exchange.business.push((ORDER_ID.to_owned(), order));
             }
         }
-        exchange.attributes.retain(|(key, _)| {
-            let listed = policy(key).is_some();
-            if !listed {
-                why.note(key, DROPPED);
-            }
-            listed
-        });
-        exchange.business.retain(|(key, _)| {
-            let listed = policy(key).is_some();
-            if !listed {
-                why.note(key, DROPPED);
-            }
-            listed
-        });
+        exchange.attributes.retain(|(key, _)| listed(key, &mut why));
+        exchange.business.retain(|(key, _)| listed(key, &mut why));
         let name = std::mem::take(&mut exchange.name);
         exchange.name = self.span_name(&name, &ids, &mut why);
         for (key, value) in exchange.attributes.iter_mut() {

@@ -404,3 +404,47 @@ fn pseudonymised_ids_are_nowhere_raw_and_the_pseudonym_is_on_every_span_of_the_t
         in_trace.len()
     );
 }
+
+#[test]
+fn untraced_executables_are_never_parsed() {
+    // Node stands in for the auth proxy here: its traffic must not be traced at all.
+    let config = temp("untraced.toml");
+    std::fs::write(&config, "[privacy]\nuntraced_executables = [\"node\"]\n").unwrap();
+    let receiver = Receiver::start();
+    let grpc = format!("otlp-grpc={}", receiver.grpc_url());
+    let agent = AgentRun::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--export",
+        &grpc,
+        "--settle-ms",
+        "200",
+    ]);
+    let (python, node) = (Service::python(&[]), Service::node());
+    assert_eq!(curl(&[&node.url("/staff/session")]), "200");
+    assert_eq!(curl(&[&python.url("/shop")]), "200");
+    // curl's CLIENT span of the node call still exists (curl is traced); node's SERVER does not.
+    let spans = receiver.wait_for(
+        "the python service's span",
+        Duration::from_secs(20),
+        |spans| {
+            spans
+                .iter()
+                .any(|s| s.kind == 2 && s.service.starts_with("python"))
+        },
+    );
+    let stats = support::agent::final_stats(&agent.stop());
+    let _ = std::fs::remove_file(&config);
+    assert!(
+        !spans.iter().any(|s| s.service == "node"),
+        "node was traced: {:?}",
+        spans
+            .iter()
+            .map(|s| (&s.service, &s.name))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        stats["pipeline"]["connections_untraced"].as_u64() >= Some(1),
+        "untraced connections are counted: {stats}"
+    );
+}

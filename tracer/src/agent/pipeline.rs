@@ -227,17 +227,7 @@ impl Pipeline {
         now_ns: u64,
         requests: &mut Vec<Request>,
     ) {
-        if !self.conns.contains_key(&conn.id) && conn.not_tcp {
-            self.stats.connections_not_tcp += 1;
-            self.conns.insert(conn.id, ConnProtocol::Ignored);
-            requests.push(Request::IgnorePayload {
-                conn: conn.id,
-                plaintext: true,
-            });
-            return;
-        }
-        if !self.conns.contains_key(&conn.id) && self.untraced(conn) {
-            self.stats.connections_untraced += 1;
+        if !self.conns.contains_key(&conn.id) && self.never_parsed(conn) {
             self.conns.insert(conn.id, ConnProtocol::Ignored);
             requests.push(Request::IgnorePayload {
                 conn: conn.id,
@@ -328,14 +318,24 @@ impl Pipeline {
         }
     }
 
-    /// A process whose traffic must not be traced (the auth proxy, Jaeger: staff sessions).
-    fn untraced(&self, conn: &Connection) -> bool {
+    /// A connection whose bytes are never parsed (counted): not TCP after all, or of a
+    /// process whose traffic must not be traced (the auth proxy, Jaeger: staff sessions).
+    fn never_parsed(&mut self, conn: &Connection) -> bool {
+        if conn.not_tcp {
+            self.stats.connections_not_tcp += 1;
+            return true;
+        }
         let process = &conn.process;
         let file_name = process.exe.rsplit('/').next().unwrap_or_default();
-        self.stages
+        let untraced = self
+            .stages
             .untraced_executables
             .iter()
-            .any(|name| name == file_name || *name == process.comm)
+            .any(|name| name == file_name || *name == process.comm);
+        if untraced {
+            self.stats.connections_untraced += 1;
+        }
+        untraced
     }
 
     fn hand_over(&mut self, conn: &Connection, protocol: &'static str, now_ns: u64) {

@@ -11,7 +11,7 @@ mod mask;
 mod message;
 mod policy;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use ids::{replace_ids, KnownId};
 pub use key::{IdKey, KeyError, KEY_ENV};
@@ -38,7 +38,13 @@ pub struct PrivacyOptions {
 pub struct Privacy {
     key: IdKey,
     options: PrivacyOptions,
+    /// (is a user id, id) → pseudonym: an HMAC per occurrence would cost more than the
+    /// rest of the stage.
+    pseudonyms: HashMap<(bool, String), String>,
 }
+
+/// Pseudonyms kept; the cache starts over beyond this.
+const MAX_CACHED_PSEUDONYMS: usize = 4096;
 
 /// What `apply` did to each attribute, and why, for `--privacy-dry-run`.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -69,32 +75,54 @@ const PSEUDONYMISED: &str = "id pseudonymised";
 
 impl Privacy {
     pub fn new(key: IdKey, options: PrivacyOptions) -> Self {
-        Self { key, options }
+        Self {
+            key,
+            options,
+            pseudonyms: HashMap::new(),
+        }
+    }
+
+    fn pseudonym(&mut self, id: &str, user: bool) -> String {
+        if let Some(known) = self.pseudonyms.get(&(user, id.to_owned())) {
+            return known.clone();
+        }
+        let pseudonym = if user {
+            self.key.user_pseudonym(id)
+        } else {
+            self.key.pseudonym(id)
+        };
+        if self.pseudonyms.len() >= MAX_CACHED_PSEUDONYMS {
+            self.pseudonyms.clear();
+        }
+        self.pseudonyms
+            .insert((user, id.to_owned()), pseudonym.clone());
+        pseudonym
     }
 
     /// The ids of the span's trace with their pseudonyms (none when pseudonymisation is
     /// off), longest first so an id inside another is not split.
-    fn known_ids(&self, span: &ResolvedSpan) -> Vec<KnownId> {
+    fn known_ids(&mut self, span: &ResolvedSpan) -> Vec<KnownId> {
         if !self.options.pseudonymise_ids {
             return Vec::new();
         }
         let exchange = &span.exchange;
-        let orders = span.known_ids.orders.iter().chain(&exchange.order_ids);
         let own_users = exchange
             .business
             .iter()
             .filter(|(k, _)| k == USER_ID)
             .map(|(_, v)| v);
+        let orders = span.known_ids.orders.iter().chain(&exchange.order_ids);
         let users = span.known_ids.users.iter().chain(own_users);
-        let mut ids: Vec<KnownId> = orders
-            .map(|id| KnownId {
-                raw: id.clone(),
-                pseudonym: self.key.pseudonym(id),
+        let raw: Vec<(String, bool)> = orders
+            .map(|id| (id.clone(), false))
+            .chain(users.map(|id| (id.clone(), true)))
+            .collect();
+        let mut ids: Vec<KnownId> = raw
+            .into_iter()
+            .map(|(raw, user)| KnownId {
+                pseudonym: self.pseudonym(&raw, user),
+                raw,
             })
-            .chain(users.map(|id| KnownId {
-                raw: id.clone(),
-                pseudonym: self.key.user_pseudonym(id),
-            }))
             .collect();
         ids.sort_by(|a, b| b.raw.len().cmp(&a.raw.len()).then(a.raw.cmp(&b.raw)));
         ids.dedup_by(|a, b| a.raw == b.raw);
@@ -131,10 +159,10 @@ impl Privacy {
         // can export them by mistake.
         exchange.fields.clear();
         if self.options.pseudonymise_ids {
-            exchange.order_ids = exchange
-                .order_ids
+            let order_ids = std::mem::take(&mut exchange.order_ids);
+            exchange.order_ids = order_ids
                 .iter()
-                .map(|id| self.key.pseudonym(id))
+                .map(|id| self.pseudonym(id, false))
                 .collect();
         }
         why
@@ -161,18 +189,19 @@ impl Privacy {
                 self.mask_and_replace(key, value, ids, why);
             }
             Some(Policy::Text) => self.free_text(key, value, ids, why),
-            Some(Policy::Id) => self.id(key, value, why),
+            Some(Policy::Id) => self.id(key, value, ids, why),
         }
     }
 
     /// An `app.order.id` / `app.user.id`: its pseudonym, or the id with personal data
     /// masked (a user id that is an e-mail address).
-    fn id(&self, key: &str, value: &mut String, why: &mut Redactions) {
+    fn id(&self, key: &str, value: &mut String, ids: &[KnownId], why: &mut Redactions) {
         if self.options.pseudonymise_ids {
-            *value = if key == USER_ID {
-                self.key.user_pseudonym(value)
-            } else {
-                self.key.pseudonym(value)
+            let known = ids.iter().find(|id| id.raw == *value);
+            *value = match known {
+                Some(id) => id.pseudonym.clone(),
+                None if key == USER_ID => self.key.user_pseudonym(value),
+                None => self.key.pseudonym(value),
             };
             why.note(key, PSEUDONYMISED);
         } else if let Some(masked) = mask(value) {

@@ -58,14 +58,8 @@ pub fn try_enter_connect(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     let args = SyscallArgs {
-        buf: 0,
-        count: 0,
-        sk: 0,
         addr: syscall_arg(ctx, 1),
-        fd: syscall_arg(ctx, 0) as u32,
-        syscall: SYS_CONNECT,
-        sk_family: 0,
-        sk_protocol: 0,
+        ..syscall_only(SYS_CONNECT, syscall_arg(ctx, 0) as u32, 0, 0)
     };
     stash::put(id, args);
     Ok(0)
@@ -183,7 +177,7 @@ fn listed_not_tcp(tgid: u32, fd: u32) -> bool {
     unsafe { NOT_TCP_SOCKETS.get(&SockKey { tgid, fd }) }.is_some()
 }
 
-/// Stashed arguments of a syscall that only needs an fd and two numbers.
+/// Stashed arguments of a syscall that needs an fd and at most two numbers.
 #[inline(always)]
 fn syscall_only(syscall: u32, fd: u32, family: u32, kind: u32) -> SyscallArgs {
     SyscallArgs {

@@ -221,12 +221,7 @@ impl Privacy {
         // Known ids first, so they read as ids (not free text) when templated; then the
         // maskers, so an e-mail split by `.` does not leave its first part as a word.
         self.replace(key, value, ids, why);
-        if self.options.mask_personal_data {
-            if let Some(masked) = mask(value) {
-                *value = masked;
-                why.note(key, MASKED);
-            }
-        }
+        self.mask(key, value, why);
         let templated = template(value);
         if templated != *value {
             *value = templated;
@@ -251,11 +246,17 @@ impl Privacy {
         why: &mut Redactions,
     ) {
         self.replace(key, value, ids, why);
-        if self.options.mask_personal_data {
-            if let Some(masked) = mask(value) {
-                *value = masked;
-                why.note(key, MASKED);
-            }
+        self.mask(key, value, why);
+    }
+
+    /// The maskers, where configured: the second line after the allow-list.
+    fn mask(&self, key: &str, value: &mut String, why: &mut Redactions) {
+        if !self.options.mask_personal_data {
+            return;
+        }
+        if let Some(masked) = mask(value) {
+            *value = masked;
+            why.note(key, MASKED);
         }
     }
 
@@ -285,12 +286,7 @@ impl Privacy {
             why.note("name", TEMPLATED);
             out = templated;
         }
-        if self.options.mask_personal_data {
-            if let Some(masked) = mask(&out) {
-                why.note("name", MASKED);
-                out = masked;
-            }
-        }
+        self.mask("name", &mut out, why);
         out
     }
 }

@@ -14,16 +14,21 @@ pub fn template(path: &str) -> String {
 
 /// Templates a name made of `separator`-joined segments (a routing key, a queue name).
 pub fn template_segments(text: &str, separator: char) -> String {
+    map_segments(text, separator, |segment| match classify(segment) {
+        Segment::Word => segment,
+        Segment::Id => "{id}",
+        Segment::Value => "{value}",
+    })
+}
+
+/// `text` with each `separator`-delimited segment replaced by what `f` makes of it.
+fn map_segments<'a>(text: &'a str, separator: char, f: impl Fn(&'a str) -> &'a str) -> String {
     let mut out = String::with_capacity(text.len());
     for (i, segment) in text.split(separator).enumerate() {
         if i > 0 {
             out.push(separator);
         }
-        out.push_str(match classify(segment) {
-            Segment::Word => segment,
-            Segment::Id => "{id}",
-            Segment::Value => "{value}",
-        });
+        out.push_str(f(segment));
     }
     out
 }
@@ -33,18 +38,11 @@ pub fn template_segments(text: &str, separator: char) -> String {
 /// be an id (a number, a UUID, a long hex string, a long generated token such as
 /// `amq.gen-JzTY20BRgKO-HjmUJj0wLg`) `{id}`.
 pub fn template_object_name(text: &str, separator: char) -> String {
-    let mut out = String::with_capacity(text.len());
-    for (i, segment) in text.split(separator).enumerate() {
-        if i > 0 {
-            out.push(separator);
-        }
-        out.push_str(match classify(segment) {
-            Segment::Value => "{value}",
-            Segment::Id if is_plain_id(segment) || segment.len() >= GENERATED => "{id}",
-            _ => segment,
-        });
-    }
-    out
+    map_segments(text, separator, |segment| match classify(segment) {
+        Segment::Value => "{value}",
+        Segment::Id if is_plain_id(segment) || segment.len() >= GENERATED => "{id}",
+        _ => segment,
+    })
 }
 
 /// What a path or name segment is, as far as export is concerned.

@@ -11,7 +11,7 @@ use crate::{
     extract::Extractor,
     journey::{JourneyHandle, JourneySpan},
     privacy::{Privacy, Redactions},
-    protocols::{self, ExchangeEvent, ProtocolSession, SessionOptions},
+    protocols::{self, ExchangeEvent, ProtocolSession, SessionContext, SessionOptions},
     reassembly::StreamEvent,
     sample::Sampler,
     session::SessionEvent,
@@ -44,6 +44,9 @@ pub struct PipelineStats {
     pub exchanges: BTreeMap<&'static str, u64>,
     /// Bytes skipped as unparseable, by protocol (closed connections only).
     pub parse_skipped_bytes: BTreeMap<&'static str, u64>,
+    /// Protocol-specific events by (protocol, event), closed connections only.
+    #[serde(serialize_with = "serialize_pairs")]
+    pub protocol_events: BTreeMap<(&'static str, &'static str), u64>,
     pub spans_sampled_out: u64,
     /// Calls left without a parent because several requests of their process were open
     /// and no evidence said which one they served, by service.
@@ -157,6 +160,13 @@ impl Pipeline {
                     session.close(ktime_ns, &mut self.exchanges);
                     *self.stats.parse_skipped_bytes.entry(protocol).or_default() +=
                         session.bytes_skipped();
+                    for (event, n) in session.events() {
+                        *self
+                            .stats
+                            .protocol_events
+                            .entry((protocol, event))
+                            .or_default() += n;
+                    }
                     self.hand_over(&conn, protocol, now_ns);
                 }
             }
@@ -269,8 +279,13 @@ impl Pipeline {
             }
             match protocols::infer(sniffed, direction, *mid_stream) {
                 Ok(protocol) => {
-                    let mut session =
-                        protocol.session(conn.role, direction, *mid_stream, &self.options);
+                    let context = SessionContext {
+                        role: conn.role,
+                        first_direction: direction,
+                        mid_stream: *mid_stream,
+                        tls: conn.tls,
+                    };
+                    let mut session = protocol.session(context, &self.options);
                     session.feed(direction, sniffed, ktime_ns, tid, &mut self.exchanges);
                     if bytes.len() > MAX_SNIFF {
                         session.feed(
@@ -342,10 +357,9 @@ impl Pipeline {
         for event in self.exchanges.drain(..) {
             match event {
                 ExchangeEvent::Started(start) => self.correlator.started(conn, &start),
-                ExchangeEvent::Identified {
-                    sequence,
-                    identifiers,
-                } => self.correlator.identified(conn, sequence, &identifiers),
+                ExchangeEvent::Identified { id, identifiers } => {
+                    self.correlator.identified(conn, id, &identifiers)
+                }
                 ExchangeEvent::Finished(mut exchange) => {
                     *self.stats.exchanges.entry(protocol).or_default() += 1;
                     let extracted = self.stages.extractor.extract(&exchange);
@@ -407,6 +421,14 @@ impl Pipeline {
             self.queues.send((resource, data));
         }
     }
+}
+
+/// `{"http2.headers_undecodable": 3}`: tuple keys as `protocol.event`.
+fn serialize_pairs<S: serde::Serializer>(
+    map: &BTreeMap<(&'static str, &'static str), u64>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(map.iter().map(|((p, e), n)| (format!("{p}.{e}"), n)))
 }
 
 /// One JSON line per span as it would be exported; `why` names, per attribute, what the

@@ -90,7 +90,11 @@ impl Default for ExtractConfig {
 pub struct ExtractRule {
     /// `app.order.id`, `app.user.id`, `app.order.status`, or any other `app.*` name.
     pub attribute: String,
-    pub source: ExtractSource,
+    /// An extraction source a protocol offers: `http_path`, `http_query`, `http_header`,
+    /// `http_request_body`, `http_response_body` (HTTP/1 and HTTP/2), `amqp_routing_key`,
+    /// `amqp_header`, `amqp_message_id`, `amqp_correlation_id`, `amqp_body`,
+    /// `postgres_param`, `grpc_request_field`, `grpc_response_field`.
+    pub source: toml::Spanned<String>,
     /// For paths and routing keys: `/orders/{order_id}/files`, `order.{id}.submitted`.
     pub template: Option<String>,
     /// For headers and query parameters.
@@ -99,23 +103,6 @@ pub struct ExtractRule {
     pub pointer: Option<String>,
     /// For JSON or form bodies: a key name, matched at any depth.
     pub key: Option<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExtractSource {
-    HttpPath,
-    HttpQuery,
-    HttpHeader,
-    HttpRequestBody,
-    HttpResponseBody,
-    AmqpHeader,
-    AmqpMessageId,
-    AmqpCorrelationId,
-    AmqpRoutingKey,
-    AmqpBody,
-    /// A column's value in a PostgreSQL statement (bound parameter or literal), by name.
-    PostgresParam,
 }
 
 /// What leaves the agent.
@@ -340,7 +327,10 @@ impl Config {
             }
         }
         if let Err(e) = crate::extract::Extractor::new(&config.extract) {
-            return Err(invalid(e.to_string()));
+            let crate::extract::ExtractorError::Rule { index, .. } = &e;
+            let at = config.extract.rules[index - 1].source.span().start;
+            let line = text[..at.min(text.len())].matches('\n').count() + 1;
+            return Err(invalid(format!("line {line}: {e}")));
         }
         if let Err(e) = crate::journey::StoreLocation::parse(&config.journey.store) {
             return Err(invalid(format!("journey.store: {e}")));

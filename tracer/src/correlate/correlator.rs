@@ -34,7 +34,9 @@ use super::TraceParent;
 use crate::privacy::IdKey;
 use crate::{
     capture::Connection,
-    protocols::{identifiers::Identifier, AttrValue, Exchange, ExchangeKind, ExchangeStart},
+    protocols::{
+        identifiers::Identifier, AttrValue, Exchange, ExchangeId, ExchangeKind, ExchangeStart,
+    },
 };
 pub use causality::source;
 
@@ -81,7 +83,7 @@ pub struct CorrelatorStats {
     pub evicted_unfinished: u64,
 }
 
-type NodeId = (ConnId, u64);
+type NodeId = (ConnId, ExchangeId);
 
 #[derive(Clone, Copy, Debug)]
 enum Parent {
@@ -127,8 +129,9 @@ struct Node {
     parent_ambiguous: bool,
 }
 
-/// What a PRODUCER span keeps for a "not delivered" span: its connection and attributes.
-type Published = (Connection, Vec<(&'static str, AttrValue)>);
+/// What a PRODUCER span keeps for a "not delivered" span: its connection, protocol and
+/// attributes.
+type Published = (Connection, &'static str, Vec<(&'static str, AttrValue)>);
 
 /// Spans never finished (a connection we stopped seeing) are dropped after this long.
 const MAX_OPEN_NS: u64 = 15 * 60 * 1_000_000_000;
@@ -197,7 +200,7 @@ impl Correlator {
     }
 
     pub fn started(&mut self, connection: &Connection, start: &ExchangeStart) {
-        let id = (connection.id, start.sequence);
+        let id = (connection.id, start.id);
         self.stats.spans_started += 1;
         let mut node = Node {
             span_id: self.ids.new_span_id(),
@@ -261,11 +264,11 @@ impl Correlator {
 
     /// `now_ns` is kernel time; the span is resolved `settle_ns` later by `poll`.
     pub fn finished(&mut self, connection: &Connection, exchange: Exchange, now_ns: u64) {
-        let id = (connection.id, exchange.sequence);
+        let id = (connection.id, exchange.id);
         if !self.nodes.contains_key(&id) {
             // Its start was never reported (cannot happen with our sessions, but be safe).
             let start = ExchangeStart {
-                sequence: exchange.sequence,
+                id: exchange.id,
                 kind: exchange.kind,
                 start_ktime_ns: exchange.start_ktime_ns,
                 tid: exchange.tid,
@@ -283,7 +286,11 @@ impl Correlator {
         }
         let node = self.nodes.get_mut(&id).expect("inserted above");
         if node.message_out.is_some() {
-            node.published = Some(Box::new((connection.clone(), exchange.attributes.clone())));
+            node.published = Some(Box::new((
+                connection.clone(),
+                exchange.protocol,
+                exchange.attributes.clone(),
+            )));
         }
         node.end_ns = Some(exchange.end_ktime_ns);
         // Addresses may have become known after the start.
@@ -536,6 +543,11 @@ impl Correlator {
         // Newest first: on a busy keep-alive connection the match is among the last ones.
         if let Some(client) = clients.iter().rev().find(|client| client.1 == id.1) {
             return Some(*client);
+        }
+        if matches!(id.1, ExchangeId::Stream(_)) {
+            // Streams are named alike at both ends: no match is no parent, never a guess
+            // among the other streams of the connection.
+            return None;
         }
         // Sequence numbers differ when one side was seen mid-connection: fall back to the
         // latest client request on that tuple that started before this one.

@@ -1,12 +1,12 @@
 //! Correlation rules on hand-made exchanges (the end-to-end tests use real processes).
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use tracer_common::ConnId;
 
 use super::*;
 use crate::{
     capture::{procfs::ProcessInfo, Connection, Role},
-    protocols::{Exchange, ExchangeKind, ExchangeStart, ExchangeStatus},
+    protocols::{Exchange, ExchangeId, ExchangeKind, ExchangeStart, ExchangeStatus},
 };
 
 /// A correlator with a key of the tests' own (production reads it from config).
@@ -37,7 +37,7 @@ fn conn(pid: u32, fd: u32, role: Role, local: &str, remote: &str) -> Connection 
 
 fn start(kind: ExchangeKind, at: u64, tid: u32, traceparent: Option<&str>) -> ExchangeStart {
     ExchangeStart {
-        sequence: 0,
+        id: ExchangeId::Sequence(0),
         kind,
         start_ktime_ns: at,
         tid,
@@ -51,7 +51,7 @@ fn start(kind: ExchangeKind, at: u64, tid: u32, traceparent: Option<&str>) -> Ex
 fn exchange(kind: ExchangeKind, start: u64, end: u64, tid: u32) -> Exchange {
     Exchange {
         protocol: "http",
-        sequence: 0,
+        id: ExchangeId::Sequence(0),
         kind,
         name: "GET /".into(),
         start_ktime_ns: start,
@@ -60,7 +60,7 @@ fn exchange(kind: ExchangeKind, start: u64, end: u64, tid: u32) -> Exchange {
         attributes: vec![],
         status: ExchangeStatus::Ok,
         traceparent: None,
-        fields: BTreeMap::new(),
+        record: Exchange::no_record(),
         order_ids: Vec::new(),
         business: Vec::new(),
     }
@@ -133,13 +133,13 @@ fn client_call_on_another_thread_or_after_the_server_span_is_not_its_child() {
     c.started(&a_in, &start(ExchangeKind::Server, 10, 1, None));
     c.finished(&a_in, exchange(ExchangeKind::Server, 10, 20, 1), 20);
     let mut other_thread = start(ExchangeKind::Client, 12, 2, None);
-    other_thread.sequence = 0;
+    other_thread.id = ExchangeId::Sequence(0);
     c.started(&a_out, &other_thread);
     let mut after = start(ExchangeKind::Client, 30, 1, None);
-    after.sequence = 1;
+    after.id = ExchangeId::Sequence(1);
     c.started(&a_out, &after);
     let mut late = exchange(ExchangeKind::Client, 30, 31, 1);
-    late.sequence = 1;
+    late.id = ExchangeId::Sequence(1);
     c.finished(&a_out, exchange(ExchangeKind::Client, 12, 13, 2), 13);
     c.finished(&a_out, late, 31);
     let mut out = Vec::new();
@@ -167,14 +167,14 @@ fn spans_wait_for_their_settle_time() {
 
 /// A start whose request carries these values (as a path, body or message would).
 fn with_values(mut start: ExchangeStart, sequence: u64, values: &str) -> ExchangeStart {
-    start.sequence = sequence;
+    start.id = ExchangeId::Sequence(sequence);
     crate::protocols::identifiers::collect(values.as_bytes(), &mut start.identifiers);
     start
 }
 
 fn sequenced(kind: ExchangeKind, start: u64, end: u64, tid: u32, sequence: u64) -> Exchange {
     Exchange {
-        sequence,
+        id: ExchangeId::Sequence(sequence),
         ..exchange(kind, start, end, tid)
     }
 }
@@ -316,7 +316,7 @@ fn a_reply_published_while_handling_deliveries_is_the_child_of_the_one_it_answer
     let reply = the(&out, ExchangeKind::Producer);
     let answered = out
         .iter()
-        .find(|s| s.exchange.kind == ExchangeKind::Consumer && s.exchange.sequence == 1)
+        .find(|s| s.exchange.kind == ExchangeKind::Consumer && s.exchange.id == ExchangeId::Sequence(1))
         .unwrap();
     assert_eq!(reply.parent_span_id, Some(answered.span_id));
     assert_eq!(reply.parent_source, Some("message"));

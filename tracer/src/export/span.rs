@@ -58,10 +58,6 @@ pub fn to_span_data(span: ResolvedSpan, clock: &KernelClock) -> SpanData {
         // Made while several requests of its process were open, none shown to be its.
         attributes.push(KeyValue::new("tracer.parent.ambiguous", true));
     }
-    if exchange.protocol == "http" {
-        let scheme = if connection.tls { "https" } else { "http" };
-        attributes.push(KeyValue::new("url.scheme", scheme));
-    }
     if connection.tls {
         attributes.push(KeyValue::new("tls.established", true));
     }

@@ -2,17 +2,15 @@
 //! possible, else scan the text for `"key": value`.
 use serde_json::Value;
 
-use crate::config::ExtractSource;
-
 /// Bodies of one exchange, each parsed at most once however many rules read it.
 #[derive(Default)]
 pub struct Bodies {
-    parsed: Vec<(ExtractSource, Option<Value>)>,
+    parsed: Vec<(&'static str, Option<Value>)>,
 }
 
 impl Bodies {
     /// The parsed body of `source`, or None if it is not (complete) JSON.
-    pub fn parsed(&mut self, source: ExtractSource, text: &str) -> Option<&Value> {
+    pub fn parsed(&mut self, source: &'static str, text: &str) -> Option<&Value> {
         let index = match self.parsed.iter().position(|(s, _)| *s == source) {
             Some(index) => index,
             None => {

@@ -3,8 +3,8 @@ use thiserror::Error;
 
 use super::json;
 use crate::{
-    config::{ExtractConfig, ExtractRule, ExtractSource},
-    protocols::{AttrValue, Exchange},
+    config::{ExtractConfig, ExtractRule},
+    protocols::{self, Exchange, Source, SourceShape},
 };
 
 pub const ORDER_ID: &str = "app.order.id";
@@ -41,7 +41,7 @@ enum How {
 #[derive(Clone, Debug)]
 struct Rule {
     attribute: String,
-    source: ExtractSource,
+    source: &'static Source,
     how: How,
 }
 
@@ -118,14 +118,20 @@ fn compile(rule: &ExtractRule) -> Result<Rule, String> {
     if !rule.attribute.starts_with("app.") {
         return Err("attribute must be in the app.* namespace".into());
     }
-    use ExtractSource::*;
-    let how = match rule.source {
-        HttpPath | AmqpRoutingKey => {
+    let source = protocols::source(rule.source.get_ref()).ok_or_else(|| {
+        let known: Vec<&str> = protocols::sources().iter().map(|s| s.name).collect();
+        format!(
+            "unknown source {:?}; the protocols offer {}",
+            rule.source.get_ref(),
+            known.join(", ")
+        )
+    })?;
+    let how = match source.shape {
+        SourceShape::Template { separator, .. } => {
             let template = rule
                 .template
                 .as_deref()
                 .ok_or("this source needs `template`")?;
-            let separator = if rule.source == HttpPath { '/' } else { '.' };
             let parts: Vec<String> = template.split(separator).map(str::to_owned).collect();
             if parts
                 .iter()
@@ -139,168 +145,123 @@ fn compile(rule: &ExtractRule) -> Result<Rule, String> {
             }
             How::Template { parts, separator }
         }
-        HttpQuery | HttpHeader | AmqpHeader | PostgresParam => {
+        SourceShape::Named { case_insensitive } => {
             let name = rule.name.as_deref().ok_or("this source needs `name`")?;
-            How::Names(vec![if rule.source == HttpHeader {
+            How::Names(vec![if case_insensitive {
                 name.to_ascii_lowercase()
             } else {
                 name.to_owned()
             }])
         }
-        HttpRequestBody | HttpResponseBody | AmqpBody => match (&rule.pointer, &rule.key) {
+        SourceShape::Form => How::Names(vec![rule
+            .name
+            .clone()
+            .ok_or("this source needs `name`")?]),
+        SourceShape::Body => match (&rule.pointer, &rule.key) {
             (Some(pointer), None) if pointer.starts_with('/') => How::Pointer(pointer.clone()),
             (Some(_), None) => return Err("`pointer` must start with '/'".into()),
             (None, Some(key)) => How::Keys(vec![key.clone()]),
             _ => return Err("body sources need exactly one of `pointer` or `key`".into()),
         },
-        AmqpMessageId | AmqpCorrelationId => How::Whole,
+        SourceShape::Whole => How::Whole,
     };
     Ok(Rule {
         attribute: rule.attribute.clone(),
-        source: rule.source,
+        source,
         how,
     })
 }
 
-/// `order_id`, `orderId`, `order-id`, `/orders/{id}`, and the same for users.
+/// `order_id`, `orderId`, `order-id`, `/orders/{id}`, and the same for users, in every
+/// source a protocol offers (by its shape); `status` in bodies.
 fn defaults() -> Vec<Rule> {
-    use ExtractSource::*;
     let mut rules = Vec::new();
+    let sources = protocols::sources();
     for (attribute, word) in [(ORDER_ID, "order"), (USER_ID, "user")] {
         let keys = vec![
             format!("{word}_id"),
             format!("{word}Id"),
             format!("{word}-id"),
         ];
-        let headers = vec![
-            format!("x-{word}-id"),
-            format!("{word}-id"),
-            format!("{word}_id"),
-        ];
-        let rule = |source, how| Rule {
-            attribute: attribute.to_owned(),
-            source,
-            how,
-        };
-        rules.push(rule(
-            HttpPath,
-            How::AfterSegment(vec![format!("{word}s"), word.to_owned()]),
-        ));
-        rules.push(rule(HttpQuery, How::Names(keys.clone())));
-        rules.push(rule(HttpHeader, How::Names(headers.clone())));
-        rules.push(rule(HttpRequestBody, How::Keys(keys.clone())));
-        rules.push(rule(HttpResponseBody, How::Keys(keys.clone())));
-        rules.push(rule(
-            AmqpHeader,
-            How::Names(keys.iter().chain(&headers).cloned().collect()),
-        ));
-        rules.push(rule(AmqpBody, How::Keys(keys.clone())));
-        rules.push(rule(PostgresParam, How::Names(keys)));
+        let mut names = keys.clone();
+        names.push(format!("x-{word}-id"));
+        for source in &sources {
+            let how = match source.shape {
+                SourceShape::Template {
+                    id_after_word: true,
+                    ..
+                } => How::AfterSegment(vec![format!("{word}s"), word.to_owned()]),
+                SourceShape::Template { .. } | SourceShape::Whole => continue,
+                SourceShape::Named {
+                    case_insensitive: true,
+                } => How::Names(names.iter().map(|n| n.to_ascii_lowercase()).collect()),
+                SourceShape::Named { .. } => How::Names(names.clone()),
+                SourceShape::Form => How::Names(keys.clone()),
+                SourceShape::Body => How::Keys(keys.clone()),
+            };
+            rules.push(Rule {
+                attribute: attribute.to_owned(),
+                source,
+                how,
+            });
+        }
     }
     let status_keys = How::Keys(vec![
         "order_status".into(),
         "orderStatus".into(),
         "status".into(),
     ]);
-    for source in [HttpRequestBody, HttpResponseBody, AmqpBody] {
-        rules.push(Rule {
-            attribute: ORDER_STATUS.into(),
-            source,
-            how: status_keys.clone(),
-        });
+    for source in sources {
+        if source.shape == SourceShape::Body {
+            rules.push(Rule {
+                attribute: ORDER_STATUS.into(),
+                source,
+                how: status_keys.clone(),
+            });
+        }
     }
     rules
 }
 
-fn attribute<'a>(exchange: &'a Exchange, key: &str) -> Option<&'a str> {
-    exchange
-        .attributes
-        .iter()
-        .find(|(k, _)| *k == key)
-        .and_then(|(_, v)| match v {
-            AttrValue::Str(s) => Some(s.as_str()),
-            AttrValue::Int(_) => None,
-        })
-}
-
-fn field<'a>(exchange: &'a Exchange, key: &str) -> Option<&'a str> {
-    exchange.fields.get(key).map(String::as_str)
-}
-
-/// The raw text a source names in this exchange, if the exchange is of that protocol.
-fn source_text(source: ExtractSource, exchange: &Exchange) -> Option<&str> {
-    use ExtractSource::*;
-    let http = exchange.protocol == "http";
-    let amqp = exchange.protocol == "amqp";
-    match source {
-        HttpPath if http => attribute(exchange, "url.path"),
-        HttpQuery if http => attribute(exchange, "url.query"),
-        HttpRequestBody if http => field(exchange, "request.body"),
-        HttpResponseBody if http => field(exchange, "response.body"),
-        AmqpMessageId if amqp => field(exchange, "message_id"),
-        AmqpCorrelationId if amqp => field(exchange, "correlation_id"),
-        AmqpRoutingKey if amqp => field(exchange, "routing_key"),
-        AmqpBody if amqp => field(exchange, "body"),
-        _ => None,
-    }
-}
-
 fn find(rule: &Rule, exchange: &Exchange, bodies: &mut json::Bodies) -> Vec<String> {
-    use ExtractSource::*;
-    match (&rule.how, rule.source) {
-        (How::Names(names), HttpHeader) if exchange.protocol == "http" => names
+    let record = &exchange.record;
+    let name = rule.source.name;
+    if let (How::Names(names), SourceShape::Named { .. }) = (&rule.how, rule.source.shape) {
+        return names
             .iter()
-            .filter_map(|n| field(exchange, &format!("request.header.{n}")))
+            .filter_map(|n| record.named(name, n))
+            .filter(|v| !v.is_empty())
             .map(str::to_owned)
-            .collect(),
-        (How::Names(names), AmqpHeader) if exchange.protocol == "amqp" => names
-            .iter()
-            .filter_map(|n| field(exchange, &format!("header.{n}")))
-            .map(str::to_owned)
-            .collect(),
-        (How::Names(names), PostgresParam) if exchange.protocol == "postgres" => names
-            .iter()
-            .filter_map(|n| field(exchange, &format!("param.{n}")))
-            .map(str::to_owned)
-            .collect(),
-        (How::Names(_), HttpHeader | AmqpHeader | PostgresParam) => Vec::new(),
-        (How::Names(names), source) => {
-            let Some(query) = source_text(source, exchange) else {
-                return Vec::new();
-            };
-            form_values(query, names)
+            .collect();
+    }
+    let Some(text) = record.text(name) else {
+        return Vec::new();
+    };
+    match &rule.how {
+        How::Names(names) => form_values(text, names),
+        How::Template { parts, separator } => {
+            template_value(text, parts, *separator).into_iter().collect()
         }
-        (how, source) => {
-            let Some(text) = source_text(source, exchange) else {
-                return Vec::new();
-            };
-            match how {
-                How::Template { parts, separator } => template_value(text, parts, *separator)
-                    .into_iter()
-                    .collect(),
-                How::AfterSegment(words) => after_segment(text, words).into_iter().collect(),
-                How::Pointer(pointer) => bodies
-                    .parsed(source, text)
-                    .and_then(|v| json::pointer_in(v, pointer))
-                    .into_iter()
-                    .collect(),
-                How::Keys(keys) => {
-                    let trimmed = text.trim_start();
-                    if !(trimmed.starts_with('{') || trimmed.starts_with('[')) {
-                        form_values(text, keys)
-                    } else if let Some(value) = bodies.parsed(source, text) {
-                        json::keys_in(value, keys)
-                    } else {
-                        json::scan(text, keys)
-                    }
-                }
-                How::Whole => Some(text.to_owned())
-                    .filter(|t| !t.is_empty())
-                    .into_iter()
-                    .collect(),
-                How::Names(_) => Vec::new(),
+        How::AfterSegment(words) => after_segment(text, words).into_iter().collect(),
+        How::Pointer(pointer) => bodies
+            .parsed(name, text)
+            .and_then(|v| json::pointer_in(v, pointer))
+            .into_iter()
+            .collect(),
+        How::Keys(keys) => {
+            let trimmed = text.trim_start();
+            if !(trimmed.starts_with('{') || trimmed.starts_with('[')) {
+                form_values(text, keys)
+            } else if let Some(value) = bodies.parsed(name, text) {
+                json::keys_in(value, keys)
+            } else {
+                json::scan(text, keys)
             }
         }
+        How::Whole => Some(text.to_owned())
+            .filter(|t| !t.is_empty())
+            .into_iter()
+            .collect(),
     }
 }
 

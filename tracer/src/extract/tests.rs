@@ -1,9 +1,12 @@
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::*;
 use crate::{
     config::{Config, ExtractConfig},
-    protocols::{AttrValue, Exchange, ExchangeKind, ExchangeStatus},
+    protocols::{
+        http::record::HttpRecord, AttrValue, Exchange, ExchangeId, ExchangeKind, ExchangeStatus,
+        Record,
+    },
 };
 
 fn http(
@@ -13,15 +16,19 @@ fn http(
     request: &str,
     response: &str,
 ) -> Exchange {
-    let mut fields = BTreeMap::new();
-    fields.insert("request.body".to_owned(), request.to_owned());
-    fields.insert("response.body".to_owned(), response.to_owned());
-    for (name, value) in headers {
-        fields.insert(format!("request.header.{name}"), value.to_string());
-    }
+    let record = HttpRecord {
+        path: path.to_owned(),
+        query: query.to_owned(),
+        headers: headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+        request_body: Some(request.to_owned()),
+        response_body: Some(response.to_owned()),
+    };
     Exchange {
         protocol: "http",
-        sequence: 0,
+        id: ExchangeId::Sequence(0),
         kind: ExchangeKind::Server,
         name: String::new(),
         start_ktime_ns: 0,
@@ -33,7 +40,7 @@ fn http(
         ],
         status: ExchangeStatus::Ok,
         traceparent: None,
-        fields,
+        record: Arc::new(record),
         order_ids: Vec::new(),
         business: Vec::new(),
     }
@@ -42,13 +49,38 @@ fn http(
 fn amqp(routing_key: &str, headers: &[(&str, &str)], body: &str) -> Exchange {
     let mut x = http("", "", &[], "", "");
     x.protocol = "amqp";
-    x.fields.clear();
-    x.fields.insert("routing_key".into(), routing_key.into());
-    x.fields.insert("body".into(), body.into());
-    for (name, value) in headers {
-        x.fields.insert(format!("header.{name}"), value.to_string());
-    }
+    x.record = Arc::new(TestAmqp {
+        routing_key: routing_key.into(),
+        headers: headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+        body: body.into(),
+    });
     x
+}
+
+/// What the AMQP record answers, for rules tests.
+#[derive(Debug)]
+struct TestAmqp {
+    routing_key: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Record for TestAmqp {
+    fn text(&self, source: &str) -> Option<&str> {
+        match source {
+            "amqp_routing_key" => Some(&self.routing_key),
+            "amqp_body" => Some(&self.body),
+            _ => None,
+        }
+    }
+    fn named(&self, source: &str, name: &str) -> Option<&str> {
+        (source == "amqp_header")
+            .then(|| crate::protocols::record::lookup(&self.headers, name, false))
+            .flatten()
+    }
 }
 
 fn get<'a>(found: &'a Extracted, attribute: &str) -> Option<&'a str> {

@@ -157,7 +157,7 @@ impl Privacy {
         }
         // Raw bodies and headers never leave the agent; drop them now so nothing downstream
         // can export them by mistake.
-        exchange.fields.clear();
+        exchange.record = crate::protocols::Exchange::no_record();
         if self.options.pseudonymise_ids {
             let order_ids = std::mem::take(&mut exchange.order_ids);
             exchange.order_ids = order_ids

@@ -53,13 +53,17 @@ pub fn policy(key: &str) -> Option<Policy> {
         | "db.system.name"
         | "db.response.status_code"
         | "db.response.command_tag"
-        | "db.operation.name" => Keep,
+        | "db.operation.name"
+        | "rpc.system"
+        | "rpc.grpc.status_code" => Keep,
         "url.path" | "http.route" => Path,
         "messaging.rabbitmq.destination.routing_key" => RoutingKey,
         "messaging.destination.name"
         | "messaging.destination.subscription.name"
         | "db.collection.name"
-        | "db.namespace" => Name,
+        | "db.namespace"
+        | "rpc.service"
+        | "rpc.method" => Name,
         "url.query" => Query,
         "app.order.id" | "app.user.id" => Id,
         "messaging.message.id"

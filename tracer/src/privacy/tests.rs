@@ -19,7 +19,7 @@ fn key() -> IdKey {
 fn child_span() -> ResolvedSpan {
     let exchange = Exchange {
         protocol: "http",
-        sequence: 0,
+        id: crate::protocols::ExchangeId::Sequence(0),
         kind: ExchangeKind::Client,
         name: "GET /orders/{id}/price".into(),
         start_ktime_ns: 1,
@@ -40,7 +40,10 @@ fn child_span() -> ResolvedSpan {
             message: "Key (email)=(anna@example.com) already exists for user +4915112345678".into(),
         },
         traceparent: None,
-        fields: [("request.header.cookie".to_owned(), "s=1".to_owned())].into(),
+        record: std::sync::Arc::new(crate::protocols::http::record::HttpRecord {
+            headers: vec![("cookie".to_owned(), "s=1".to_owned())],
+            ..Default::default()
+        }),
         order_ids: Vec::new(),
         business: Vec::new(),
     };
@@ -124,7 +127,7 @@ fn every_attribute_leaves_in_its_safe_form_and_the_dry_run_says_why() {
         vec![(ORDER_ID.to_owned(), order.clone())]
     );
     assert!(
-        span.exchange.fields.is_empty(),
+        span.exchange.record.named("http_header", "cookie").is_none(),
         "headers and bodies never leave"
     );
     let reasons = |key: &str| why.0.get(key).cloned().unwrap_or_default();

@@ -1,7 +1,18 @@
 //! The protocol-independent record of one request/response (or message) exchange.
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use super::record::{NoRecord, Record};
 use crate::capture::Role;
+
+/// Which exchange of its connection a span is: the n-th request of a connection that
+/// carries one exchange at a time (HTTP/1, AMQP, PostgreSQL), or a stream of a multiplexed
+/// one (HTTP/2). Both ends of a connection name a stream alike; sequence numbers can differ
+/// when one end was picked up mid-connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExchangeId {
+    Sequence(u64),
+    Stream(u32),
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExchangeKind {
@@ -66,8 +77,7 @@ pub struct Peer {
 /// An exchange has begun: enough to give it an identity and find its parent.
 #[derive(Clone, Debug)]
 pub struct ExchangeStart {
-    /// Per-connection sequence number: the n-th request on this connection.
-    pub sequence: u64,
+    pub id: ExchangeId,
     pub kind: ExchangeKind,
     pub start_ktime_ns: u64,
     pub tid: u32,
@@ -95,7 +105,7 @@ pub struct BrokerEvent {
 #[derive(Clone, Debug)]
 pub struct Exchange {
     pub protocol: &'static str,
-    pub sequence: u64,
+    pub id: ExchangeId,
     pub kind: ExchangeKind,
     pub name: String,
     pub start_ktime_ns: u64,
@@ -104,10 +114,18 @@ pub struct Exchange {
     pub attributes: Vec<(&'static str, AttrValue)>,
     pub status: ExchangeStatus,
     pub traceparent: Option<String>,
-    /// Raw material for business rules (request/response body prefixes, headers…), not exported.
-    pub fields: BTreeMap<String, String>,
+    /// The protocol's own record: what its extraction sources read (bodies, headers…);
+    /// never exported.
+    pub record: Arc<dyn Record>,
     /// Order ids found by the extraction rules, first-found first.
     pub order_ids: Vec<String>,
     /// `app.*` attributes from the extraction rules.
     pub business: Vec<(String, String)>,
+}
+
+impl Exchange {
+    /// An exchange with no protocol record (synthesized spans, tests).
+    pub fn no_record() -> Arc<dyn Record> {
+        Arc::new(NoRecord)
+    }
 }

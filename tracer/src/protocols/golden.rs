@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 
 use crate::{
     capture::Direction,
-    protocols::{AttrValue, ExchangeEvent, ExchangeKind, ExchangeStatus, ProtocolSession},
+    protocols::{
+        AttrValue, ExchangeEvent, ExchangeId, ExchangeKind, ExchangeStatus, ProtocolSession,
+    },
 };
 
 pub fn records(dir: &Path, name: &str) -> Vec<(Direction, u64, Vec<u8>)> {
@@ -65,10 +67,14 @@ fn kind(kind: ExchangeKind) -> &'static str {
 
 pub fn render(event: &ExchangeEvent) -> Value {
     match event {
-        ExchangeEvent::Started(s) => json!({
-            "event": "started", "kind": kind(s.kind), "sequence": s.sequence,
-            "publishes": s.message_out.is_some(), "receives": s.message_in.is_some(),
-        }),
+        ExchangeEvent::Started(s) => {
+            let mut started = json!({
+                "event": "started", "kind": kind(s.kind),
+                "publishes": s.message_out.is_some(), "receives": s.message_in.is_some(),
+            });
+            with_id(&mut started, s.id);
+            started
+        }
         ExchangeEvent::Finished(x) => {
             let attributes: BTreeMap<&str, Value> = x
                 .attributes
@@ -90,21 +96,31 @@ pub fn render(event: &ExchangeEvent) -> Value {
                     message,
                 } => json!({ "error_type": error_type, "message": message }),
             };
-            json!({
-                "event": "finished", "kind": kind(x.kind), "sequence": x.sequence, "name": x.name,
-                "status": status, "attributes": attributes, "body": x.fields.get("body"),
-            })
+            let mut finished = json!({
+                "event": "finished", "kind": kind(x.kind), "name": x.name,
+                "status": status, "attributes": attributes, "body": x.record.text("amqp_body"),
+            });
+            with_id(&mut finished, x.id);
+            finished
         }
-        ExchangeEvent::Identified {
-            sequence,
-            identifiers,
-        } => {
-            json!({ "event": "identified", "sequence": sequence, "identifiers": identifiers.len() })
+        ExchangeEvent::Identified { id, identifiers } => {
+            let mut identified = json!({ "event": "identified", "identifiers": identifiers.len() });
+            with_id(&mut identified, *id);
+            identified
         }
         ExchangeEvent::Broker(b) => {
             json!({ "event": "broker", "entered": b.entered, "fingerprint": format!("{:016x}", b.fingerprint) })
         }
     }
+}
+
+/// `"sequence": n` or `"stream": id`.
+fn with_id(value: &mut Value, id: ExchangeId) {
+    let (key, n) = match id {
+        ExchangeId::Sequence(n) => ("sequence", n),
+        ExchangeId::Stream(s) => ("stream", u64::from(s)),
+    };
+    value[key] = json!(n);
 }
 
 pub fn compare(dir: &Path, name: &str, events: &[ExchangeEvent]) {

@@ -1,16 +1,22 @@
 //! Application protocols: inferred from a connection's first bytes, then parsed per
-//! connection into `Exchange`s. Adding a protocol is one folder plus one registry line.
+//! connection into `Exchange`s. Adding a protocol is one folder plus one registry line:
+//! the folder holds its inference, parser, session, record (with the extraction sources it
+//! offers) and tests; the registry below is the only list of protocols in the agent.
 pub mod amqp;
 mod exchange;
 #[cfg(test)]
-mod golden;
+pub(crate) mod golden;
 pub mod http;
+pub mod http2;
 pub mod identifiers;
 pub mod postgres;
+pub mod record;
 
 pub use exchange::{
-    AttrValue, BrokerEvent, Exchange, ExchangeKind, ExchangeStart, ExchangeStatus, Peer,
+    AttrValue, BrokerEvent, Exchange, ExchangeId, ExchangeKind, ExchangeStart, ExchangeStatus,
+    Peer,
 };
+pub use record::{Record, Source, SourceShape};
 
 use crate::capture::{Direction, Role};
 
@@ -21,6 +27,31 @@ pub enum Inference {
     No,
     /// Too few bytes to tell.
     NeedMore,
+}
+
+/// What a session is told about its connection when it is made.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionContext {
+    pub role: Role,
+    /// The direction of the first bytes seen.
+    pub first_direction: Direction,
+    /// The connection predates the agent (or bytes were lost): the first bytes may be
+    /// anywhere in a message, and connection state (e.g. HPACK tables) is unknown.
+    pub mid_stream: bool,
+    /// The bytes are TLS plaintext from the uprobes.
+    pub tls: bool,
+}
+
+impl SessionContext {
+    /// A plaintext connection.
+    pub fn new(role: Role, first_direction: Direction, mid_stream: bool) -> Self {
+        Self {
+            role,
+            first_direction,
+            mid_stream,
+            tls: false,
+        }
+    }
 }
 
 /// Settings every protocol session gets.
@@ -49,7 +80,7 @@ pub enum ExchangeEvent {
     /// More identifiers of a started exchange (e.g. from a request body read after its
     /// head), for the correlator's causality evidence.
     Identified {
-        sequence: u64,
+        id: ExchangeId,
         identifiers: Vec<identifiers::Identifier>,
     },
     Finished(Exchange),
@@ -61,13 +92,11 @@ pub trait Protocol: Sync {
     /// Looks at the first bytes seen in `direction`. `mid_stream` is true for connections
     /// that predate the agent, whose first bytes may be anywhere in a message.
     fn infer(&self, bytes: &[u8], direction: Direction, mid_stream: bool) -> Inference;
-    fn session(
-        &self,
-        role: Role,
-        first_direction: Direction,
-        mid_stream: bool,
-        options: &SessionOptions,
-    ) -> Box<dyn ProtocolSession>;
+    fn session(&self, context: SessionContext, options: &SessionOptions)
+        -> Box<dyn ProtocolSession>;
+    /// The extraction sources its records offer (`source = "…"` in extraction rules).
+    /// Protocols that share semantics share sources (HTTP/1 and HTTP/2: `http_path`, …).
+    fn sources(&self) -> &'static [Source];
 }
 
 /// One connection's parser. Must never panic on any input: bad bytes are skipped and counted.
@@ -92,10 +121,39 @@ pub trait ProtocolSession: Send {
     fn close(&mut self, ktime_ns: u64, out: &mut Vec<ExchangeEvent>);
     /// Bytes skipped as unparseable so far (for `parse_errors_total{protocol}`).
     fn bytes_skipped(&self) -> u64;
+    /// Protocol-specific events worth counting (closed connections only), e.g. HTTP/2
+    /// header blocks that could not be decoded: `tracer_protocol_events_total{protocol,event}`.
+    fn events(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// The registry: every protocol tracer understands, tried in this order.
-pub static PROTOCOLS: &[&dyn Protocol] = &[&http::Http, &amqp::Amqp, &postgres::Postgres];
+pub static PROTOCOLS: &[&dyn Protocol] = &[
+    &http2::Http2,
+    &http::Http,
+    &amqp::Amqp,
+    &postgres::Postgres,
+];
+
+/// The extraction source of this name, from whichever protocol declares it.
+pub fn source(name: &str) -> Option<&'static Source> {
+    PROTOCOLS
+        .iter()
+        .flat_map(|p| p.sources())
+        .find(|s| s.name == name)
+}
+
+/// Every extraction source, once each (for error messages and the built-in rules).
+pub fn sources() -> Vec<&'static Source> {
+    let mut all: Vec<&'static Source> = Vec::new();
+    for source in PROTOCOLS.iter().flat_map(|p| p.sources()) {
+        if !all.iter().any(|s| s.name == source.name) {
+            all.push(source);
+        }
+    }
+    all
+}
 
 /// The first protocol that claims these bytes; `Err(true)` when some protocol needs more.
 pub fn infer(
@@ -140,5 +198,14 @@ mod tls_tests {
             assert!(!is_tls_record(plain), "{plain:?}");
         }
         assert!(infer(client_hello, Direction::Egress, false).is_err());
+    }
+
+    #[test]
+    fn protocols_that_share_a_source_agree_on_its_shape() {
+        for a in PROTOCOLS.iter().flat_map(|p| p.sources()) {
+            let b = source(a.name).unwrap();
+            assert_eq!(a.shape, b.shape, "{}", a.name);
+        }
+        assert!(source("http_path").is_some() && source("nope").is_none());
     }
 }

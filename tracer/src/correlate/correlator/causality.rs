@@ -19,7 +19,7 @@
 use super::{Correlator, NodeId, Parent};
 use crate::{
     capture::Connection,
-    protocols::{identifiers::Identifier, ExchangeKind},
+    protocols::{identifiers::Identifier, ExchangeId, ExchangeKind},
 };
 
 /// `tracer.parent.source`: how a span's parent was found.
@@ -108,8 +108,8 @@ impl Correlator {
     }
 
     /// More identifiers of a started exchange (its request body, read after the head).
-    pub fn identified(&mut self, connection: &Connection, sequence: u64, found: &[Identifier]) {
-        let Some(node) = self.nodes.get_mut(&(connection.id, sequence)) else {
+    pub fn identified(&mut self, connection: &Connection, id: ExchangeId, found: &[Identifier]) {
+        let Some(node) = self.nodes.get_mut(&(connection.id, id)) else {
             return;
         };
         for identifier in found {

@@ -6,7 +6,9 @@ use std::collections::VecDeque;
 use opentelemetry_sdk::trace::IdGenerator;
 
 use super::{Correlator, NodeId, ResolvedSpan};
-use crate::protocols::{AttrValue, BrokerEvent, Exchange, ExchangeKind, ExchangeStatus};
+use crate::protocols::{
+    AttrValue, BrokerEvent, Exchange, ExchangeId, ExchangeKind, ExchangeStatus,
+};
 
 /// Broker-side records kept per fingerprint.
 const MAX_BROKER_BACKLOG: usize = 10_000;
@@ -116,7 +118,7 @@ impl Correlator {
             if node.delivered {
                 continue;
             }
-            let Some((connection, mut attributes)) = node.published.as_deref().cloned() else {
+            let Some((connection, protocol, mut attributes)) = node.published.as_deref().cloned() else {
                 continue;
             };
             let (producer_span, start_ns, tid) =
@@ -145,8 +147,8 @@ impl Correlator {
                 ((self.stuck_after_ns / 1_000_000) as i64).into(),
             ));
             let exchange = Exchange {
-                protocol: "amqp",
-                sequence: u64::MAX,
+                protocol,
+                id: ExchangeId::Sequence(u64::MAX),
                 kind: ExchangeKind::Internal,
                 name: "message not delivered".into(),
                 start_ktime_ns: start_ns,
@@ -158,7 +160,7 @@ impl Correlator {
                     message: format!("no delivery within {waited_s} s: stuck in a queue or lost"),
                 },
                 traceparent: None,
-                fields: Default::default(),
+                record: Exchange::no_record(),
                 order_ids: Vec::new(),
                 business: Vec::new(),
             };

@@ -2,6 +2,7 @@
 //! clients, message entry/exit on the broker.
 mod frames;
 mod message;
+mod record;
 mod session;
 mod spans;
 
@@ -10,14 +11,18 @@ mod tests;
 
 pub use session::AmqpSession;
 
-use super::{Inference, Protocol, ProtocolSession, SessionOptions};
-use crate::capture::{Direction, Role};
+use super::{record::Source, Inference, Protocol, ProtocolSession, SessionContext, SessionOptions};
+use crate::capture::Direction;
 
 pub struct Amqp;
 
 impl Protocol for Amqp {
     fn name(&self) -> &'static str {
         "amqp"
+    }
+
+    fn sources(&self) -> &'static [Source] {
+        record::SOURCES
     }
 
     /// The protocol header, or (mid-stream) a strictly valid frame: known type, frame end
@@ -30,13 +35,7 @@ impl Protocol for Amqp {
         }
     }
 
-    fn session(
-        &self,
-        role: Role,
-        _first_direction: Direction,
-        mid_stream: bool,
-        options: &SessionOptions,
-    ) -> Box<dyn ProtocolSession> {
-        Box::new(AmqpSession::new(role, options, mid_stream))
+    fn session(&self, context: SessionContext, options: &SessionOptions) -> Box<dyn ProtocolSession> {
+        Box::new(AmqpSession::new(context.role, options, context.mid_stream))
     }
 }

@@ -12,7 +12,7 @@ use crate::{
     capture::Direction,
     protocols::{
         identifiers::{self, Identifier},
-        AttrValue, Exchange, ExchangeEvent, ExchangeKind, ExchangeStart, ExchangeStatus,
+        AttrValue, Exchange, ExchangeEvent, ExchangeId, ExchangeKind, ExchangeStart, ExchangeStatus,
     },
 };
 
@@ -125,7 +125,7 @@ pub fn start(
 ) -> ExchangeStart {
     let fingerprint = message.fingerprint();
     ExchangeStart {
-        sequence,
+        id: ExchangeId::Sequence(sequence),
         kind,
         start_ktime_ns: message.start_ktime_ns,
         tid: message.tid,
@@ -217,22 +217,6 @@ pub fn finish(open: Open, end_ktime_ns: u64, kind: ExchangeKind) -> Exchange {
             (*delivery_tag as i64).into(),
         ));
     }
-    let mut fields = BTreeMap::new();
-    fields.insert(
-        "body".to_owned(),
-        String::from_utf8_lossy(&message.body_prefix).into_owned(),
-    );
-    fields.insert("exchange".to_owned(), message.exchange.clone());
-    fields.insert("routing_key".to_owned(), message.routing_key.clone());
-    for (name, value) in &message.headers {
-        fields.insert(format!("header.{name}"), value.clone());
-    }
-    if let Some(id) = &message.message_id {
-        fields.insert("message_id".to_owned(), id.clone());
-    }
-    if let Some(id) = &message.correlation_id {
-        fields.insert("correlation_id".to_owned(), id.clone());
-    }
     let status = match error {
         Some((error_type, message)) => ExchangeStatus::Error {
             error_type,
@@ -242,7 +226,7 @@ pub fn finish(open: Open, end_ktime_ns: u64, kind: ExchangeKind) -> Exchange {
     };
     Exchange {
         protocol: "amqp",
-        sequence,
+        id: ExchangeId::Sequence(sequence),
         kind,
         name: format!("{operation} {destination}"),
         start_ktime_ns: message.start_ktime_ns,
@@ -251,7 +235,7 @@ pub fn finish(open: Open, end_ktime_ns: u64, kind: ExchangeKind) -> Exchange {
         attributes,
         status,
         traceparent: message.traceparent().map(str::to_owned),
-        fields,
+        record: std::sync::Arc::new(super::record::AmqpRecord::from(message)),
         order_ids: Vec::new(),
         business: Vec::new(),
     }

@@ -1,5 +1,6 @@
 //! HTTP/1.x: inference, a per-direction parser (httparse), and request/response pairing.
 mod parser;
+pub mod record;
 pub mod route;
 mod session;
 
@@ -7,16 +8,23 @@ mod session;
 mod tests;
 
 use parser::{find_start_line, looks_like_start, Side};
+pub(crate) use session::status_for;
 pub use session::HttpSession;
 
-use super::{Inference, Protocol, ProtocolSession, SessionOptions};
-use crate::capture::{Direction, Role};
+use super::{
+    record::Source, Inference, Protocol, ProtocolSession, SessionContext, SessionOptions,
+};
+use crate::capture::Direction;
 
 pub struct Http;
 
 impl Protocol for Http {
     fn name(&self) -> &'static str {
         "http"
+    }
+
+    fn sources(&self) -> &'static [Source] {
+        record::SOURCES
     }
 
     fn infer(&self, bytes: &[u8], _direction: Direction, mid_stream: bool) -> Inference {
@@ -48,13 +56,7 @@ impl Protocol for Http {
         }
     }
 
-    fn session(
-        &self,
-        role: Role,
-        first_direction: Direction,
-        mid_stream: bool,
-        options: &SessionOptions,
-    ) -> Box<dyn ProtocolSession> {
-        Box::new(HttpSession::new(role, first_direction, options, mid_stream))
+    fn session(&self, context: SessionContext, options: &SessionOptions) -> Box<dyn ProtocolSession> {
+        Box::new(HttpSession::new(context, options))
     }
 }

@@ -1,17 +1,18 @@
 //! Pairs the requests of one HTTP/1.x connection with their responses (keep-alive and
 //! pipelining: strictly in order) and turns each pair into an `Exchange`.
-use std::collections::{BTreeMap, VecDeque};
+use std::{collections::VecDeque, sync::Arc};
 
 use super::{
     parser::{Event, Framing, Head, Parser, Side},
+    record::HttpRecord,
     route,
 };
 use crate::{
     capture::{Direction, Role},
     protocols::{
         identifiers::{self, Identifier},
-        AttrValue, Exchange, ExchangeEvent, ExchangeKind, ExchangeStart, ExchangeStatus,
-        ProtocolSession, SessionOptions,
+        AttrValue, Exchange, ExchangeEvent, ExchangeId, ExchangeKind, ExchangeStart,
+        ExchangeStatus, ProtocolSession, SessionContext, SessionOptions,
     },
 };
 
@@ -47,15 +48,18 @@ pub struct HttpSession {
     next_sequence: u64,
     tunnel: bool,
     route_templates: Vec<String>,
+    /// `url.scheme`: `https` for TLS plaintext.
+    scheme: &'static str,
 }
 
 impl HttpSession {
-    pub fn new(
-        role: Role,
-        first_direction: Direction,
-        options: &SessionOptions,
-        mid_stream: bool,
-    ) -> Self {
+    pub fn new(context: SessionContext, options: &SessionOptions) -> Self {
+        let SessionContext {
+            role,
+            first_direction,
+            mid_stream,
+            tls,
+        } = context;
         // Requests travel from client to server: ingress for a server, egress for a client.
         // With an unknown role, whoever spoke first sent a request.
         let request_direction = match role {
@@ -78,6 +82,7 @@ impl HttpSession {
             next_sequence: 0,
             tunnel: false,
             route_templates: options.route_templates.clone(),
+            scheme: if tls { "https" } else { "http" },
         }
     }
 
@@ -94,7 +99,7 @@ impl HttpSession {
                     let sequence = self.next_sequence;
                     self.next_sequence += 1;
                     out.push(ExchangeEvent::Started(ExchangeStart {
-                        sequence,
+                        id: ExchangeId::Sequence(sequence),
                         kind: self.kind,
                         start_ktime_ns: ktime_ns,
                         tid,
@@ -122,7 +127,7 @@ impl HttpSession {
                         identifiers::collect(&body_prefix, &mut identifiers);
                         if !identifiers.is_empty() {
                             out.push(ExchangeEvent::Identified {
-                                sequence: request.sequence,
+                                id: ExchangeId::Sequence(request.sequence),
                                 identifiers,
                             });
                         }
@@ -207,13 +212,16 @@ impl HttpSession {
         if let Some(host) = head.header("host") {
             attributes.push(("http.request.header.host", host.into()));
         }
-        let mut fields = BTreeMap::new();
+        attributes.push(("url.scheme", self.scheme.into()));
         let (request_body_len, request_prefix) = request.body.unwrap_or_default();
         attributes.push(("http.request.body.size", (request_body_len as i64).into()));
-        fields.insert(
-            "request.body".to_owned(),
-            String::from_utf8_lossy(&request_prefix).into_owned(),
-        );
+        let mut record = HttpRecord {
+            path: path.to_owned(),
+            query: query.to_owned(),
+            headers: head.headers.clone(),
+            request_body: Some(String::from_utf8_lossy(&request_prefix).into_owned()),
+            response_body: None,
+        };
         let status = match &response {
             Some((response, body_len, prefix, lossy)) => {
                 attributes.push((
@@ -221,10 +229,7 @@ impl HttpSession {
                     i64::from(response.status).into(),
                 ));
                 attributes.push(("http.response.body.size", (*body_len as i64).into()));
-                fields.insert(
-                    "response.body".to_owned(),
-                    String::from_utf8_lossy(prefix).into_owned(),
-                );
+                record.response_body = Some(String::from_utf8_lossy(prefix).into_owned());
                 if *lossy {
                     attributes.push(("tracer.capture.incomplete", "true".into()));
                 }
@@ -235,12 +240,9 @@ impl HttpSession {
                 message: "connection closed before a response".into(),
             },
         };
-        for (name, value) in &head.headers {
-            fields.insert(format!("request.header.{name}"), value.clone());
-        }
         Exchange {
             protocol: "http",
-            sequence: request.sequence,
+            id: ExchangeId::Sequence(request.sequence),
             kind: self.kind,
             name: format!("{} {}", head.method, route),
             start_ktime_ns: request.start_ktime_ns,
@@ -249,7 +251,7 @@ impl HttpSession {
             attributes,
             status,
             traceparent: head.header("traceparent").map(str::to_owned),
-            fields,
+            record: Arc::new(record),
             order_ids: Vec::new(),
             business: Vec::new(),
         }
@@ -258,7 +260,7 @@ impl HttpSession {
 
 /// Error status per the HTTP semantic conventions: 5xx on the server side, 4xx and 5xx on
 /// the client side.
-fn status_for(kind: ExchangeKind, status: u16) -> ExchangeStatus {
+pub(crate) fn status_for(kind: ExchangeKind, status: u16) -> ExchangeStatus {
     let error = match kind {
         ExchangeKind::Client => status >= 400,
         _ => status >= 500,

@@ -3,7 +3,8 @@ use super::HttpSession;
 use crate::{
     capture::{Direction, Role},
     protocols::{
-        AttrValue, Exchange, ExchangeEvent, ExchangeStatus, ProtocolSession, SessionOptions,
+        AttrValue, Exchange, ExchangeEvent, ExchangeStatus, ProtocolSession, SessionContext,
+        SessionOptions,
     },
 };
 
@@ -12,13 +13,11 @@ const OUT: Direction = Direction::Egress;
 
 fn server() -> HttpSession {
     HttpSession::new(
-        Role::Server,
-        IN,
+        SessionContext::new(Role::Server, IN, false),
         &SessionOptions {
             body_prefix_bytes: 64,
             ..SessionOptions::default()
         },
-        false,
     )
 }
 
@@ -96,8 +95,8 @@ fn chunked_response_split_across_reads_byte_by_byte() {
         attr(done[0], "http.response.body.size"),
         Some(&AttrValue::Int(9))
     );
-    assert_eq!(done[0].fields["response.body"], "wikipedia");
-    assert_eq!(done[0].fields["request.body"], "hello");
+    assert_eq!(done[0].record.text("http_response_body").unwrap(), "wikipedia");
+    assert_eq!(done[0].record.text("http_request_body").unwrap(), "hello");
 }
 
 #[test]
@@ -164,7 +163,7 @@ fn body_larger_than_capture_is_skipped_through_the_gap() {
         Some(&AttrValue::Int(5_000_000))
     );
     assert_eq!(
-        done[0].fields["request.body"].len(),
+        done[0].record.text("http_request_body").unwrap().len(),
         64,
         "only the configured prefix is kept"
     );
@@ -198,7 +197,10 @@ fn gap_inside_a_head_resynchronises_at_the_next_request() {
 
 #[test]
 fn mid_stream_session_starts_at_the_first_request_line() {
-    let mut s = HttpSession::new(Role::Server, IN, &SessionOptions::default(), true);
+    let mut s = HttpSession::new(
+        SessionContext::new(Role::Server, IN, true),
+        &SessionOptions::default(),
+    );
     let mut out = Vec::new();
     s.feed(
         IN,

@@ -2,6 +2,7 @@
 //! statement (without literals), table, SQLSTATE and transaction state.
 mod backend;
 mod frontend;
+mod record;
 mod session;
 mod sql;
 
@@ -10,14 +11,20 @@ mod tests;
 
 pub use session::PostgresSession;
 
-use super::{Inference, Protocol, ProtocolSession, SessionOptions};
-use crate::capture::{Direction, Role};
+use super::{
+    record::Source, Inference, Protocol, ProtocolSession, SessionContext, SessionOptions,
+};
+use crate::capture::Direction;
 
 pub struct Postgres;
 
 impl Protocol for Postgres {
     fn name(&self) -> &'static str {
         "postgres"
+    }
+
+    fn sources(&self) -> &'static [Source] {
+        record::SOURCES
     }
 
     /// A startup (or SSL request) sent by the client; mid-stream, a query, Parse or Sync.
@@ -33,13 +40,7 @@ impl Protocol for Postgres {
         }
     }
 
-    fn session(
-        &self,
-        _role: Role,
-        _first: Direction,
-        mid_stream: bool,
-        _options: &SessionOptions,
-    ) -> Box<dyn ProtocolSession> {
-        Box::new(PostgresSession::new(mid_stream))
+    fn session(&self, context: SessionContext, _options: &SessionOptions) -> Box<dyn ProtocolSession> {
+        Box::new(PostgresSession::new(context.mid_stream))
     }
 }

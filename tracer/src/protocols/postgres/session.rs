@@ -1,6 +1,6 @@
 //! One client connection to PostgreSQL: a CLIENT span per simple query and per extended-
 //! query Execute, ended by its CommandComplete or ErrorResponse (or by ReadyForQuery).
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use super::{
     backend::{Backend, BackendReader},
@@ -11,7 +11,7 @@ use crate::{
     capture::Direction,
     protocols::{
         identifiers::{self, Identifier},
-        AttrValue, Exchange, ExchangeEvent, ExchangeKind, ExchangeStart, ExchangeStatus,
+        AttrValue, Exchange, ExchangeEvent, ExchangeId, ExchangeKind, ExchangeStart, ExchangeStatus,
         ProtocolSession,
     },
 };
@@ -71,7 +71,7 @@ impl PostgresSession {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         out.push(ExchangeEvent::Started(ExchangeStart {
-            sequence,
+            id: ExchangeId::Sequence(sequence),
             kind: ExchangeKind::Client,
             start_ktime_ns: self.ktime_ns,
             tid: self.tid,
@@ -207,10 +207,9 @@ impl PostgresSession {
             }
             None => ExchangeStatus::Ok,
         };
-        let mut fields = BTreeMap::new();
-        for (column, value) in sql::column_values(&pending.query, &pending.params) {
-            fields.insert(format!("param.{column}"), value);
-        }
+        let columns = sql::column_values(&pending.query, &pending.params)
+            .into_iter()
+            .collect();
         let name = match (operation, &table) {
             (Some(operation), Some(table)) => format!("{operation} {table}"),
             (Some(operation), None) => operation.to_owned(),
@@ -218,7 +217,7 @@ impl PostgresSession {
         };
         Exchange {
             protocol: "postgres",
-            sequence: pending.sequence,
+            id: ExchangeId::Sequence(pending.sequence),
             kind: ExchangeKind::Client,
             name,
             start_ktime_ns: pending.start_ktime_ns,
@@ -227,7 +226,7 @@ impl PostgresSession {
             attributes,
             status,
             traceparent: None,
-            fields,
+            record: std::sync::Arc::new(super::record::PostgresRecord { columns }),
             order_ids: Vec::new(),
             business: Vec::new(),
         }

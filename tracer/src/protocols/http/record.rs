@@ -1,0 +1,51 @@
+//! What HTTP extraction rules read, for every HTTP version: the request's path, query and
+//! headers, and the prefixes of both bodies.
+use crate::protocols::record::{lookup, Record, Source, SourceShape};
+
+pub static SOURCES: &[Source] = &[
+    Source::new(
+        "http_path",
+        SourceShape::Template {
+            separator: '/',
+            id_after_word: true,
+        },
+    ),
+    Source::new("http_query", SourceShape::Form),
+    Source::new(
+        "http_header",
+        SourceShape::Named {
+            case_insensitive: true,
+        },
+    ),
+    Source::new("http_request_body", SourceShape::Body),
+    Source::new("http_response_body", SourceShape::Body),
+];
+
+#[derive(Debug, Default)]
+pub struct HttpRecord {
+    pub path: String,
+    pub query: String,
+    /// Request headers as sent (names in any case).
+    pub headers: Vec<(String, String)>,
+    /// `None` where a body is not offered to rules (gRPC's protobuf messages).
+    pub request_body: Option<String>,
+    pub response_body: Option<String>,
+}
+
+impl Record for HttpRecord {
+    fn text(&self, source: &str) -> Option<&str> {
+        match source {
+            "http_path" => Some(&self.path),
+            "http_query" => Some(&self.query),
+            "http_request_body" => self.request_body.as_deref(),
+            "http_response_body" => self.response_body.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn named(&self, source: &str, name: &str) -> Option<&str> {
+        (source == "http_header")
+            .then(|| lookup(&self.headers, name, true))
+            .flatten()
+    }
+}

@@ -22,6 +22,9 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("tracer crate has no parent directory"))?
         .join("tracer-ebpf");
     let root_dir = ebpf_dir.to_str().context("non-UTF-8 path to tracer-ebpf")?;
+    // The kernel side is built from tracer-common's constants and records too.
+    let common_dir = ebpf_dir.with_file_name("tracer-common").join("src");
+    println!("cargo:rerun-if-changed={}", common_dir.display());
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "tracer-ebpf",

@@ -8,8 +8,10 @@
 pub const MAX_RECORD: usize = 16 * 1024;
 /// Data records one syscall may produce; the rest of its bytes become one gap record.
 pub const MAX_RECORDS_PER_SYSCALL: usize = 4;
-/// iovec entries walked per vectored syscall; bytes in later entries are reported as a gap.
-pub const MAX_IOVECS: usize = 16;
+/// iovec entries walked per vectored syscall (a power of two); bytes in later entries are
+/// reported as a gap. gRPC's C core writes a header block as one iovec per name and value,
+/// several streams per `sendmsg`: 16 lost the HPACK state of busy gRPC clients.
+pub const MAX_IOVECS: usize = 256;
 /// Scratch area for one record: the payload is copied at offsets masked by
 /// `SCRATCH_MASK`, so the verifier can bound every copy without knowing the loop state.
 pub const SCRATCH_MASK: usize = 2 * MAX_RECORD - 1;

@@ -32,6 +32,8 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("psycopg", "psycopg[binary]>=3.1,<4"),
     // An asyncio (event-loop) service for the causality tests.
     ("aiohttp", "aiohttp>=3.9,<4"),
+    // gRPC (HTTP/2) servers and clients for the HTTP/2 tests.
+    ("grpc", "grpcio>=1.60,<2"),
     // Offline, strict validation of the deploy/ manifests.
     ("yamllint", "yamllint>=1.35,<2"),
     ("kubernetes_validate", "kubernetes-validate==1.37.0"),

@@ -183,7 +183,10 @@ pub fn build(id: u32, kind: ExchangeKind, stream: Stream, end_ktime_ns: u64, opt
     };
     let grpc_record = match grpc_call {
         Some(call) => {
+            // An RPC is described by the rpc.* conventions: its path is its service and
+            // method, its HTTP status is always 200.
             name = call.span_name();
+            attributes.retain(|(key, _)| !key.starts_with("http.") && !key.starts_with("url."));
             call.attributes(&mut attributes);
             // Trailers carry the status; a reply without a body has it in its headers.
             let code = trailers

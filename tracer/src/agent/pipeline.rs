@@ -51,6 +51,9 @@ pub struct PipelineStats {
     /// Calls left without a parent because several requests of their process were open
     /// and no evidence said which one they served, by service.
     pub parents_ambiguous: BTreeMap<String, u64>,
+    /// OTLP exports to a collector seen on the collector's (or a sender's) side: never
+    /// spans, or every export would add a span to the next.
+    pub telemetry_exports_skipped: u64,
     /// Connections dropped because their parser panicked (a bug; the agent carries on).
     pub parser_panics: u64,
     /// Connections of processes never traced (`privacy.untraced_executables`).
@@ -359,6 +362,10 @@ impl Pipeline {
                 ExchangeEvent::Started(start) => self.correlator.started(conn, &start),
                 ExchangeEvent::Identified { id, identifiers } => {
                     self.correlator.identified(conn, id, &identifiers)
+                }
+                ExchangeEvent::Finished(exchange) if exchange.record.is_telemetry_export() => {
+                    self.stats.telemetry_exports_skipped += 1;
+                    self.correlator.discard(conn, exchange.id);
                 }
                 ExchangeEvent::Finished(mut exchange) => {
                     *self.stats.exchanges.entry(protocol).or_default() += 1;

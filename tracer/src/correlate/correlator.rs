@@ -307,6 +307,26 @@ impl Correlator {
         self.settling.push_back((now_ns + self.settle_ns, id));
     }
 
+    /// Forgets a started exchange that will not become a span (telemetry export traffic).
+    pub fn discard(&mut self, connection: &Connection, id: ExchangeId) {
+        let id = (connection.id, id);
+        let Some(node) = self.nodes.remove(&id) else {
+            return;
+        };
+        if matches!(node.kind, ExchangeKind::Server | ExchangeKind::Consumer) {
+            let pid = node.pid;
+            self.close_request(pid, id);
+            if let Some(closed) = self.closed_by_pid.get_mut(&pid) {
+                closed.retain(|other| *other != id);
+            }
+        }
+        if let (Some(local), Some(remote)) = (node.local, node.remote) {
+            if let Some(clients) = self.clients_by_tuple.get_mut(&(local, remote)) {
+                clients.retain(|other| *other != id);
+            }
+        }
+    }
+
     /// Resolves spans whose settle time has passed. `now_ns` is kernel time.
     pub fn poll(&mut self, now_ns: u64, out: &mut Vec<ResolvedSpan>) {
         while let Some(&(ready_at, id)) = self.settling.front() {

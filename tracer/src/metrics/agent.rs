@@ -25,8 +25,15 @@ pub struct Protocol {
     pub protocol: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolEvent {
+    pub protocol: String,
+    pub event: String,
+}
+
 #[derive(Clone, Default)]
 pub struct AgentMetrics {
+    protocol_events: Family<ProtocolEvent, Counter>,
     events_read: Counter,
     events_lost: Family<Reason, Counter>,
     stream_bytes_lost: Counter,
@@ -72,6 +79,11 @@ impl AgentMetrics {
             "tracer_stream_bytes_lost",
             "Payload bytes missing from reassembled streams",
             m.stream_bytes_lost.clone(),
+        );
+        r.register(
+            "tracer_protocol_events",
+            "Protocol-specific events of closed connections, by protocol and event (e.g. http2 header_blocks_undecodable: HPACK state unknown, headers not reported)",
+            m.protocol_events.clone(),
         );
         r.register(
             "tracer_parse_skipped_bytes",
@@ -167,6 +179,13 @@ impl AgentMetrics {
         }
         set(&lost("undecodable"), capture.decode_errors);
         set(&self.stream_bytes_lost, capture.reassembly.gap_bytes_lost);
+        for ((protocol, event), count) in &pipeline.protocol_events {
+            let labels = ProtocolEvent {
+                protocol: (*protocol).to_owned(),
+                event: (*event).to_owned(),
+            };
+            set(&self.protocol_events.get_or_create(&labels), *count);
+        }
         for (protocol, bytes) in &pipeline.parse_skipped_bytes {
             set(
                 &self.parse_skipped_bytes.get_or_create(&Protocol {

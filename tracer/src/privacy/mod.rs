@@ -277,7 +277,12 @@ impl Privacy {
                 if word.starts_with('/') {
                     route::template_segments(word, '/')
                 } else {
-                    route::template_object_name(word, '.')
+                    // `shop.v1.Orders/GetOrder` (gRPC): each part like an object name.
+                    let parts: Vec<String> = word
+                        .split('/')
+                        .map(|part| route::template_object_name(part, '.'))
+                        .collect();
+                    parts.join("/")
                 }
             })
             .collect();

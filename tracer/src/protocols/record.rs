@@ -41,6 +41,11 @@ pub trait Record: Send + Sync + Debug {
     fn text(&self, source: &str) -> Option<&str>;
     /// A value of a Named source.
     fn named(&self, source: &str, name: &str) -> Option<&str>;
+    /// Telemetry export traffic (OTLP to a collector): never a span. Tracing it would
+    /// report the agent's own exports, each export adding a span to the next one.
+    fn is_telemetry_export(&self) -> bool {
+        false
+    }
 }
 
 /// Synthesized spans (and tests) have no protocol record.

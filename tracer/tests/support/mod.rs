@@ -7,6 +7,7 @@ pub mod keys;
 pub mod metrics;
 pub mod otlp;
 pub mod postgres;
+pub mod tls;
 
 use std::{
     collections::BTreeMap,

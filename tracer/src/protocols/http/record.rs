@@ -32,6 +32,20 @@ pub struct HttpRecord {
     pub response_body: Option<String>,
 }
 
+impl HttpRecord {
+    /// OTLP: the collector's gRPC services, or OTLP/HTTP's paths with its content types.
+    pub fn is_otlp(&self) -> bool {
+        if self.path.starts_with("/opentelemetry.proto.collector.") {
+            return true;
+        }
+        let otlp_path = matches!(self.path.as_str(), "/v1/traces" | "/v1/metrics" | "/v1/logs");
+        otlp_path
+            && lookup(&self.headers, "content-type", true).is_some_and(|t| {
+                t.starts_with("application/x-protobuf") || t.starts_with("application/json")
+            })
+    }
+}
+
 impl Record for HttpRecord {
     fn text(&self, source: &str) -> Option<&str> {
         match source {
@@ -47,5 +61,9 @@ impl Record for HttpRecord {
         (source == "http_header")
             .then(|| lookup(&self.headers, name, true))
             .flatten()
+    }
+
+    fn is_telemetry_export(&self) -> bool {
+        self.is_otlp()
     }
 }

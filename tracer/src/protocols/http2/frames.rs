@@ -69,6 +69,18 @@ impl FrameHeader {
     }
 }
 
+impl FrameHeader {
+    /// The first frame a server sends on a new connection: SETTINGS (not an ACK), with a
+    /// handful of settings at most.
+    pub fn is_server_hello(&self) -> bool {
+        self.kind == SETTINGS
+            && self.flags == 0
+            && self.stream == 0
+            && self.length % 6 == 0
+            && self.length <= 60
+    }
+}
+
 /// Whether `bytes` begin with at least `min` plausible frames back to back (the last may be
 /// cut off by the end of `bytes`), as the start of a read mid-connection would.
 pub fn plausible_frames(bytes: &[u8], min: usize) -> bool {
@@ -152,6 +164,26 @@ impl FrameReader {
             self.buf.clear();
         }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Before a gap of `length` bytes: a frame whose header was read and whose end lies
+    /// within the gap or at its end is streamed from here (drain `next`, then call `gap`),
+    /// so the framing survives a syscall's bytes cut short in the middle of a DATA frame.
+    pub fn prepare_gap(&mut self, length: u64) {
+        if self.long.is_some() || !self.synced || self.preface_left > 0 {
+            return;
+        }
+        let Some(header) = FrameHeader::parse(&self.buf[self.at..]) else {
+            return;
+        };
+        let have = (self.buf.len() - self.at - HEADER_LEN) as u64;
+        if have + length <= u64::from(header.length) {
+            self.at += HEADER_LEN;
+            self.long = Some((header, header.length as usize));
+            if header.kind != DATA {
+                self.skipped += u64::from(header.length);
+            }
+        }
     }
 
     /// `length` bytes of this direction were not captured (call after draining `next`).
@@ -336,5 +368,38 @@ mod tests {
         let mut two = frame(SETTINGS, 0, 0, &[]);
         two.extend(frame(WINDOW_UPDATE, 0, 0, &[0, 0, 1, 0]));
         assert!(plausible_frames(&two, 2));
+    }
+}
+
+#[cfg(test)]
+mod gap_tests {
+    use super::*;
+
+    #[test]
+    fn a_syscall_cut_short_inside_a_data_frame_keeps_the_framing() {
+        let mut bytes = vec![0, 0x40, 0, DATA, 0, 0, 0, 0, 3];
+        bytes.extend(vec![b'x'; 0x4000]);
+        bytes.extend([0, 0, 8, PING, 0, 0, 0, 0, 0]);
+        bytes.extend([0; 8]);
+        let mut reader = FrameReader::new(false);
+        reader.push(&bytes[..9 + 0x4000 - 72]);
+        assert_eq!(reader.next(), None, "the frame is not complete");
+        reader.prepare_gap(72);
+        let mut lengths = Vec::new();
+        while let Some(item) = reader.next() {
+            if let Item::DataPiece { length, .. } = item {
+                lengths.push(length);
+            }
+        }
+        match reader.gap(72) {
+            Some(Item::DataPiece { length, last, .. }) => {
+                assert!(last);
+                lengths.push(length);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(lengths.iter().sum::<usize>(), 0x4000);
+        reader.push(&bytes[9 + 0x4000..]);
+        assert!(matches!(reader.next(), Some(Item::Frame(FrameHeader { kind: PING, .. }))));
     }
 }

@@ -25,8 +25,8 @@ impl Protocol for Http2 {
         "http2"
     }
 
-    /// The client's connection preface; mid-connection, frames back to back that only a
-    /// well-behaved HTTP/2 peer would send.
+    /// The client's connection preface, or the server's first SETTINGS; mid-connection,
+    /// frames back to back that only a well-behaved HTTP/2 peer would send.
     fn infer(&self, bytes: &[u8], _direction: Direction, mid_stream: bool) -> Inference {
         let n = bytes.len().min(frames::PREFACE.len());
         if bytes[..n] == frames::PREFACE[..n] {
@@ -39,7 +39,12 @@ impl Protocol for Http2 {
         if mid_stream && frames::plausible_frames(bytes, 2) {
             return Inference::Yes;
         }
-        Inference::No
+        // A server may speak first: its SETTINGS frame, before the client's preface.
+        match frames::FrameHeader::parse(bytes) {
+            Some(header) if !mid_stream && header.is_server_hello() => Inference::Yes,
+            None if bytes.len() < 9 && bytes.starts_with(&[0, 0]) => Inference::NeedMore,
+            _ => Inference::No,
+        }
     }
 
     fn session(&self, context: SessionContext, options: &SessionOptions) -> Box<dyn ProtocolSession> {

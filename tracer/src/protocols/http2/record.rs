@@ -42,4 +42,8 @@ impl Record for Http2Record {
             _ => self.http.named(source, name),
         }
     }
+
+    fn is_telemetry_export(&self) -> bool {
+        self.http.is_otlp()
+    }
 }

@@ -375,6 +375,8 @@ impl ProtocolSession for Http2Session {
 
     fn gap(&mut self, direction: Direction, length: u64, ktime_ns: u64, out: &mut Vec<ExchangeEvent>) {
         let side = self.side_of(direction);
+        self.sides[side].frames.prepare_gap(length);
+        self.drain(side, ktime_ns, 0, out);
         if let Some(item) = self.sides[side].frames.gap(length) {
             self.item(side, item, ktime_ns, 0, out);
         }

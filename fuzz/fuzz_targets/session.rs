@@ -1,31 +1,28 @@
-// Shared by the protocol targets: feeds one protocol session a stream cut by the input
-// itself. Each step starts with a control byte: bit 7 = direction, bit 6 = a gap instead of
-// bytes, bits 0-5 = length (bytes or gap) of the step. Any input must leave the session
-// alive: no panic, no unbounded memory.
+// Feeds one protocol session a stream cut by the input itself. The first byte picks the
+// protocol (its index among the registry's names sorted), the second says role (bit 0) and
+// mid-stream (bit 1); then each step starts with a control byte: bit 7 = direction, bit 6 =
+// a gap instead of bytes, bits 0-5 = length (bytes or gap) of the step. Any input must leave
+// the session alive: no panic, no unbounded memory.
 use tracer::{
     capture::{Direction, Role},
-    protocols::{SessionOptions, PROTOCOLS},
+    protocols::{SessionContext, SessionOptions, PROTOCOLS},
 };
 
-pub fn run(protocol: &str, data: &[u8]) {
-    let Some((&first, mut rest)) = data.split_first() else {
+pub fn run(data: &[u8]) {
+    let [selector, first, rest @ ..] = data else {
         return;
     };
-    let protocol = PROTOCOLS
-        .iter()
-        .find(|p| p.name() == protocol)
-        .expect("a registered protocol");
+    let (first, mut rest) = (*first, rest);
+    let mut protocols: Vec<_> = PROTOCOLS.iter().collect();
+    protocols.sort_by_key(|p| p.name());
+    let protocol = protocols[*selector as usize % protocols.len()];
     let role = if first & 1 == 0 {
         Role::Server
     } else {
         Role::Client
     };
-    let mut session = protocol.session(
-        role,
-        Direction::Ingress,
-        first & 2 != 0,
-        &SessionOptions::default(),
-    );
+    let context = SessionContext::new(role, Direction::Ingress, first & 2 != 0);
+    let mut session = protocol.session(context, &SessionOptions::default());
     let mut out = Vec::new();
     let mut ktime = 1_000u64;
     while let Some((&control, tail)) = rest.split_first() {

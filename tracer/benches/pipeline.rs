@@ -1,7 +1,8 @@
 //! The userspace pipeline on recorded-shape HTTP traffic, without the kernel: records →
 //! reassembly → HTTP parsing → order-id extraction → correlation → privacy → `SpanData` →
 //! OTLP protobuf, in MB/s and spans/s on one core; and `httparse` alone over the same bytes
-//! as the baseline. Prints one JSON line (read by `cargo xtask bench`).
+//! as the baseline. The same exchanges over HTTP/2 (HPACK, DATA frames, one stream each)
+//! as a second corpus. Prints one JSON line (read by `cargo xtask bench`).
 use std::{sync::Arc, time::Instant};
 
 use opentelemetry_proto::{
@@ -48,14 +49,76 @@ fn exchange(i: usize) -> (Vec<u8>, Vec<u8>) {
     (request.into_bytes(), response.into_bytes())
 }
 
-/// Both directions as capture records (at most 16 KiB each, as the kernel side writes them).
-fn records(conn: ConnId) -> (Vec<DataRecord>, usize) {
+/// The same exchanges over one HTTP/2 connection: HPACK-compressed heads (with the dynamic
+/// table, as real encoders use it), bodies in DATA frames, one stream each.
+struct Http2Corpus {
+    client: loona_hpack::Encoder<'static>,
+    server: loona_hpack::Encoder<'static>,
+}
+
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+fn body_of(message: &[u8]) -> &[u8] {
+    let at = message.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    &message[at..]
+}
+
+impl Http2Corpus {
+    fn exchange(&mut self, i: usize) -> (Vec<u8>, Vec<u8>) {
+        let stream = 2 * i as u32 + 1;
+        let (request, response) = exchange(i);
+        let (request, response) = (body_of(&request), body_of(&response));
+        let mut requests = Vec::new();
+        if i == 0 {
+            requests.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        }
+        let request_id = format!("{i:016x}");
+        let length = request.len().to_string();
+        let head = self.client.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"http"),
+            (b":authority", b"shop-api:8080"),
+            (b":path", b"/orders"),
+            (b"user-agent", b"shop-frontend/2.3"),
+            (b"accept", b"application/json"),
+            (b"content-type", b"application/json"),
+            (b"x-request-id", request_id.as_bytes()),
+            (b"content-length", length.as_bytes()),
+        ]);
+        frame(&mut requests, 1, 0x4, stream, &head);
+        frame(&mut requests, 0, 0x1, stream, request);
+        let mut responses = Vec::new();
+        let length = response.len().to_string();
+        let head = self.server.encode([
+            (&b":status"[..], &b"201"[..]),
+            (b"content-type", b"application/json"),
+            (b"server", b"shop-api"),
+            (b"content-length", length.as_bytes()),
+        ]);
+        frame(&mut responses, 1, 0x4, stream, &head);
+        frame(&mut responses, 0, 0x1, stream, response);
+        (requests, responses)
+    }
+}
+
+/// Both directions as capture records (at most 16 KiB each, as the kernel side writes them),
+/// over HTTP/1.1 or HTTP/2.
+fn records(conn: ConnId, http2: bool) -> (Vec<DataRecord>, usize) {
+    let mut h2 = Http2Corpus {
+        client: loona_hpack::Encoder::new(),
+        server: loona_hpack::Encoder::new(),
+    };
     let (mut ingress, mut egress) = (Vec::new(), Vec::new());
     let mut positions = [0u64; 2];
     let mut records = Vec::new();
     let mut ktime = 1_000_000_000u64;
     for i in 0..EXCHANGES {
-        let (request, response) = exchange(i);
+        let (request, response) = if http2 { h2.exchange(i) } else { exchange(i) };
         ingress.extend_from_slice(&request);
         egress.extend_from_slice(&response);
         // Like a busy keep-alive connection: a read or write every few exchanges.
@@ -212,7 +275,8 @@ fn main() {
         Some("127.0.0.1:50000".parse().unwrap()),
         process,
     );
-    let (records, bytes) = records(conn_id);
+    let (records_h2, bytes_h2) = records(conn_id, true);
+    let (records, bytes) = records(conn_id, false);
     let mb = bytes as f64 / 1e6;
     // Warm up, then measure each three times and keep the best (least disturbed) run.
     httparse_only(&records);
@@ -234,6 +298,15 @@ fn main() {
         })
         .fold(f64::MAX, f64::min);
     assert_eq!(spans, EXCHANGES, "one SERVER span per exchange");
+    let mut spans_h2 = 0;
+    let pipeline_h2 = (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            (spans_h2, _) = full_pipeline(&records_h2, &conn);
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min);
+    assert_eq!(spans_h2, EXCHANGES, "one SERVER span per HTTP/2 stream");
     println!(
         "{}",
         serde_json::json!({
@@ -243,6 +316,9 @@ fn main() {
             "pipeline_spans_per_s": spans as f64 / pipeline,
             "otlp_bytes": encoded,
             "httparse_mb_per_s": mb / baseline,
+            "http2_bytes": bytes_h2,
+            "http2_pipeline_mb_per_s": bytes_h2 as f64 / 1e6 / pipeline_h2,
+            "http2_pipeline_spans_per_s": spans_h2 as f64 / pipeline_h2,
         })
     );
 }

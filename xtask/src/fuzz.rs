@@ -1,6 +1,7 @@
-//! `cargo xtask fuzz --seconds N`: every fuzz target in fuzz/ (the reassembler and each
-//! protocol session) for N seconds each, seeded from the protocols' golden fixtures; prints
-//! how long each ran, how many inputs it tried, and whether anything crashed.
+//! `cargo xtask fuzz --seconds N`: every fuzz target in fuzz/ (the reassembler, and every
+//! protocol session of the registry) for N seconds each, seeded from each protocol folder's
+//! recorded conversations; prints how long each ran, how many inputs it tried, and whether
+//! anything crashed.
 use std::{fs, path::Path, process::Command};
 
 use anyhow::{bail, Context as _};
@@ -11,7 +12,8 @@ use crate::{
     setup,
 };
 
-const TARGETS: &[&str] = &["reassembly", "http", "amqp", "postgres"];
+const TARGETS: &[&str] = &["reassembly", "protocols"];
+const PROTOCOLS_DIR: &str = "tracer/src/protocols";
 
 #[derive(Debug, Args)]
 pub struct FuzzArgs {
@@ -22,58 +24,80 @@ pub struct FuzzArgs {
     targets: Vec<String>,
 }
 
+/// One step of the protocols target's input: a control byte (bit 7 direction, bits 0-5
+/// length - 1) and at most 64 bytes.
+fn push_steps(seed: &mut Vec<u8>, egress: bool, bytes: &[u8]) {
+    for chunk in bytes.chunks(64) {
+        seed.push(((egress as u8) << 7) | (chunk.len() as u8 - 1));
+        seed.extend_from_slice(chunk);
+    }
+}
+
 /// A recorded conversation (fixtures/*.bin: direction byte E/I, u64 time, u32 length,
-/// bytes) in the fuzz targets' input format: a selector byte, then steps of a control byte
-/// (bit 7 direction, bits 0-5 length - 1) and at most 64 bytes.
-fn seed_from_fixture(raw: &[u8]) -> Vec<u8> {
-    let mut seed = vec![0u8];
+/// bytes) as steps.
+fn steps_from_bin(raw: &[u8], seed: &mut Vec<u8>) {
     let mut at = 0;
     while at + 13 <= raw.len() {
         let egress = raw[at] == b'E';
         let length = u32::from_be_bytes(raw[at + 9..at + 13].try_into().unwrap()) as usize;
-        let bytes = &raw[at + 13..(at + 13 + length).min(raw.len())];
-        for chunk in bytes.chunks(64) {
-            seed.push(((egress as u8) << 7) | (chunk.len() as u8 - 1));
-            seed.extend_from_slice(chunk);
-        }
+        push_steps(seed, egress, &raw[at + 13..(at + 13 + length).min(raw.len())]);
         at += 13 + length;
     }
-    seed
 }
 
-fn http_seed() -> Vec<u8> {
-    let request = b"POST /orders/ORD-7/files?x=1 HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-    let response = b"HTTP/1.1 201 Created\r\nContent-Length: 17\r\n\r\n{\"order_id\": \"7\"}";
-    let mut seed = vec![0u8];
-    for (egress, bytes) in [(0u8, &request[..]), (1, &response[..])] {
-        for chunk in bytes.chunks(64) {
-            seed.push((egress << 7) | (chunk.len() as u8 - 1));
-            seed.extend_from_slice(chunk);
+/// The server end of a `tracer capture --format jsonl` recording (fixtures/*.capture.jsonl)
+/// as steps.
+fn steps_from_capture(text: &str, seed: &mut Vec<u8>) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    for line in text.lines() {
+        let record: serde_json::Value = serde_json::from_str(line)?;
+        if record["type"] != "data" || record["role"] != "server" {
+            continue;
         }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(record["data"].as_str().unwrap_or_default())?;
+        push_steps(seed, record["direction"] == "egress", &bytes);
     }
-    seed
+    Ok(())
+}
+
+/// Protocol folders, sorted: a protocol's index here is the fuzz input's first byte (the
+/// target sorts the registry's names the same way; each protocol's folder bears its name).
+fn protocol_folders() -> anyhow::Result<Vec<String>> {
+    let mut names: Vec<String> = fs::read_dir(PROTOCOLS_DIR)?
+        .flatten()
+        .filter(|e| e.path().join("mod.rs").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 fn seed_corpus(target: &str) -> anyhow::Result<()> {
     let corpus = Path::new("fuzz/corpus").join(target);
     fs::create_dir_all(&corpus)?;
-    let fixtures = Path::new("tracer/src/protocols")
-        .join(target)
-        .join("fixtures");
-    if let Ok(entries) = fs::read_dir(&fixtures) {
+    if target != "protocols" {
+        return Ok(());
+    }
+    for (index, protocol) in protocol_folders()?.iter().enumerate() {
+        let fixtures = Path::new(PROTOCOLS_DIR).join(protocol).join("fixtures");
+        let Ok(entries) = fs::read_dir(&fixtures) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.extension().is_some_and(|e| e == "bin") {
-                let name = path.file_stem().unwrap().to_string_lossy();
-                fs::write(
-                    corpus.join(format!("fixture-{name}")),
-                    seed_from_fixture(&fs::read(&path)?),
-                )?;
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            // Selector, then role (server) and not mid-stream.
+            let mut seed = vec![index as u8, 0];
+            if name.ends_with(".bin") {
+                steps_from_bin(&fs::read(&path)?, &mut seed);
+            } else if name.ends_with(".capture.jsonl") {
+                steps_from_capture(&fs::read_to_string(&path)?, &mut seed)?;
+            } else {
+                continue;
             }
+            fs::write(corpus.join(format!("{protocol}-{name}")), seed)?;
         }
-    }
-    if target == "http" {
-        fs::write(corpus.join("seed-chunked"), http_seed())?;
     }
     Ok(())
 }

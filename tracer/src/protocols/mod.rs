@@ -201,6 +201,16 @@ mod tls_tests {
     }
 
     #[test]
+    fn every_protocol_has_its_folder_of_the_same_name() {
+        // `cargo xtask fuzz` and the golden tests find a protocol's fixtures by its name.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/protocols");
+        for protocol in PROTOCOLS {
+            let folder = dir.join(protocol.name());
+            assert!(folder.join("mod.rs").exists(), "{}", folder.display());
+        }
+    }
+
+    #[test]
     fn protocols_that_share_a_source_agree_on_its_shape() {
         for a in PROTOCOLS.iter().flat_map(|p| p.sources()) {
             let b = source(a.name).unwrap();

@@ -331,5 +331,6 @@ fn pipeline(report: &mut String) -> anyhow::Result<()> {
         f("httparse_mb_per_s")
     )?;
     writeln!(report, "| reassembly + HTTP + extraction + correlation + privacy + OTLP protobuf | **{:.0}** | {:.0} | ≥ 500 MB/s |", f("pipeline_mb_per_s"), f("pipeline_spans_per_s"))?;
+    writeln!(report, "| the same exchanges over HTTP/2 (HPACK, DATA frames, a stream each) | **{:.0}** | {:.0} | |", f("http2_pipeline_mb_per_s"), f("http2_pipeline_spans_per_s"))?;
     Ok(())
 }

@@ -1,0 +1,214 @@
+//! Pipeline golden tests: real conversations of both ends, recorded with `tracer capture
+//! --format jsonl` from the test peers (`src/protocols/<protocol>/fixtures/*.capture.jsonl`),
+//! through the whole userspace path — protocol sessions, extraction, correlation, sampling,
+//! privacy, span building — to the spans as exported, compared with `<name>.spans.jsonl`
+//! beside each capture. Every protocol's captures are found by the folder walk: a new
+//! protocol's fixtures are tested without a line here. `TRACER_BLESS=1` rewrites the
+//! expected files after a reviewed change; a mismatch writes `<name>.spans.actual.jsonl`.
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use opentelemetry::trace::SpanId;
+use serde_json::{json, Value};
+
+use super::{Pipeline, Stages};
+use crate::{
+    capture::{procfs::ProcessInfo, ConnChange, Connection, KernelClock},
+    config::Config,
+    correlate::Correlator,
+    export::{ExportQueues, ExportStats, Services},
+    extract::Extractor,
+    privacy::{IdKey, Privacy, PrivacyOptions},
+    protocols::{golden, SessionOptions},
+    reassembly::{GapReason, StreamEvent},
+    sample::Sampler,
+    session::SessionEvent,
+};
+
+fn captures() -> Vec<PathBuf> {
+    let protocols = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/protocols");
+    let mut found = Vec::new();
+    for folder in std::fs::read_dir(protocols).unwrap().flatten() {
+        let Ok(files) = std::fs::read_dir(folder.path().join("fixtures")) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let path = file.path();
+            if path.to_string_lossy().ends_with(".capture.jsonl") {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The spans the pipeline exports for a capture, as JSON lines: ids replaced by the
+/// position of their trace and the name of their parent, times left out (they are the
+/// recording's), in start order.
+fn spans_of(capture: &Path) -> String {
+    let config = Config::default();
+    let key = IdKey::from_bytes(b"pipeline golden tests");
+    let (tx, mut rx) = tokio::sync::mpsc::channel(100_000);
+    let mut sampling = config.sampling.clone();
+    sampling.success_ratio = 1.0;
+    let mut pipeline = Pipeline::new(
+        Correlator::new(0, 300_000_000_000, key.clone()),
+        Services::new(Vec::new()),
+        ExportQueues::new(vec![tx], Arc::new(ExportStats::default())),
+        SessionOptions::default(),
+        Stages {
+            extractor: Extractor::new(&config.extract).unwrap(),
+            sampler: Sampler::new(&sampling),
+            privacy: Privacy::new(
+                key,
+                PrivacyOptions {
+                    pseudonymise_ids: true,
+                    mask_personal_data: true,
+                    allowed_query_keys: config.privacy.allowed_query_keys.clone(),
+                },
+            ),
+            privacy_dry_run: false,
+            untraced_executables: config.privacy.untraced_executables.clone(),
+            journey: None,
+        },
+    );
+    let mut conns: HashMap<tracer_common::ConnId, Connection> = HashMap::new();
+    let mut requests = Vec::new();
+    for record in golden::capture(capture) {
+        let conn = conns.entry(record.conn).or_insert_with(|| {
+            let process = Arc::new(ProcessInfo {
+                pid: record.conn.tgid,
+                comm: record.comm.clone(),
+                exe: String::new(),
+                cmdline: Vec::new(),
+                cgroup: String::new(),
+            });
+            Connection::for_tests(record.conn, record.role, record.local, record.remote, process)
+        });
+        conn.local = conn.local.or(record.local);
+        conn.remote = conn.remote.or(record.remote);
+        let (id, time) = (record.conn, record.time);
+        let event = match record.kind.as_str() {
+            "data" => SessionEvent::Stream {
+                conn: conn.clone(),
+                event: StreamEvent::Data {
+                    conn: id,
+                    direction: record.direction,
+                    offset: record.offset,
+                    bytes: record.bytes,
+                    ktime_ns: time,
+                    tid: record.tid,
+                },
+            },
+            "gap" => SessionEvent::Stream {
+                conn: conn.clone(),
+                event: StreamEvent::Gap {
+                    conn: id,
+                    direction: record.direction,
+                    offset: record.offset,
+                    length: record.gap,
+                    reason: GapReason::NotCaptured,
+                    ktime_ns: time,
+                },
+            },
+            "conn_tls" => {
+                conn.tls = true;
+                SessionEvent::Conn {
+                    conn: conn.clone(),
+                    change: ConnChange::TlsPlaintext,
+                    ktime_ns: time,
+                    seeded: false,
+                }
+            }
+            "conn_close" => SessionEvent::Conn {
+                conn: conn.clone(),
+                change: ConnChange::Close {
+                    not_tcp: false,
+                    final_positions: None,
+                },
+                ktime_ns: time,
+                seeded: false,
+            },
+            _ => continue,
+        };
+        pipeline.handle(event, time, &mut requests);
+    }
+    pipeline.finish(&KernelClock::new());
+    let mut spans = Vec::new();
+    while let Ok((resource, span)) = rx.try_recv() {
+        let service = resource
+            .get(&opentelemetry::Key::new("service.name"))
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        spans.push((service, span));
+    }
+    spans.sort_by(|a, b| {
+        (a.1.start_time, &a.1.name, a.0.as_str()).cmp(&(b.1.start_time, &b.1.name, b.0.as_str()))
+    });
+    let names: HashMap<SpanId, String> = spans
+        .iter()
+        .map(|(service, s)| (s.span_context.span_id(), format!("{service} {}", s.name)))
+        .collect();
+    let mut traces = Vec::new();
+    let mut out = String::new();
+    for (service, span) in &spans {
+        let trace = span.span_context.trace_id();
+        if !traces.contains(&trace) {
+            traces.push(trace);
+        }
+        let attributes: BTreeMap<String, String> = span
+            .attributes
+            .iter()
+            .filter(|kv| !kv.key.as_str().ends_with(".port")) // the recording's, not ours
+            .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+            .collect();
+        let parent = match span.parent_span_id {
+            SpanId::INVALID => Value::Null,
+            parent => json!(names.get(&parent).cloned().unwrap_or_else(|| "remote".into())),
+        };
+        let line = json!({
+            "service": service,
+            "kind": format!("{:?}", span.span_kind),
+            "name": span.name,
+            "status": format!("{:?}", span.status),
+            "trace": traces.iter().position(|t| *t == trace),
+            "parent": parent,
+            "links": span.links.len(),
+            "attributes": attributes,
+        });
+        out.push_str(&format!("{line}\n"));
+    }
+    out
+}
+
+#[test]
+fn recorded_conversations_become_the_expected_spans() {
+    let captures = captures();
+    assert!(
+        captures.len() >= 3,
+        "the protocol folders hold their recorded conversations: {captures:?}"
+    );
+    for capture in captures {
+        let actual = spans_of(&capture);
+        assert!(!actual.is_empty(), "{} gave no spans", capture.display());
+        let stem = capture.to_string_lossy().replace(".capture.jsonl", "");
+        let expected_path = PathBuf::from(format!("{stem}.spans.jsonl"));
+        if std::env::var("TRACER_BLESS").is_ok_and(|v| v == "1") {
+            std::fs::write(&expected_path, &actual).unwrap();
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if actual != expected {
+            let actual_path = format!("{stem}.spans.actual.jsonl");
+            std::fs::write(&actual_path, &actual).unwrap();
+            panic!(
+                "{}: spans differ from {}; see {actual_path}",
+                capture.display(),
+                expected_path.display()
+            );
+        }
+    }
+}

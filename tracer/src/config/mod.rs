@@ -5,6 +5,8 @@ mod journey;
 use std::{fs, path::Path};
 
 pub use journey::{glob_match, JourneyConfig, SlaRule, StatusAt, StatusRule};
+// Protocol sections are owned by their protocol's folder.
+pub use crate::protocols::{amqp::AmqpConfig, http::HttpConfig};
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -210,27 +212,6 @@ fn default_slow_ms() -> u64 {
     2000
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AmqpConfig {
-    /// A message published and not delivered within this many seconds is reported as
-    /// stuck or lost.
-    #[serde(default = "default_stuck_after")]
-    pub stuck_after_seconds: f64,
-}
-
-impl Default for AmqpConfig {
-    fn default() -> Self {
-        Self {
-            stuck_after_seconds: default_stuck_after(),
-        }
-    }
-}
-
-fn default_stuck_after() -> f64 {
-    300.0
-}
-
 /// `service.name` for processes matching every given condition.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -242,30 +223,6 @@ pub struct ServiceRule {
     pub cmdline_contains: Option<String>,
     /// A TCP port the process listens on.
     pub port: Option<u16>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Route templates that win over automatic templating: `/orders/{order_id}/files/{file}`.
-    #[serde(default)]
-    pub routes: Vec<String>,
-    /// Body bytes kept per message for business rules.
-    #[serde(default = "default_body_prefix")]
-    pub body_prefix_bytes: usize,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            routes: Vec::new(),
-            body_prefix_bytes: default_body_prefix(),
-        }
-    }
-}
-
-fn default_body_prefix() -> usize {
-    4096
 }
 
 #[derive(Debug, Error)]
@@ -310,12 +267,8 @@ impl Config {
                 )));
             }
         }
-        let stuck_after = config.amqp.stuck_after_seconds;
-        if stuck_after.is_nan() || stuck_after <= 0.0 {
-            return Err(invalid(
-                "amqp.stuck_after_seconds must be a positive number of seconds".into(),
-            ));
-        }
+        config.http.validate().map_err(invalid)?;
+        config.amqp.validate().map_err(invalid)?;
         for (name, ratio) in [
             ("success_ratio", config.sampling.success_ratio),
             ("order_ratio", config.sampling.order_ratio),
@@ -346,13 +299,6 @@ impl Config {
                         rule.status
                     )));
                 }
-            }
-        }
-        for route in &config.http.routes {
-            if !route.starts_with('/') {
-                return Err(invalid(format!(
-                    "http.routes: {route:?} must start with '/'"
-                )));
             }
         }
         Ok(config)

@@ -17,8 +17,7 @@ pub use ids::{replace_ids, KnownId};
 pub use key::{IdKey, KeyError, KEY_ENV};
 pub use mask::mask;
 pub use message::sanitize_message;
-use policy::Policy;
-pub use policy::{policy, redact_query};
+pub use policy::{policy, redact_query, Policy};
 
 use crate::{
     correlate::ResolvedSpan,

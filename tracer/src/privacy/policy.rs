@@ -53,17 +53,13 @@ pub fn policy(key: &str) -> Option<Policy> {
         | "db.system.name"
         | "db.response.status_code"
         | "db.response.command_tag"
-        | "db.operation.name"
-        | "rpc.system"
-        | "rpc.grpc.status_code" => Keep,
+        | "db.operation.name" => Keep,
         "url.path" | "http.route" => Path,
         "messaging.rabbitmq.destination.routing_key" => RoutingKey,
         "messaging.destination.name"
         | "messaging.destination.subscription.name"
         | "db.collection.name"
-        | "db.namespace"
-        | "rpc.service"
-        | "rpc.method" => Name,
+        | "db.namespace" => Name,
         "url.query" => Query,
         "app.order.id" | "app.user.id" => Id,
         "messaging.message.id"
@@ -73,7 +69,8 @@ pub fn policy(key: &str) -> Option<Policy> {
         _ if key.starts_with(TRACER_PREFIX) => Keep,
         // Business attributes from the operator's own extraction rules.
         _ if key.starts_with("app.") => Text,
-        _ => return None,
+        // Attributes a protocol brings, with what each may carry (its folder says).
+        _ => return crate::protocols::attribute_policy(key),
     };
     Some(policy)
 }
@@ -125,5 +122,6 @@ mod tests {
         assert_eq!(policy("http.request.header.authorization"), None);
         assert_eq!(policy("url.query"), Some(Policy::Query));
         assert_eq!(policy("tracer.parent.source"), Some(Policy::Keep));
+        assert_eq!(policy("rpc.grpc.status_code"), Some(Policy::Keep), "from http2/");
     }
 }

@@ -18,7 +18,10 @@ pub use exchange::{
 };
 pub use record::{Record, Source, SourceShape};
 
-use crate::capture::{Direction, Role};
+use crate::{
+    capture::{Direction, Role},
+    privacy::Policy,
+};
 
 /// What a protocol says about a connection's first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +97,11 @@ pub trait Protocol: Sync {
     fn infer(&self, bytes: &[u8], direction: Direction, mid_stream: bool) -> Inference;
     fn session(&self, context: SessionContext, options: &SessionOptions)
         -> Box<dyn ProtocolSession>;
+    /// Attributes of its own beyond the common ones the privacy allow-list knows, with
+    /// what each may carry: an attribute no one declares never leaves the agent.
+    fn attribute_policies(&self) -> &'static [(&'static str, Policy)] {
+        &[]
+    }
     /// The extraction sources its records offer (`source = "…"` in extraction rules).
     /// Protocols that share semantics share sources (HTTP/1 and HTTP/2: `http_path`, …).
     fn sources(&self) -> &'static [Source];
@@ -142,6 +150,15 @@ pub fn source(name: &str) -> Option<&'static Source> {
         .iter()
         .flat_map(|p| p.sources())
         .find(|s| s.name == name)
+}
+
+/// What a protocol-declared attribute may carry, if a protocol declares it.
+pub fn attribute_policy(key: &str) -> Option<Policy> {
+    PROTOCOLS
+        .iter()
+        .flat_map(|p| p.attribute_policies())
+        .find(|(k, _)| *k == key)
+        .map(|(_, policy)| *policy)
 }
 
 /// Every extraction source, once each (for error messages and the built-in rules).

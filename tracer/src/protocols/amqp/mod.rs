@@ -1,5 +1,6 @@
 //! AMQP 0-9-1 (RabbitMQ): frames parsed with `amq-protocol`, producer/consumer spans on
 //! clients, message entry/exit on the broker.
+mod config;
 mod frames;
 mod message;
 mod record;
@@ -9,6 +10,7 @@ mod spans;
 #[cfg(test)]
 mod tests;
 
+pub use config::AmqpConfig;
 pub use session::AmqpSession;
 
 use super::{record::Source, Inference, Protocol, ProtocolSession, SessionContext, SessionOptions};

@@ -1,4 +1,5 @@
 //! HTTP/1.x: inference, a per-direction parser (httparse), and request/response pairing.
+mod config;
 mod parser;
 pub mod record;
 pub mod route;
@@ -9,6 +10,7 @@ mod tests;
 
 use parser::{find_start_line, looks_like_start, Side};
 pub(crate) use session::status_for;
+pub use config::HttpConfig;
 pub use session::HttpSession;
 
 use super::{

@@ -16,7 +16,7 @@ pub use session::Http2Session;
 use super::{
     record::Source, Inference, Protocol, ProtocolSession, SessionContext, SessionOptions,
 };
-use crate::capture::Direction;
+use crate::{capture::Direction, privacy::Policy};
 
 pub struct Http2;
 
@@ -53,5 +53,15 @@ impl Protocol for Http2 {
 
     fn sources(&self) -> &'static [Source] {
         record::SOURCES
+    }
+
+    fn attribute_policies(&self) -> &'static [(&'static str, Policy)] {
+        &[
+            ("rpc.system", Policy::Keep),
+            ("rpc.grpc.status_code", Policy::Keep),
+            // API names: templated like object names (free text and plain ids removed).
+            ("rpc.service", Policy::Name),
+            ("rpc.method", Policy::Name),
+        ]
     }
 }

@@ -43,8 +43,14 @@ fn pair<'a>(spans: &'a [ReceivedSpan], order: &str) -> (&'a ReceivedSpan, &'a Re
         s.kind == CLIENT && s.attr("app.order.id") == order
     });
     let trace = order_trace(KEY, order);
-    assert_eq!(server.trace_id, trace, "{order}: its order's trace: {server:#?}");
-    assert_eq!(client.trace_id, trace, "{order}: its order's trace: {client:#?}");
+    assert_eq!(
+        server.trace_id, trace,
+        "{order}: its order's trace: {server:#?}"
+    );
+    assert_eq!(
+        client.trace_id, trace,
+        "{order}: its order's trace: {client:#?}"
+    );
     assert_eq!(
         server.parent_span_id, client.span_id,
         "{order}: the SERVER span is the child of its own CLIENT span"
@@ -103,8 +109,14 @@ fn grpc_unary_streaming_errors_and_fifty_concurrent_streams_on_one_connection() 
         );
         assert_eq!(span.status, 0, "unset: OK {span:#?}");
     }
-    assert_eq!(server_span.resource["process.pid"], server.pid().to_string());
-    assert_eq!(client_span.resource["process.pid"], report["pid"].to_string());
+    assert_eq!(
+        server_span.resource["process.pid"],
+        server.pid().to_string()
+    );
+    assert_eq!(
+        client_span.resource["process.pid"],
+        report["pid"].to_string()
+    );
 
     // NOT_FOUND: an error for the caller, not for the server (semantic conventions).
     let missing = |kind| {
@@ -244,7 +256,11 @@ fn node_http2_and_curl_over_h2c_and_tls_with_large_bodies_resets_and_order_ids()
     };
     for kind in [SERVER, CLIENT] {
         let upload = by_route(kind, "/upload", h2c.port);
-        assert_eq!(upload.attr("http.request.body.size"), "204800", "{upload:#?}");
+        assert_eq!(
+            upload.attr("http.request.body.size"),
+            "204800",
+            "{upload:#?}"
+        );
         assert_eq!(upload.attr("http.response.status_code"), "201");
         let big = by_route(kind, "/big", h2c.port);
         assert_eq!(big.attr("http.response.body.size"), "307200", "{big:#?}");
@@ -277,8 +293,16 @@ fn node_http2_and_curl_over_h2c_and_tls_with_large_bodies_resets_and_order_ids()
     let pipeline = &final_stats(&stderr)["pipeline"];
     // Node and curl, plain and encrypted, at both ends: eight connections (and the
     // receiver's side of the agent's own exports).
-    let http2 = pipeline["connections_by_protocol"]["http2"].as_u64().unwrap();
+    let http2 = pipeline["connections_by_protocol"]["http2"]
+        .as_u64()
+        .unwrap();
     assert!(http2 >= 8, "{pipeline:#}");
-    assert_eq!(pipeline["protocol_events"]["http2.header_blocks_undecodable"], 0);
-    assert_eq!(pipeline["protocol_events"]["http2.streams_headers_unknown"], 0);
+    assert_eq!(
+        pipeline["protocol_events"]["http2.header_blocks_undecodable"],
+        0
+    );
+    assert_eq!(
+        pipeline["protocol_events"]["http2.streams_headers_unknown"],
+        0
+    );
 }

@@ -4,18 +4,12 @@
 //! the real uprobes and agent, and a real OTLP receiver.
 mod support;
 
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
 use support::{
     agent::{curl, AgentRun, Service, PEERS},
-    tls::{fresh_copy, run_json, wait_for_openssl_files, wait_then_stop, which, Pki},
-    metrics::{scrape, try_value},
     otlp::{everything, find, ReceivedSpan, Receiver},
+    tls::{fresh_copy, run_json, wait_for_openssl_files, wait_then_stop, which, Pki},
 };
 
 const SERVER: i32 = 2;

@@ -40,7 +40,11 @@ fn steps_from_bin(raw: &[u8], seed: &mut Vec<u8>) {
     while at + 13 <= raw.len() {
         let egress = raw[at] == b'E';
         let length = u32::from_be_bytes(raw[at + 9..at + 13].try_into().unwrap()) as usize;
-        push_steps(seed, egress, &raw[at + 13..(at + 13 + length).min(raw.len())]);
+        push_steps(
+            seed,
+            egress,
+            &raw[at + 13..(at + 13 + length).min(raw.len())],
+        );
         at += 13 + length;
     }
 }

@@ -87,7 +87,13 @@ fn spans_of(capture: &Path) -> String {
                 cmdline: Vec::new(),
                 cgroup: String::new(),
             });
-            Connection::for_tests(record.conn, record.role, record.local, record.remote, process)
+            Connection::for_tests(
+                record.conn,
+                record.role,
+                record.local,
+                record.remote,
+                process,
+            )
         });
         conn.local = conn.local.or(record.local);
         conn.remote = conn.remote.or(record.remote);
@@ -168,7 +174,10 @@ fn spans_of(capture: &Path) -> String {
             .collect();
         let parent = match span.parent_span_id {
             SpanId::INVALID => Value::Null,
-            parent => json!(names.get(&parent).cloned().unwrap_or_else(|| "remote".into())),
+            parent => json!(names
+                .get(&parent)
+                .cloned()
+                .unwrap_or_else(|| "remote".into())),
         };
         let line = json!({
             "service": service,

@@ -316,7 +316,9 @@ fn a_reply_published_while_handling_deliveries_is_the_child_of_the_one_it_answer
     let reply = the(&out, ExchangeKind::Producer);
     let answered = out
         .iter()
-        .find(|s| s.exchange.kind == ExchangeKind::Consumer && s.exchange.id == ExchangeId::Sequence(1))
+        .find(|s| {
+            s.exchange.kind == ExchangeKind::Consumer && s.exchange.id == ExchangeId::Sequence(1)
+        })
         .unwrap();
     assert_eq!(reply.parent_span_id, Some(answered.span_id));
     assert_eq!(reply.parent_source, Some("message"));

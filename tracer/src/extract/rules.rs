@@ -153,10 +153,9 @@ fn compile(rule: &ExtractRule) -> Result<Rule, String> {
                 name.to_owned()
             }])
         }
-        SourceShape::Form => How::Names(vec![rule
-            .name
-            .clone()
-            .ok_or("this source needs `name`")?]),
+        SourceShape::Form => {
+            How::Names(vec![rule.name.clone().ok_or("this source needs `name`")?])
+        }
         SourceShape::Body => match (&rule.pointer, &rule.key) {
             (Some(pointer), None) if pointer.starts_with('/') => How::Pointer(pointer.clone()),
             (Some(_), None) => return Err("`pointer` must start with '/'".into()),
@@ -239,9 +238,9 @@ fn find(rule: &Rule, exchange: &Exchange, bodies: &mut json::Bodies) -> Vec<Stri
     };
     match &rule.how {
         How::Names(names) => form_values(text, names),
-        How::Template { parts, separator } => {
-            template_value(text, parts, *separator).into_iter().collect()
-        }
+        How::Template { parts, separator } => template_value(text, parts, *separator)
+            .into_iter()
+            .collect(),
         How::AfterSegment(words) => after_segment(text, words).into_iter().collect(),
         How::Pointer(pointer) => bodies
             .parsed(name, text)

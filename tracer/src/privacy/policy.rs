@@ -122,6 +122,10 @@ mod tests {
         assert_eq!(policy("http.request.header.authorization"), None);
         assert_eq!(policy("url.query"), Some(Policy::Query));
         assert_eq!(policy("tracer.parent.source"), Some(Policy::Keep));
-        assert_eq!(policy("rpc.grpc.status_code"), Some(Policy::Keep), "from http2/");
+        assert_eq!(
+            policy("rpc.grpc.status_code"),
+            Some(Policy::Keep),
+            "from http2/"
+        );
     }
 }

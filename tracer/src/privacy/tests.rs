@@ -127,7 +127,10 @@ fn every_attribute_leaves_in_its_safe_form_and_the_dry_run_says_why() {
         vec![(ORDER_ID.to_owned(), order.clone())]
     );
     assert!(
-        span.exchange.record.named("http_header", "cookie").is_none(),
+        span.exchange
+            .record
+            .named("http_header", "cookie")
+            .is_none(),
         "headers and bodies never leave"
     );
     let reasons = |key: &str| why.0.get(key).cloned().unwrap_or_default();

@@ -13,8 +13,7 @@ pub mod postgres;
 pub mod record;
 
 pub use exchange::{
-    AttrValue, BrokerEvent, Exchange, ExchangeId, ExchangeKind, ExchangeStart, ExchangeStatus,
-    Peer,
+    AttrValue, BrokerEvent, Exchange, ExchangeId, ExchangeKind, ExchangeStart, ExchangeStatus, Peer,
 };
 pub use record::{Record, Source, SourceShape};
 
@@ -95,8 +94,11 @@ pub trait Protocol: Sync {
     /// Looks at the first bytes seen in `direction`. `mid_stream` is true for connections
     /// that predate the agent, whose first bytes may be anywhere in a message.
     fn infer(&self, bytes: &[u8], direction: Direction, mid_stream: bool) -> Inference;
-    fn session(&self, context: SessionContext, options: &SessionOptions)
-        -> Box<dyn ProtocolSession>;
+    fn session(
+        &self,
+        context: SessionContext,
+        options: &SessionOptions,
+    ) -> Box<dyn ProtocolSession>;
     /// Attributes of its own beyond the common ones the privacy allow-list knows, with
     /// what each may carry: an attribute no one declares never leaves the agent.
     fn attribute_policies(&self) -> &'static [(&'static str, Policy)] {
@@ -137,12 +139,8 @@ pub trait ProtocolSession: Send {
 }
 
 /// The registry: every protocol tracer understands, tried in this order.
-pub static PROTOCOLS: &[&dyn Protocol] = &[
-    &http2::Http2,
-    &http::Http,
-    &amqp::Amqp,
-    &postgres::Postgres,
-];
+pub static PROTOCOLS: &[&dyn Protocol] =
+    &[&http2::Http2, &http::Http, &amqp::Amqp, &postgres::Postgres];
 
 /// The extraction source of this name, from whichever protocol declares it.
 pub fn source(name: &str) -> Option<&'static Source> {

@@ -10,7 +10,10 @@ pub enum SourceShape {
     /// Text split by `separator`; a rule gives a `template` (`/orders/{order_id}`,
     /// `order.{id}.created`). `id_after_word`: the built-in rules take the segment after
     /// `orders`/`order` (`users`/`user`) when it has a digit.
-    Template { separator: char, id_after_word: bool },
+    Template {
+        separator: char,
+        id_after_word: bool,
+    },
     /// Values by name (headers, bound columns); a rule gives a `name`.
     Named { case_insensitive: bool },
     /// A form-encoded text (a query string); a rule gives a `name`.
@@ -63,7 +66,11 @@ impl Record for NoRecord {
 
 /// The value of `name` in a list of (name, value) pairs, ASCII case-insensitively when
 /// `case_insensitive`.
-pub fn lookup<'a>(pairs: &'a [(String, String)], name: &str, case_insensitive: bool) -> Option<&'a str> {
+pub fn lookup<'a>(
+    pairs: &'a [(String, String)],
+    name: &str,
+    case_insensitive: bool,
+) -> Option<&'a str> {
     pairs
         .iter()
         .find(|(n, _)| {

@@ -173,4 +173,3 @@ pub fn wait_then_stop(
         }
     }
 }
-

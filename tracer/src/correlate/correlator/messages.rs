@@ -118,7 +118,8 @@ impl Correlator {
             if node.delivered {
                 continue;
             }
-            let Some((connection, protocol, mut attributes)) = node.published.as_deref().cloned() else {
+            let Some((connection, protocol, mut attributes)) = node.published.as_deref().cloned()
+            else {
                 continue;
             };
             let (producer_span, start_ns, tid) =

@@ -37,7 +37,11 @@ impl Protocol for Amqp {
         }
     }
 
-    fn session(&self, context: SessionContext, options: &SessionOptions) -> Box<dyn ProtocolSession> {
+    fn session(
+        &self,
+        context: SessionContext,
+        options: &SessionOptions,
+    ) -> Box<dyn ProtocolSession> {
         Box::new(AmqpSession::new(context.role, options, context.mid_stream))
     }
 }

@@ -12,7 +12,8 @@ use crate::{
     capture::Direction,
     protocols::{
         identifiers::{self, Identifier},
-        AttrValue, Exchange, ExchangeEvent, ExchangeId, ExchangeKind, ExchangeStart, ExchangeStatus,
+        AttrValue, Exchange, ExchangeEvent, ExchangeId, ExchangeKind, ExchangeStart,
+        ExchangeStatus,
     },
 };
 

@@ -8,14 +8,12 @@ mod session;
 #[cfg(test)]
 mod tests;
 
+pub use config::HttpConfig;
 use parser::{find_start_line, looks_like_start, Side};
 pub(crate) use session::status_for;
-pub use config::HttpConfig;
 pub use session::HttpSession;
 
-use super::{
-    record::Source, Inference, Protocol, ProtocolSession, SessionContext, SessionOptions,
-};
+use super::{record::Source, Inference, Protocol, ProtocolSession, SessionContext, SessionOptions};
 use crate::capture::Direction;
 
 pub struct Http;
@@ -58,7 +56,11 @@ impl Protocol for Http {
         }
     }
 
-    fn session(&self, context: SessionContext, options: &SessionOptions) -> Box<dyn ProtocolSession> {
+    fn session(
+        &self,
+        context: SessionContext,
+        options: &SessionOptions,
+    ) -> Box<dyn ProtocolSession> {
         Box::new(HttpSession::new(context, options))
     }
 }

@@ -38,7 +38,10 @@ impl HttpRecord {
         if self.path.starts_with("/opentelemetry.proto.collector.") {
             return true;
         }
-        let otlp_path = matches!(self.path.as_str(), "/v1/traces" | "/v1/metrics" | "/v1/logs");
+        let otlp_path = matches!(
+            self.path.as_str(),
+            "/v1/traces" | "/v1/metrics" | "/v1/logs"
+        );
         otlp_path
             && lookup(&self.headers, "content-type", true).is_some_and(|t| {
                 t.starts_with("application/x-protobuf") || t.starts_with("application/json")

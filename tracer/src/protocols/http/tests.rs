@@ -95,7 +95,10 @@ fn chunked_response_split_across_reads_byte_by_byte() {
         attr(done[0], "http.response.body.size"),
         Some(&AttrValue::Int(9))
     );
-    assert_eq!(done[0].record.text("http_response_body").unwrap(), "wikipedia");
+    assert_eq!(
+        done[0].record.text("http_response_body").unwrap(),
+        "wikipedia"
+    );
     assert_eq!(done[0].record.text("http_request_body").unwrap(), "hello");
 }
 

@@ -111,14 +111,23 @@ fn error_code_name(code: u32) -> &'static str {
     }
 }
 
-pub fn build(id: u32, kind: ExchangeKind, stream: Stream, end_ktime_ns: u64, options: &Options) -> Exchange {
+pub fn build(
+    id: u32,
+    kind: ExchangeKind,
+    stream: Stream,
+    end_ktime_ns: u64,
+    options: &Options,
+) -> Exchange {
     let request = known(&stream.request);
     let response = known(&stream.response);
     let trailers = known(&stream.trailers);
     let mut attributes: Vec<(&'static str, AttrValue)> = vec![
         ("network.protocol.name", "http".into()),
         ("network.protocol.version", "2".into()),
-        ("http.request.body.size", (stream.request_body.size as i64).into()),
+        (
+            "http.request.body.size",
+            (stream.request_body.size as i64).into(),
+        ),
     ];
     let mut record = HttpRecord::default();
     let mut name = "HTTP".to_owned();
@@ -165,7 +174,10 @@ pub fn build(id: u32, kind: ExchangeKind, stream: Stream, end_ktime_ns: u64, opt
         attributes.push(("tracer.http2.headers_unknown", "true".into()));
     }
     if stream.response.is_some() || stream.response_body.size > 0 {
-        attributes.push(("http.response.body.size", (stream.response_body.size as i64).into()));
+        attributes.push((
+            "http.response.body.size",
+            (stream.response_body.size as i64).into(),
+        ));
     }
     if stream.lossy {
         attributes.push(("tracer.capture.incomplete", "true".into()));
@@ -207,14 +219,19 @@ pub fn build(id: u32, kind: ExchangeKind, stream: Stream, end_ktime_ns: u64, opt
             ))
         }
         None => {
-            record.request_body = Some(String::from_utf8_lossy(&stream.request_body.prefix).into_owned());
-            record.response_body = Some(String::from_utf8_lossy(&stream.response_body.prefix).into_owned());
+            record.request_body =
+                Some(String::from_utf8_lossy(&stream.request_body.prefix).into_owned());
+            record.response_body =
+                Some(String::from_utf8_lossy(&stream.response_body.prefix).into_owned());
             None
         }
     };
     if let Some((code, by_client)) = stream.reset {
         let code_name = error_code_name(code);
-        attributes.push(("tracer.http2.reset_by", if by_client { "client" } else { "server" }.into()));
+        attributes.push((
+            "tracer.http2.reset_by",
+            if by_client { "client" } else { "server" }.into(),
+        ));
         status = ExchangeStatus::Error {
             error_type: format!("RST_STREAM {code_name}"),
             message: format!(

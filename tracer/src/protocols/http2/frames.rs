@@ -57,7 +57,7 @@ impl FrameHeader {
             ),
             PRIORITY => (0, false, self.length == 5),
             RST_STREAM => (0, false, self.length == 4),
-            SETTINGS => (0x1, true, self.length % 6 == 0),
+            SETTINGS => (0x1, true, self.length.is_multiple_of(6)),
             PUSH_PROMISE => (END_HEADERS | PADDED, false, self.length >= 4),
             PING => (0x1, true, self.length == 8),
             GOAWAY => (0, true, self.length >= 8),
@@ -76,7 +76,7 @@ impl FrameHeader {
         self.kind == SETTINGS
             && self.flags == 0
             && self.stream == 0
-            && self.length % 6 == 0
+            && self.length.is_multiple_of(6)
             && self.length <= 60
     }
 }
@@ -308,7 +308,10 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 2, "{seen:?}");
-        assert!(matches!(seen[0].0, Item::Frame(FrameHeader { kind: SETTINGS, .. })));
+        assert!(matches!(
+            seen[0].0,
+            Item::Frame(FrameHeader { kind: SETTINGS, .. })
+        ));
         assert_eq!(seen[1].1, b"hello");
     }
 
@@ -325,7 +328,10 @@ mod tests {
                 total += length;
             }
         }
-        assert!(matches!(reader.gap(5000), Some(Item::DataPiece { length: 5000, .. })));
+        assert!(matches!(
+            reader.gap(5000),
+            Some(Item::DataPiece { length: 5000, .. })
+        ));
         reader.push(&bytes[6000..]);
         let mut rest = Vec::new();
         while let Some(item) = reader.next() {
@@ -339,7 +345,10 @@ mod tests {
             })
             .sum();
         assert_eq!(total + 5000 + streamed, body.len());
-        assert!(matches!(rest.last(), Some(Item::Frame(FrameHeader { kind: PING, .. }))));
+        assert!(matches!(
+            rest.last(),
+            Some(Item::Frame(FrameHeader { kind: PING, .. }))
+        ));
     }
 
     #[test]
@@ -351,7 +360,13 @@ mod tests {
         reader.push(b"garbage that is no frame at all");
         assert_eq!(reader.next(), None);
         reader.push(&frame(WINDOW_UPDATE, 0, 0, &[0, 0, 1, 0]));
-        assert!(matches!(reader.next(), Some(Item::Frame(FrameHeader { kind: WINDOW_UPDATE, .. }))));
+        assert!(matches!(
+            reader.next(),
+            Some(Item::Frame(FrameHeader {
+                kind: WINDOW_UPDATE,
+                ..
+            }))
+        ));
     }
 
     #[test]
@@ -400,6 +415,9 @@ mod gap_tests {
         }
         assert_eq!(lengths.iter().sum::<usize>(), 0x4000);
         reader.push(&bytes[9 + 0x4000..]);
-        assert!(matches!(reader.next(), Some(Item::Frame(FrameHeader { kind: PING, .. }))));
+        assert!(matches!(
+            reader.next(),
+            Some(Item::Frame(FrameHeader { kind: PING, .. }))
+        ));
     }
 }

@@ -42,9 +42,15 @@ impl Call {
 
 /// `grpc-status` and the percent-decoded `grpc-message`.
 pub fn status(headers: &[(String, String)]) -> Option<(u32, String)> {
-    let code = super::exchange::header(headers, "grpc-status")?.parse().ok()?;
+    let code = super::exchange::header(headers, "grpc-status")?
+        .parse()
+        .ok()?;
     let message = super::exchange::header(headers, "grpc-message")
-        .map(|m| percent_encoding::percent_decode_str(m).decode_utf8_lossy().into_owned())
+        .map(|m| {
+            percent_encoding::percent_decode_str(m)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
         .unwrap_or_else(|| format!("gRPC status {}", code_name(code)));
     Some((code, message))
 }

@@ -13,9 +13,7 @@ mod tests;
 
 pub use session::Http2Session;
 
-use super::{
-    record::Source, Inference, Protocol, ProtocolSession, SessionContext, SessionOptions,
-};
+use super::{record::Source, Inference, Protocol, ProtocolSession, SessionContext, SessionOptions};
 use crate::{capture::Direction, privacy::Policy};
 
 pub struct Http2;
@@ -47,7 +45,11 @@ impl Protocol for Http2 {
         }
     }
 
-    fn session(&self, context: SessionContext, options: &SessionOptions) -> Box<dyn ProtocolSession> {
+    fn session(
+        &self,
+        context: SessionContext,
+        options: &SessionOptions,
+    ) -> Box<dyn ProtocolSession> {
         Box::new(Http2Session::new(context, options))
     }
 

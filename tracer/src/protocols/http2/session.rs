@@ -137,7 +137,14 @@ impl Http2Session {
         }
     }
 
-    fn item(&mut self, side: usize, item: Item, ktime_ns: u64, tid: u32, out: &mut Vec<ExchangeEvent>) {
+    fn item(
+        &mut self,
+        side: usize,
+        item: Item,
+        ktime_ns: u64,
+        tid: u32,
+        out: &mut Vec<ExchangeEvent>,
+    ) {
         match item {
             Item::Frame(header) => {
                 let payload = self.sides[side].frames.payload().to_vec();
@@ -227,11 +234,18 @@ impl Http2Session {
         }
     }
 
-    fn header_block_done(&mut self, side: usize, ktime_ns: u64, tid: u32, out: &mut Vec<ExchangeEvent>) {
+    fn header_block_done(
+        &mut self,
+        side: usize,
+        ktime_ns: u64,
+        tid: u32,
+        out: &mut Vec<ExchangeEvent>,
+    ) {
         let Some((stream, end_stream, fragments)) = self.sides[side].block.take() else {
             return;
         };
-        let block = self.sides[side].decode(&fragments, &mut self.counters.header_blocks_undecodable);
+        let block =
+            self.sides[side].decode(&fragments, &mut self.counters.header_blocks_undecodable);
         if stream != 0 {
             let event = StreamEvent::Headers(block, end_stream);
             self.stream_event(side, stream, event, ktime_ns, tid, out);
@@ -247,7 +261,7 @@ impl Http2Session {
         tid: u32,
         out: &mut Vec<ExchangeEvent>,
     ) {
-        if id == 0 || id % 2 == 0 {
+        if id == 0 || id.is_multiple_of(2) {
             return; // the connection itself, or a pushed stream
         }
         if !self.streams.contains_key(&id) {
@@ -265,7 +279,9 @@ impl Http2Session {
                 _ => Vec::new(),
             };
             let traceparent = match &request {
-                Some(Block::Known(headers)) => exchange::header(headers, "traceparent").map(str::to_owned),
+                Some(Block::Known(headers)) => {
+                    exchange::header(headers, "traceparent").map(str::to_owned)
+                }
                 _ => None,
             };
             out.push(ExchangeEvent::Started(ExchangeStart {
@@ -367,13 +383,26 @@ fn header_fragment<'a>(header: &FrameHeader, payload: &'a [u8]) -> Option<&'a [u
 }
 
 impl ProtocolSession for Http2Session {
-    fn feed(&mut self, direction: Direction, bytes: &[u8], ktime_ns: u64, tid: u32, out: &mut Vec<ExchangeEvent>) {
+    fn feed(
+        &mut self,
+        direction: Direction,
+        bytes: &[u8],
+        ktime_ns: u64,
+        tid: u32,
+        out: &mut Vec<ExchangeEvent>,
+    ) {
         let side = self.side_of(direction);
         self.sides[side].frames.push(bytes);
         self.drain(side, ktime_ns, tid, out);
     }
 
-    fn gap(&mut self, direction: Direction, length: u64, ktime_ns: u64, out: &mut Vec<ExchangeEvent>) {
+    fn gap(
+        &mut self,
+        direction: Direction,
+        length: u64,
+        ktime_ns: u64,
+        out: &mut Vec<ExchangeEvent>,
+    ) {
         let side = self.side_of(direction);
         self.sides[side].frames.prepare_gap(length);
         self.drain(side, ktime_ns, 0, out);

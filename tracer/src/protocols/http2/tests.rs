@@ -70,12 +70,20 @@ fn recorded_conversations_give_the_same_exchanges_at_both_ends_and_in_any_cut() 
         let records = capture(name);
         for role in [Role::Server, Role::Client] {
             let whole = golden::replay_capture(&mut session(role, false), &records, role, None);
-            golden::compare(&fixtures(), &format!("{name}.{role:?}").to_lowercase(), &whole);
+            golden::compare(
+                &fixtures(),
+                &format!("{name}.{role:?}").to_lowercase(),
+                &whole,
+            );
             for chunk in [1, 7, 100] {
                 let cut =
                     golden::replay_capture(&mut session(role, false), &records, role, Some(chunk));
                 let render = |e: &[ExchangeEvent]| e.iter().map(golden::render).collect::<Vec<_>>();
-                assert_eq!(render(&cut), render(&whole), "{name} {role:?} in {chunk}-byte pieces");
+                assert_eq!(
+                    render(&cut),
+                    render(&whole),
+                    "{name} {role:?} in {chunk}-byte pieces"
+                );
             }
         }
     }
@@ -83,7 +91,12 @@ fn recorded_conversations_give_the_same_exchanges_at_both_ends_and_in_any_cut() 
 
 #[test]
 fn node_streams_are_named_sized_and_reset() {
-    let events = golden::replay_capture(&mut session(Role::Server, false), &capture("node"), Role::Server, None);
+    let events = golden::replay_capture(
+        &mut session(Role::Server, false),
+        &capture("node"),
+        Role::Server,
+        None,
+    );
     let done = finished(&events);
     let by_path = |path: &str| {
         *done
@@ -95,9 +108,16 @@ fn node_streams_are_named_sized_and_reset() {
     assert_eq!(price.name, "GET /orders/{id}/price");
     assert_eq!(int_attr(price, "http.response.status_code"), 200);
     assert_eq!(str_attr(price, "network.protocol.version"), "2");
-    assert_eq!(price.record.text("http_response_body"), Some(r#"{"order_id":"ORD-N1","price":120}"#));
+    assert_eq!(
+        price.record.text("http_response_body"),
+        Some(r#"{"order_id":"ORD-N1","price":120}"#)
+    );
     let upload = by_path("/upload");
-    assert_eq!(int_attr(upload, "http.request.body.size"), 24 * 1024, "a body split across frames");
+    assert_eq!(
+        int_attr(upload, "http.request.body.size"),
+        24 * 1024,
+        "a body split across frames"
+    );
     let big = by_path("/big");
     assert_eq!(int_attr(big, "http.response.body.size"), 36 * 1024);
     let reset = by_path("/reset");
@@ -107,18 +127,33 @@ fn node_streams_are_named_sized_and_reset() {
     );
     // Streams are named by their stream ids, the same at both ends.
     let ids: Vec<_> = done.iter().map(|x| x.id).collect();
-    let client = golden::replay_capture(&mut session(Role::Client, false), &capture("node"), Role::Client, None);
+    let client = golden::replay_capture(
+        &mut session(Role::Client, false),
+        &capture("node"),
+        Role::Client,
+        None,
+    );
     let client_ids: Vec<_> = finished(&client).iter().map(|x| x.id).collect();
     assert_eq!(ids, client_ids);
 }
 
 #[test]
 fn grpc_calls_have_service_method_and_status() {
-    let events = golden::replay_capture(&mut session(Role::Client, false), &capture("grpc"), Role::Client, None);
+    let events = golden::replay_capture(
+        &mut session(Role::Client, false),
+        &capture("grpc"),
+        Role::Client,
+        None,
+    );
     let done = finished(&events);
-    let get: Vec<_> = done.iter().filter(|x| x.name == "shop.v1.Orders/GetOrder").collect();
+    let get: Vec<_> = done
+        .iter()
+        .filter(|x| x.name == "shop.v1.Orders/GetOrder")
+        .collect();
     assert_eq!(get.len(), 5, "{done:#?}");
-    assert!(get.iter().all(|x| str_attr(x, "rpc.system") == "grpc" && str_attr(x, "rpc.method") == "GetOrder"));
+    assert!(get
+        .iter()
+        .all(|x| str_attr(x, "rpc.system") == "grpc" && str_attr(x, "rpc.method") == "GetOrder"));
     let missing = get
         .iter()
         .find(|x| int_attr(x, "rpc.grpc.status_code") == 5)
@@ -127,21 +162,38 @@ fn grpc_calls_have_service_method_and_status() {
         matches!(&missing.status, ExchangeStatus::Error { error_type, message } if error_type == "NOT_FOUND" && message == "no such order"),
         "{missing:#?}"
     );
-    let watch = done.iter().find(|x| x.name == "shop.v1.Orders/Watch").unwrap();
+    let watch = done
+        .iter()
+        .find(|x| x.name == "shop.v1.Orders/Watch")
+        .unwrap();
     assert_eq!(int_attr(watch, "rpc.grpc.status_code"), 0);
     assert_eq!(watch.status, ExchangeStatus::Ok);
     // The order id travels in metadata; the first field of the protobuf request is offered
     // to rules that ask for it, the protobuf body never as text.
-    let first = get.iter().find(|x| x.record.named("http_header", "x-order-id") == Some("ORD-G1")).unwrap();
-    assert_eq!(first.record.named("grpc_request_field", "1"), Some("ORD-G1"));
+    let first = get
+        .iter()
+        .find(|x| x.record.named("http_header", "x-order-id") == Some("ORD-G1"))
+        .unwrap();
+    assert_eq!(
+        first.record.named("grpc_request_field", "1"),
+        Some("ORD-G1")
+    );
     assert_eq!(first.record.text("http_request_body"), None);
 }
 
 #[test]
 fn picked_up_mid_connection_headers_are_unknown_never_wrong() {
     let records = capture("node");
-    let server: Vec<Captured> = records.into_iter().filter(|r| r.role == Role::Server).collect();
-    let full = golden::replay_capture(&mut session(Role::Server, false), &server, Role::Server, None);
+    let server: Vec<Captured> = records
+        .into_iter()
+        .filter(|r| r.role == Role::Server)
+        .collect();
+    let full = golden::replay_capture(
+        &mut session(Role::Server, false),
+        &server,
+        Role::Server,
+        None,
+    );
     let truth: Vec<(String, String)> = finished(&full)
         .iter()
         .map(|x| (format!("{:?}", x.id), x.name.clone()))
@@ -194,13 +246,28 @@ fn fifty_concurrent_streams_each_become_their_own_exchange() {
         let mut padded = vec![3u8];
         padded.extend_from_slice(a);
         padded.extend_from_slice(&[0, 0, 0]);
-        requests.extend(frame(frames::HEADERS, frames::END_STREAM | frames::PADDED, id, &padded));
+        requests.extend(frame(
+            frames::HEADERS,
+            frames::END_STREAM | frames::PADDED,
+            id,
+            &padded,
+        ));
         requests.extend(frame(frames::CONTINUATION, frames::END_HEADERS, id, b));
     }
     for i in (0..50u32).rev() {
         let block = server.encode(vec![(&b":status"[..], &b"200"[..])]);
-        responses.extend(frame(frames::HEADERS, frames::END_HEADERS, 2 * i + 1, &block));
-        responses.extend(frame(frames::DATA, frames::END_STREAM, 2 * i + 1, format!("{i}").as_bytes()));
+        responses.extend(frame(
+            frames::HEADERS,
+            frames::END_HEADERS,
+            2 * i + 1,
+            &block,
+        ));
+        responses.extend(frame(
+            frames::DATA,
+            frames::END_STREAM,
+            2 * i + 1,
+            format!("{i}").as_bytes(),
+        ));
     }
     let mut s = session(Role::Server, false);
     let mut out = Vec::new();
@@ -214,8 +281,14 @@ fn fifty_concurrent_streams_each_become_their_own_exchange() {
         };
         let i = (id - 1) / 2;
         assert_eq!(str_attr(x, "url.path"), format!("/orders/ORD-{i}/price"));
-        assert_eq!(x.record.named("http_header", "X-Order-Id"), Some(format!("ORD-{i}").as_str()));
-        assert_eq!(x.record.text("http_response_body"), Some(format!("{i}").as_str()));
+        assert_eq!(
+            x.record.named("http_header", "X-Order-Id"),
+            Some(format!("ORD-{i}").as_str())
+        );
+        assert_eq!(
+            x.record.text("http_response_body"),
+            Some(format!("{i}").as_str())
+        );
     }
 }
 
@@ -225,8 +298,25 @@ fn garbage_never_panics_and_is_counted() {
     let mut out = Vec::new();
     s.feed(Direction::Ingress, frames::PREFACE, 1, 1, &mut out);
     // A HEADERS frame whose block is not HPACK at all: the table is lost, the stream kept.
-    s.feed(Direction::Ingress, &frame(frames::HEADERS, frames::END_HEADERS | frames::END_STREAM, 1, &[0xff, 0xff, 0xff, 0xff]), 2, 1, &mut out);
-    s.feed(Direction::Egress, &frame(frames::RST_STREAM, 0, 1, &[0, 0, 0, 2]), 3, 1, &mut out);
+    s.feed(
+        Direction::Ingress,
+        &frame(
+            frames::HEADERS,
+            frames::END_HEADERS | frames::END_STREAM,
+            1,
+            &[0xff, 0xff, 0xff, 0xff],
+        ),
+        2,
+        1,
+        &mut out,
+    );
+    s.feed(
+        Direction::Egress,
+        &frame(frames::RST_STREAM, 0, 1, &[0, 0, 0, 2]),
+        3,
+        1,
+        &mut out,
+    );
     let done = finished(&out);
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].name, "HTTP");

@@ -11,9 +11,7 @@ mod tests;
 
 pub use session::PostgresSession;
 
-use super::{
-    record::Source, Inference, Protocol, ProtocolSession, SessionContext, SessionOptions,
-};
+use super::{record::Source, Inference, Protocol, ProtocolSession, SessionContext, SessionOptions};
 use crate::capture::Direction;
 
 pub struct Postgres;
@@ -40,7 +38,11 @@ impl Protocol for Postgres {
         }
     }
 
-    fn session(&self, context: SessionContext, _options: &SessionOptions) -> Box<dyn ProtocolSession> {
+    fn session(
+        &self,
+        context: SessionContext,
+        _options: &SessionOptions,
+    ) -> Box<dyn ProtocolSession> {
         Box::new(PostgresSession::new(context.mid_stream))
     }
 }

@@ -11,8 +11,8 @@ use crate::{
     capture::Direction,
     protocols::{
         identifiers::{self, Identifier},
-        AttrValue, Exchange, ExchangeEvent, ExchangeId, ExchangeKind, ExchangeStart, ExchangeStatus,
-        ProtocolSession,
+        AttrValue, Exchange, ExchangeEvent, ExchangeId, ExchangeKind, ExchangeStart,
+        ExchangeStatus, ProtocolSession,
     },
 };
 

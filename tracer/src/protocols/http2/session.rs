@@ -27,8 +27,9 @@ use crate::{
 
 /// A header block longer than this is not decoded (its direction's table is then lost).
 const MAX_HEADER_BLOCK: usize = 256 * 1024;
-/// Streams open at once beyond this are not followed (counted).
-const MAX_STREAMS: usize = 4096;
+/// Streams open at once beyond this are not followed (counted). Servers allow 100–250
+/// (SETTINGS_MAX_CONCURRENT_STREAMS); each followed stream holds up to two body prefixes.
+const MAX_STREAMS: usize = 512;
 
 /// One direction of the connection.
 struct Side {

@@ -430,7 +430,7 @@ impl Pipeline {
     }
 }
 
-/// `{"http2.headers_undecodable": 3}`: tuple keys as `protocol.event`.
+/// `{"http2.header_blocks_undecodable": 3}`: tuple keys as `protocol.event`.
 fn serialize_pairs<S: serde::Serializer>(
     map: &BTreeMap<(&'static str, &'static str), u64>,
     serializer: S,

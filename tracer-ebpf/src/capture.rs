@@ -1,9 +1,10 @@
 //! The data path: stash a data syscall's buffer at enter, copy exactly the returned byte
 //! count at exit into at most `MAX_RECORDS_PER_SYSCALL` records, then one gap record.
 use aya_ebpf::{
+    cty::c_void,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::bpf_probe_read_user as probe_read_user_raw,
+        generated::{bpf_loop, bpf_probe_read_user as probe_read_user_raw},
     },
     programs::TracePointContext,
 };
@@ -189,7 +190,7 @@ pub fn emit_records(
         return;
     }
     unsafe { core::ptr::write_volatile(owner, id) };
-    build_records(scratch, args, conn, id, direction, position, total);
+    build_records(index, scratch, args, conn, id, direction, position, total);
     if unsafe { core::ptr::read_volatile(owner) } == id {
         unsafe { core::ptr::write_volatile(owner, 0) };
     }
@@ -206,8 +207,36 @@ fn still_owner(scratch: *mut DataScratch, id: u64) -> bool {
     true
 }
 
+/// What one `bpf_loop` step needs: the scratch slot (looked up again in the callback) and
+/// the owner id.
+#[repr(C)]
+struct StepContext {
+    index: u32,
+    id: u64,
+}
+
+/// One `bpf_loop` iteration: 0 to go on, 1 to stop.
+extern "C" fn copy_step_callback(_i: u64, context: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes the caller's StepContext back.
+    let (index, id) = unsafe {
+        (
+            (*context.cast::<StepContext>()).index,
+            (*context.cast::<StepContext>()).id,
+        )
+    };
+    let Some(scratch) = DATA_SCRATCH.get_ptr_mut(index) else {
+        return 1;
+    };
+    if copy_step(scratch, id) {
+        0
+    } else {
+        1
+    }
+}
+
 #[inline(always)]
 fn build_records(
+    index: u32,
     scratch: *mut DataScratch,
     args: &SyscallArgs,
     conn: ConnId,
@@ -238,11 +267,17 @@ fn build_records(
             _pad: 0,
         };
     }
-    for _ in 0..MAX_STEPS {
-        if !copy_step(scratch, id) {
-            break;
-        }
-    }
+    // bpf_loop (Linux 5.17+): the verifier checks one step once, not every iteration, so
+    // walking many iovecs costs nothing at load time.
+    let mut step = StepContext { index, id };
+    unsafe {
+        bpf_loop(
+            MAX_STEPS as u32,
+            copy_step_callback as *mut c_void,
+            core::ptr::addr_of_mut!(step).cast(),
+            0,
+        )
+    };
     if !still_owner(scratch, id) {
         return;
     }

@@ -128,6 +128,11 @@ impl Http2Session {
         }
     }
 
+    /// Streams open now (tests: a closed session holds none).
+    pub fn open_streams(&self) -> usize {
+        self.streams.len()
+    }
+
     fn side_of(&self, direction: Direction) -> usize {
         usize::from(direction != self.request_direction)
     }

@@ -322,3 +322,57 @@ fn garbage_never_panics_and_is_counted() {
     assert_eq!(done[0].name, "HTTP");
     assert!(s.events().contains(&("header_blocks_undecodable", 1)));
 }
+
+#[test]
+fn mutated_recordings_never_panic() {
+    // A small, repeatable stand-in for the `protocols` fuzz target: the recorded
+    // conversations with bytes flipped, cut and dropped, fed at both ends.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for name in ["node", "curl", "grpc"] {
+        let records = capture(name);
+        for round in 0..40 {
+            let role = if round % 2 == 0 {
+                Role::Server
+            } else {
+                Role::Client
+            };
+            let mut s = session(role, round % 3 == 0);
+            let mut out = Vec::new();
+            for r in records
+                .iter()
+                .filter(|r| r.role == role && r.kind == "data")
+            {
+                let mut bytes = r.bytes.clone();
+                for _ in 0..(next() % 4) {
+                    if !bytes.is_empty() {
+                        let at = next() as usize % bytes.len();
+                        bytes[at] ^= (next() & 0xff) as u8;
+                    }
+                }
+                if next() % 10 == 0 {
+                    s.gap(r.direction, next() % 5000 + 1, r.time, &mut out);
+                    continue;
+                }
+                let cut = if bytes.is_empty() {
+                    0
+                } else {
+                    next() as usize % bytes.len()
+                };
+                s.feed(r.direction, &bytes[..cut], r.time, r.tid, &mut out);
+                s.feed(r.direction, &bytes[cut..], r.time, r.tid, &mut out);
+            }
+            s.close(u64::MAX / 2, &mut out);
+            assert_eq!(
+                s.open_streams(),
+                0,
+                "{name} round {round}: a closed session holds nothing"
+            );
+        }
+    }
+}

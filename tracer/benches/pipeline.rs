@@ -19,11 +19,9 @@ use tracer::{
     config::Config,
     correlate::Correlator,
     export::{ExportQueues, ExportStats, Services},
-    extract::Extractor,
-    privacy::{IdKey, Privacy, PrivacyOptions},
+    privacy::IdKey,
     protocols::SessionOptions,
     reassembly::{Limits, Reassembler},
-    sample::Sampler,
     session::SessionEvent,
 };
 use tracer_common::ConnId;
@@ -191,33 +189,19 @@ fn content_length(headers: &[httparse::Header]) -> usize {
 }
 
 fn full_pipeline(records: &[DataRecord], conn: &Connection) -> (usize, usize) {
-    let config = Config::default();
+    // The default setup with a key: pseudonymised, masked, allow-listed; every span kept.
+    let mut config = Config::default();
+    config.sampling.success_ratio = 1.0;
+    config.privacy.pseudonymise_ids = Some(true);
     let key = IdKey::from_bytes(b"bench-key");
     let (tx, mut rx) = tokio::sync::mpsc::channel(EXCHANGES * 2);
     let stats = Arc::new(ExportStats::default());
-    let mut sampling = config.sampling.clone();
-    sampling.success_ratio = 1.0;
     let mut pipeline = Pipeline::new(
         Correlator::new(0, 300_000_000_000, key.clone()),
         Services::new(Vec::new()),
         ExportQueues::new(vec![tx], stats),
         SessionOptions::default(),
-        Stages {
-            extractor: Extractor::new(&config.extract).unwrap(),
-            sampler: Sampler::new(&sampling),
-            // The default setup with a key: pseudonymised, masked, allow-listed.
-            privacy: Privacy::new(
-                key,
-                PrivacyOptions {
-                    pseudonymise_ids: true,
-                    mask_personal_data: true,
-                    allowed_query_keys: config.privacy.allowed_query_keys.clone(),
-                },
-            ),
-            privacy_dry_run: false,
-            untraced_executables: config.privacy.untraced_executables.clone(),
-            journey: None,
-        },
+        Stages::from_config(&config, key).unwrap(),
     );
     let clock = KernelClock::new();
     let mut reassembler = Reassembler::new(Limits::default());

@@ -20,11 +20,9 @@ use crate::{
     config::Config,
     correlate::Correlator,
     export::{ExportQueues, ExportStats, Services},
-    extract::Extractor,
-    privacy::{IdKey, Privacy, PrivacyOptions},
+    privacy::IdKey,
     protocols::{golden, SessionOptions},
     reassembly::{GapReason, StreamEvent},
-    sample::Sampler,
     session::SessionEvent,
 };
 
@@ -50,31 +48,17 @@ fn captures() -> Vec<PathBuf> {
 /// position of their trace and the name of their parent, times left out (they are the
 /// recording's), in start order.
 fn spans_of(capture: &Path) -> String {
-    let config = Config::default();
+    let mut config = Config::default();
+    config.sampling.success_ratio = 1.0;
+    config.privacy.pseudonymise_ids = Some(true);
     let key = IdKey::from_bytes(b"pipeline golden tests");
     let (tx, mut rx) = tokio::sync::mpsc::channel(100_000);
-    let mut sampling = config.sampling.clone();
-    sampling.success_ratio = 1.0;
     let mut pipeline = Pipeline::new(
         Correlator::new(0, 300_000_000_000, key.clone()),
         Services::new(Vec::new()),
         ExportQueues::new(vec![tx], Arc::new(ExportStats::default())),
         SessionOptions::default(),
-        Stages {
-            extractor: Extractor::new(&config.extract).unwrap(),
-            sampler: Sampler::new(&sampling),
-            privacy: Privacy::new(
-                key,
-                PrivacyOptions {
-                    pseudonymise_ids: true,
-                    mask_personal_data: true,
-                    allowed_query_keys: config.privacy.allowed_query_keys.clone(),
-                },
-            ),
-            privacy_dry_run: false,
-            untraced_executables: config.privacy.untraced_executables.clone(),
-            journey: None,
-        },
+        Stages::from_config(&config, key).unwrap(),
     );
     let mut conns: HashMap<tracer_common::ConnId, Connection> = HashMap::new();
     let mut requests = Vec::new();

@@ -6,11 +6,12 @@ use tracer_common::ConnId;
 
 use crate::{
     capture::{ConnChange, Connection, Direction, KernelClock},
+    config::Config,
     correlate::{Correlator, CorrelatorStats, ResolvedSpan},
     export::{to_span_data, ExportQueues, Services},
-    extract::Extractor,
+    extract::{Extractor, ExtractorError},
     journey::{JourneyHandle, JourneySpan},
-    privacy::{Privacy, Redactions},
+    privacy::{IdKey, Privacy, PrivacyOptions, Redactions},
     protocols::{self, ExchangeEvent, ProtocolSession, SessionContext, SessionOptions},
     reassembly::StreamEvent,
     sample::Sampler,
@@ -75,6 +76,28 @@ pub struct Stages {
     pub untraced_executables: Vec<String>,
     /// Order journeys: every exported span, and every order span even if sampled out.
     pub journey: Option<JourneyHandle>,
+}
+
+impl Stages {
+    /// The stages a configuration asks for, with the deployment's key (pseudonyms on when
+    /// the config says so, else when the key is secret); no journeys, no dry run.
+    pub fn from_config(config: &Config, key: IdKey) -> Result<Self, ExtractorError> {
+        Ok(Self {
+            extractor: Extractor::new(&config.extract)?,
+            sampler: Sampler::new(&config.sampling),
+            privacy: Privacy::new(
+                key.clone(),
+                PrivacyOptions {
+                    pseudonymise_ids: config.privacy.pseudonymise(key.is_secret()),
+                    mask_personal_data: config.privacy.mask_personal_data,
+                    allowed_query_keys: config.privacy.allowed_query_keys.clone(),
+                },
+            ),
+            privacy_dry_run: false,
+            untraced_executables: config.privacy.untraced_executables.clone(),
+            journey: None,
+        })
+    }
 }
 
 pub struct Pipeline {

@@ -11,13 +11,11 @@ use crate::{
     config::Config,
     correlate::Correlator,
     export::{self, ExportQueues, ExportStats, ExportTarget, Services},
-    extract::Extractor,
     journey::{self, Clock, JourneyMetrics, StoreLocation},
     metrics::{self, AgentMetrics, Health},
-    privacy::{IdKey, Privacy, PrivacyOptions},
+    privacy::IdKey,
     protocols::SessionOptions,
     reassembly::Limits,
-    sample::Sampler,
     session::CaptureSession,
 };
 
@@ -154,21 +152,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let journey_metrics = JourneyMetrics::register(&mut registry);
     let health = Arc::new(Health::default());
     let key = IdKey::load(&config.privacy)?;
-    let mut stages = Stages {
-        extractor: Extractor::new(&config.extract)?,
-        sampler: Sampler::new(&config.sampling),
-        privacy: Privacy::new(
-            key.clone(),
-            PrivacyOptions {
-                pseudonymise_ids: config.privacy.pseudonymise(key.is_secret()),
-                mask_personal_data: config.privacy.mask_personal_data,
-                allowed_query_keys: config.privacy.allowed_query_keys.clone(),
-            },
-        ),
-        privacy_dry_run: args.privacy_dry_run,
-        untraced_executables: config.privacy.untraced_executables.clone(),
-        journey: None,
-    };
+    let mut stages = Stages::from_config(&config, key.clone())?;
+    stages.privacy_dry_run = args.privacy_dry_run;
     let stop = StopSignal::install(args.duration.map(Duration::from_secs_f64))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use loona_hpack::Encoder;
 
-use super::{frames, Http2Session};
+use super::{
+    frames::{self, frame},
+    Http2Session,
+};
 use crate::{
     capture::{Direction, Role},
     protocols::{
@@ -216,14 +219,6 @@ fn picked_up_mid_connection_headers_are_unknown_never_wrong() {
             );
         }
     }
-}
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    f.extend_from_slice(&[kind, flags]);
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
 }
 
 #[test]

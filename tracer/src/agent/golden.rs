@@ -16,14 +16,12 @@ use serde_json::{json, Value};
 
 use super::{Pipeline, Stages};
 use crate::{
-    capture::{procfs::ProcessInfo, ConnChange, Connection, KernelClock},
+    capture::{recording::Replay, KernelClock},
     config::Config,
     correlate::Correlator,
     export::{ExportQueues, ExportStats, Services},
     privacy::IdKey,
     protocols::{golden, SessionOptions},
-    reassembly::{GapReason, StreamEvent},
-    session::SessionEvent,
 };
 
 fn captures() -> Vec<PathBuf> {
@@ -60,72 +58,12 @@ fn spans_of(capture: &Path) -> String {
         SessionOptions::default(),
         Stages::from_config(&config, key).unwrap(),
     );
-    let mut conns: HashMap<tracer_common::ConnId, Connection> = HashMap::new();
+    let mut replay = Replay::default();
     let mut requests = Vec::new();
     for record in golden::capture(capture) {
-        let conn = conns.entry(record.conn).or_insert_with(|| {
-            let process = Arc::new(ProcessInfo {
-                pid: record.conn.tgid,
-                comm: record.comm.clone(),
-                exe: String::new(),
-                cmdline: Vec::new(),
-                cgroup: String::new(),
-            });
-            Connection::for_tests(
-                record.conn,
-                record.role,
-                record.local,
-                record.remote,
-                process,
-            )
-        });
-        conn.local = conn.local.or(record.local);
-        conn.remote = conn.remote.or(record.remote);
-        let (id, time) = (record.conn, record.time);
-        let event = match record.kind.as_str() {
-            "data" => SessionEvent::Stream {
-                conn: conn.clone(),
-                event: StreamEvent::Data {
-                    conn: id,
-                    direction: record.direction,
-                    offset: record.offset,
-                    bytes: record.bytes,
-                    ktime_ns: time,
-                    tid: record.tid,
-                },
-            },
-            "gap" => SessionEvent::Stream {
-                conn: conn.clone(),
-                event: StreamEvent::Gap {
-                    conn: id,
-                    direction: record.direction,
-                    offset: record.offset,
-                    length: record.gap,
-                    reason: GapReason::NotCaptured,
-                    ktime_ns: time,
-                },
-            },
-            "conn_tls" => {
-                conn.tls = true;
-                SessionEvent::Conn {
-                    conn: conn.clone(),
-                    change: ConnChange::TlsPlaintext,
-                    ktime_ns: time,
-                    seeded: false,
-                }
-            }
-            "conn_close" => SessionEvent::Conn {
-                conn: conn.clone(),
-                change: ConnChange::Close {
-                    not_tcp: false,
-                    final_positions: None,
-                },
-                ktime_ns: time,
-                seeded: false,
-            },
-            _ => continue,
-        };
-        pipeline.handle(event, time, &mut requests);
+        if let Some(event) = replay.event(&record) {
+            pipeline.handle(event, record.time, &mut requests);
+        }
     }
     pipeline.finish(&KernelClock::new());
     let mut spans = Vec::new();

@@ -5,6 +5,7 @@ mod connections;
 mod events;
 mod loader;
 pub mod procfs;
+pub mod recording;
 
 pub use clock::{monotonic_ns as monotonic_now, KernelClock};
 pub use connections::{Connection, Connections};

@@ -141,63 +141,10 @@ pub fn compare(dir: &Path, name: &str, events: &[ExchangeEvent]) {
     }
 }
 
-/// One record of a `tracer capture --format jsonl` file: real programs' conversations,
-/// both ends, as the agent saw them.
-#[derive(Clone, Debug)]
-pub struct Captured {
-    pub conn: tracer_common::ConnId,
-    pub role: crate::capture::Role,
-    pub comm: String,
-    pub local: Option<std::net::SocketAddr>,
-    pub remote: Option<std::net::SocketAddr>,
-    /// `conn_open`, `conn_addr`, `data`, `gap`, `conn_close`.
-    pub kind: String,
-    pub direction: Direction,
-    pub time: u64,
-    pub tid: u32,
-    pub offset: u64,
-    pub bytes: Vec<u8>,
-    pub gap: u64,
-}
+pub use crate::capture::recording::Recorded as Captured;
 
 pub fn capture(path: &Path) -> Vec<Captured> {
-    use base64::Engine as _;
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .map(|line| serde_json::from_str::<Value>(line).unwrap())
-        .filter(|r| r["type"] != "stats")
-        .map(|r| {
-            let address = |key: &str| r[key].as_str().and_then(|a| a.parse().ok());
-            Captured {
-                conn: tracer_common::ConnId {
-                    tgid: r["pid"].as_u64().unwrap() as u32,
-                    fd: r["fd"].as_u64().unwrap() as u32,
-                    generation: r["generation"].as_u64().unwrap(),
-                },
-                role: match r["role"].as_str() {
-                    Some("server") => crate::capture::Role::Server,
-                    Some("client") => crate::capture::Role::Client,
-                    _ => crate::capture::Role::Unknown,
-                },
-                comm: r["comm"].as_str().unwrap_or_default().to_owned(),
-                local: address("local"),
-                remote: address("remote"),
-                kind: r["type"].as_str().unwrap().to_owned(),
-                direction: if r["direction"] == "egress" {
-                    Direction::Egress
-                } else {
-                    Direction::Ingress
-                },
-                time: r["time_unix_nano"].as_u64().unwrap(),
-                tid: r["tid"].as_u64().unwrap_or_default() as u32,
-                offset: r["offset"].as_u64().unwrap_or_default(),
-                bytes: base64::engine::general_purpose::STANDARD
-                    .decode(r["data"].as_str().unwrap_or_default())
-                    .unwrap(),
-                gap: r["gap_length"].as_u64().unwrap_or_default(),
-            }
-        })
-        .collect()
+    crate::capture::recording::read(path).unwrap()
 }
 
 /// Feeds one connection of a capture (`role`'s end of it) into `session`, in `chunk`-byte

@@ -3,6 +3,7 @@
 //! alternate). Writes a Markdown table to stdout and target/bench/report.md.
 mod agent;
 mod causality;
+mod corpus;
 mod https;
 mod load;
 
@@ -41,6 +42,9 @@ pub struct BenchArgs {
     /// this build, and report both agents' CPU per request.
     #[arg(long)]
     baseline_tracer: Option<PathBuf>,
+    /// Record the pipeline bench's corpus from real programs (tracer capture) and stop.
+    #[arg(long)]
+    record_corpus: bool,
 }
 
 /// One `wrk` run.
@@ -132,6 +136,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     setup::runtime_filesystems()?;
     fs::create_dir_all(&args.out)?;
     let out = fs::canonicalize(&args.out)?;
+    if args.record_corpus {
+        return corpus::record(&tracer, &out);
+    }
     let _stats = BpfStats::enable();
     let mut report = String::new();
     writeln!(report, "# tracer benchmark\n")?;

@@ -19,7 +19,7 @@
 //! `stuck_after_ns` are reported: a counter, a log line, and a synthesized span in the
 //! producer's trace.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, VecDeque},
     net::SocketAddr,
 };
 
@@ -146,7 +146,9 @@ pub struct Correlator {
     closed_by_pid: HashMap<u32, VecDeque<NodeId>>,
     /// CLIENT and PRODUCER spans whose parent is not decided yet: a request they overlap
     /// may still be reported (the connection's events come through another ring).
-    undecided_by_pid: HashMap<u32, Vec<NodeId>>,
+    /// By start time: a request reported late is weighed for the calls that started after
+    /// it, found without walking every call still settling.
+    undecided_by_pid: HashMap<u32, BTreeSet<(u64, NodeId)>>,
     /// PRODUCER spans not yet matched to a delivery, by message fingerprint, oldest first.
     producers_by_message: HashMap<u64, VecDeque<NodeId>>,
     /// Broker-side entry times of messages not yet delivered, by fingerprint.
@@ -157,8 +159,9 @@ pub struct Correlator {
     awaiting_delivery: VecDeque<(u64, NodeId)>,
     /// Finished spans waiting for their settle time: (ready at, node).
     settling: VecDeque<(u64, NodeId)>,
-    /// Resolved spans kept (as parents for later children) until this long after they end.
-    retention_ns: u64,
+    /// Published messages not yet delivered are kept this long after they end (their
+    /// consumer's parent, and the "not delivered" report); everything else `LINKABLE_NS`.
+    undelivered_retention_ns: u64,
     settle_ns: u64,
     stuck_after_ns: u64,
     last_eviction_ns: u64,
@@ -170,6 +173,11 @@ pub struct Correlator {
 
 /// How long a finished span waits for its unfinished parent before it is exported anyway.
 const MAX_PARENT_WAIT_NS: u64 = 10_000_000_000;
+/// How long a resolved span stays known once it ended: as the parent (and trace) of a call
+/// or delivery reported late, and as the client a server span is matched with. Beyond
+/// this nothing links to it, so keeping it would only cost memory (at 20k spans/s, every
+/// second kept holds ~7 MB).
+const LINKABLE_NS: u64 = 2 * MAX_PARENT_WAIT_NS;
 
 impl Correlator {
     /// `orders` is the deployment's HMAC key: an order's trace id is derived from it.
@@ -185,7 +193,7 @@ impl Correlator {
             broker_delivered: HashMap::new(),
             awaiting_delivery: VecDeque::new(),
             settling: VecDeque::new(),
-            retention_ns: 60_000_000_000.max(stuck_after_ns + 10_000_000_000),
+            undelivered_retention_ns: stuck_after_ns + 10_000_000_000,
             settle_ns,
             stuck_after_ns,
             last_eviction_ns: 0,
@@ -245,7 +253,10 @@ impl Correlator {
         }
         if matches!(node.kind, ExchangeKind::Client | ExchangeKind::Producer) {
             node.open_at_start = self.open_requests(node.pid, node.start_ns);
-            self.undecided_by_pid.entry(node.pid).or_default().push(id);
+            self.undecided_by_pid
+                .entry(node.pid)
+                .or_default()
+                .insert((node.start_ns, id));
         }
         if let Some(fingerprint) = node.message_out {
             self.producers_by_message
@@ -549,8 +560,8 @@ impl Correlator {
             if matches!(node.kind, ExchangeKind::Client | ExchangeKind::Producer) {
                 node.open_at_start = Vec::new();
                 node.identifiers = Vec::new();
-                let pid = node.pid;
-                self.decided(pid, id);
+                let (pid, start_ns) = (node.pid, node.start_ns);
+                self.decided(pid, start_ns, id);
             }
         }
         parent
@@ -584,10 +595,15 @@ impl Correlator {
             return;
         }
         self.last_eviction_ns = now_ns;
-        let retention = self.retention_ns;
+        let undelivered = self.undelivered_retention_ns;
         let before = self.nodes.len();
         let mut unfinished = 0;
         self.nodes.retain(|_, n| {
+            let retention = if n.message_out.is_some() && !n.delivered {
+                undelivered
+            } else {
+                LINKABLE_NS
+            };
             let keep = match n.end_ns {
                 Some(end) => n.finished.is_some() || now_ns.saturating_sub(end) < retention,
                 None => now_ns.saturating_sub(n.start_ns) < MAX_OPEN_NS,
@@ -614,7 +630,7 @@ impl Correlator {
             }
             self.closed_by_pid.retain(|_, closed| !closed.is_empty());
             for undecided in self.undecided_by_pid.values_mut() {
-                undecided.retain(|id| nodes.contains_key(id));
+                undecided.retain(|(_, id)| nodes.contains_key(id));
             }
             self.undecided_by_pid
                 .retain(|_, undecided| !undecided.is_empty());

@@ -14,6 +14,9 @@ use crate::export::ExportQueues;
 /// Spans waiting for the journey thread.
 const QUEUE: usize = 20_000;
 const BATCH: usize = 1_000;
+/// After a span arrives, how long more are gathered before one transaction writes them
+/// all: a busy agent commits a few times a second, not once per span.
+const GATHER: Duration = Duration::from_millis(250);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Where spans are offered to the journey thread. Dropping every handle stops it.
@@ -53,6 +56,20 @@ pub fn spawn(
     Ok((handle, thread))
 }
 
+/// Adds spans to `batch` until it is full or `within` has passed; false when every
+/// sender is gone.
+fn gather(rx: &Receiver<JourneySpan>, batch: &mut Vec<JourneySpan>, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while batch.len() < BATCH {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(span) => batch.push(span),
+            Err(RecvTimeoutError::Timeout) => break,
+            Err(RecvTimeoutError::Disconnected) => return false,
+        }
+    }
+    true
+}
+
 fn run(
     mut journeys: Journeys,
     rx: Receiver<JourneySpan>,
@@ -69,13 +86,7 @@ fn run(
         let open = match rx.recv_timeout(wait) {
             Ok(span) => {
                 batch.push(span);
-                while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(span) => batch.push(span),
-                        Err(_) => break,
-                    }
-                }
-                true
+                gather(&rx, &mut batch, check_every.min(GATHER))
             }
             Err(RecvTimeoutError::Timeout) => true,
             Err(RecvTimeoutError::Disconnected) => false,

@@ -1,6 +1,11 @@
 //! The agent as the benchmarks run it, and what it costs: CPU time from /proc and the
 //! in-kernel run time of its BPF programs (`kernel.bpf_stats_enabled`, /proc/<pid>/fdinfo).
-use std::{fs, path::Path, process::Command, time::Duration};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::bail;
 
@@ -11,25 +16,60 @@ pub struct Agent {
     pub metrics_port: u16,
 }
 
+/// What the agent runs with in a round.
+pub enum Setup<'a> {
+    /// As shipped: order journeys in SQLite, OTLP/gRPC to a receiver.
+    Default { sink: &'a Sink },
+    /// Journeys in SQLite, spans to an OTLP/JSON file.
+    File { spans: &'a Path },
+    /// No journeys, spans to an OTLP/JSON file (the loss curve, HTTPS, AMQP rounds).
+    Light { spans: &'a Path },
+}
+
 impl Agent {
+    /// The light setup: no journeys, every span to `spans`.
     pub fn start(tracer: &Path, out: &Path, spans: &Path) -> anyhow::Result<Self> {
         Self::start_with(tracer, out, spans, &[])
     }
 
-    /// With extra `tracer run` arguments (`--no-tls`).
+    /// The light setup with extra `tracer run` arguments (`--no-tls`).
     pub fn start_with(
         tracer: &Path,
         out: &Path,
         spans: &Path,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_as(tracer, out, &Setup::Light { spans }, extra)
+    }
+
+    /// Every span is exported (`--sample-success-ratio 1`) whatever the setup.
+    pub fn start_as(
+        tracer: &Path,
+        out: &Path,
+        setup: &Setup,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let metrics_port = free_port();
+        let journeys = out.join(format!("journeys-{metrics_port}.sqlite"));
         let mut cmd = Command::new(tracer);
-        cmd.arg("run")
-            .arg("--export")
-            .arg(format!("file:{}", spans.display()))
-            .args(["--sample-success-ratio", "1", "--journey-store", "none"])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        cmd.arg("run").args(["--sample-success-ratio", "1"]);
+        match setup {
+            Setup::Default { sink } => cmd
+                .arg("--export")
+                .arg(format!("otlp-grpc=http://127.0.0.1:{}", sink.port))
+                .arg("--journey-store")
+                .arg(format!("sqlite:{}", journeys.display())),
+            Setup::File { spans } => cmd
+                .arg("--export")
+                .arg(format!("file:{}", spans.display()))
+                .arg("--journey-store")
+                .arg(format!("sqlite:{}", journeys.display())),
+            Setup::Light { spans } => cmd
+                .arg("--export")
+                .arg(format!("file:{}", spans.display()))
+                .args(["--journey-store", "none"]),
+        };
+        cmd.args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .args(["--stats-every", "0"])
             .args(extra);
         let log = out.join(format!("agent-{metrics_port}.log"));
@@ -113,6 +153,70 @@ impl Agent {
 
     pub fn stop(mut self) {
         self.process.stop(Duration::from_secs(30));
+    }
+}
+
+/// Waits until `count` (spans exported so far) has not grown for two seconds — the
+/// settle time, the ring backlog and the last export batches are behind us — and
+/// returns it. Fails after `timeout`.
+pub fn exported(mut count: impl FnMut() -> u64, timeout: Duration) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + timeout;
+    let (mut last, mut since) = (count(), Instant::now());
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = count();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= Duration::from_secs(2) {
+            return Ok(now);
+        }
+        if Instant::now() > deadline {
+            bail!("spans were still being exported after {timeout:?} ({now} so far)");
+        }
+    }
+}
+
+/// The bench's OTLP/gRPC receiver (`tracer/examples/otlp_sink.rs`: tonic with
+/// `opentelemetry-proto`'s service, as a collector), counting the spans it is sent.
+pub struct Sink {
+    process: Started,
+    log: PathBuf,
+    pub port: u16,
+}
+
+impl Sink {
+    pub fn start(out: &Path) -> anyhow::Result<Self> {
+        crate::exec::exec(Command::new("cargo").args([
+            "build",
+            "--release",
+            "--quiet",
+            "--package",
+            "tracer",
+            "--example",
+            "otlp_sink",
+        ]))?;
+        let port = free_port();
+        let log = out.join("otlp-sink.log");
+        let process = Started::spawn(
+            "OTLP sink",
+            Command::new("target/release/examples/otlp_sink").arg(port.to_string()),
+            &log,
+        )?;
+        crate::infra::wait_for_port(port, "the OTLP sink", Duration::from_secs(10))?;
+        Ok(Self { process, log, port })
+    }
+
+    /// Spans received so far.
+    pub fn spans(&self) -> u64 {
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .rev()
+            .find_map(|l| l.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn stop(mut self) {
+        self.process.stop(Duration::from_secs(5));
     }
 }
 

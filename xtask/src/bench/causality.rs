@@ -64,22 +64,15 @@ pub fn chain(
     }
     b.stop(Duration::from_secs(5));
     c.stop(Duration::from_secs(5));
-    let shown = spread(&this);
+    let shown = format!("{} CPU-s", super::spread(this.iter().copied(), 2));
     let this = median(this);
     match baseline.is_empty() {
         true => writeln!(report, "| agent CPU per 100k requests, event-loop service calling another (wrk → Node.js → Node.js, a new id per request), median (min–max) | | {shown} | | |")?,
         false => {
-            let before_shown = spread(&baseline);
+            let before_shown = format!("{} CPU-s", super::spread(baseline.iter().copied(), 2));
             let before = median(baseline);
             writeln!(report, "| agent CPU per 100k requests, event-loop service calling another (wrk → Node.js → Node.js, a new id per request), median (min–max): baseline build → this build | {before_shown} | {shown} | **{:.3}** | ≤ 1.10 |", this / before)?
         }
     }
     Ok(())
-}
-
-/// "27.6 CPU-s (22.1–30.2)"
-fn spread(values: &[f64]) -> String {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(0.0, f64::max);
-    format!("{:.2} CPU-s ({min:.2}–{max:.2})", median(values.to_vec()))
 }

@@ -16,6 +16,8 @@
 //!
 //! Otherwise the call stays a root (still in its order's trace when it names one); if
 //! requests were open it is counted as ambiguous.
+use tracer_common::ConnId;
+
 use super::{Correlator, NodeId, Parent};
 use crate::{
     capture::Connection,
@@ -73,9 +75,15 @@ impl Correlator {
         let Some(undecided) = self.undecided_by_pid.get(&pid) else {
             return;
         };
-        for call in undecided {
+        let first = ConnId {
+            tgid: 0,
+            fd: 0,
+            generation: 0,
+        };
+        let earliest = (first, ExchangeId::Sequence(0));
+        for (_, call) in undecided.range((start_ns, earliest)..) {
             if let Some(node) = self.nodes.get_mut(call) {
-                if node.start_ns >= start_ns && node.open_at_start.len() <= MAX_CANDIDATES {
+                if node.open_at_start.len() <= MAX_CANDIDATES {
                     node.open_at_start.push(id);
                 }
             }
@@ -83,9 +91,9 @@ impl Correlator {
     }
 
     /// A call's parent is decided: requests reported from now on are not weighed for it.
-    pub(super) fn decided(&mut self, pid: u32, id: NodeId) {
+    pub(super) fn decided(&mut self, pid: u32, start_ns: u64, id: NodeId) {
         if let Some(undecided) = self.undecided_by_pid.get_mut(&pid) {
-            undecided.retain(|other| *other != id);
+            undecided.remove(&(start_ns, id));
             if undecided.is_empty() {
                 self.undecided_by_pid.remove(&pid);
             }

@@ -11,14 +11,6 @@
 //! bench`).
 use std::{path::Path, sync::Arc, time::Instant};
 
-use opentelemetry_proto::{
-    tonic::collector::trace::v1::ExportTraceServiceRequest,
-    transform::{
-        common::tonic::ResourceAttributesWithSchema,
-        trace::tonic::group_spans_by_resource_and_scope,
-    },
-};
-use prost::Message;
 use serde_json::{json, Value};
 use tracer::{
     agent::{Pipeline, Stages},
@@ -28,7 +20,7 @@ use tracer::{
     },
     config::Config,
     correlate::Correlator,
-    export::{ExportItem, ExportQueues, ExportStats, Services},
+    export::{request, ExportItem, ExportQueues, ExportStats, Services},
     journey::{self, Clock, JourneyMetrics, StoreLocation},
     privacy::IdKey,
     protocols::SessionOptions,
@@ -173,19 +165,12 @@ fn full_pipeline(records: &[Recorded], store: &Path) -> (usize, usize) {
     let (mut spans, mut encoded) = (0, 0);
     let mut export = |rx: &mut tokio::sync::mpsc::Receiver<ExportItem>| {
         let mut batch = Vec::new();
-        while let Ok((resource, span)) = rx.try_recv() {
-            batch.push((resource, span));
+        while let Ok(item) = rx.try_recv() {
+            batch.push(item);
         }
-        if let Some((resource, _)) = batch.first() {
-            let resource = ResourceAttributesWithSchema::from(&**resource);
-            spans += batch.len();
-            let request = ExportTraceServiceRequest {
-                resource_spans: group_spans_by_resource_and_scope(
-                    batch.into_iter().map(|(_, s)| s).collect(),
-                    &resource,
-                ),
-            };
-            encoded += request.encode_to_vec().len();
+        spans += batch.len();
+        if !batch.is_empty() {
+            encoded += request::protobuf(&batch).len();
         }
     };
     for (n, record) in records.iter().enumerate() {

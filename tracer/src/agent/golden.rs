@@ -11,7 +11,7 @@ use std::{
     sync::Arc,
 };
 
-use opentelemetry::trace::SpanId;
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use serde_json::{json, Value};
 
 use super::{Pipeline, Stages};
@@ -19,7 +19,7 @@ use crate::{
     capture::{recording::Replay, KernelClock},
     config::Config,
     correlate::Correlator,
-    export::{ExportQueues, ExportStats, Services},
+    export::{kind_name, value_text, ExportQueues, ExportStats, Services},
     privacy::IdKey,
     protocols::{golden, SessionOptions},
 };
@@ -67,45 +67,54 @@ fn spans_of(capture: &Path) -> String {
     }
     pipeline.finish(&KernelClock::new());
     let mut spans = Vec::new();
-    while let Ok((resource, span)) = rx.try_recv() {
-        let service = resource
-            .get(&opentelemetry::Key::new("service.name"))
-            .map(|v| v.to_string())
-            .unwrap_or_default();
-        spans.push((service, span));
+    while let Ok(item) = rx.try_recv() {
+        spans.push((Services::name_of(&item.resource), item.span.clone()));
     }
     spans.sort_by(|a, b| {
-        (a.1.start_time, &a.1.name, a.0.as_str()).cmp(&(b.1.start_time, &b.1.name, b.0.as_str()))
+        (a.1.start_time_unix_nano, &a.1.name, a.0.as_str()).cmp(&(
+            b.1.start_time_unix_nano,
+            &b.1.name,
+            b.0.as_str(),
+        ))
     });
-    let names: HashMap<SpanId, String> = spans
+    let names: HashMap<&[u8], String> = spans
         .iter()
-        .map(|(service, s)| (s.span_context.span_id(), format!("{service} {}", s.name)))
+        .map(|(service, s)| (&s.span_id[..], format!("{service} {}", s.name)))
         .collect();
     let mut traces = Vec::new();
     let mut out = String::new();
     for (service, span) in &spans {
-        let trace = span.span_context.trace_id();
+        let trace = &span.trace_id;
         if !traces.contains(&trace) {
             traces.push(trace);
         }
-        let attributes: BTreeMap<String, String> = span
+        let attributes: BTreeMap<&str, String> = span
             .attributes
             .iter()
-            .filter(|kv| !kv.key.as_str().ends_with(".port")) // the recording's, not ours
-            .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+            .filter(|kv| !kv.key.ends_with(".port")) // the recording's, not ours
+            .map(|kv| (kv.key.as_str(), value_text(kv.value.as_ref())))
             .collect();
-        let parent = match span.parent_span_id {
-            SpanId::INVALID => Value::Null,
+        let parent = match &span.parent_span_id[..] {
+            [] => Value::Null,
             parent => json!(names
-                .get(&parent)
+                .get(parent)
                 .cloned()
                 .unwrap_or_else(|| "remote".into())),
         };
+        // As the OpenTelemetry SDK prints a status.
+        let status = match &span.status {
+            Some(s) if s.code == StatusCode::Error as i32 => {
+                format!("Error {{ description: {:?} }}", s.message)
+            }
+            Some(s) if s.code == StatusCode::Ok as i32 => "Ok".into(),
+            _ => "Unset".into(),
+        };
+        let kind = SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified);
         let line = json!({
             "service": service,
-            "kind": format!("{:?}", span.span_kind),
+            "kind": kind_name(kind),
             "name": span.name,
-            "status": format!("{:?}", span.status),
+            "status": status,
             "trace": traces.iter().position(|t| *t == trace),
             "parent": parent,
             "links": span.links.len(),

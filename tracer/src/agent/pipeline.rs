@@ -1,6 +1,9 @@
 //! Per-connection protocol sessions, and the hand-over of their exchanges to the
 //! correlator and of resolved spans to the export queues.
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use tracer_common::ConnId;
 
@@ -8,7 +11,7 @@ use crate::{
     capture::{ConnChange, Connection, Direction, KernelClock},
     config::Config,
     correlate::{Correlator, CorrelatorStats, ResolvedSpan},
-    export::{to_span_data, ExportQueues, Services},
+    export::{to_otlp, ExportQueues, Exported, Services},
     extract::{Extractor, ExtractorError},
     journey::{JourneyHandle, JourneySpan},
     privacy::{IdKey, Privacy, PrivacyOptions, Redactions},
@@ -436,19 +439,22 @@ impl Pipeline {
             }
             let redactions = self.stages.privacy.apply(&mut span);
             let resource = self.services.resource(&span.connection.process);
-            let data = to_span_data(span, clock);
+            let otlp = to_otlp(span, clock);
             if let Some(journey) = journey {
-                journey.offer(JourneySpan::from_sdk(&resource, &data));
+                journey.offer(JourneySpan::from_otlp(Services::name_of(&resource), &otlp));
             }
             if !keep {
                 self.stats.spans_sampled_out += 1;
                 continue;
             }
             if self.stages.privacy_dry_run {
-                print_dry_run(&resource, &data, &redactions);
+                print_dry_run(&resource, &otlp, &redactions);
                 continue;
             }
-            self.queues.send((resource, data));
+            self.queues.send(Arc::new(Exported {
+                resource,
+                span: otlp,
+            }));
         }
     }
 }
@@ -465,23 +471,22 @@ fn serialize_pairs<S: serde::Serializer>(
 /// privacy stage did to it (dropped, templated, redacted, sanitised, masked, pseudonymised).
 fn print_dry_run(
     resource: &opentelemetry_sdk::Resource,
-    span: &opentelemetry_sdk::trace::SpanData,
+    span: &opentelemetry_proto::tonic::trace::v1::Span,
     redactions: &Redactions,
 ) {
-    let attributes: BTreeMap<String, String> = span
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    let attributes: BTreeMap<&str, String> = span
         .attributes
         .iter()
-        .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+        .map(|kv| (kv.key.as_str(), crate::export::value_text(kv.value.as_ref())))
         .collect();
-    let service = resource
-        .get(&opentelemetry::Key::new("service.name"))
-        .map(|v| v.to_string())
-        .unwrap_or_default();
+    let kind = SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified);
+    let trace_id: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
     let line = serde_json::json!({
-        "service": service,
+        "service": Services::name_of(resource),
         "name": span.name,
-        "kind": format!("{:?}", span.span_kind),
-        "trace_id": span.span_context.trace_id().to_string(),
+        "kind": crate::export::kind_name(kind),
+        "trace_id": trace_id,
         "attributes": attributes,
         "why": redactions,
     });

@@ -6,16 +6,9 @@ use std::{
     sync::{atomic::Ordering, Arc},
 };
 
-use opentelemetry_proto::{
-    tonic::collector::trace::v1::ExportTraceServiceRequest,
-    transform::{
-        common::tonic::ResourceAttributesWithSchema,
-        trace::tonic::group_spans_by_resource_and_scope,
-    },
-};
 use tokio::sync::mpsc;
 
-use super::{ExportItem, ExportStats};
+use super::{request, ExportItem, ExportStats};
 
 pub async fn run_file_export(
     path: PathBuf,
@@ -27,21 +20,7 @@ pub async fn run_file_export(
     let mut out = std::io::BufWriter::new(file);
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 512).await > 0 {
-        let request = ExportTraceServiceRequest {
-            resource_spans: super::group_by_resource(&batch)
-                .into_iter()
-                .flat_map(|(resource, spans)| {
-                    group_spans_by_resource_and_scope(
-                        spans,
-                        &ResourceAttributesWithSchema::from(&*resource),
-                    )
-                })
-                .collect(),
-        };
-        let written = serde_json::to_writer(&mut out, &request)
-            .map_err(std::io::Error::from)
-            .and_then(|()| out.write_all(b"\n"))
-            .and_then(|()| out.flush());
+        let written = request::json(&batch, &mut out).and_then(|()| out.flush());
         match written {
             Ok(()) => stats
                 .spans_exported

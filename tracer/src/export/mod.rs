@@ -2,11 +2,13 @@
 //! bounded queues with retry and counted drops.
 mod file;
 mod otlp;
+pub mod request;
 mod service;
 mod span;
 
 use std::{
     path::PathBuf,
+    time::SystemTime,
     str::FromStr,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -15,14 +17,63 @@ use std::{
 };
 
 pub use file::run_file_export;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_sdk::{trace::SpanData, Resource};
 pub use otlp::{resolve as resolve_otlp, run_otlp_export, OtlpProtocol};
 pub use service::Services;
-pub use span::to_span_data;
+pub use span::to_otlp;
 use tokio::sync::mpsc;
 
-/// A span and the resource (service) it belongs to.
-pub type ExportItem = (Arc<Resource>, SpanData);
+/// A span as exported (OTLP protobuf) and the resource (service) it belongs to.
+#[derive(Debug)]
+pub struct Exported {
+    pub resource: Arc<Resource>,
+    pub span: Span,
+}
+
+impl Exported {
+    /// A span built with the OpenTelemetry SDK (the journey's stuck-order spans).
+    pub fn from_sdk(resource: Arc<Resource>, span: SpanData) -> Self {
+        Self {
+            resource,
+            span: span.into(),
+        }
+    }
+}
+
+/// Built once, shared by every export target and retry.
+pub type ExportItem = Arc<Exported>;
+
+/// An attribute value as text: strings as they are, numbers and booleans printed.
+pub fn value_text(value: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    match value.and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+/// `Server`, `Client`, `Producer`, `Consumer`, `Internal`: as the SDK names span kinds.
+pub fn kind_name(kind: opentelemetry_proto::tonic::trace::v1::span::SpanKind) -> &'static str {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    match kind {
+        SpanKind::Server => "Server",
+        SpanKind::Client => "Client",
+        SpanKind::Producer => "Producer",
+        SpanKind::Consumer => "Consumer",
+        SpanKind::Internal | SpanKind::Unspecified => "Internal",
+    }
+}
+
+/// Nanoseconds since the Unix epoch (0 before it).
+pub fn unix_nanos(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExportTarget {
@@ -147,17 +198,6 @@ pub fn finish(
 }
 
 /// Splits a batch by resource, keeping order within each resource.
-fn group_by_resource(batch: &[ExportItem]) -> Vec<(Arc<Resource>, Vec<SpanData>)> {
-    let mut groups: Vec<(Arc<Resource>, Vec<SpanData>)> = Vec::new();
-    for (resource, span) in batch {
-        match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(r, resource)) {
-            Some((_, spans)) => spans.push(span.clone()),
-            None => groups.push((resource.clone(), vec![span.clone()])),
-        }
-    }
-    groups
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

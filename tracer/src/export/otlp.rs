@@ -1,16 +1,17 @@
-//! OTLP export through `opentelemetry-otlp`'s `SpanExporter`, one batch per service
-//! resource, with a bounded retry buffer and exponential back-off.
+//! OTLP export (gRPC through tonic, HTTP/protobuf through reqwest; the standard
+//! `OTEL_EXPORTER_OTLP_*` endpoint and headers variables), one request per batch with
+//! every service in it, a bounded retry buffer and exponential back-off.
 use std::{
     collections::VecDeque,
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
 
-use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
-use opentelemetry_sdk::trace::SpanExporter as _;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::Message as _;
 use tokio::{sync::mpsc, time::Instant};
 
-use super::{ExportItem, ExportStats};
+use super::{request, ExportItem, ExportStats};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OtlpProtocol {
@@ -59,29 +60,172 @@ pub fn resolve(
     (protocol, endpoint, format!("{name} {shown}"))
 }
 
-fn build(protocol: OtlpProtocol, endpoint: Option<String>) -> anyhow::Result<SpanExporter> {
-    let exporter = match protocol {
+/// Where a batch goes: the OTLP services, fed the request bytes `request::protobuf`
+/// writes (each span encoded from the shared span, no per-target copy).
+enum Client {
+    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
+    Http {
+        client: reqwest::Client,
+        url: String,
+        headers: reqwest::header::HeaderMap,
+    },
+}
+
+/// `OTEL_EXPORTER_OTLP_TRACES_<name>`, else `OTEL_EXPORTER_OTLP_<name>`.
+fn env(name: &str) -> Option<String> {
+    std::env::var(format!("OTEL_EXPORTER_OTLP_TRACES_{name}"))
+        .or_else(|_| std::env::var(format!("OTEL_EXPORTER_OTLP_{name}")))
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value,key2=value2` (values URL-encoded).
+fn headers() -> anyhow::Result<Vec<(String, String)>> {
+    let Some(list) = env("HEADERS") else {
+        return Ok(Vec::new());
+    };
+    list.split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("OTEL_EXPORTER_OTLP_HEADERS: {pair:?} is not key=value")
+            })?;
+            let value = percent_encoding::percent_decode_str(value.trim()).decode_utf8_lossy();
+            Ok((key.trim().to_ascii_lowercase(), value.into_owned()))
+        })
+        .collect()
+}
+
+fn build(protocol: OtlpProtocol, endpoint: Option<String>) -> anyhow::Result<Client> {
+    let headers = headers()?;
+    match protocol {
         OtlpProtocol::Grpc => {
-            let mut builder = SpanExporter::builder()
-                .with_tonic()
-                .with_timeout(EXPORT_TIMEOUT);
-            if let Some(endpoint) = endpoint {
-                builder = builder.with_endpoint(endpoint);
-            }
-            builder.build()?
+            let url = endpoint
+                .or_else(|| env("ENDPOINT"))
+                .unwrap_or_else(|| "http://localhost:4317".into());
+            let channel = tonic::transport::Endpoint::from_shared(url.clone())
+                .map_err(|e| anyhow::anyhow!("OTLP/gRPC endpoint {url:?}: {e}"))?
+                .connect_timeout(EXPORT_TIMEOUT)
+                .timeout(EXPORT_TIMEOUT)
+                .connect_lazy();
+            let _ = headers; // gRPC metadata is set per request below
+            Ok(Client::Grpc(tonic::client::Grpc::new(channel)))
         }
         OtlpProtocol::HttpProtobuf => {
-            let mut builder = SpanExporter::builder()
-                .with_http()
-                .with_protocol(Protocol::HttpBinary)
-                .with_timeout(EXPORT_TIMEOUT);
-            if let Some(endpoint) = endpoint {
-                builder = builder.with_endpoint(endpoint);
+            let url = endpoint
+                .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").ok())
+                .or_else(|| {
+                    let base = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok()?;
+                    Some(format!("{}/v1/traces", base.trim_end_matches('/')))
+                })
+                .unwrap_or_else(|| "http://localhost:4318/v1/traces".into());
+            let mut map = reqwest::header::HeaderMap::new();
+            for (key, value) in &headers {
+                map.insert(
+                    reqwest::header::HeaderName::from_bytes(key.as_bytes())?,
+                    reqwest::header::HeaderValue::from_str(value)?,
+                );
             }
-            builder.build()?
+            let client = reqwest::Client::builder().timeout(EXPORT_TIMEOUT).build()?;
+            Ok(Client::Http {
+                client,
+                url,
+                headers: map,
+            })
         }
-    };
-    Ok(exporter)
+    }
+}
+
+/// A gRPC codec whose requests are already-encoded `ExportTraceServiceRequest` bytes.
+#[derive(Default)]
+struct Encoded;
+
+impl tonic::codec::Codec for Encoded {
+    type Encode = Vec<u8>;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = Encoded;
+    type Decoder = Encoded;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        Encoded
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        Encoded
+    }
+}
+
+impl tonic::codec::Encoder for Encoded {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Self::Error> {
+        use bytes::BufMut as _;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Encoded {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Self::Item>, Self::Error> {
+        ExportTraceServiceResponse::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+impl Client {
+    async fn export(&mut self, body: Vec<u8>) -> anyhow::Result<()> {
+        match self {
+            Client::Grpc(grpc) => {
+                grpc.ready()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("OTLP/gRPC receiver unreachable: {e}"))?;
+                let mut request = tonic::Request::new(body);
+                for (key, value) in headers()? {
+                    if let (Ok(key), Ok(value)) = (
+                        key.parse::<tonic::metadata::MetadataKey<_>>(),
+                        value.parse(),
+                    ) {
+                        request.metadata_mut().insert(key, value);
+                    }
+                }
+                let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
+                grpc.unary(request, path, Encoded)
+                    .await
+                    .map_err(|status| anyhow::anyhow!("OTLP/gRPC export: {status}"))?;
+                Ok(())
+            }
+            Client::Http {
+                client,
+                url,
+                headers,
+            } => {
+                let response = client
+                    .post(url.as_str())
+                    .headers(headers.clone())
+                    .header("content-type", "application/x-protobuf")
+                    .body(body)
+                    .send()
+                    .await?;
+                if !response.status().is_success() {
+                    anyhow::bail!("OTLP/HTTP export: {}", response.status());
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Runs until `rx` closes, then makes a last attempt to send what it holds.
@@ -94,7 +238,7 @@ pub async fn run_otlp_export(
 ) -> anyhow::Result<()> {
     // Spans held while the receiver is unreachable; older ones are dropped (and counted).
     let max_held = max_held.max(1);
-    let mut exporter = build(protocol, endpoint)?;
+    let mut client = build(protocol, endpoint)?;
     let mut held: VecDeque<ExportItem> = VecDeque::new();
     let mut backoff = Duration::from_millis(100);
     let mut next_attempt = Instant::now();
@@ -123,7 +267,7 @@ pub async fn run_otlp_export(
         // Keep taking spans in while the export is in flight, so a slow or unreachable
         // receiver never backs up into the agent's queue.
         let result = {
-            let in_flight = export(&mut exporter, &batch);
+            let in_flight = export(&mut client, &batch);
             tokio::pin!(in_flight);
             loop {
                 tokio::select! {
@@ -162,7 +306,6 @@ pub async fn run_otlp_export(
             }
         }
     }
-    let _ = exporter.shutdown();
     Ok(())
 }
 
@@ -180,14 +323,7 @@ fn trim(held: &mut VecDeque<ExportItem>, max_held: usize, stats: &ExportStats) {
     }
 }
 
-/// One export call per resource in the batch (the exporter carries one resource at a time).
-async fn export(exporter: &mut SpanExporter, batch: &[ExportItem]) -> anyhow::Result<()> {
-    for (resource, spans) in super::group_by_resource(batch) {
-        exporter.set_resource(&resource);
-        exporter
-            .export(spans)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    Ok(())
+/// One request for the whole batch, every resource in it.
+async fn export(client: &mut Client, batch: &[ExportItem]) -> anyhow::Result<()> {
+    client.export(request::protobuf(batch)).await
 }

@@ -2,12 +2,10 @@
 //! `tracer journey`: both paths end here, so both keep journeys the same way.
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use opentelemetry::{trace::SpanKind, Key};
 use opentelemetry_proto::tonic::{
     common::v1::{any_value::Value, AnyValue, KeyValue},
     trace::v1::{span::SpanKind as ProtoKind, status::StatusCode, Span},
 };
-use opentelemetry_sdk::{trace::SpanData, Resource};
 
 use crate::extract::{ORDER_ID, ORDER_STATUS, USER_ID};
 
@@ -33,50 +31,18 @@ pub struct JourneySpan {
 }
 
 impl JourneySpan {
-    pub fn from_sdk(resource: &Resource, span: &SpanData) -> Self {
-        let service = resource
-            .get(&Key::new("service.name"))
-            .map(|v| v.to_string())
-            .unwrap_or_default();
-        let attr = |name: &str| {
-            span.attributes
-                .iter()
-                .find(|kv| kv.key.as_str() == name)
-                .map(|kv| kv.value.to_string())
-        };
-        let error = match &span.status {
-            opentelemetry::trace::Status::Error { description } => Some(
-                Some(description.to_string())
-                    .filter(|d| !d.is_empty())
-                    .or_else(|| attr("error.type"))
-                    .unwrap_or_else(|| "error".into()),
-            ),
-            _ => None,
-        };
-        Self {
-            service,
-            name: span.name.to_string(),
-            kind: match span.span_kind {
-                SpanKind::Server => "server",
-                SpanKind::Client => "client",
-                SpanKind::Producer => "producer",
-                SpanKind::Consumer => "consumer",
-                SpanKind::Internal => "internal",
-            },
-            trace_id: span.span_context.trace_id().to_string(),
-            span_id: span.span_context.span_id().to_string(),
-            start_ns: unix_ns(span.start_time),
-            end_ns: unix_ns(span.end_time),
-            error,
-            order_id: attr(ORDER_ID),
-            user_id: attr(USER_ID),
-            status: attr(ORDER_STATUS),
-            synthesized: attr(SYNTHESIZED).is_some_and(|v| v == "true"),
-        }
-    }
-
     /// A span received over OTLP; `resource` is its resource's attributes.
     pub fn from_proto(resource: &[KeyValue], span: &Span) -> Self {
+        let service = resource
+            .iter()
+            .find(|kv| kv.key == "service.name")
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(text);
+        Self::from_otlp(service.unwrap_or_default(), span)
+    }
+
+    /// An OTLP span of `service` (the agent's own, or one received).
+    pub fn from_otlp(service: String, span: &Span) -> Self {
         let find = |list: &[KeyValue], name: &str| {
             list.iter()
                 .find(|kv| kv.key == name)
@@ -94,7 +60,7 @@ impl JourneySpan {
                     .unwrap_or_else(|| "error".into())
             });
         Self {
-            service: find(resource, "service.name").unwrap_or_default(),
+            service,
             name: span.name.clone(),
             kind: match ProtoKind::try_from(span.kind).unwrap_or(ProtoKind::Internal) {
                 ProtoKind::Server => "server",

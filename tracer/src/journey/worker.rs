@@ -108,7 +108,11 @@ fn run(
                 );
                 journeys.record_stuck(&order, &span_id.to_string(), now);
                 if let Some(export) = &export {
-                    export.send((resource.clone(), stuck::span(&order, span_id, now)));
+                    let span = stuck::span(&order, span_id, now);
+                    export.send(std::sync::Arc::new(crate::export::Exported::from_sdk(
+                        resource.clone(),
+                        span,
+                    )));
                 }
             }
         }

@@ -68,7 +68,7 @@ fn spans_of(capture: &Path) -> String {
     pipeline.finish(&KernelClock::new());
     let mut spans = Vec::new();
     while let Ok(item) = rx.try_recv() {
-        spans.push((Services::name_of(&item.resource), item.span.clone()));
+        spans.push((Services::name_of(&item.resource), item.decoded()));
     }
     spans.sort_by(|a, b| {
         (a.1.start_time_unix_nano, &a.1.name, a.0.as_str()).cmp(&(

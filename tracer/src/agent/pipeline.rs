@@ -11,7 +11,7 @@ use crate::{
     capture::{ConnChange, Connection, Direction, KernelClock},
     config::Config,
     correlate::{Correlator, CorrelatorStats, ResolvedSpan},
-    export::{to_otlp, ExportQueues, Exported, Services},
+    export::{encode_span, ExportQueues, Exported, Services},
     extract::{Extractor, ExtractorError},
     journey::{JourneyHandle, JourneySpan},
     privacy::{IdKey, Privacy, PrivacyOptions, Redactions},
@@ -439,22 +439,23 @@ impl Pipeline {
             }
             let redactions = self.stages.privacy.apply(&mut span);
             let resource = self.services.resource(&span.connection.process);
-            let otlp = to_otlp(span, clock);
             if let Some(journey) = journey {
-                journey.offer(JourneySpan::from_otlp(Services::name_of(&resource), &otlp));
+                let service = Services::name_of(&resource);
+                journey.offer(JourneySpan::from_resolved(service, &span, clock));
             }
             if !keep {
                 self.stats.spans_sampled_out += 1;
                 continue;
             }
+            let exported = Exported {
+                resource,
+                span: encode_span(&span, clock),
+            };
             if self.stages.privacy_dry_run {
-                print_dry_run(&resource, &otlp, &redactions);
+                print_dry_run(&exported, &redactions);
                 continue;
             }
-            self.queues.send(Arc::new(Exported {
-                resource,
-                span: otlp,
-            }));
+            self.queues.send(Arc::new(exported));
         }
     }
 }
@@ -469,12 +470,9 @@ fn serialize_pairs<S: serde::Serializer>(
 
 /// One JSON line per span as it would be exported; `why` names, per attribute, what the
 /// privacy stage did to it (dropped, templated, redacted, sanitised, masked, pseudonymised).
-fn print_dry_run(
-    resource: &opentelemetry_sdk::Resource,
-    span: &opentelemetry_proto::tonic::trace::v1::Span,
-    redactions: &Redactions,
-) {
+fn print_dry_run(exported: &Exported, redactions: &Redactions) {
     use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    let span = exported.decoded();
     let attributes: BTreeMap<&str, String> = span
         .attributes
         .iter()
@@ -483,7 +481,7 @@ fn print_dry_run(
     let kind = SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified);
     let trace_id: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
     let line = serde_json::json!({
-        "service": Services::name_of(resource),
+        "service": Services::name_of(&exported.resource),
         "name": span.name,
         "kind": crate::export::kind_name(kind),
         "trace_id": trace_id,

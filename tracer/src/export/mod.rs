@@ -18,17 +18,19 @@ use std::{
 
 pub use file::run_file_export;
 use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message as _;
 use opentelemetry_sdk::{trace::SpanData, Resource};
 pub use otlp::{resolve as resolve_otlp, run_otlp_export, OtlpProtocol};
 pub use service::Services;
-pub use span::to_otlp;
+pub use span::encode as encode_span;
 use tokio::sync::mpsc;
 
-/// A span as exported (OTLP protobuf) and the resource (service) it belongs to.
+/// A span as exported, an encoded OTLP protobuf `Span` message, and the resource (service)
+/// it belongs to.
 #[derive(Debug)]
 pub struct Exported {
     pub resource: Arc<Resource>,
-    pub span: Span,
+    pub span: Vec<u8>,
 }
 
 impl Exported {
@@ -36,8 +38,13 @@ impl Exported {
     pub fn from_sdk(resource: Arc<Resource>, span: SpanData) -> Self {
         Self {
             resource,
-            span: span.into(),
+            span: Span::from(span).encode_to_vec(),
         }
+    }
+
+    /// The span decoded (the file exporter, dry runs and tests).
+    pub fn decoded(&self) -> Span {
+        Span::decode(&self.span[..]).expect("spans are encoded by tracer itself")
     }
 }
 

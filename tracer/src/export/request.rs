@@ -12,20 +12,23 @@ use opentelemetry_proto::{
     transform::common::tonic::ResourceAttributesWithSchema,
 };
 use opentelemetry_sdk::Resource;
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, message, WireType};
+use prost::{
+    encoding::{encode_key, encode_varint, encoded_len_varint, key_len, message, WireType},
+    Message as _,
+};
 
 use super::ExportItem;
 
 /// The spans of a batch per resource, in first-seen order.
-fn groups(batch: &[ExportItem]) -> Vec<(&Arc<Resource>, Vec<&Span>)> {
-    let mut groups: Vec<(&Arc<Resource>, Vec<&Span>)> = Vec::new();
+fn groups(batch: &[ExportItem]) -> Vec<(&Arc<Resource>, Vec<&[u8]>)> {
+    let mut groups: Vec<(&Arc<Resource>, Vec<&[u8]>)> = Vec::new();
     for item in batch {
         match groups
             .iter_mut()
             .find(|(r, _)| Arc::ptr_eq(r, &item.resource))
         {
             Some((_, spans)) => spans.push(&item.span),
-            None => groups.push((&item.resource, vec![&item.span])),
+            None => groups.push((&item.resource, vec![&item.span[..]])),
         }
     }
     groups
@@ -55,27 +58,33 @@ fn delimited(tag: u32, length: usize, buf: &mut Vec<u8>) {
 /// `scope_spans` (2) holding `scope` (1) and its `spans` (2).
 pub fn protobuf(batch: &[ExportItem]) -> Vec<u8> {
     let scope = scope();
-    let mut buf = Vec::with_capacity(batch.len() * 512);
-    for (resource_of, spans) in groups(batch) {
-        let resource = resource(resource_of);
-        let scope_spans = message::encoded_len(1, &scope)
-            + spans
-                .iter()
-                .map(|s| message::encoded_len(2, *s))
-                .sum::<usize>();
-        let resource_spans = message::encoded_len(1, &resource)
-            + key_len(2)
-            + encoded_len_varint(scope_spans as u64)
-            + scope_spans;
+    let groups: Vec<_> = groups(batch)
+        .into_iter()
+        .map(|(resource_of, spans)| {
+            let resource = resource(resource_of);
+            let scope_spans = message::encoded_len(1, &scope)
+                + spans.iter().map(|s| delimited_len(2, s.len())).sum::<usize>();
+            let resource_spans = message::encoded_len(1, &resource) + delimited_len(2, scope_spans);
+            (resource, spans, scope_spans, resource_spans)
+        })
+        .collect();
+    let total = groups.iter().map(|g| delimited_len(1, g.3)).sum();
+    let mut buf = Vec::with_capacity(total);
+    for (resource, spans, scope_spans, resource_spans) in groups {
         delimited(1, resource_spans, &mut buf);
         message::encode(1, &resource, &mut buf);
         delimited(2, scope_spans, &mut buf);
         message::encode(1, &scope, &mut buf);
         for span in spans {
-            message::encode(2, span, &mut buf);
+            delimited(2, span.len(), &mut buf);
+            buf.extend_from_slice(span);
         }
     }
     buf
+}
+
+fn delimited_len(tag: u32, length: usize) -> usize {
+    key_len(tag) + encoded_len_varint(length as u64) + length
 }
 
 /// The same request as one line of OTLP/JSON.
@@ -93,7 +102,8 @@ pub fn json(batch: &[ExportItem], out: &mut impl Write) -> std::io::Result<()> {
             if n > 0 {
                 out.write_all(b",")?;
             }
-            serde_json::to_writer(&mut *out, span)?;
+            let span = Span::decode(span).map_err(std::io::Error::other)?;
+            serde_json::to_writer(&mut *out, &span)?;
         }
         out.write_all(b"]}]}")?;
     }
@@ -104,7 +114,6 @@ pub fn json(batch: &[ExportItem], out: &mut impl Write) -> std::io::Result<()> {
 mod tests {
     use opentelemetry::KeyValue;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use prost::Message;
 
     use super::*;
     use crate::export::Exported;
@@ -129,7 +138,7 @@ mod tests {
             .map(|(resource, name)| {
                 Arc::new(Exported {
                     resource: resource.clone(),
-                    span: span(name),
+                    span: span(name).encode_to_vec(),
                 })
             })
             .collect()

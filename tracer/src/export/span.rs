@@ -1,14 +1,11 @@
-//! `ResolvedSpan` → the OTLP protobuf `Span`, built once per span and shared by every
-//! export target; network attributes from the connection.
-use opentelemetry::trace::{SpanId, TraceId};
-use opentelemetry_proto::tonic::{
-    common::v1::{any_value::Value, AnyValue, KeyValue},
-    trace::v1::{
-        span::{Link, SpanKind},
-        status::StatusCode,
-        Span, Status,
-    },
-};
+//! `ResolvedSpan` → an OTLP protobuf `Span` message, encoded once, straight from the span
+//! (no intermediate message to build and free), and shared by every export target; network
+//! attributes from the connection. Field numbers are those of
+//! `opentelemetry/proto/trace/v1/trace.proto`; the tests decode the bytes with
+//! `opentelemetry-proto`'s generated types.
+use std::net::SocketAddr;
+
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 
 use crate::{
     capture::KernelClock,
@@ -16,129 +13,281 @@ use crate::{
     protocols::{AttrValue, ExchangeKind, ExchangeStatus},
 };
 
-fn kv(key: impl Into<String>, value: Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
+/// W3C trace flags (sampled) and OTLP's "has is-remote" bit (0x100).
+const FLAGS: u32 = 0x1 | 0x100;
+/// OTLP's "is remote" bit: the parent came from another process.
+const REMOTE: u32 = 0x200;
+/// `Status.code` ERROR.
+const STATUS_ERROR: u64 = 2;
+
+#[derive(Clone, Copy)]
+enum Value<'a> {
+    Str(&'a str),
+    Int(i64),
+    Bool(bool),
+}
+
+fn string_len(tag: u32, value: &str) -> usize {
+    key_len(tag) + encoded_len_varint(value.len() as u64) + value.len()
+}
+
+fn string(tag: u32, value: &str, buf: &mut Vec<u8>) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(value.len() as u64, buf);
+    buf.extend_from_slice(value.as_bytes());
+}
+
+fn bytes(tag: u32, value: &[u8], buf: &mut Vec<u8>) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(value.len() as u64, buf);
+    buf.extend_from_slice(value);
+}
+
+fn fixed64(tag: u32, value: u64, buf: &mut Vec<u8>) {
+    encode_key(tag, WireType::SixtyFourBit, buf);
+    buf.extend_from_slice(&value.to_le_bytes());
+}
+
+fn fixed32(tag: u32, value: u32, buf: &mut Vec<u8>) {
+    encode_key(tag, WireType::ThirtyTwoBit, buf);
+    buf.extend_from_slice(&value.to_le_bytes());
+}
+
+fn varint(tag: u32, value: u64, buf: &mut Vec<u8>) {
+    encode_key(tag, WireType::Varint, buf);
+    encode_varint(value, buf);
+}
+
+/// `AnyValue`: string_value 1, bool_value 2, int_value 3.
+fn any_value_len(value: Value) -> usize {
+    match value {
+        Value::Str(s) => string_len(1, s),
+        Value::Bool(_) => key_len(2) + 1,
+        Value::Int(i) => key_len(3) + encoded_len_varint(i as u64),
     }
 }
 
-fn text(key: impl Into<String>, value: impl Into<String>) -> KeyValue {
-    kv(key, Value::StringValue(value.into()))
+/// A `KeyValue` (key 1, value 2) as field `tag` of its message.
+fn attribute(tag: u32, key: &str, value: Value, buf: &mut Vec<u8>) {
+    let value_len = any_value_len(value);
+    let len = string_len(1, key) + key_len(2) + encoded_len_varint(value_len as u64) + value_len;
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(len as u64, buf);
+    string(1, key, buf);
+    encode_key(2, WireType::LengthDelimited, buf);
+    encode_varint(value_len as u64, buf);
+    match value {
+        Value::Str(s) => string(1, s, buf),
+        Value::Bool(b) => varint(2, u64::from(b), buf),
+        Value::Int(i) => varint(3, i as u64, buf),
+    }
 }
 
-fn int(key: &str, value: i64) -> KeyValue {
-    kv(key, Value::IntValue(value))
+/// A `Span.Link` (field 13): trace id 1, span id 2, attributes 4, flags 6.
+fn link(trace_id: [u8; 16], span_id: [u8; 8], buf: &mut Vec<u8>) {
+    let mut body = Vec::with_capacity(80);
+    bytes(1, &trace_id, &mut body);
+    bytes(2, &span_id, &mut body);
+    attribute(4, "tracer.link", Value::Str("message"), &mut body);
+    fixed32(6, FLAGS, &mut body);
+    bytes(13, &body, buf);
 }
 
-fn flag(key: &str) -> KeyValue {
-    kv(key, Value::BoolValue(true))
+/// OTLP `SpanKind`.
+fn kind(kind: ExchangeKind) -> u64 {
+    match kind {
+        ExchangeKind::Internal => 1,
+        ExchangeKind::Server => 2,
+        ExchangeKind::Client => 3,
+        ExchangeKind::Producer => 4,
+        ExchangeKind::Consumer => 5,
+    }
 }
 
-/// W3C trace flags: sampled.
-const SAMPLED: u32 = 1;
-
-pub fn to_otlp(span: ResolvedSpan, clock: &KernelClock) -> Span {
-    let ResolvedSpan {
-        trace_id,
-        span_id,
-        parent_span_id,
-        parent_is_remote,
-        links,
-        exchange,
-        connection,
-        parent_source,
-        parent_ambiguous,
-        ..
-    } = span;
-    let mut attributes: Vec<KeyValue> = Vec::with_capacity(exchange.attributes.len() + 16);
-    attributes.extend(exchange.attributes.into_iter().map(|(key, value)| match value {
-        AttrValue::Str(s) => text(key, s),
-        AttrValue::Int(i) => int(key, i),
-    }));
+/// The span as an encoded OTLP `Span` message.
+pub fn encode(span: &ResolvedSpan, clock: &KernelClock) -> Vec<u8> {
+    let exchange = &span.exchange;
+    let connection = &span.connection;
+    let mut buf = Vec::with_capacity(768);
+    bytes(1, &span.trace_id.to_bytes(), &mut buf);
+    bytes(2, &span.span_id.to_bytes(), &mut buf);
+    if let Some(parent) = span.parent_span_id {
+        bytes(4, &parent.to_bytes(), &mut buf);
+    }
+    string(5, &exchange.name, &mut buf);
+    varint(6, kind(exchange.kind), &mut buf);
+    let unix_ns = |ktime: u64| super::unix_nanos(clock.wall_time(ktime));
+    fixed64(7, unix_ns(exchange.start_ktime_ns), &mut buf);
+    let end = exchange.end_ktime_ns.max(exchange.start_ktime_ns);
+    fixed64(8, unix_ns(end), &mut buf);
+    let attr = |buf: &mut Vec<u8>, key: &str, value: Value| attribute(9, key, value, buf);
+    let address = |buf: &mut Vec<u8>, ip_key: &str, port_key: &str, at: SocketAddr| {
+        attr(buf, ip_key, Value::Str(&at.ip().to_string()));
+        attr(buf, port_key, Value::Int(i64::from(at.port())));
+    };
+    for (key, value) in &exchange.attributes {
+        match value {
+            AttrValue::Str(s) => attr(&mut buf, key, Value::Str(s)),
+            AttrValue::Int(i) => attr(&mut buf, key, Value::Int(*i)),
+        }
+    }
     if let Some(remote) = connection.remote {
-        attributes.push(text("network.peer.address", remote.ip().to_string()));
-        attributes.push(int("network.peer.port", i64::from(remote.port())));
+        address(&mut buf, "network.peer.address", "network.peer.port", remote);
     }
     if let Some(local) = connection.local {
-        attributes.push(text("network.local.address", local.ip().to_string()));
-        attributes.push(int("network.local.port", i64::from(local.port())));
+        address(&mut buf, "network.local.address", "network.local.port", local);
     }
-    attributes.push(text("network.transport", "tcp"));
-    if let Some(source) = parent_source {
-        attributes.push(text("tracer.parent.source", source));
+    attr(&mut buf, "network.transport", Value::Str("tcp"));
+    if let Some(source) = span.parent_source {
+        attr(&mut buf, "tracer.parent.source", Value::Str(source));
     }
-    if parent_ambiguous {
+    if span.parent_ambiguous {
         // Made while several requests of its process were open, none shown to be its.
-        attributes.push(flag("tracer.parent.ambiguous"));
+        attr(&mut buf, "tracer.parent.ambiguous", Value::Bool(true));
     }
     if connection.tls {
-        attributes.push(flag("tls.established"));
+        attr(&mut buf, "tls.established", Value::Bool(true));
     }
-    attributes.extend(exchange.business.into_iter().map(|(k, v)| text(k, v)));
-    let (kind, server) = match exchange.kind {
+    for (key, value) in &exchange.business {
+        attr(&mut buf, key, Value::Str(value));
+    }
+    let server = match exchange.kind {
         ExchangeKind::Server => {
             if let Some(remote) = connection.remote {
-                attributes.push(text("client.address", remote.ip().to_string()));
-                attributes.push(int("client.port", i64::from(remote.port())));
+                address(&mut buf, "client.address", "client.port", remote);
             }
-            (SpanKind::Server, connection.local)
+            connection.local
         }
-        ExchangeKind::Client => (SpanKind::Client, connection.remote),
-        ExchangeKind::Producer => (SpanKind::Producer, connection.remote),
-        ExchangeKind::Consumer => (SpanKind::Consumer, connection.remote),
-        ExchangeKind::Internal => (SpanKind::Internal, None),
+        ExchangeKind::Internal => None,
+        _ => connection.remote,
     };
     if let Some(server) = server {
-        attributes.push(text("server.address", server.ip().to_string()));
-        attributes.push(int("server.port", i64::from(server.port())));
+        address(&mut buf, "server.address", "server.port", server);
     }
-    let status = match exchange.status {
-        ExchangeStatus::Ok => None,
-        ExchangeStatus::Error {
-            error_type,
-            message,
-        } => {
-            attributes.push(text("error.type", error_type));
-            Some(Status {
-                message,
-                code: StatusCode::Error as i32,
-            })
-        }
-    };
-    let unix_ns = |ktime: u64| super::unix_nanos(clock.wall_time(ktime));
-    // The W3C flags, and bits 8-9: whether the parent is known to be remote.
-    let remote_flags = |remote: bool| SAMPLED | 0x100 | if remote { 0x200 } else { 0 };
-    Span {
-        trace_id: trace_id.to_bytes().to_vec(),
-        span_id: span_id.to_bytes().to_vec(),
-        trace_state: String::new(),
-        parent_span_id: parent_span_id
-            .map(|p| p.to_bytes().to_vec())
-            .unwrap_or_default(),
-        flags: remote_flags(parent_is_remote),
-        name: exchange.name,
-        kind: kind as i32,
-        start_time_unix_nano: unix_ns(exchange.start_ktime_ns),
-        end_time_unix_nano: unix_ns(exchange.end_ktime_ns.max(exchange.start_ktime_ns)),
-        attributes,
-        dropped_attributes_count: 0,
-        events: Vec::new(),
-        dropped_events_count: 0,
-        links: links.into_iter().map(link).collect(),
-        dropped_links_count: 0,
-        status,
+    if let ExchangeStatus::Error { error_type, .. } = &exchange.status {
+        attr(&mut buf, "error.type", Value::Str(error_type));
     }
+    for (trace_id, span_id) in &span.links {
+        link(trace_id.to_bytes(), span_id.to_bytes(), &mut buf);
+    }
+    if let ExchangeStatus::Error { message, .. } = &exchange.status {
+        // Status: message 2, code 3.
+        let len = string_len(2, message) + key_len(3) + 1;
+        encode_key(15, WireType::LengthDelimited, &mut buf);
+        encode_varint(len as u64, &mut buf);
+        string(2, message, &mut buf);
+        varint(3, STATUS_ERROR, &mut buf);
+    }
+    let remote = if span.parent_is_remote { REMOTE } else { 0 };
+    fixed32(16, FLAGS | remote, &mut buf);
+    buf
 }
 
-fn link((trace_id, span_id): (TraceId, SpanId)) -> Link {
-    Link {
-        trace_id: trace_id.to_bytes().to_vec(),
-        span_id: span_id.to_bytes().to_vec(),
-        trace_state: String::new(),
-        attributes: vec![text("tracer.link", "message")],
-        dropped_attributes_count: 0,
-        flags: SAMPLED | 0x100,
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use opentelemetry::trace::{SpanId, TraceId};
+    use opentelemetry_proto::tonic::{
+        common::v1::any_value::Value as Any,
+        trace::v1::{span::SpanKind, status::StatusCode, Span},
+    };
+    use prost::Message;
+
+    use super::*;
+    use crate::{
+        capture::{procfs::ProcessInfo, Connection, Role},
+        correlate::KnownIds,
+        protocols::{Exchange, ExchangeId},
+    };
+
+    fn resolved() -> ResolvedSpan {
+        let process = Arc::new(ProcessInfo {
+            pid: 7,
+            comm: "shop".into(),
+            exe: String::new(),
+            cmdline: Vec::new(),
+            cgroup: String::new(),
+        });
+        let connection = Connection::for_tests(
+            tracer_common::ConnId {
+                tgid: 7,
+                fd: 3,
+                generation: 1,
+            },
+            Role::Server,
+            Some("127.0.0.1:8080".parse().unwrap()),
+            Some("10.0.0.2:50000".parse().unwrap()),
+            process,
+        );
+        ResolvedSpan {
+            trace_id: TraceId::from_bytes([7; 16]),
+            span_id: SpanId::from_bytes([8; 8]),
+            parent_span_id: Some(SpanId::from_bytes([9; 8])),
+            parent_is_remote: true,
+            links: vec![(TraceId::from_bytes([1; 16]), SpanId::from_bytes([2; 8]))],
+            order_trace: false,
+            known_ids: KnownIds::default(),
+            exchange: Exchange {
+                protocol: "http",
+                id: ExchangeId::Sequence(1),
+                kind: ExchangeKind::Server,
+                name: "POST /orders".into(),
+                start_ktime_ns: 1_000,
+                end_ktime_ns: 2_000,
+                tid: 7,
+                attributes: vec![
+                    ("http.request.method", "POST".into()),
+                    ("http.response.status_code", AttrValue::Int(500)),
+                ],
+                status: ExchangeStatus::Error {
+                    error_type: "500".into(),
+                    message: "Internal Server Error".into(),
+                },
+                traceparent: None,
+                record: Exchange::no_record(),
+                order_ids: Vec::new(),
+                business: vec![("app.order.id".into(), "ORD-1".into())],
+            },
+            connection,
+            parent_source: Some("traceparent"),
+            parent_ambiguous: true,
+        }
+    }
+
+    #[test]
+    fn decodes_as_the_standard_span() {
+        let clock = KernelClock::new();
+        let span = Span::decode(&encode(&resolved(), &clock)[..]).unwrap();
+        assert_eq!(span.trace_id, vec![7; 16]);
+        assert_eq!(span.span_id, vec![8; 8]);
+        assert_eq!(span.parent_span_id, vec![9; 8]);
+        assert_eq!(span.name, "POST /orders");
+        assert_eq!(span.kind, SpanKind::Server as i32);
+        assert_eq!(span.flags, 0x301, "sampled, has-remote, remote parent");
+        assert_eq!(
+            span.end_time_unix_nano - span.start_time_unix_nano,
+            1_000,
+            "kernel times to wall clock"
+        );
+        let attr = |key: &str| {
+            span.attributes
+                .iter()
+                .find(|kv| kv.key == key)
+                .and_then(|kv| kv.value.clone()?.value)
+        };
+        assert_eq!(attr("http.request.method"), Some(Any::StringValue("POST".into())));
+        assert_eq!(attr("http.response.status_code"), Some(Any::IntValue(500)));
+        assert_eq!(attr("app.order.id"), Some(Any::StringValue("ORD-1".into())));
+        assert_eq!(attr("tracer.parent.ambiguous"), Some(Any::BoolValue(true)));
+        assert_eq!(attr("server.port"), Some(Any::IntValue(8080)));
+        assert_eq!(attr("client.address"), Some(Any::StringValue("10.0.0.2".into())));
+        assert_eq!(attr("error.type"), Some(Any::StringValue("500".into())));
+        let status = span.status.unwrap();
+        assert_eq!(status.code, StatusCode::Error as i32);
+        assert_eq!(status.message, "Internal Server Error");
+        assert_eq!(span.links.len(), 1);
+        assert_eq!(span.links[0].trace_id, vec![1; 16]);
+        assert_eq!(span.links[0].attributes[0].key, "tracer.link");
     }
 }

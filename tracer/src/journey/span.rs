@@ -7,7 +7,12 @@ use opentelemetry_proto::tonic::{
     trace::v1::{span::SpanKind as ProtoKind, status::StatusCode, Span},
 };
 
-use crate::extract::{ORDER_ID, ORDER_STATUS, USER_ID};
+use crate::{
+    capture::KernelClock,
+    correlate::ResolvedSpan,
+    extract::{ORDER_ID, ORDER_STATUS, USER_ID},
+    protocols::{AttrValue, ExchangeKind, ExchangeStatus},
+};
 
 pub const SYNTHESIZED: &str = "tracer.synthesized";
 
@@ -31,6 +36,54 @@ pub struct JourneySpan {
 }
 
 impl JourneySpan {
+    /// One of the agent's own spans, as it is exported.
+    pub fn from_resolved(service: String, span: &ResolvedSpan, clock: &KernelClock) -> Self {
+        let exchange = &span.exchange;
+        let attr = |name: &str| {
+            let own = exchange.attributes.iter().find(|(k, _)| *k == name);
+            let own = own.map(|(_, v)| match v {
+                AttrValue::Str(s) => s.clone(),
+                AttrValue::Int(i) => i.to_string(),
+            });
+            own.or_else(|| {
+                let business = exchange.business.iter().find(|(k, _)| k == name);
+                business.map(|(_, v)| v.clone())
+            })
+        };
+        let error = match &exchange.status {
+            ExchangeStatus::Ok => None,
+            ExchangeStatus::Error {
+                error_type,
+                message,
+            } => Some(if message.is_empty() {
+                error_type.clone()
+            } else {
+                message.clone()
+            }),
+        };
+        let unix_ns = |ktime: u64| crate::export::unix_nanos(clock.wall_time(ktime)) as i64;
+        Self {
+            service,
+            name: exchange.name.clone(),
+            kind: match exchange.kind {
+                ExchangeKind::Server => "server",
+                ExchangeKind::Client => "client",
+                ExchangeKind::Producer => "producer",
+                ExchangeKind::Consumer => "consumer",
+                ExchangeKind::Internal => "internal",
+            },
+            trace_id: span.trace_id.to_string(),
+            span_id: span.span_id.to_string(),
+            start_ns: unix_ns(exchange.start_ktime_ns),
+            end_ns: unix_ns(exchange.end_ktime_ns.max(exchange.start_ktime_ns)),
+            error,
+            order_id: attr(ORDER_ID),
+            user_id: attr(USER_ID),
+            status: attr(ORDER_STATUS),
+            synthesized: attr(SYNTHESIZED).is_some_and(|v| v == "true"),
+        }
+    }
+
     /// A span received over OTLP; `resource` is its resource's attributes.
     pub fn from_proto(resource: &[KeyValue], span: &Span) -> Self {
         let service = resource

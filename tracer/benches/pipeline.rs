@@ -20,7 +20,7 @@ use tracer::{
     },
     config::Config,
     correlate::Correlator,
-    export::{request, ExportItem, ExportQueues, ExportStats, Services},
+    export::{self, request, ExportQueues, ExportStats, QueueReceiver, Services},
     journey::{self, Clock, JourneyMetrics, StoreLocation},
     privacy::IdKey,
     protocols::SessionOptions,
@@ -137,7 +137,7 @@ fn full_pipeline(records: &[Recorded], store: &Path) -> (usize, usize) {
     config.sampling.success_ratio = 1.0;
     config.privacy.pseudonymise_ids = Some(true);
     let key = IdKey::from_bytes(b"bench-key");
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 20);
+    let (tx, mut rx) = export::queue(1 << 20);
     let mut stages = Stages::from_config(&config, key.clone()).unwrap();
     let _ = std::fs::remove_file(store);
     let journeys = journey::start(
@@ -167,11 +167,8 @@ fn full_pipeline(records: &[Recorded], store: &Path) -> (usize, usize) {
     let mut reassembler = Reassembler::new(Limits::default());
     let (mut events, mut requests) = (Vec::new(), Vec::new());
     let (mut spans, mut encoded) = (0, 0);
-    let mut export = |rx: &mut tokio::sync::mpsc::Receiver<ExportItem>| {
-        let mut batch = Vec::new();
-        while let Ok(item) = rx.try_recv() {
-            batch.push(item);
-        }
+    let mut export = |rx: &mut QueueReceiver| {
+        let batch = rx.drain();
         spans += batch.len();
         if !batch.is_empty() {
             encoded += request::protobuf(&batch).len();

@@ -50,7 +50,7 @@ fn spans_of(capture: &Path) -> String {
     config.sampling.success_ratio = 1.0;
     config.privacy.pseudonymise_ids = Some(true);
     let key = IdKey::from_bytes(b"pipeline golden tests");
-    let (tx, mut rx) = tokio::sync::mpsc::channel(100_000);
+    let (tx, mut rx) = crate::export::queue(100_000);
     let mut pipeline = Pipeline::new(
         Correlator::new(0, 300_000_000_000, key.clone()),
         Services::new(Vec::new()),
@@ -67,7 +67,7 @@ fn spans_of(capture: &Path) -> String {
     }
     pipeline.finish(&KernelClock::new());
     let mut spans = Vec::new();
-    while let Ok(item) = rx.try_recv() {
+    for item in rx.drain() {
         spans.push((Services::name_of(&item.resource), item.decoded()));
     }
     spans.sort_by(|a, b| {

@@ -421,6 +421,7 @@ impl Pipeline {
     }
 
     fn export(&mut self, spans: Vec<ResolvedSpan>, clock: &KernelClock) {
+        let mut batch = Vec::with_capacity(spans.len());
         for mut span in spans {
             if span.parent_ambiguous {
                 let service = Services::name_of(&self.services.resource(&span.connection.process));
@@ -455,8 +456,9 @@ impl Pipeline {
                 print_dry_run(&exported, &redactions);
                 continue;
             }
-            self.queues.send(Arc::new(exported));
+            batch.push(Arc::new(exported));
         }
+        self.queues.send_all(batch);
     }
 }
 

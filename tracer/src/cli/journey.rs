@@ -4,7 +4,6 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Args;
-use tokio::sync::mpsc;
 
 use super::{run::TestClock, StopSignal};
 use crate::{
@@ -72,7 +71,7 @@ pub fn run(args: JourneyArgs) -> anyhow::Result<()> {
     let mut senders = Vec::new();
     let mut exporters = Vec::new();
     for target in &args.exports {
-        let (tx, rx) = mpsc::channel(1_000);
+        let (tx, rx) = export::queue(1_000);
         senders.push(tx);
         exporters.push(export::spawn(
             target.clone(),

@@ -2,7 +2,6 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Args;
-use tokio::sync::mpsc;
 
 use super::StopSignal;
 use crate::{
@@ -168,7 +167,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         args.exports.clone()
     };
     for target in &targets {
-        let (tx, rx) = mpsc::channel(args.queue_spans);
+        let (tx, rx) = export::queue(args.queue_spans);
         senders.push(tx);
         exporters.push(export::spawn(
             target.clone(),

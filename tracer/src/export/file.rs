@@ -6,20 +6,17 @@ use std::{
     sync::{atomic::Ordering, Arc},
 };
 
-use tokio::sync::mpsc;
-
-use super::{request, ExportItem, ExportStats};
+use super::{request, ExportStats, QueueReceiver};
 
 pub async fn run_file_export(
     path: PathBuf,
-    mut rx: mpsc::Receiver<ExportItem>,
+    mut rx: QueueReceiver,
     stats: Arc<ExportStats>,
 ) -> anyhow::Result<()> {
     let file = crate::privacy::files::open_private_append(&path)
         .map_err(|e| anyhow::anyhow!("cannot open export file {}: {e}", path.display()))?;
     let mut out = std::io::BufWriter::new(file);
-    let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, 512).await > 0 {
+    while let Some(batch) = rx.recv().await {
         let written = request::json(&batch, &mut out).and_then(|()| out.flush());
         match written {
             Ok(()) => stats
@@ -32,7 +29,6 @@ pub async fn run_file_export(
                     .fetch_add(batch.len() as u64, Ordering::Relaxed)
             }
         };
-        batch.clear();
     }
     Ok(())
 }

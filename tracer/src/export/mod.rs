@@ -11,7 +11,7 @@ use std::{
     time::SystemTime,
     str::FromStr,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
 };
@@ -137,26 +137,102 @@ impl ExportStats {
     }
 }
 
+/// One export target's queue: batches of spans (one wake-up of the exporter per batch,
+/// not per span), bounded by the spans it holds.
+pub fn queue(max_spans: usize) -> (QueueSender, QueueReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let held = Arc::new(AtomicUsize::new(0));
+    (
+        QueueSender {
+            tx,
+            held: held.clone(),
+            max: max_spans,
+        },
+        QueueReceiver { rx, held },
+    )
+}
+
+#[derive(Clone)]
+pub struct QueueSender {
+    tx: mpsc::UnboundedSender<Vec<ExportItem>>,
+    held: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl QueueSender {
+    /// Queues what fits; returns how many spans did not.
+    fn send(&self, mut batch: Vec<ExportItem>) -> usize {
+        let n = batch.len();
+        let before = self.held.fetch_add(n, Ordering::AcqRel);
+        let excess = (before + n).saturating_sub(self.max).min(n);
+        if excess > 0 {
+            self.held.fetch_sub(excess, Ordering::AcqRel);
+            batch.truncate(n - excess);
+        }
+        if !batch.is_empty() && self.tx.send(batch).is_err() {
+            self.held.fetch_sub(n - excess, Ordering::AcqRel);
+            return n;
+        }
+        excess
+    }
+}
+
+pub struct QueueReceiver {
+    rx: mpsc::UnboundedReceiver<Vec<ExportItem>>,
+    held: Arc<AtomicUsize>,
+}
+
+impl QueueReceiver {
+    /// The next batch; `None` once every sender is gone and the queue is empty.
+    pub async fn recv(&mut self) -> Option<Vec<ExportItem>> {
+        let batch = self.rx.recv().await?;
+        self.held.fetch_sub(batch.len(), Ordering::AcqRel);
+        Some(batch)
+    }
+
+    /// Every span queued now, without waiting.
+    pub fn drain(&mut self) -> Vec<ExportItem> {
+        let mut all = Vec::new();
+        while let Ok(batch) = self.rx.try_recv() {
+            self.held.fetch_sub(batch.len(), Ordering::AcqRel);
+            all.extend(batch);
+        }
+        all
+    }
+}
+
 /// The pipeline's handle on all export targets. Sending never blocks: a full queue drops
-/// the span and counts it, so the capture path is never slowed by a slow receiver.
+/// the spans that do not fit and counts them, so the capture path is never slowed by a
+/// slow receiver.
 #[derive(Clone)]
 pub struct ExportQueues {
-    senders: Vec<mpsc::Sender<ExportItem>>,
+    senders: Vec<QueueSender>,
     pub stats: Arc<ExportStats>,
 }
 
 impl ExportQueues {
-    pub fn new(senders: Vec<mpsc::Sender<ExportItem>>, stats: Arc<ExportStats>) -> Self {
+    pub fn new(senders: Vec<QueueSender>, stats: Arc<ExportStats>) -> Self {
         Self { senders, stats }
     }
 
     pub fn send(&self, item: ExportItem) {
-        for sender in &self.senders {
-            if sender.try_send(item.clone()).is_err() {
-                self.stats
-                    .spans_dropped_queue_full
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+        self.send_all(vec![item]);
+    }
+
+    /// Every target gets the whole batch (shared spans, no copies).
+    pub fn send_all(&self, batch: Vec<ExportItem>) {
+        if batch.is_empty() {
+            return;
+        }
+        let Some((last, others)) = self.senders.split_last() else {
+            return;
+        };
+        let mut dropped = others.iter().map(|s| s.send(batch.clone())).sum::<usize>();
+        dropped += last.send(batch);
+        if dropped > 0 {
+            self.stats
+                .spans_dropped_queue_full
+                .fetch_add(dropped as u64, Ordering::Relaxed);
         }
     }
 }
@@ -164,7 +240,7 @@ impl ExportQueues {
 /// Starts the exporter for one target on `runtime`, reading `rx`.
 pub fn spawn(
     target: ExportTarget,
-    rx: mpsc::Receiver<ExportItem>,
+    rx: QueueReceiver,
     max_held: usize,
     stats: Arc<ExportStats>,
     runtime: &tokio::runtime::Handle,

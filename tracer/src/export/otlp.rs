@@ -9,9 +9,9 @@ use std::{
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message as _;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::time::Instant;
 
-use super::{request, ExportItem, ExportStats};
+use super::{request, ExportItem, ExportStats, QueueReceiver};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OtlpProtocol {
@@ -232,7 +232,7 @@ impl Client {
 pub async fn run_otlp_export(
     protocol: OtlpProtocol,
     endpoint: Option<String>,
-    mut rx: mpsc::Receiver<ExportItem>,
+    mut rx: QueueReceiver,
     max_held: usize,
     stats: Arc<ExportStats>,
 ) -> anyhow::Result<()> {
@@ -251,8 +251,8 @@ pub async fn run_otlp_export(
             next_attempt.max(last_flush + FLUSH_EVERY)
         };
         tokio::select! {
-            item = rx.recv(), if open => match item {
-                Some(item) => hold(&mut held, item, max_held, &stats),
+            items = rx.recv(), if open => match items {
+                Some(items) => hold(&mut held, items, max_held, &stats),
                 None => open = false,
             },
             _ = tokio::time::sleep_until(due), if !held.is_empty() => {}
@@ -272,8 +272,8 @@ pub async fn run_otlp_export(
             loop {
                 tokio::select! {
                     result = &mut in_flight => break result,
-                    item = rx.recv(), if open => match item {
-                        Some(item) => hold(&mut held, item, max_held, &stats),
+                    items = rx.recv(), if open => match items {
+                        Some(items) => hold(&mut held, items, max_held, &stats),
                         None => open = false,
                     },
                 }
@@ -309,8 +309,13 @@ pub async fn run_otlp_export(
     Ok(())
 }
 
-fn hold(held: &mut VecDeque<ExportItem>, item: ExportItem, max_held: usize, stats: &ExportStats) {
-    held.push_back(item);
+fn hold(
+    held: &mut VecDeque<ExportItem>,
+    items: Vec<ExportItem>,
+    max_held: usize,
+    stats: &ExportStats,
+) {
+    held.extend(items);
     trim(held, max_held, stats);
 }
 

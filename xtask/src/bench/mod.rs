@@ -173,7 +173,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         )?;
         wait_for_port(port, "the bench server", Duration::from_secs(10))?;
         if wanted("http") {
-            http_overhead(&args, &tracer, &out, port, &mut report)?;
+            let server_pid = server.child.id();
+            http_overhead(&args, &tracer, &out, (port, server_pid), &mut report)?;
         }
         if wanted("loss") {
             loss_curve(&tracer, &out, port, &mut report)?;
@@ -268,16 +269,20 @@ fn http_overhead(
     args: &BenchArgs,
     tracer: &Path,
     out: &Path,
-    port: u16,
+    (port, server): (u16, u32),
     report: &mut String,
 ) -> anyhow::Result<()> {
     let sink = agent::Sink::start(out)?;
     let file = out.join("spans-http.jsonl");
     let (mut untraced, mut default, mut filed) = (Vec::new(), Vec::new(), Vec::new());
+    let mut server_cpu = Vec::new();
     wrk(port, 1)?; // warm-up
     for round in 0..args.rounds {
         eprintln!("bench: HTTP round {} of {}", round + 1, args.rounds);
-        untraced.push(wrk(port, args.seconds)?);
+        let cpu = agent::cpu_seconds(server);
+        let run = wrk(port, args.seconds)?;
+        server_cpu.push((agent::cpu_seconds(server) - cpu) / run.requests * 1e5);
+        untraced.push(run);
         let setup = agent::Setup::Default { sink: &sink };
         default.push(traced_round(tracer, out, port, args.seconds, &setup)?);
         let setup = agent::Setup::File { spans: &file };
@@ -309,6 +314,12 @@ fn http_overhead(
         spread(rounds().map(|(u, t)| t.wrk.p99_us - u.p99_us), 0)
     )?;
     writeln!(report, "| agent CPU per 100k HTTP requests, as shipped | | **{} CPU-s** | | ≤ 1.0 CPU-s (DeepFlow ≈ 1.1, Coroot ≈ 2.0) |", spread(default.iter().map(Cost::per_100k_requests), 2))?;
+    writeln!(
+        report,
+        "| the same, against the traced Node.js server's own CPU per 100k requests ({} CPU-s untraced) | | | **{}** | < 1 |",
+        spread(server_cpu.iter().copied(), 2),
+        spread(default.iter().zip(&server_cpu).map(|(c, s)| c.per_100k_requests() / s), 2)
+    )?;
     writeln!(
         report,
         "| agent CPU per 100k spans, as shipped ({} spans per request) | | {} CPU-s | | |",

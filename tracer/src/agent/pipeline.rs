@@ -422,6 +422,7 @@ impl Pipeline {
 
     fn export(&mut self, spans: Vec<ResolvedSpan>, clock: &KernelClock) {
         let mut batch = Vec::with_capacity(spans.len());
+        let mut journey_spans = Vec::new();
         for mut span in spans {
             if span.parent_ambiguous {
                 let service = Services::name_of(&self.services.resource(&span.connection.process));
@@ -440,9 +441,9 @@ impl Pipeline {
             }
             let redactions = self.stages.privacy.apply(&mut span);
             let resource = self.services.resource(&span.connection.process);
-            if let Some(journey) = journey {
+            if journey.is_some() {
                 let service = Services::name_of(&resource);
-                journey.offer(JourneySpan::from_resolved(service, &span, clock));
+                journey_spans.push(JourneySpan::from_resolved(service, &span, clock));
             }
             if !keep {
                 self.stats.spans_sampled_out += 1;
@@ -459,6 +460,9 @@ impl Pipeline {
             batch.push(Arc::new(exported));
         }
         self.queues.send_all(batch);
+        if let Some(journey) = &self.stages.journey {
+            journey.offer_all(journey_spans);
+        }
     }
 }
 

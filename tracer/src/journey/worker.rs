@@ -1,7 +1,11 @@
 //! The journey thread: takes spans from a bounded queue (never blocking whoever offers
 //! them), writes them in batches, checks for stuck orders and forgets old ones.
 use std::{
-    sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender},
+        Arc,
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -19,23 +23,38 @@ const BATCH: usize = 1_000;
 const GATHER: Duration = Duration::from_millis(250);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// Where spans are offered to the journey thread. Dropping every handle stops it.
+/// Where spans are offered to the journey thread, in batches (one wake-up per batch).
+/// Dropping every handle stops it.
 #[derive(Clone)]
 pub struct JourneyHandle {
-    tx: SyncSender<JourneySpan>,
+    tx: SyncSender<Vec<JourneySpan>>,
+    /// Spans queued, bounded by `QUEUE`.
+    held: Arc<AtomicUsize>,
     dropped: Counter,
 }
 
 impl JourneyHandle {
-    /// Never blocks: a full queue drops the span and counts it.
-    pub fn offer(&self, span: JourneySpan) -> bool {
-        match self.tx.try_send(span) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.inc();
-                false
-            }
+    /// Never blocks: spans beyond a full queue are dropped and counted. False if any was.
+    pub fn offer_all(&self, mut spans: Vec<JourneySpan>) -> bool {
+        let n = spans.len();
+        if n == 0 {
+            return true;
         }
+        let before = self.held.fetch_add(n, Ordering::AcqRel);
+        let excess = (before + n).saturating_sub(QUEUE).min(n);
+        spans.truncate(n - excess);
+        let kept = spans.len();
+        let sent = kept == 0 || self.tx.try_send(spans).is_ok();
+        let lost = if sent { excess } else { n };
+        if lost > 0 {
+            self.held.fetch_sub(lost.min(n), Ordering::AcqRel);
+            self.dropped.inc_by(lost as u64);
+        }
+        lost == 0
+    }
+
+    pub fn offer(&self, span: JourneySpan) -> bool {
+        self.offer_all(vec![span])
     }
 }
 
@@ -46,33 +65,50 @@ pub fn spawn(
     export: Option<ExportQueues>,
 ) -> std::io::Result<(JourneyHandle, JoinHandle<()>)> {
     let (tx, rx) = sync_channel(QUEUE);
+    let held = Arc::new(AtomicUsize::new(0));
     let handle = JourneyHandle {
         tx,
+        held: held.clone(),
         dropped: journeys.metrics.spans_dropped.clone(),
     };
+    let queue = Queue { rx, held };
     let thread = std::thread::Builder::new()
         .name("journey".into())
-        .spawn(move || run(journeys, rx, check_every, export))?;
+        .spawn(move || run(journeys, queue, check_every, export))?;
     Ok((handle, thread))
 }
 
-/// Adds spans to `batch` until it is full or `within` has passed; false when every
-/// sender is gone.
-fn gather(rx: &Receiver<JourneySpan>, batch: &mut Vec<JourneySpan>, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while batch.len() < BATCH {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(span) => batch.push(span),
-            Err(RecvTimeoutError::Timeout) => break,
-            Err(RecvTimeoutError::Disconnected) => return false,
-        }
+/// The journey thread's end of the queue.
+struct Queue {
+    rx: Receiver<Vec<JourneySpan>>,
+    held: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    fn recv_timeout(&self, wait: Duration) -> Result<Vec<JourneySpan>, RecvTimeoutError> {
+        let spans = self.rx.recv_timeout(wait)?;
+        self.held.fetch_sub(spans.len(), Ordering::AcqRel);
+        Ok(spans)
     }
-    true
+
+    /// Adds spans to `batch` until it is full or `within` has passed; false when every
+    /// sender is gone.
+    fn gather(&self, batch: &mut Vec<JourneySpan>, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while batch.len() < BATCH {
+            match self.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(spans) => batch.extend(spans),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+        true
+    }
 }
 
 fn run(
     mut journeys: Journeys,
-    rx: Receiver<JourneySpan>,
+    queue: Queue,
     check_every: Duration,
     export: Option<ExportQueues>,
 ) {
@@ -83,10 +119,10 @@ fn run(
     journeys.prune();
     loop {
         let wait = check_every.saturating_sub(last_check.elapsed());
-        let open = match rx.recv_timeout(wait) {
-            Ok(span) => {
-                batch.push(span);
-                gather(&rx, &mut batch, check_every.min(GATHER))
+        let open = match queue.recv_timeout(wait) {
+            Ok(spans) => {
+                batch.extend(spans);
+                queue.gather(&mut batch, check_every.min(GATHER))
             }
             Err(RecvTimeoutError::Timeout) => true,
             Err(RecvTimeoutError::Disconnected) => false,

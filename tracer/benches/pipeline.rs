@@ -110,7 +110,8 @@ fn httparse_and_serde(records: &[Recorded]) -> (usize, usize) {
                     _ => break,
                 }
             };
-            let body = &stream[(at + head).min(stream.len())..(at + head + length).min(stream.len())];
+            let body =
+                &stream[(at + head).min(stream.len())..(at + head + length).min(stream.len())];
             if body.first() == Some(&b'{') {
                 std::hint::black_box(serde_json::from_slice::<Value>(body).ok());
             }
@@ -217,7 +218,19 @@ fn full_pipeline(records: &[Recorded], store: &Path) -> (usize, usize) {
 /// min, median and max.
 fn spread(mut values: Vec<f64>) -> Value {
     values.sort_by(f64::total_cmp);
-    json!([values[0], values[values.len() / 2], values[values.len() - 1]])
+    json!([
+        values[0],
+        values[values.len() / 2],
+        values[values.len() - 1]
+    ])
+}
+
+/// One corpus's figures, a value per round.
+#[derive(Default)]
+struct Figures {
+    mb_per_cpu_s: Vec<f64>,
+    spans_per_cpu_s: Vec<f64>,
+    mb_per_s: Vec<f64>,
 }
 
 struct Corpus {
@@ -244,10 +257,7 @@ fn main() {
     let (messages, http_bytes) = httparse_and_serde(&shop.records);
     result["baseline_messages"] = json!(messages);
     let mut baseline = Vec::new();
-    let mut figures: Vec<(&str, Vec<f64>, Vec<f64>, Vec<f64>)> = Vec::new();
-    for corpus in [&shop, &http2] {
-        figures.push((corpus.name, Vec::new(), Vec::new(), Vec::new()));
-    }
+    let mut figures: Vec<Figures> = [&shop, &http2].iter().map(|_| Figures::default()).collect();
     full_pipeline(&shop.records[..shop.records.len() / LOOPS as usize], &store); // warm-up
     for _ in 0..ROUNDS {
         let start = Instant::now();
@@ -259,9 +269,9 @@ fn main() {
             let (cpu, wall) = (cpu_seconds() - cpu, start.elapsed().as_secs_f64());
             assert!(spans > 0, "{}: the pipeline gave no spans", corpus.name);
             let mb = payload_bytes(&corpus.records) as f64 / 1e6;
-            figure.1.push(mb / cpu);
-            figure.2.push(spans as f64 / cpu);
-            figure.3.push(mb / wall);
+            figure.mb_per_cpu_s.push(mb / cpu);
+            figure.spans_per_cpu_s.push(spans as f64 / cpu);
+            figure.mb_per_s.push(mb / wall);
             result[corpus.name] = json!({
                 "bytes": payload_bytes(&corpus.records),
                 "spans": spans,
@@ -272,10 +282,11 @@ fn main() {
     let _ = std::fs::remove_file(&store);
     result["baseline_http_bytes"] = json!(http_bytes);
     result["baseline_mb_per_s"] = spread(baseline);
-    for (name, mb_per_cpu_s, spans_per_cpu_s, mb_per_s) in figures {
-        result[name]["mb_per_cpu_s"] = spread(mb_per_cpu_s);
-        result[name]["spans_per_cpu_s"] = spread(spans_per_cpu_s);
-        result[name]["mb_per_s"] = spread(mb_per_s);
+    for (corpus, figure) in [&shop, &http2].into_iter().zip(figures) {
+        let name = corpus.name;
+        result[name]["mb_per_cpu_s"] = spread(figure.mb_per_cpu_s);
+        result[name]["spans_per_cpu_s"] = spread(figure.spans_per_cpu_s);
+        result[name]["mb_per_s"] = spread(figure.mb_per_s);
     }
     println!("{result}");
 }

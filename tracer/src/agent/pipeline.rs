@@ -1,10 +1,8 @@
 //! Per-connection protocol sessions, and the hand-over of their exchanges to the
 //! correlator and of resolved spans to the export queues.
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
+use foldhash::HashMap;
 use tracer_common::ConnId;
 
 use crate::{
@@ -130,7 +128,7 @@ impl Pipeline {
         stages: Stages,
     ) -> Self {
         Self {
-            conns: HashMap::new(),
+            conns: HashMap::default(),
             correlator,
             services,
             queues,
@@ -482,7 +480,12 @@ fn print_dry_run(exported: &Exported, redactions: &Redactions) {
     let attributes: BTreeMap<&str, String> = span
         .attributes
         .iter()
-        .map(|kv| (kv.key.as_str(), crate::export::value_text(kv.value.as_ref())))
+        .map(|kv| {
+            (
+                kv.key.as_str(),
+                crate::export::value_text(kv.value.as_ref()),
+            )
+        })
         .collect();
     let kind = SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified);
     let trace_id: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();

@@ -1,6 +1,7 @@
 //! Userspace view of followed connections: process, role and 4-tuple per `ConnId`.
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
+use foldhash::HashMap;
 use tracer_common::ConnId;
 
 use super::{

@@ -19,10 +19,11 @@
 //! `stuck_after_ns` are reported: a counter, a log line, and a synthesized span in the
 //! producer's trace.
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeSet, VecDeque},
     net::SocketAddr,
 };
 
+use foldhash::HashMap;
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
 use tracer_common::ConnId;
@@ -183,14 +184,14 @@ impl Correlator {
     /// `orders` is the deployment's HMAC key: an order's trace id is derived from it.
     pub fn new(settle_ns: u64, stuck_after_ns: u64, orders: IdKey) -> Self {
         Self {
-            nodes: HashMap::new(),
-            clients_by_tuple: HashMap::new(),
-            open_by_pid: HashMap::new(),
-            closed_by_pid: HashMap::new(),
-            undecided_by_pid: HashMap::new(),
-            producers_by_message: HashMap::new(),
-            broker_entered: HashMap::new(),
-            broker_delivered: HashMap::new(),
+            nodes: HashMap::default(),
+            clients_by_tuple: HashMap::default(),
+            open_by_pid: HashMap::default(),
+            closed_by_pid: HashMap::default(),
+            undecided_by_pid: HashMap::default(),
+            producers_by_message: HashMap::default(),
+            broker_entered: HashMap::default(),
+            broker_delivered: HashMap::default(),
             awaiting_delivery: VecDeque::new(),
             settling: VecDeque::new(),
             undelivered_retention_ns: stuck_after_ns + 10_000_000_000,

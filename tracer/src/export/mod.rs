@@ -8,19 +8,19 @@ mod span;
 
 use std::{
     path::PathBuf,
-    time::SystemTime,
     str::FromStr,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
+    time::SystemTime,
 };
 
 pub use file::run_file_export;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use prost::Message as _;
 use opentelemetry_sdk::{trace::SpanData, Resource};
 pub use otlp::{resolve as resolve_otlp, run_otlp_export, OtlpProtocol};
+use prost::Message as _;
 pub use service::Services;
 pub use span::encode as encode_span;
 use tokio::sync::mpsc;

@@ -5,9 +5,7 @@ use std::{io::Write, sync::Arc};
 
 use opentelemetry_proto::{
     tonic::{
-        common::v1::InstrumentationScope,
-        resource::v1::Resource as ProtoResource,
-        trace::v1::Span,
+        common::v1::InstrumentationScope, resource::v1::Resource as ProtoResource, trace::v1::Span,
     },
     transform::common::tonic::ResourceAttributesWithSchema,
 };
@@ -63,7 +61,10 @@ pub fn protobuf(batch: &[ExportItem]) -> Vec<u8> {
         .map(|(resource_of, spans)| {
             let resource = resource(resource_of);
             let scope_spans = message::encoded_len(1, &scope)
-                + spans.iter().map(|s| delimited_len(2, s.len())).sum::<usize>();
+                + spans
+                    .iter()
+                    .map(|s| delimited_len(2, s.len()))
+                    .sum::<usize>();
             let resource_spans = message::encoded_len(1, &resource) + delimited_len(2, scope_spans);
             (resource, spans, scope_spans, resource_spans)
         })
@@ -171,11 +172,21 @@ mod tests {
             assert_eq!(
                 names(request),
                 vec![
-                    (r#"Some(StringValue("shop"))"#.into(), vec!["a".into(), "c".into()]),
+                    (
+                        r#"Some(StringValue("shop"))"#.into(),
+                        vec!["a".into(), "c".into()]
+                    ),
                     (r#"Some(StringValue("crm"))"#.into(), vec!["b".into()]),
                 ]
             );
-            assert_eq!(request.resource_spans[0].scope_spans[0].scope.as_ref().unwrap().name, "tracer");
+            assert_eq!(
+                request.resource_spans[0].scope_spans[0]
+                    .scope
+                    .as_ref()
+                    .unwrap()
+                    .name,
+                "tracer"
+            );
         }
         assert_eq!(from_protobuf, from_json);
     }

@@ -106,12 +106,7 @@ impl Queue {
     }
 }
 
-fn run(
-    mut journeys: Journeys,
-    queue: Queue,
-    check_every: Duration,
-    export: Option<ExportQueues>,
-) {
+fn run(mut journeys: Journeys, queue: Queue, check_every: Duration, export: Option<ExportQueues>) {
     let resource = stuck::resource();
     let mut last_check = Instant::now();
     let mut last_prune = Instant::now();

@@ -1,8 +1,9 @@
 //! The reassembler. Records from different CPUs can arrive out of order and some can be
 //! lost; every record carries its stream position, so order is restored by position and
 //! anything missing for longer than the reorder window becomes an explicit gap.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
+use foldhash::HashMap;
 use serde::Serialize;
 use tracer_common::ConnId;
 
@@ -101,7 +102,7 @@ impl Reassembler {
     pub fn new(limits: Limits) -> Self {
         Self {
             limits,
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             stats: ReassemblyStats::default(),
         }
     }

@@ -48,7 +48,10 @@ pub fn record(tracer: &Path, out: &Path) -> anyhow::Result<()> {
     while !fs::read_to_string(&log)?.contains("capture started") {
         if Instant::now() > deadline || capture.try_wait()?.is_some() {
             let _ = capture.kill();
-            bail!("tracer capture did not start: {}", fs::read_to_string(&log)?);
+            bail!(
+                "tracer capture did not start: {}",
+                fs::read_to_string(&log)?
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }

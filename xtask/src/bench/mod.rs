@@ -440,7 +440,12 @@ fn pipeline(report: &mut String) -> anyhow::Result<()> {
     };
     let shown = |figure: &Value, decimals: usize| -> String {
         let v = |i: usize| figure[i].as_f64().unwrap_or_default();
-        format!("{:.decimals$} ({:.decimals$}–{:.decimals$})", v(1), v(0), v(2))
+        format!(
+            "{:.decimals$} ({:.decimals$}–{:.decimals$})",
+            v(1),
+            v(0),
+            v(2)
+        )
     };
     let mb = |v: &Value| v.as_f64().unwrap_or_default() / 1e6;
     writeln!(

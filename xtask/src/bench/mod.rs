@@ -38,8 +38,8 @@ pub struct BenchArgs {
     /// Where the report and the runs' files go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
-    /// An older `tracer` binary: the event-loop chain rounds also run it, alternating with
-    /// this build, and report both agents' CPU per request.
+    /// An older `tracer` binary: the HTTP and event-loop chain rounds also run it,
+    /// alternating with this build, and report both agents' CPU per request.
     #[arg(long)]
     baseline_tracer: Option<PathBuf>,
     /// Run only these parts (comma-separated): http, loss, chain, https, amqp, pipeline.
@@ -275,7 +275,7 @@ fn http_overhead(
     let sink = agent::Sink::start(out)?;
     let file = out.join("spans-http.jsonl");
     let (mut untraced, mut default, mut filed) = (Vec::new(), Vec::new(), Vec::new());
-    let mut server_cpu = Vec::new();
+    let (mut server_cpu, mut before) = (Vec::new(), Vec::new());
     wrk(port, 1)?; // warm-up
     for round in 0..args.rounds {
         eprintln!("bench: HTTP round {} of {}", round + 1, args.rounds);
@@ -287,6 +287,10 @@ fn http_overhead(
         default.push(traced_round(tracer, out, port, args.seconds, &setup)?);
         let setup = agent::Setup::File { spans: &file };
         filed.push(traced_round(tracer, out, port, args.seconds, &setup)?);
+        if let Some(baseline) = &args.baseline_tracer {
+            let setup = agent::Setup::Default { sink: &sink };
+            before.push(traced_round(baseline, out, port, args.seconds, &setup)?);
+        }
     }
     sink.stop();
     let rounds = || untraced.iter().zip(&default);
@@ -337,6 +341,28 @@ fn http_overhead(
         "| in-kernel BPF time per HTTP request (all programs, `bpf_stats`) | | **{} µs** | | ≤ 2.0 µs |",
         spread(default.iter().map(|c| c.bpf_ns / c.wrk.requests / 1e3), 2)
     )?;
+    if !before.is_empty() {
+        let per_request = |costs: &[Cost]| spread(costs.iter().map(Cost::per_100k_requests), 2);
+        writeln!(
+            report,
+            "| agent CPU per 100k HTTP requests, as shipped: `--baseline-tracer` (before) → this build, alternating rounds | {} CPU-s | {} CPU-s | {} | |",
+            per_request(&before),
+            per_request(&default),
+            spread(
+                default
+                    .iter()
+                    .zip(&before)
+                    .map(|(now, then)| now.per_100k_requests() / then.per_100k_requests()),
+                2
+            )
+        )?;
+        writeln!(
+            report,
+            "| HTTP throughput traced/untraced, `--baseline-tracer` (before) → this build | {} | {} | | |",
+            spread(rounds().zip(&before).map(|((u, _), b)| b.wrk.requests_per_s / u.requests_per_s), 3),
+            spread(rounds().map(|(u, t)| t.wrk.requests_per_s / u.requests_per_s), 3)
+        )?;
+    }
     Ok(())
 }
 

@@ -63,7 +63,10 @@ pub fn resolve(
 /// Where a batch goes: the OTLP services, fed the request bytes `request::protobuf`
 /// writes (each span encoded from the shared span, no per-target copy).
 enum Client {
-    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
+    Grpc {
+        grpc: tonic::client::Grpc<tonic::transport::Channel>,
+        metadata: tonic::metadata::MetadataMap,
+    },
     Http {
         client: reqwest::Client,
         url: String,
@@ -81,9 +84,10 @@ fn env(name: &str) -> Option<String> {
 
 /// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value,key2=value2` (values URL-encoded).
 fn headers() -> anyhow::Result<Vec<(String, String)>> {
-    let Some(list) = env("HEADERS") else {
-        return Ok(Vec::new());
-    };
+    env("HEADERS").map_or(Ok(Vec::new()), |list| parse_headers(&list))
+}
+
+fn parse_headers(list: &str) -> anyhow::Result<Vec<(String, String)>> {
     list.split(',')
         .filter(|pair| !pair.trim().is_empty())
         .map(|pair| {
@@ -108,8 +112,19 @@ fn build(protocol: OtlpProtocol, endpoint: Option<String>) -> anyhow::Result<Cli
                 .connect_timeout(EXPORT_TIMEOUT)
                 .timeout(EXPORT_TIMEOUT)
                 .connect_lazy();
-            let _ = headers; // gRPC metadata is set per request below
-            Ok(Client::Grpc(tonic::client::Grpc::new(channel)))
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            for (key, value) in &headers {
+                let key = tonic::metadata::MetadataKey::from_bytes(key.as_bytes())
+                    .map_err(|e| anyhow::anyhow!("OTEL_EXPORTER_OTLP_HEADERS: {key:?}: {e}"))?;
+                let value = value
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("OTEL_EXPORTER_OTLP_HEADERS: {key}: {e}"))?;
+                metadata.insert(key, value);
+            }
+            Ok(Client::Grpc {
+                grpc: tonic::client::Grpc::new(channel),
+                metadata,
+            })
         }
         OtlpProtocol::HttpProtobuf => {
             let url = endpoint
@@ -188,19 +203,12 @@ const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/
 impl Client {
     async fn export(&mut self, body: Vec<u8>) -> anyhow::Result<()> {
         match self {
-            Client::Grpc(grpc) => {
+            Client::Grpc { grpc, metadata } => {
                 grpc.ready()
                     .await
                     .map_err(|e| anyhow::anyhow!("OTLP/gRPC receiver unreachable: {e}"))?;
                 let mut request = tonic::Request::new(body);
-                for (key, value) in headers()? {
-                    if let (Ok(key), Ok(value)) = (
-                        key.parse::<tonic::metadata::MetadataKey<_>>(),
-                        value.parse(),
-                    ) {
-                        request.metadata_mut().insert(key, value);
-                    }
-                }
+                *request.metadata_mut() = metadata.clone();
                 let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
                 grpc.unary(request, path, Encoded)
                     .await
@@ -331,4 +339,23 @@ fn trim(held: &mut VecDeque<ExportItem>, max_held: usize, stats: &ExportStats) {
 /// One request for the whole batch, every resource in it.
 async fn export(client: &mut Client, batch: &[ExportItem]) -> anyhow::Result<()> {
     client.export(request::protobuf(batch)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_headers;
+
+    #[test]
+    fn otlp_headers_are_key_value_pairs_with_url_encoded_values() {
+        let parsed = parse_headers("api-key=s3cr%3Dt, X-Tenant = shop ,").unwrap();
+        assert_eq!(
+            parsed,
+            vec![
+                ("api-key".to_owned(), "s3cr=t".to_owned()),
+                ("x-tenant".to_owned(), "shop".to_owned())
+            ]
+        );
+        let error = parse_headers("api-key").unwrap_err().to_string();
+        assert!(error.contains("not key=value"), "{error}");
+    }
 }

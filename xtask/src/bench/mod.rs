@@ -5,6 +5,7 @@ mod agent;
 mod causality;
 mod corpus;
 mod https;
+mod idle;
 mod load;
 
 use std::{
@@ -42,7 +43,7 @@ pub struct BenchArgs {
     /// alternating with this build, and report both agents' CPU per request.
     #[arg(long)]
     baseline_tracer: Option<PathBuf>,
-    /// Run only these parts (comma-separated): http, loss, chain, https, amqp, pipeline.
+    /// Run only these parts (comma-separated): http, loss, idle, chain, https, amqp, pipeline.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Record the pipeline bench's corpus from real programs (tracer capture) and stop.
@@ -180,6 +181,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             loss_curve(&tracer, &out, port, &mut report)?;
         }
         server.stop(Duration::from_secs(5));
+    }
+    if wanted("idle") {
+        idle::rss(&tracer, &out, &mut report)?;
     }
     if wanted("chain") {
         causality::chain(&args, &tracer, &out, &mut report)?;

@@ -15,9 +15,9 @@ use prost::Message;
 use super::{JourneyHandle, JourneySpan};
 use crate::listen::{bind, serve_http1};
 
-/// Offers every span of `request`; false when some could not be queued.
+/// Offers every span of `request` (one batch); false when some could not be queued.
 fn take(request: &ExportTraceServiceRequest, journey: &JourneyHandle) -> bool {
-    let mut all = true;
+    let mut spans = Vec::new();
     for resource_spans in &request.resource_spans {
         let resource = resource_spans
             .resource
@@ -26,11 +26,11 @@ fn take(request: &ExportTraceServiceRequest, journey: &JourneyHandle) -> bool {
             .unwrap_or_default();
         for scope in &resource_spans.scope_spans {
             for span in &scope.spans {
-                all &= journey.offer(JourneySpan::from_proto(resource, span));
+                spans.push(JourneySpan::from_proto(resource, span));
             }
         }
     }
-    all
+    journey.offer_all(spans)
 }
 
 #[derive(Clone)]

@@ -52,10 +52,6 @@ impl JourneyHandle {
         }
         lost == 0
     }
-
-    pub fn offer(&self, span: JourneySpan) -> bool {
-        self.offer_all(vec![span])
-    }
 }
 
 /// Starts the journey thread; stuck-order spans go to `export` when given.

@@ -28,10 +28,6 @@ use tracer::{
     session::SessionEvent,
 };
 
-/// The agent's allocator (see `src/main.rs`): the bench measures what the agent runs.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const ROUNDS: usize = 5;
 /// Times the shop corpus is replayed per round (~0.45 MB of payload each).
 const LOOPS: u64 = 40;

@@ -2,12 +2,6 @@
 use clap::{Parser, Subcommand};
 use tracer::cli;
 
-/// mimalloc: the agent allocates a span's strings on the pipeline thread and frees them on
-/// the export thread; glibc's malloc spent a third of the agent's CPU on that pattern
-/// (arena locking, consolidation), mimalloc's thread-local free lists do not.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "tracer",

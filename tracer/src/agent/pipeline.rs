@@ -419,7 +419,7 @@ impl Pipeline {
     }
 
     fn export(&mut self, spans: Vec<ResolvedSpan>, clock: &KernelClock) {
-        let mut batch = Vec::with_capacity(spans.len());
+        let mut batch = Vec::with_capacity(spans.len().min(HANDOVER));
         let mut journey_spans = Vec::new();
         for mut span in spans {
             if span.parent_ambiguous {
@@ -456,13 +456,28 @@ impl Pipeline {
                 continue;
             }
             batch.push(Arc::new(exported));
+            // A burst hands over a chunk at a time: few wake-ups, and spans a full queue
+            // drops are freed at once rather than held until the burst is encoded.
+            if batch.len() >= HANDOVER {
+                self.queues.send_all(std::mem::take(&mut batch));
+            }
+            if journey_spans.len() >= HANDOVER {
+                self.offer_journeys(std::mem::take(&mut journey_spans));
+            }
         }
         self.queues.send_all(batch);
+        self.offer_journeys(journey_spans);
+    }
+
+    fn offer_journeys(&self, spans: Vec<JourneySpan>) {
         if let Some(journey) = &self.stages.journey {
-            journey.offer_all(journey_spans);
+            journey.offer_all(spans);
         }
     }
 }
+
+/// Spans handed to the exporters (and the journey thread) at a time.
+const HANDOVER: usize = 256;
 
 /// `{"http2.header_blocks_undecodable": 3}`: tuple keys as `protocol.event`.
 fn serialize_pairs<S: serde::Serializer>(

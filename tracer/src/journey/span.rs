@@ -1,6 +1,6 @@
 //! What the journey needs of a span, from the agent's own spans or from OTLP received by
 //! `tracer journey`: both paths end here, so both keep journeys the same way.
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use opentelemetry_proto::tonic::{
     common::v1::{any_value::Value, AnyValue, KeyValue},
@@ -61,7 +61,7 @@ impl JourneySpan {
                 message.clone()
             }),
         };
-        let unix_ns = |ktime: u64| crate::export::unix_nanos(clock.wall_time(ktime)) as i64;
+        let unix_ns = |ktime: u64| unix_ns(clock.wall_time(ktime));
         Self {
             service,
             name: exchange.name.clone(),
@@ -150,7 +150,5 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 pub fn unix_ns(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    crate::export::unix_nanos(time) as i64
 }

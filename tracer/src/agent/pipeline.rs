@@ -110,6 +110,8 @@ pub struct Pipeline {
     stages: Stages,
     stats: PipelineStats,
     exchanges: Vec<ExchangeEvent>,
+    /// Sessions that asked to be woken at a kernel time though no bytes come.
+    timers: HashMap<ConnId, (u64, Connection)>,
 }
 
 /// What the pipeline asks of the capture side.
@@ -136,6 +138,7 @@ impl Pipeline {
             stages,
             stats: PipelineStats::default(),
             exchanges: Vec::new(),
+            timers: HashMap::default(),
         }
     }
 
@@ -184,6 +187,7 @@ impl Pipeline {
                     mut session,
                 }) = self.conns.remove(&conn.id)
                 {
+                    self.timers.remove(&conn.id);
                     session.close(ktime_ns, &mut self.exchanges);
                     *self.stats.parse_skipped_bytes.entry(protocol).or_default() +=
                         session.bytes_skipped();
@@ -232,7 +236,9 @@ impl Pipeline {
                 Some(ConnProtocol::Parsing { protocol, session }) => {
                     let protocol = *protocol;
                     session.gap(direction, length, ktime_ns, &mut self.exchanges);
+                    let deadline = session.deadline();
                     self.hand_over(&conn, protocol, now_ns);
+                    self.schedule(&conn, deadline);
                 }
                 Some(ConnProtocol::Sniffing {
                     bytes, mid_stream, ..
@@ -328,11 +334,13 @@ impl Pipeline {
                         .connections_by_protocol
                         .entry(protocol.name())
                         .or_default() += 1;
+                    let deadline = session.deadline();
                     *state = ConnProtocol::Parsing {
                         protocol: protocol.name(),
                         session,
                     };
                     self.hand_over(conn, protocol.name(), now_ns);
+                    self.schedule(conn, deadline);
                 }
                 Err(true) if sniffed.len() < MAX_SNIFF => {}
                 Err(_) => {
@@ -356,7 +364,50 @@ impl Pipeline {
         if let ConnProtocol::Parsing { protocol, session } = state {
             let protocol = *protocol;
             session.feed(direction, bytes, ktime_ns, tid, &mut self.exchanges);
+            let deadline = session.deadline();
             self.hand_over(conn, protocol, now_ns);
+            self.schedule(conn, deadline);
+        }
+    }
+
+    /// Remembers (or forgets) when a session wants to be woken.
+    fn schedule(&mut self, conn: &Connection, deadline: Option<u64>) {
+        match deadline {
+            Some(at) => match self.timers.get_mut(&conn.id) {
+                Some(timer) => timer.0 = at,
+                None => {
+                    self.timers.insert(conn.id, (at, conn.clone()));
+                }
+            },
+            None => {
+                self.timers.remove(&conn.id);
+            }
+        }
+    }
+
+    /// Wakes the sessions whose deadline has come.
+    fn wake(&mut self, now_ns: u64) {
+        if self.timers.is_empty() {
+            return;
+        }
+        let due: Vec<ConnId> = self
+            .timers
+            .iter()
+            .filter(|(_, (at, _))| *at <= now_ns)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some((_, conn)) = self.timers.remove(&id) else {
+                continue;
+            };
+            let Some(ConnProtocol::Parsing { protocol, session }) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            let protocol = *protocol;
+            session.expire(now_ns, &mut self.exchanges);
+            let deadline = session.deadline();
+            self.hand_over(&conn, protocol, now_ns);
+            self.schedule(&conn, deadline);
         }
     }
 
@@ -405,6 +456,7 @@ impl Pipeline {
 
     /// Sends spans whose parents are settled to the export queues.
     pub fn tick(&mut self, now_ns: u64, clock: &KernelClock) {
+        self.wake(now_ns);
         let mut resolved = Vec::new();
         self.correlator.poll(now_ns, &mut resolved);
         self.export(resolved, clock);

@@ -174,3 +174,24 @@ pub fn replay_capture(
     session.close(last + 1, &mut out);
     out
 }
+
+/// Feeds every connection of a capture at `role`'s end into a fresh session of its own
+/// (connections in the order they first appear), and returns their events in that order.
+pub fn replay_connections(
+    records: &[Captured],
+    role: crate::capture::Role,
+    mut session: impl FnMut() -> Box<dyn ProtocolSession>,
+) -> Vec<ExchangeEvent> {
+    let mut conns = Vec::new();
+    for r in records.iter().filter(|r| r.role == role) {
+        if !conns.contains(&r.conn) {
+            conns.push(r.conn);
+        }
+    }
+    let mut out = Vec::new();
+    for conn in conns {
+        let own: Vec<Captured> = records.iter().filter(|r| r.conn == conn).cloned().collect();
+        out.extend(replay_capture(session().as_mut(), &own, role, None));
+    }
+    out
+}

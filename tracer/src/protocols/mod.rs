@@ -136,6 +136,13 @@ pub trait ProtocolSession: Send {
     fn events(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// The kernel time at which the session wants `expire` called though no bytes came
+    /// (e.g. to let go of what it holds for an answer that may never come).
+    fn deadline(&self) -> Option<u64> {
+        None
+    }
+    /// Kernel time has reached `now_ns` (at or after `deadline`).
+    fn expire(&mut self, _now_ns: u64, _out: &mut Vec<ExchangeEvent>) {}
 }
 
 /// The registry: every protocol tracer understands, tried in this order.

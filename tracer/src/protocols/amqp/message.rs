@@ -14,7 +14,10 @@ use amq_protocol::{
 /// The method that carried the content.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Carrier {
-    Publish,
+    Publish {
+        /// The broker returns it (Basic.Return) when no queue takes it.
+        mandatory: bool,
+    },
     Deliver {
         consumer_tag: String,
         delivery_tag: u64,

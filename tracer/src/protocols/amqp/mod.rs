@@ -1,5 +1,6 @@
 //! AMQP 0-9-1 (RabbitMQ): frames parsed with `amq-protocol`, producer/consumer spans on
 //! clients, message entry/exit on the broker.
+mod calls;
 mod config;
 mod frames;
 mod message;
@@ -14,7 +15,7 @@ pub use config::AmqpConfig;
 pub use session::AmqpSession;
 
 use super::{record::Source, Inference, Protocol, ProtocolSession, SessionContext, SessionOptions};
-use crate::capture::Direction;
+use crate::{capture::Direction, privacy::Policy};
 
 pub struct Amqp;
 
@@ -25,6 +26,13 @@ impl Protocol for Amqp {
 
     fn sources(&self) -> &'static [Source] {
         record::SOURCES
+    }
+
+    fn attribute_policies(&self) -> &'static [(&'static str, Policy)] {
+        &[
+            ("messaging.rabbitmq.reply_code", Policy::Keep),
+            ("messaging.rabbitmq.vhost", Policy::Name),
+        ]
     }
 
     /// The protocol header, or (mid-stream) a strictly valid frame: known type, frame end

@@ -23,7 +23,7 @@ pub static SOURCES: &[Source] = &[
     Source::new("amqp_body", SourceShape::Body),
 ];
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct AmqpRecord {
     routing_key: String,
     message_id: Option<String>,

@@ -6,10 +6,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use amq_protocol::{
     frame::AMQPFrame,
-    protocol::{basic, channel, confirm, AMQPClass},
+    protocol::{basic, channel, confirm, connection, AMQPClass},
 };
 
 use super::{
+    calls::{self, Call, Calls},
     frames::{FrameReader, GapOutcome, Read, TimedFrame},
     message::{Assembler, Carrier, Message},
     spans::{carried_message, delivered, finish, settle, start, verdict, Open},
@@ -31,7 +32,25 @@ pub struct ChannelState {
     get_queue: Option<(String, bool)>,
     /// Consumes whose tag the broker will choose (Consume-Ok), in order.
     consumes_awaiting_tag: VecDeque<(String, bool)>,
+    calls: Calls,
 }
+
+/// A mandatory publish without publisher confirms, held for a Basic.Return: the broker
+/// returns an unroutable one at once, before it answers anything asked after it.
+struct Held {
+    open: Open,
+    published_ns: u64,
+    /// Calls made on its channel before it: an answer to a later one shows it was routed.
+    calls_before: u64,
+}
+
+/// A held publish is taken as routed once the client has read from the broker this long
+/// after it without a Return among the bytes.
+const RETURN_WAIT_NS: u64 = 1_000_000_000;
+/// … or, if the client reads nothing, after this long (counted as unverified).
+const RETURN_GIVE_UP_NS: u64 = 30_000_000_000;
+/// Held publishes per channel; beyond, the oldest is let go unverified.
+const MAX_HELD: usize = 1024;
 
 pub struct AmqpSession {
     broker_side: bool,
@@ -42,6 +61,13 @@ pub struct AmqpSession {
     channels: HashMap<u16, ChannelState>,
     /// consumer tag → (queue, no_ack)
     consumers: HashMap<String, (String, bool)>,
+    /// Mandatory publishes without confirms, by channel, oldest first (kept apart from
+    /// the channel's state: a client's Channel.Close does not settle them, its Close-Ok does).
+    held: HashMap<u16, VecDeque<Held>>,
+    /// Held publishes let go without proof they were routed (no read, or too many held).
+    returns_unverified: u64,
+    /// Returns matching no publish still open (read after it was let go).
+    returns_unmatched: u64,
     next_sequence: u64,
 }
 
@@ -55,6 +81,9 @@ impl AmqpSession {
             ingress_content: Assembler::new(options.body_prefix_bytes),
             channels: HashMap::new(),
             consumers: HashMap::new(),
+            held: HashMap::new(),
+            returns_unverified: 0,
+            returns_unmatched: 0,
             next_sequence: 0,
         }
     }
@@ -101,7 +130,7 @@ impl AmqpSession {
                     content.begin(channel, message);
                     None
                 } else {
-                    self.method(direction, channel, method, ktime_ns, out);
+                    self.method(direction, channel, method, (ktime_ns, tid), out);
                     None
                 }
             }
@@ -131,7 +160,7 @@ impl AmqpSession {
     ) {
         if self.broker_side {
             let entered = match (&message.carrier, direction) {
-                (Carrier::Publish, Direction::Ingress) => true,
+                (Carrier::Publish { .. }, Direction::Ingress) => true,
                 (Carrier::Deliver { .. } | Carrier::GetOk { .. }, Direction::Egress) => false,
                 _ => return,
             };
@@ -145,7 +174,7 @@ impl AmqpSession {
         let state = self.channels.entry(channel).or_default();
         let sequence = self.next_sequence;
         match (&message.carrier, direction) {
-            (Carrier::Publish, Direction::Egress) => {
+            (&Carrier::Publish { mandatory }, Direction::Egress) => {
                 self.next_sequence += 1;
                 out.push(ExchangeEvent::Started(start(
                     sequence,
@@ -162,6 +191,23 @@ impl AmqpSession {
                 if state.confirms {
                     state.unconfirmed.insert(state.next_confirm_tag, open);
                     state.next_confirm_tag += 1;
+                } else if mandatory {
+                    let held = self.held.entry(channel).or_default();
+                    if held.len() == MAX_HELD {
+                        let oldest = held.pop_front().expect("full");
+                        self.returns_unverified += 1;
+                        let end = oldest.published_ns;
+                        out.push(ExchangeEvent::Finished(finish(
+                            oldest.open,
+                            end,
+                            ExchangeKind::Producer,
+                        )));
+                    }
+                    held.push_back(Held {
+                        open,
+                        published_ns: end_ns,
+                        calls_before: state.calls.made,
+                    });
                 } else {
                     out.push(ExchangeEvent::Finished(finish(
                         open,
@@ -195,6 +241,7 @@ impl AmqpSession {
             }
             (Carrier::GetOk { delivery_tag }, Direction::Ingress) => {
                 self.next_sequence += 1;
+                state.calls.answered();
                 let consumer = state.get_queue.take().unwrap_or_default();
                 delivered(
                     state,
@@ -213,14 +260,27 @@ impl AmqpSession {
                 },
                 Direction::Ingress,
             ) => {
-                // The broker could not route a mandatory publish; its confirm follows.
+                // The broker could not route a mandatory publish: without confirms it is
+                // held for this; with confirms its confirm follows.
                 let error = (reply_code.to_string(), format!("returned: {reply_text}"));
-                if let Some(open) = state.unconfirmed.values_mut().find(|o| {
+                let same = |o: &Open| {
                     o.error.is_none()
                         && o.message.exchange == message.exchange
                         && o.message.routing_key == message.routing_key
-                }) {
+                };
+                let held = self.held.entry(channel).or_default();
+                if let Some(at) = held.iter().position(|h| same(&h.open)) {
+                    let mut returned = held.remove(at).expect("found").open;
+                    returned.error = Some(error);
+                    out.push(ExchangeEvent::Finished(finish(
+                        returned,
+                        end_ns,
+                        ExchangeKind::Producer,
+                    )));
+                } else if let Some(open) = state.unconfirmed.values_mut().find(|o| same(o)) {
                     open.error = Some(error);
+                } else {
+                    self.returns_unmatched += 1;
                 }
             }
             _ => {}
@@ -233,11 +293,25 @@ impl AmqpSession {
         direction: Direction,
         channel: u16,
         method: AMQPClass,
-        ktime_ns: u64,
+        (ktime_ns, tid): (u64, u32),
         out: &mut Vec<ExchangeEvent>,
     ) {
         if self.broker_side {
             return;
+        }
+        let state = self.channels.entry(channel).or_default();
+        match direction {
+            Direction::Egress => {
+                if let Some(call) = calls::call(&method, ktime_ns, tid) {
+                    state.calls.made(call);
+                }
+            }
+            Direction::Ingress if calls::is_answer(&method) => {
+                state.calls.answered();
+                let answered = state.calls.answered;
+                self.release(channel, |h| h.calls_before < answered, out);
+            }
+            Direction::Ingress => {}
         }
         let state = self.channels.entry(channel).or_default();
         if let Some((kind, verdict)) = verdict(&method, direction) {
@@ -272,15 +346,153 @@ impl AmqpSession {
             (AMQPClass::Basic(basic::AMQPMethod::Get(get)), Direction::Egress) => {
                 state.get_queue = Some((get.queue.as_str().to_owned(), get.no_ack));
             }
-            (AMQPClass::Channel(channel::AMQPMethod::Close(close)), _) => {
-                let reason = (
-                    close.reply_code.to_string(),
-                    close.reply_text.as_str().to_owned(),
-                );
+            (AMQPClass::Channel(channel::AMQPMethod::Close(close)), direction) => {
+                let reason = (close.reply_code, close.reply_text.as_str());
+                if direction == Direction::Ingress {
+                    // The broker closes the channel: it refused a call (or a publish).
+                    self.refused(channel, "channel.close", reason, (ktime_ns, tid), out);
+                }
+                let reason = (reason.0.to_string(), reason.1.to_owned());
                 self.close_channel(channel, Some(reason), ktime_ns, out);
+            }
+            (AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)), Direction::Ingress) => {
+                // The broker has processed everything sent before the client's Close.
+                self.release(channel, |_| true, out);
+                self.channels.remove(&channel);
+            }
+            (AMQPClass::Connection(connection::AMQPMethod::Close(close)), Direction::Ingress) => {
+                let reason = (close.reply_code, close.reply_text.as_str());
+                self.refused(channel, "connection.close", reason, (ktime_ns, tid), out);
+                let reason = (reason.0.to_string(), reason.1.to_owned());
+                let channels: Vec<u16> = self.held.keys().copied().collect();
+                for channel in channels {
+                    self.fail_held(channel, &reason, ktime_ns, out);
+                }
             }
             _ => {}
         }
+    }
+
+    /// A broker-initiated close with an error code: an error span for the call it refused
+    /// when the text names that call's target (or, on channel 0, the connection's open);
+    /// else the publish whose exchange it names, or all still open, carry the error; else a
+    /// span named `close_operation`. Held publishes the broker processed before the cause
+    /// are routed; the rest share the error.
+    fn refused(
+        &mut self,
+        channel: u16,
+        close_operation: &'static str,
+        (reply_code, reply_text): (u16, &str),
+        (ktime_ns, tid): (u64, u32),
+        out: &mut Vec<ExchangeEvent>,
+    ) {
+        if reply_code < 300 {
+            return;
+        }
+        let reason = (reply_code.to_string(), reply_text.to_owned());
+        let state = self.channels.entry(channel).or_default();
+        let named = |call: &Call| match &call.target {
+            _ if call.operation == "connection.open" => true,
+            Some(target) => reply_text.contains(&format!("'{target}'")),
+            None => false,
+        };
+        let unconfirmed = !state.unconfirmed.is_empty();
+        let call = match state.calls.refused().filter(named) {
+            Some(call) => {
+                let index = call.index;
+                self.release(channel, |h| h.calls_before < index, out);
+                call
+            }
+            None => {
+                let held = self.held.get(&channel);
+                let names_exchange =
+                    |h: &Held| reply_text.contains(&format!("'{}'", h.open.message.exchange));
+                if let Some(cause) = held.and_then(|held| held.iter().position(names_exchange)) {
+                    let mut before = 0;
+                    self.release(
+                        channel,
+                        |_| {
+                            before += 1;
+                            before <= cause
+                        },
+                        out,
+                    );
+                }
+                if unconfirmed || self.held.get(&channel).is_some_and(|h| !h.is_empty()) {
+                    // The publishes still open carry the error.
+                    self.fail_held(channel, &reason, ktime_ns, out);
+                    return;
+                }
+                Call {
+                    operation: close_operation,
+                    target: None,
+                    index: 0,
+                    start_ktime_ns: ktime_ns,
+                    tid,
+                }
+            }
+        };
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        let (start, exchange) =
+            calls::refused(sequence, call, (reply_code, reply_text), ktime_ns);
+        out.push(ExchangeEvent::Started(start));
+        out.push(ExchangeEvent::Finished(exchange));
+        self.fail_held(channel, &reason, ktime_ns, out);
+    }
+
+    /// Ends the held publishes of a channel that `proven` says were routed, oldest first.
+    fn release(
+        &mut self,
+        channel: u16,
+        mut proven: impl FnMut(&Held) -> bool,
+        out: &mut Vec<ExchangeEvent>,
+    ) {
+        let Some(held) = self.held.get_mut(&channel) else {
+            return;
+        };
+        while held.front().is_some_and(&mut proven) {
+            let routed = held.pop_front().expect("front exists");
+            out.push(ExchangeEvent::Finished(finish(
+                routed.open,
+                routed.published_ns,
+                ExchangeKind::Producer,
+            )));
+        }
+    }
+
+    /// Ends a channel's held publishes with the broker's error.
+    fn fail_held(
+        &mut self,
+        channel: u16,
+        reason: &(String, String),
+        ktime_ns: u64,
+        out: &mut Vec<ExchangeEvent>,
+    ) {
+        for mut held in self.held.remove(&channel).unwrap_or_default() {
+            held.open.error = Some(reason.clone());
+            out.push(ExchangeEvent::Finished(finish(
+                held.open,
+                ktime_ns,
+                ExchangeKind::Producer,
+            )));
+        }
+    }
+
+    /// Lets go of held publishes published at least `wait_ns` before `now_ns`.
+    fn release_waited(&mut self, now_ns: u64, wait_ns: u64, out: &mut Vec<ExchangeEvent>) -> u64 {
+        let channels: Vec<u16> = self.held.keys().copied().collect();
+        let before: usize = self.held.values().map(VecDeque::len).sum();
+        for channel in channels {
+            self.release(
+                channel,
+                |h| now_ns.saturating_sub(h.published_ns) >= wait_ns,
+                out,
+            );
+        }
+        self.held.retain(|_, held| !held.is_empty());
+        let after: usize = self.held.values().map(VecDeque::len).sum();
+        (before - after) as u64
     }
 
     /// Ends every open span of a channel (Channel.Close, connection end).
@@ -323,6 +535,10 @@ impl ProtocolSession for AmqpSession {
             Direction::Ingress => self.ingress.push(bytes, ktime_ns, tid),
         }
         self.drain(direction, out);
+        if direction == Direction::Ingress && !self.held.is_empty() {
+            // The client has read what the broker sent: no Return for these.
+            self.release_waited(ktime_ns, RETURN_WAIT_NS, out);
+        }
     }
 
     fn gap(
@@ -351,6 +567,8 @@ impl ProtocolSession for AmqpSession {
     }
 
     fn close(&mut self, ktime_ns: u64, out: &mut Vec<ExchangeEvent>) {
+        // Every byte the broker sent has been read: no Return came for what is held.
+        self.release_waited(u64::MAX, 0, out);
         let channels: Vec<u16> = self.channels.keys().copied().collect();
         for channel in channels {
             let reason = Some((
@@ -363,5 +581,21 @@ impl ProtocolSession for AmqpSession {
 
     fn bytes_skipped(&self) -> u64 {
         self.egress.skipped() + self.ingress.skipped()
+    }
+
+    fn deadline(&self) -> Option<u64> {
+        let oldest = self.held.values().filter_map(|h| h.front()).map(|h| h.published_ns).min()?;
+        Some(oldest.saturating_add(RETURN_GIVE_UP_NS))
+    }
+
+    fn expire(&mut self, now_ns: u64, out: &mut Vec<ExchangeEvent>) {
+        self.returns_unverified += self.release_waited(now_ns, RETURN_GIVE_UP_NS, out);
+    }
+
+    fn events(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("mandatory_publish_unverified", self.returns_unverified),
+            ("return_unmatched", self.returns_unmatched),
+        ]
     }
 }

@@ -63,7 +63,10 @@ pub fn delivered(
 pub fn carried_message(method: &AMQPClass, ktime_ns: u64, tid: u32) -> Option<Message> {
     let (carrier, exchange, routing_key) = match method {
         AMQPClass::Basic(basic::AMQPMethod::Publish(p)) => {
-            (Carrier::Publish, &p.exchange, &p.routing_key)
+            let carrier = Carrier::Publish {
+                mandatory: p.mandatory,
+            };
+            (carrier, &p.exchange, &p.routing_key)
         }
         AMQPClass::Basic(basic::AMQPMethod::Deliver(d)) => (
             Carrier::Deliver {
@@ -173,12 +176,17 @@ pub fn finish(open: Open, end_ktime_ns: u64, kind: ExchangeKind) -> Exchange {
         (Carrier::GetOk { .. }, _) => (
             "get",
             "receive",
-            queue.clone().unwrap_or_else(|| exchange_name.to_owned()),
+            queue
+                .clone()
+                .unwrap_or_else(|| format!("{exchange_name} {}", message.routing_key)),
         ),
+        // The consumer's Basic.Consume predates the agent: name it by what is known.
         (_, ExchangeKind::Consumer) => (
             "deliver",
             "process",
-            queue.clone().unwrap_or_else(|| exchange_name.to_owned()),
+            queue
+                .clone()
+                .unwrap_or_else(|| format!("{exchange_name} {}", message.routing_key)),
         ),
         _ => ("publish", "send", exchange_name.to_owned()),
     };
@@ -204,11 +212,15 @@ pub fn finish(open: Open, end_ktime_ns: u64, kind: ExchangeKind) -> Exchange {
     if let Some(id) = &message.correlation_id {
         attributes.push(("messaging.message.conversation_id", id.as_str().into()));
     }
-    if let Some(queue) = &queue {
-        attributes.push((
+    match &queue {
+        Some(queue) => attributes.push((
             "messaging.destination.subscription.name",
             queue.as_str().into(),
-        ));
+        )),
+        None if kind == ExchangeKind::Consumer => {
+            attributes.push(("tracer.messaging.queue_unknown", "true".into()))
+        }
+        None => {}
     }
     if let Carrier::Deliver { delivery_tag, .. } | Carrier::GetOk { delivery_tag } =
         &message.carrier

@@ -190,3 +190,49 @@ fn body_frames_cut_by_the_capture_limit_still_count_exactly() {
         "every publish completes with its declared size"
     );
 }
+
+/// pika against RabbitMQ (`tests/peers/amqp_errors.py`): mandatory publishes without
+/// confirms, one routed and one returned 312 NO_ROUTE, a conflicting exchange declare (406), a passive declare
+/// of a missing queue (404), a connection to a missing vhost (530).
+#[test]
+fn refusals_and_returns_without_confirms_are_errors_with_the_brokers_code_and_text() {
+    let records = golden::capture(&fixture_dir().join("errors.capture.jsonl"));
+    let events = golden::replay_connections(&records, Role::Client, || {
+        Box::new(AmqpSession::new(
+            Role::Client,
+            &SessionOptions::default(),
+            false,
+        ))
+    });
+    golden::compare(&fixture_dir(), "errors", &events);
+    let errors: Vec<(String, String, String)> = events
+        .iter()
+        .filter_map(|e| match e {
+            ExchangeEvent::Finished(x) => match &x.status {
+                crate::protocols::ExchangeStatus::Error {
+                    error_type,
+                    message,
+                } => Some((x.name.clone(), error_type.clone(), message.clone())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let expect = [
+        ("publish g1-orders", "312", "NO_ROUTE"),
+        ("exchange.declare", "406", "PRECONDITION_FAILED - inequivalent arg 'type'"),
+        ("queue.declare", "404", "NOT_FOUND - no queue 'g1-missing'"),
+        ("connection.open", "530", "NOT_ALLOWED - vhost g1-vhost not found"),
+    ];
+    assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+    let routed = events.iter().any(|e| {
+        matches!(e, ExchangeEvent::Finished(x)
+            if x.record.text("amqp_message_id") == Some("g1-routed")
+                && x.status == crate::protocols::ExchangeStatus::Ok)
+    });
+    assert!(routed, "the routed mandatory publish ends without error");
+    for ((name, code, text), (want_name, want_code, want_text)) in errors.iter().zip(expect) {
+        assert_eq!((name.as_str(), code.as_str()), (want_name, want_code));
+        assert!(text.contains(want_text), "{name}: {text}");
+    }
+}

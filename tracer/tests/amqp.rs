@@ -365,3 +365,73 @@ fn interleaved_channels_and_a_one_mib_body_split_across_frames() {
         assert_eq!(consumer[0].parent_span_id, producer[0].span_id, "{id}");
     }
 }
+
+#[test]
+fn refusals_and_a_return_without_confirms_are_errors_with_code_and_text() {
+    let receiver = Receiver::start();
+    let agent = agent(&receiver, &[]);
+    // Words only: names with digits would be templated by the privacy stage.
+    let run: String = (std::process::id().to_string().bytes())
+        .map(|d| char::from(b'a' + d - b'0'))
+        .collect();
+    let prefix = format!("refusal-{run}");
+    let output = Command::new("python3")
+        .arg(format!("{PEERS}/amqp_errors.py"))
+        .args(["--port", &broker().port.to_string(), "--prefix", &prefix])
+        .output()
+        .expect("python3 with pika is needed (cargo xtask setup installs it)");
+    let steps = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && steps.contains("312") && steps.contains("530"),
+        "the pika peer did not see the broker's refusals: {steps}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let named = |spans: &[ReceivedSpan], name: &str| -> Vec<ReceivedSpan> {
+        spans
+            .iter()
+            .filter(|s| s.name == name && s.service.starts_with("python"))
+            .cloned()
+            .collect()
+    };
+    let calls = ["exchange.declare", "queue.declare", "connection.open"];
+    let spans = receiver.wait_for(
+        "a span for the return and for each refused call",
+        Duration::from_secs(20),
+        |spans| {
+            with_id(spans, PRODUCER, &format!("{prefix}-returned")).len() == 1
+                && with_id(spans, PRODUCER, &format!("{prefix}-routed")).len() == 1
+                && calls.iter().all(|c| !named(spans, c).is_empty())
+        },
+    );
+    agent.stop();
+    let returned = with_id(&spans, PRODUCER, &format!("{prefix}-returned"))[0];
+    assert_eq!(
+        (returned.status, returned.attr("error.type")),
+        (ERROR, "312"),
+        "{returned:?}"
+    );
+    assert!(returned.status_message.contains("NO_ROUTE"), "{returned:?}");
+    let routed = with_id(&spans, PRODUCER, &format!("{prefix}-routed"))[0];
+    assert_ne!(routed.status, ERROR, "a routed mandatory publish: {routed:?}");
+    for (call, code, text) in [
+        ("exchange.declare", "406", "PRECONDITION_FAILED"),
+        ("queue.declare", "404", "NOT_FOUND"),
+        ("connection.open", "530", "NOT_ALLOWED"),
+    ] {
+        let refused = named(&spans, call);
+        assert_eq!(refused.len(), 1, "one {call} error: {refused:?}");
+        let refused = &refused[0];
+        assert_eq!(
+            (refused.status, refused.attr("error.type"), refused.kind),
+            (ERROR, code, 3),
+            "{refused:?}"
+        );
+        assert_eq!(refused.attr("messaging.rabbitmq.reply_code"), code);
+        assert!(refused.status_message.contains(text), "{refused:?}");
+    }
+    assert_eq!(
+        named(&spans, "exchange.declare")[0].attr("messaging.destination.name"),
+        format!("{prefix}-orders"),
+        "the refused call names its exchange"
+    );
+}

@@ -21,12 +21,18 @@ use crate::{
 
 /// Bytes looked at to decide a connection's protocol.
 const MAX_SNIFF: usize = 256;
+/// Reads of a connection picked up mid-stream looked at before it is given up: its first
+/// read may begin inside a message, the next ones usually begin at one (and the other
+/// side's may be the one a protocol recognises).
+const MID_STREAM_READS: u8 = 8;
 
 enum ConnProtocol {
     Sniffing {
         first: Direction,
         bytes: Vec<u8>,
         mid_stream: bool,
+        /// Reads of a mid-stream connection that no protocol claimed so far.
+        misses: u8,
     },
     Parsing {
         protocol: &'static str,
@@ -252,6 +258,7 @@ impl Pipeline {
                         first: direction,
                         bytes: Vec::new(),
                         mid_stream: true,
+                        misses: 0,
                     };
                     self.conns.insert(conn.id, sniff);
                 }
@@ -285,11 +292,13 @@ impl Pipeline {
                 first: direction,
                 bytes: Vec::new(),
                 mid_stream: conn.seeded,
+                misses: 0,
             });
         if let ConnProtocol::Sniffing {
             first,
             bytes: sniffed,
             mid_stream,
+            misses,
         } = state
         {
             if *first != direction {
@@ -343,6 +352,11 @@ impl Pipeline {
                     self.schedule(conn, deadline);
                 }
                 Err(true) if sniffed.len() < MAX_SNIFF => {}
+                Err(_) if *mid_stream && *misses + 1 < MID_STREAM_READS => {
+                    // Not inside this read: look at the next one from its start.
+                    *misses += 1;
+                    sniffed.clear();
+                }
                 Err(_) => {
                     tracing::debug!(
                         pid = conn.id.tgid,

@@ -32,6 +32,8 @@ pub struct Recorded {
     pub offset: u64,
     pub bytes: Vec<u8>,
     pub gap: u64,
+    /// A `conn_open` of a connection found in `/proc` at start: it predates the capture.
+    pub seeded: bool,
 }
 
 /// Every record of a recording but its statistics lines.
@@ -79,6 +81,7 @@ fn parse(r: &Value) -> anyhow::Result<Recorded> {
             .decode(r["data"].as_str().unwrap_or_default())
             .context("data")?,
         gap: number("gap_length").unwrap_or_default(),
+        seeded: r["seeded"] == true,
     })
 }
 
@@ -113,6 +116,7 @@ impl Replay {
         if record.kind == "conn_tls" {
             conn.tls = true;
         }
+        conn.seeded |= record.seeded;
         conn
     }
 

@@ -573,7 +573,17 @@ impl Correlator {
         let (local, remote) = (node.local?, node.remote?);
         let clients = self.clients_by_tuple.get(&(remote, local))?;
         // Newest first: on a busy keep-alive connection the match is among the last ones.
-        if let Some(client) = clients.iter().rev().find(|client| client.1 == id.1) {
+        // Both ends are on this host (one kernel clock): the call starts before its serving.
+        let started_before = |client: &NodeId| {
+            self.nodes
+                .get(client)
+                .is_some_and(|c| c.start_ns <= node.start_ns)
+        };
+        if let Some(client) = clients
+            .iter()
+            .rev()
+            .find(|client| client.1 == id.1 && started_before(client))
+        {
             return Some(*client);
         }
         if matches!(id.1, ExchangeId::Stream(_)) {

@@ -236,3 +236,42 @@ fn refusals_and_returns_without_confirms_are_errors_with_the_brokers_code_and_te
         assert!(text.contains(want_text), "{name}: {text}");
     }
 }
+
+/// A consumer whose Basic.Consume predates the agent: its deliveries are named by the
+/// exchange and routing key they came by, and say the queue is unknown.
+#[test]
+fn deliveries_of_a_consume_before_the_agent_are_named_by_what_is_known() {
+    let all = records("consumer");
+    let deliver = |bytes: &[u8]| bytes.windows(4).any(|w| w == [0, 60, 0, 60]);
+    let first = all
+        .iter()
+        .position(|(direction, _, bytes)| *direction == Direction::Ingress && deliver(bytes))
+        .expect("the fixture has deliveries");
+    let mut session = AmqpSession::new(Role::Client, &SessionOptions::default(), true);
+    let mut out = Vec::new();
+    for (direction, time, bytes) in &all[first..] {
+        session.feed(*direction, bytes, *time, 1, &mut out);
+    }
+    let consumed: Vec<_> = out
+        .iter()
+        .filter_map(|e| match e {
+            ExchangeEvent::Finished(x) if x.kind == ExchangeKind::Consumer => Some(x),
+            _ => None,
+        })
+        .collect();
+    assert!(!consumed.is_empty());
+    for x in consumed {
+        let attr = |key: &str| x.attributes.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+        let routing_key = match attr("messaging.rabbitmq.destination.routing_key") {
+            Some(crate::protocols::AttrValue::Str(key)) => key,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(x.name, format!("deliver orders {routing_key}"));
+        assert_eq!(
+            attr("tracer.messaging.queue_unknown"),
+            Some("true".into()),
+            "{x:?}"
+        );
+        assert_eq!(attr("messaging.destination.subscription.name"), None);
+    }
+}

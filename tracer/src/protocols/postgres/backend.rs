@@ -90,6 +90,10 @@ impl BackendReader {
 
     pub fn next(&mut self) -> Option<Backend> {
         loop {
+            if self.resync && is_message_chain(&self.buf) {
+                // A read that begins at a message: nothing to skip.
+                self.resync = false;
+            }
             if self.resync {
                 // Resume after the next ReadyForQuery, the one landmark every exchange ends with.
                 let at = self
@@ -132,6 +136,36 @@ impl BackendReader {
         let length =
             u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
         BACKEND_TYPES.contains(&self.buf[0]) && (4..MAX_MESSAGE).contains(&length)
+    }
+}
+
+/// Whole backend messages of known types and sane lengths, back to back, ending exactly at
+/// the end of `buf`, the last a ReadyForQuery (status idle, in a transaction or failed) or
+/// a CommandComplete: how an answer ends.
+pub fn is_message_chain(buf: &[u8]) -> bool {
+    let mut at = 0;
+    let mut last = None;
+    while at < buf.len() {
+        let Some(header) = buf.get(at..at + 5) else {
+            return false;
+        };
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if !BACKEND_TYPES.contains(&header[0]) || !(4..MAX_MESSAGE).contains(&len) {
+            return false;
+        }
+        last = Some((at, header[0], len));
+        at += 1 + len;
+    }
+    if at != buf.len() {
+        return false;
+    }
+    match last {
+        Some((at, b'Z', 5)) => matches!(buf[at + 5], b'I' | b'T' | b'E'),
+        Some((at, b'C', len)) => {
+            let tag = &buf[at + 5..at + 1 + len];
+            tag.last() == Some(&0) && tag.first().is_some_and(u8::is_ascii_uppercase)
+        }
+        _ => false,
     }
 }
 

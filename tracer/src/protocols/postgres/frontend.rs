@@ -243,9 +243,36 @@ pub fn is_startup(buf: &[u8]) -> Option<bool> {
     )
 }
 
-/// Mid-stream: a simple query or Parse message whose length ends at a NUL, or a Sync.
+/// Mid-stream: where messages begin. At the start of the bytes, a chain of whole frontend
+/// messages that ends exactly where the bytes do (a read usually begins at a message);
+/// anywhere, a simple query or Parse message whose length ends at a NUL, or a Sync.
 pub fn find_message_start(buf: &[u8]) -> Option<usize> {
+    if is_message_chain(buf) {
+        return Some(0);
+    }
     (0..buf.len()).find(|&at| is_message_start(&buf[at..]))
+}
+
+/// Type bytes of the frontend messages a client sends after its startup.
+const FRONTEND_TYPES: &[u8] = b"BCDEFHPQSXcdfp";
+
+/// Whole frontend messages of known types and sane lengths, back to back, ending exactly
+/// at the end of `buf`, with at least one that names work (Query, Parse, Bind, Execute).
+pub fn is_message_chain(buf: &[u8]) -> bool {
+    let mut at = 0;
+    let mut work = false;
+    while at < buf.len() {
+        let Some(header) = buf.get(at..at + 5) else {
+            return false;
+        };
+        let len = be32(&header[1..5]) as usize;
+        if !FRONTEND_TYPES.contains(&header[0]) || !(4..MAX_MESSAGE).contains(&len) {
+            return false;
+        }
+        work |= matches!(header[0], b'Q' | b'P' | b'B' | b'E');
+        at += 1 + len;
+    }
+    work && at == buf.len()
 }
 
 pub fn is_message_start(buf: &[u8]) -> bool {

@@ -25,14 +25,19 @@ impl Protocol for Postgres {
         record::SOURCES
     }
 
-    /// A startup (or SSL request) sent by the client; mid-stream, a query, Parse or Sync.
-    fn infer(&self, bytes: &[u8], direction: Direction, mid_stream: bool) -> Inference {
-        if direction != Direction::Egress {
-            return Inference::No; // we follow the client side only
-        }
+    /// A startup (or SSL request): from the client, on either end of the connection.
+    /// Mid-stream, what only PostgreSQL sends: a simple query or Parse ending where its
+    /// length says, a Sync, or a read of whole frontend or backend messages back to back
+    /// (an answer ending in ReadyForQuery or CommandComplete).
+    fn infer(&self, bytes: &[u8], _direction: Direction, mid_stream: bool) -> Inference {
+        let regular = || {
+            frontend::is_message_start(bytes)
+                || frontend::is_message_chain(bytes)
+                || backend::is_message_chain(bytes)
+        };
         match frontend::is_startup(bytes) {
             Some(true) => Inference::Yes,
-            _ if mid_stream && frontend::is_message_start(bytes) => Inference::Yes,
+            _ if mid_stream && regular() => Inference::Yes,
             Some(false) => Inference::No,
             None => Inference::NeedMore,
         }
@@ -43,6 +48,6 @@ impl Protocol for Postgres {
         context: SessionContext,
         _options: &SessionOptions,
     ) -> Box<dyn ProtocolSession> {
-        Box::new(PostgresSession::new(context.mid_stream))
+        Box::new(PostgresSession::new(context.role, context.mid_stream))
     }
 }

@@ -1,5 +1,7 @@
-//! One client connection to PostgreSQL: a CLIENT span per simple query and per extended-
-//! query Execute, ended by its CommandComplete or ErrorResponse (or by ReadyForQuery).
+//! One connection to PostgreSQL: a span per simple query and per extended-query Execute,
+//! ended by its CommandComplete or ErrorResponse (or by ReadyForQuery). CLIENT spans on
+//! the client's end, SERVER spans on the server's (the same statements, as the database
+//! saw them).
 use std::collections::{HashMap, VecDeque};
 
 use super::{
@@ -8,7 +10,7 @@ use super::{
     sql,
 };
 use crate::{
-    capture::Direction,
+    capture::{Direction, Role},
     protocols::{
         identifiers::{self, Identifier},
         AttrValue, Exchange, ExchangeEvent, ExchangeId, ExchangeKind, ExchangeStart,
@@ -26,9 +28,14 @@ struct Pending {
     error: Option<(String, String)>,
     start_ktime_ns: u64,
     tid: u32,
+    /// Begun before the server's side of the stream was in step (picked up mid-stream):
+    /// an answer may have gone unseen, so a missing one proves nothing.
+    outcome_unseen: bool,
 }
 
 pub struct PostgresSession {
+    /// The server's end of the connection: the frontend's bytes come in.
+    server_side: bool,
     frontend: FrontendReader,
     backend: BackendReader,
     database: Option<String>,
@@ -45,8 +52,9 @@ pub struct PostgresSession {
 }
 
 impl PostgresSession {
-    pub fn new(mid_stream: bool) -> Self {
+    pub fn new(role: Role, mid_stream: bool) -> Self {
         Self {
+            server_side: role == Role::Server,
             frontend: FrontendReader::new(mid_stream),
             backend: BackendReader::new(mid_stream),
             database: None,
@@ -72,7 +80,7 @@ impl PostgresSession {
         self.next_sequence += 1;
         out.push(ExchangeEvent::Started(ExchangeStart {
             id: ExchangeId::Sequence(sequence),
-            kind: ExchangeKind::Client,
+            kind: self.kind(),
             start_ktime_ns: self.ktime_ns,
             tid: self.tid,
             traceparent: None,
@@ -89,7 +97,16 @@ impl PostgresSession {
             error: None,
             start_ktime_ns: self.ktime_ns,
             tid: self.tid,
+            outcome_unseen: false,
         });
+    }
+
+    fn kind(&self) -> ExchangeKind {
+        if self.server_side {
+            ExchangeKind::Server
+        } else {
+            ExchangeKind::Client
+        }
     }
 
     fn frontend_message(&mut self, message: Frontend, out: &mut Vec<ExchangeEvent>) {
@@ -129,7 +146,8 @@ impl PostgresSession {
                 // Everything sent before this Sync is answered now; extended statements the
                 // server skipped after an error did not run.
                 while let Some(mut pending) = self.pending.pop_front() {
-                    if !pending.simple && pending.tags.is_empty() && pending.error.is_none() {
+                    let unanswered = pending.tags.is_empty() && pending.error.is_none();
+                    if !pending.simple && unanswered && !pending.outcome_unseen {
                         pending.error = Some((
                             "skipped".into(),
                             "not executed: an earlier statement failed".into(),
@@ -197,6 +215,9 @@ impl PostgresSession {
             };
             attributes.push(("tracer.db.transaction_state", state.into()));
         }
+        if pending.outcome_unseen && pending.tags.is_empty() && pending.error.is_none() {
+            attributes.push(("tracer.capture.incomplete", "true".into()));
+        }
         let status = match pending.error {
             Some((code, message)) => {
                 attributes.push(("db.response.status_code", code.as_str().into()));
@@ -218,7 +239,7 @@ impl PostgresSession {
         Exchange {
             protocol: "postgres",
             id: ExchangeId::Sequence(pending.sequence),
-            kind: ExchangeKind::Client,
+            kind: self.kind(),
             name,
             start_ktime_ns: pending.start_ktime_ns,
             end_ktime_ns,
@@ -245,8 +266,9 @@ impl ProtocolSession for PostgresSession {
         if self.encrypted {
             return;
         }
-        match direction {
-            Direction::Egress => {
+        let from_frontend = (direction == Direction::Egress) != self.server_side;
+        match from_frontend {
+            true => {
                 self.ktime_ns = ktime_ns;
                 self.tid = tid;
                 self.frontend.push(bytes);
@@ -254,7 +276,7 @@ impl ProtocolSession for PostgresSession {
                     self.frontend_message(message, out);
                 }
             }
-            Direction::Ingress => {
+            false => {
                 self.backend.push(bytes);
                 if self.awaiting_encryption_answer {
                     if let Some(answer) = self.backend.encryption_answer() {
@@ -263,7 +285,14 @@ impl ProtocolSession for PostgresSession {
                         self.encrypted = answer == b'S' || answer == b'G';
                     }
                 }
-                while let Some(message) = self.backend.next() {
+                loop {
+                    let skipped = self.backend.skipped();
+                    let message = self.backend.next();
+                    if self.backend.skipped() != skipped {
+                        // Answers were passed over: those of open statements may be among them.
+                        self.pending.iter_mut().for_each(|p| p.outcome_unseen = true);
+                    }
+                    let Some(message) = message else { break };
                     self.backend_message(message, ktime_ns, out);
                 }
             }
@@ -277,9 +306,11 @@ impl ProtocolSession for PostgresSession {
         _ktime_ns: u64,
         _out: &mut Vec<ExchangeEvent>,
     ) {
-        match direction {
-            Direction::Egress => self.frontend.gap(length),
-            Direction::Ingress => self.backend.gap(),
+        if (direction == Direction::Egress) != self.server_side {
+            self.frontend.gap(length);
+        } else {
+            self.backend.gap();
+            self.pending.iter_mut().for_each(|p| p.outcome_unseen = true);
         }
     }
 

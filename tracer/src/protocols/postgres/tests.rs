@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 use super::{frontend, PostgresSession};
-use crate::protocols::{golden, ExchangeEvent, ProtocolSession};
+use crate::{
+    capture::Role,
+    protocols::{golden, Exchange, ExchangeEvent, ExchangeStatus, ProtocolSession},
+};
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/protocols/postgres/fixtures")
@@ -12,7 +15,7 @@ fn fixture_dir() -> PathBuf {
 
 fn replay(name: &str, chunk: Option<usize>) -> Vec<ExchangeEvent> {
     golden::replay(
-        &mut PostgresSession::new(false),
+        &mut PostgresSession::new(Role::Client, false),
         &fixture_dir(),
         name,
         chunk,
@@ -85,7 +88,7 @@ fn inference_recognises_startup_and_mid_stream_queries() {
 
 #[test]
 fn gaps_resynchronise_at_the_next_ready_for_query() {
-    let mut session = PostgresSession::new(false);
+    let mut session = PostgresSession::new(Role::Client, false);
     let mut out = Vec::new();
     for (i, (direction, time, bytes)) in golden::records(&fixture_dir(), "node_pg")
         .into_iter()
@@ -124,4 +127,50 @@ fn a_huge_declared_length_is_passed_over_not_buffered() {
         seen.push(message);
     }
     assert_eq!(seen, vec![Backend::ReadyForQuery(b'I')]);
+}
+
+/// psycopg and a node-postgres pool, each connection opened and used before the capture
+/// began (`tests/peers/pg_pooled.py`, `pg_pool.js`), then an insert, a select and an
+/// invalid statement: picked up mid-stream at both ends, client and server.
+#[test]
+fn connections_that_predate_the_agent_give_spans_at_both_ends() {
+    let records = golden::capture(&fixture_dir().join("pooled.capture.jsonl"));
+    assert!(records.iter().any(|r| r.seeded), "the fixture's connections predate it");
+    for role in [Role::Client, Role::Server] {
+        let events = golden::replay_connections(&records, role, || {
+            Box::new(PostgresSession::new(role, true))
+        });
+        let name = format!("pooled.{role:?}").to_lowercase();
+        golden::compare(&fixture_dir(), &name, &events);
+        let finished: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                ExchangeEvent::Finished(x) => Some(x),
+                _ => None,
+            })
+            .collect();
+        let attr = |x: &Exchange, key: &str| {
+            x.attributes
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| format!("{v:?}"))
+        };
+        for table_op in ["INSERT pooled_orders", "SELECT pooled_orders"] {
+            let found: Vec<_> = finished.iter().filter(|x| x.name == table_op).collect();
+            assert_eq!(found.len(), 2, "{role:?}: {table_op} from both clients");
+            for x in found {
+                assert_eq!(x.status, ExchangeStatus::Ok, "{role:?}: {x:?}");
+                assert!(attr(x, "db.collection.name").is_some_and(|t| t.contains("pooled_orders")));
+            }
+        }
+        let invalid: Vec<_> = finished.iter().filter(|x| x.name == "postgresql").collect();
+        assert_eq!(invalid.len(), 2, "{role:?}: the invalid statements");
+        for x in invalid {
+            assert!(
+                matches!(&x.status, ExchangeStatus::Error { error_type, .. } if error_type == "42601"),
+                "{x:?}"
+            );
+            assert_eq!(attr(x, "db.operation.name"), None, "no operation from user text");
+        }
+    }
 }

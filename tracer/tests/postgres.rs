@@ -5,7 +5,7 @@ mod support;
 use std::{process::Command, time::Duration};
 
 use support::{
-    agent::{curl, AgentRun, Service, PEERS},
+    agent::{curl, final_stats, AgentRun, Service, PEERS},
     otlp::{ReceivedSpan, Receiver},
     postgres::postgres,
 };
@@ -193,5 +193,151 @@ fn the_insert_of_an_http_order_is_a_child_of_the_request_and_in_the_orders_trace
     assert_eq!(
         insert.attr("db.query.text"),
         "INSERT INTO orders (order_id, status) VALUES ($1, $2)"
+    );
+}
+
+/// A client whose connection was opened and used before the agent started, told to go on
+/// (a line on stdin) once the agent runs; killed when dropped.
+struct Pooled {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    ready: serde_json::Value,
+}
+
+impl Pooled {
+    fn start(cmd: &mut Command) -> Self {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        let stdin = child.stdin.take();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = Self::line(&mut stdout, "ready");
+        Self {
+            child,
+            stdin,
+            stdout,
+            ready,
+        }
+    }
+
+    fn line(
+        stdout: &mut std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+        what: &str,
+    ) -> serde_json::Value {
+        let line = stdout
+            .next()
+            .unwrap_or_else(|| panic!("the client ended before saying {what}"))
+            .unwrap();
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value[what], true, "{line}");
+        value
+    }
+
+    fn pids(&self) -> [String; 2] {
+        ["pid", "backend_pid"].map(|k| self.ready[k].as_u64().unwrap().to_string())
+    }
+
+    fn go_on(&mut self) -> serde_json::Value {
+        use std::io::Write;
+        writeln!(self.stdin.as_mut().unwrap(), "go").unwrap();
+        Self::line(&mut self.stdout, "done")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.stdin.take();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn connections_opened_before_the_agent_give_spans_at_both_ends_and_count_as_postgres() {
+    let port = postgres().port.to_string();
+    let mut clients = [
+        Pooled::start(
+            Command::new("python3")
+                .arg(format!("{PEERS}/pg_pooled.py"))
+                .args([port.as_str(), "POOL-PY-1"]),
+        ),
+        Pooled::start(
+            Command::new("node")
+                .arg(format!("{PEERS}/pg_pool.js"))
+                .args([port.as_str(), "POOL-JS-1"]),
+        ),
+    ];
+    let receiver = Receiver::start();
+    let export = format!("otlp-grpc={}", receiver.grpc_url());
+    let mut args = vec!["--export".to_owned(), export, "--settle-ms".into(), "200".into()];
+    for pid in clients.iter().flat_map(Pooled::pids) {
+        args.extend(["--pid".to_owned(), pid]);
+    }
+    let agent = AgentRun::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    for client in &mut clients {
+        assert_eq!(client.go_on()["invalid"], "42601");
+    }
+    let statements = |spans: &[ReceivedSpan], service: &str, kind: i32| -> Vec<ReceivedSpan> {
+        db_spans(spans, service)
+            .into_iter()
+            .filter(|s| s.kind == kind)
+            .cloned()
+            .collect()
+    };
+    let complete = |spans: &[ReceivedSpan], service: &str, kind: i32, n: usize| {
+        let found = statements(spans, service, kind);
+        ["INSERT pooled_orders", "SELECT pooled_orders", "postgresql"]
+            .iter()
+            .all(|name| found.iter().filter(|s| s.name == *name).count() == n)
+    };
+    let spans = receiver.wait_for(
+        "the statements after the agent started, at both ends",
+        Duration::from_secs(20),
+        |spans| {
+            complete(spans, "python", CLIENT, 1)
+                && complete(spans, "node", CLIENT, 1)
+                && complete(spans, "postgres", SERVER, 2)
+        },
+    );
+    let stats = final_stats(&agent.stop());
+    for service in ["python", "node", "postgres"] {
+        let kind = if service == "postgres" { SERVER } else { CLIENT };
+        let spans = statements(&spans, service, kind);
+        let spans: Vec<&ReceivedSpan> = spans.iter().collect();
+        for name in ["INSERT pooled_orders", "SELECT pooled_orders"] {
+            let span = find(&spans, name, |s| s.status != ERROR);
+            assert_eq!(span.attr("db.collection.name"), "pooled_orders");
+            assert_eq!(span.attr("db.operation.name"), &name[..6]);
+            assert_eq!(
+                span.attr("db.namespace"),
+                "",
+                "{service}: the database is not known mid-stream"
+            );
+        }
+        let invalid = find(&spans, "postgresql", |s| s.status == ERROR);
+        assert_eq!(invalid.attr("db.response.status_code"), "42601");
+        assert_eq!(
+            invalid.attr("db.operation.name"),
+            "",
+            "{service}: no operation named after user text"
+        );
+        assert!(
+            !invalid.status_message.contains("asdsdfdsf"),
+            "{}",
+            invalid.status_message
+        );
+    }
+    let pipeline = &stats["pipeline"];
+    assert_eq!(
+        pipeline["connections_unrecognised"], 0,
+        "PostgreSQL connections at either end count as postgres: {pipeline}"
+    );
+    assert_eq!(
+        pipeline["connections_by_protocol"]["postgres"], 4,
+        "two clients and their two server ends: {pipeline}"
     );
 }

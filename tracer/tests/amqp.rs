@@ -412,7 +412,10 @@ fn refusals_and_a_return_without_confirms_are_errors_with_code_and_text() {
     );
     assert!(returned.status_message.contains("NO_ROUTE"), "{returned:?}");
     let routed = with_id(&spans, PRODUCER, &format!("{prefix}-routed"))[0];
-    assert_ne!(routed.status, ERROR, "a routed mandatory publish: {routed:?}");
+    assert_ne!(
+        routed.status, ERROR,
+        "a routed mandatory publish: {routed:?}"
+    );
     for (call, code, text) in [
         ("exchange.declare", "406", "PRECONDITION_FAILED"),
         ("queue.declare", "404", "NOT_FOUND"),

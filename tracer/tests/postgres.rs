@@ -273,7 +273,12 @@ fn connections_opened_before_the_agent_give_spans_at_both_ends_and_count_as_post
     ];
     let receiver = Receiver::start();
     let export = format!("otlp-grpc={}", receiver.grpc_url());
-    let mut args = vec!["--export".to_owned(), export, "--settle-ms".into(), "200".into()];
+    let mut args = vec![
+        "--export".to_owned(),
+        export,
+        "--settle-ms".into(),
+        "200".into(),
+    ];
     for pid in clients.iter().flat_map(Pooled::pids) {
         args.extend(["--pid".to_owned(), pid]);
     }
@@ -305,7 +310,11 @@ fn connections_opened_before_the_agent_give_spans_at_both_ends_and_count_as_post
     );
     let stats = final_stats(&agent.stop());
     for service in ["python", "node", "postgres"] {
-        let kind = if service == "postgres" { SERVER } else { CLIENT };
+        let kind = if service == "postgres" {
+            SERVER
+        } else {
+            CLIENT
+        };
         let spans = statements(&spans, service, kind);
         let spans: Vec<&ReceivedSpan> = spans.iter().collect();
         for name in ["INSERT pooled_orders", "SELECT pooled_orders"] {

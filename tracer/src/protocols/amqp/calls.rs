@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use amq_protocol::protocol::{basic, channel, confirm, connection, exchange, queue, tx, AMQPClass};
 
 use crate::protocols::{
-    AttrValue, Exchange, ExchangeId, ExchangeKind, ExchangeStatus, ExchangeStart,
+    AttrValue, Exchange, ExchangeId, ExchangeKind, ExchangeStart, ExchangeStatus,
 };
 
 /// A call the client made and the broker has not answered yet.
@@ -159,7 +159,10 @@ pub fn refused(
         ("messaging.operation.name", call.operation.into()),
         ("network.protocol.name", "amqp".into()),
         ("network.protocol.version", "0.9.1".into()),
-        ("messaging.rabbitmq.reply_code", i64::from(reply_code).into()),
+        (
+            "messaging.rabbitmq.reply_code",
+            i64::from(reply_code).into(),
+        ),
     ];
     if let Some(target) = &call.target {
         let key = if call.operation == "connection.open" {

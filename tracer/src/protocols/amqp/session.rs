@@ -434,8 +434,7 @@ impl AmqpSession {
         };
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        let (start, exchange) =
-            calls::refused(sequence, call, (reply_code, reply_text), ktime_ns);
+        let (start, exchange) = calls::refused(sequence, call, (reply_code, reply_text), ktime_ns);
         out.push(ExchangeEvent::Started(start));
         out.push(ExchangeEvent::Finished(exchange));
         self.fail_held(channel, &reason, ktime_ns, out);
@@ -584,7 +583,12 @@ impl ProtocolSession for AmqpSession {
     }
 
     fn deadline(&self) -> Option<u64> {
-        let oldest = self.held.values().filter_map(|h| h.front()).map(|h| h.published_ns).min()?;
+        let oldest = self
+            .held
+            .values()
+            .filter_map(|h| h.front())
+            .map(|h| h.published_ns)
+            .min()?;
         Some(oldest.saturating_add(RETURN_GIVE_UP_NS))
     }
 

@@ -220,9 +220,17 @@ fn refusals_and_returns_without_confirms_are_errors_with_the_brokers_code_and_te
         .collect();
     let expect = [
         ("publish g1-orders", "312", "NO_ROUTE"),
-        ("exchange.declare", "406", "PRECONDITION_FAILED - inequivalent arg 'type'"),
+        (
+            "exchange.declare",
+            "406",
+            "PRECONDITION_FAILED - inequivalent arg 'type'",
+        ),
         ("queue.declare", "404", "NOT_FOUND - no queue 'g1-missing'"),
-        ("connection.open", "530", "NOT_ALLOWED - vhost g1-vhost not found"),
+        (
+            "connection.open",
+            "530",
+            "NOT_ALLOWED - vhost g1-vhost not found",
+        ),
     ];
     assert_eq!(errors.len(), expect.len(), "{errors:#?}");
     let routed = events.iter().any(|e| {
@@ -261,7 +269,12 @@ fn deliveries_of_a_consume_before_the_agent_are_named_by_what_is_known() {
         .collect();
     assert!(!consumed.is_empty());
     for x in consumed {
-        let attr = |key: &str| x.attributes.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+        let attr = |key: &str| {
+            x.attributes
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
+        };
         let routing_key = match attr("messaging.rabbitmq.destination.routing_key") {
             Some(crate::protocols::AttrValue::Str(key)) => key,
             other => panic!("{other:?}"),

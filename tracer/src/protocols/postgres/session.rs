@@ -290,7 +290,9 @@ impl ProtocolSession for PostgresSession {
                     let message = self.backend.next();
                     if self.backend.skipped() != skipped {
                         // Answers were passed over: those of open statements may be among them.
-                        self.pending.iter_mut().for_each(|p| p.outcome_unseen = true);
+                        self.pending
+                            .iter_mut()
+                            .for_each(|p| p.outcome_unseen = true);
                     }
                     let Some(message) = message else { break };
                     self.backend_message(message, ktime_ns, out);
@@ -310,7 +312,9 @@ impl ProtocolSession for PostgresSession {
             self.frontend.gap(length);
         } else {
             self.backend.gap();
-            self.pending.iter_mut().for_each(|p| p.outcome_unseen = true);
+            self.pending
+                .iter_mut()
+                .for_each(|p| p.outcome_unseen = true);
         }
     }
 

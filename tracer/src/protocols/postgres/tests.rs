@@ -135,7 +135,10 @@ fn a_huge_declared_length_is_passed_over_not_buffered() {
 #[test]
 fn connections_that_predate_the_agent_give_spans_at_both_ends() {
     let records = golden::capture(&fixture_dir().join("pooled.capture.jsonl"));
-    assert!(records.iter().any(|r| r.seeded), "the fixture's connections predate it");
+    assert!(
+        records.iter().any(|r| r.seeded),
+        "the fixture's connections predate it"
+    );
     for role in [Role::Client, Role::Server] {
         let events = golden::replay_connections(&records, role, || {
             Box::new(PostgresSession::new(role, true))
@@ -170,7 +173,11 @@ fn connections_that_predate_the_agent_give_spans_at_both_ends() {
                 matches!(&x.status, ExchangeStatus::Error { error_type, .. } if error_type == "42601"),
                 "{x:?}"
             );
-            assert_eq!(attr(x, "db.operation.name"), None, "no operation from user text");
+            assert_eq!(
+                attr(x, "db.operation.name"),
+                None,
+                "no operation from user text"
+            );
         }
     }
 }

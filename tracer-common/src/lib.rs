@@ -64,6 +64,13 @@ pub const SYS_ACCEPT: u32 = 102;
 /// A thread's stash slot with no syscall in progress (slots are reused, not deleted).
 pub const SYS_NONE: u32 = u32::MAX;
 
+/// `ConnEvent::reason` of an open: a socket the process inherited from its parent at fork
+/// (`OPEN_INHERITED_MID_STREAM` when the parent had already moved bytes on it).
+pub const OPEN_INHERITED: u32 = 1;
+pub const OPEN_INHERITED_MID_STREAM: u32 = 2;
+/// Sockets inherited at one fork beyond this many are not followed in the child.
+pub const MAX_INHERITED_SOCKETS: u32 = 64;
+
 /// `ConnClose::reason` values.
 pub const CLOSE_SYSCALL: u32 = 0;
 /// The socket turned out not to be TCP (UNIX, UDP, …) and is no longer followed.
@@ -98,7 +105,9 @@ pub const COUNTER_SCRATCH_BUSY: u32 = 9;
 /// Connections not followed because their socket, created while tracer ran, is not an
 /// IPv4/IPv6 stream socket (UNIX, UDP, …).
 pub const COUNTER_NOT_TCP_SKIPPED: u32 = 10;
-pub const COUNTERS: u32 = 11;
+/// Followed sockets a forked child inherited beyond `MAX_INHERITED_SOCKETS`: not followed.
+pub const COUNTER_INHERITED_SKIPPED: u32 = 11;
+pub const COUNTERS: u32 = 12;
 
 /// Names of the counters, in index order, for metrics and logs.
 pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
@@ -113,7 +122,18 @@ pub const COUNTER_NAMES: [&str; COUNTERS as usize] = [
     "tls_calls",
     "scratch_busy",
     "not_tcp_skipped",
+    "inherited_skipped",
 ];
+
+/// Per-CPU scratch for a fork: the parent's followed sockets, gathered while iterating the
+/// socket table, then given to the child.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ForkScratch {
+    pub count: u32,
+    pub fds: [u32; MAX_INHERITED_SOCKETS as usize],
+    pub states: [ConnState; MAX_INHERITED_SOCKETS as usize],
+}
 
 /// Scratch slots per CPU: the syscall-exit tracepoints and the TLS return probe each have
 /// their own (uprobes run with migration disabled but may be preempted, outside the

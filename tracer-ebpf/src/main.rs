@@ -6,6 +6,7 @@
 mod args;
 mod capture;
 mod conn;
+mod fork;
 mod maps;
 mod select;
 mod stash;
@@ -60,6 +61,7 @@ shim!(sock_set_state, conn::try_sock_set_state);
 shim!(sock_length, conn::try_sock_length);
 shim!(process_exit, conn::try_process_exit);
 shim!(process_exec, targets::try_process_exec);
+shim!(process_fork, fork::try_process_fork);
 
 /// Uprobe entry points, one per calling convention of the hooked TLS functions.
 macro_rules! probe {

@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    CaptureConfig, ConnControl, ConnState, DataScratch, SockKey, SockRef, SockTuple, SyscallArgs,
-    TlsCall, TlsKey, COUNTERS,
+    CaptureConfig, ConnControl, ConnState, DataScratch, ForkScratch, SockKey, SockRef, SockTuple,
+    SyscallArgs, TlsCall, TlsKey, COUNTERS,
 };
 
 /// Data records for userspace. Userspace resizes it at load time (`--ring-buffer-bytes`).
@@ -25,6 +25,10 @@ pub static CAPTURE_CONFIG: Array<CaptureConfig> = Array::with_max_entries(1, 0);
 /// tgids to trace when `CaptureConfig::mode == SELECT_LISTED`.
 #[map]
 pub static TRACED_PROCESSES: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
+
+/// A fork's gathered sockets (see `fork.rs`).
+#[map]
+pub static FORK_SCRATCH: PerCpuArray<ForkScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Followed TCP sockets: created by accept/connect exits, or seeded by userspace from
 /// `/proc` for connections that predate the agent. Files and pipes are never here.

@@ -181,7 +181,10 @@ impl CaptureSession {
                     seeded: false,
                 });
             }
-            KernelEvent::ProcessExec { tgid } => self.tls.process_exec(&mut self.kernel, tgid),
+            KernelEvent::ProcessExec { tgid } => {
+                self.conns.process_exec(tgid);
+                self.tls.process_exec(&mut self.kernel, tgid);
+            }
             KernelEvent::LibraryLoaded { tgid } => self.tls.library_loaded(&mut self.kernel, tgid),
             KernelEvent::ProcessExit { tgid } => {
                 self.tls.process_exit(tgid);

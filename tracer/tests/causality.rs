@@ -111,7 +111,8 @@ fn chain(runtime: Runtime, mode: &str, receiver: &Receiver, mono_exe: &Path) -> 
         .collect();
     assert!(
         a_lines.len() == REQUESTS && a_lines.iter().all(|l| l.contains("\"status\": 200")),
-        "{runtime:?}: A's requests must all succeed: {a_lines:#?}"
+        "{runtime:?}: A's requests must all succeed: {a_lines:#?}\n{}",
+        String::from_utf8_lossy(&a.stderr)
     );
     let b_pid = b.pid();
     let is_call = |s: &ReceivedSpan| {

@@ -358,3 +358,120 @@ fn receiver_outage_counts_drops_and_export_resumes() {
         "failed exports are counted: {stats}"
     );
 }
+
+fn pid_of(span: &ReceivedSpan) -> u32 {
+    span.resource
+        .get("process.pid")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_default()
+}
+
+/// A server that accepts in one process and serves in a forked child (socketserver's
+/// ForkingMixIn, as prefork servers do): each request is a SERVER span of the child that
+/// served it.
+#[test]
+fn an_accept_then_fork_server_is_traced_in_the_child_that_serves() {
+    let receiver = Receiver::start();
+    let server = Service::spawn(
+        std::process::Command::new("python3")
+            .arg(format!("{}/prefork_server.py", support::agent::PEERS)),
+    );
+    let export = format!("otlp-grpc={}", receiver.grpc_url());
+    let agent = AgentRun::start(&["--export", &export, "--settle-ms", "200"]);
+    let mut served_by = Vec::new();
+    for n in 0..3 {
+        let output = std::process::Command::new("curl")
+            .args(["-s", &server.url(&format!("/forked/{n}"))])
+            .output()
+            .expect("curl");
+        let body: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        served_by.push(body["pid"].as_u64().unwrap() as u32);
+    }
+    assert!(
+        !served_by.contains(&server.pid()),
+        "children serve, not the parent: {served_by:?}"
+    );
+    let is_served =
+        |s: &ReceivedSpan| s.kind == SERVER && s.attr("url.path").starts_with("/forked/");
+    let spans = receiver.wait_for(
+        "a SERVER span for each forked child's request",
+        Duration::from_secs(20),
+        |spans| spans.iter().filter(|s| is_served(s)).count() >= 3,
+    );
+    agent.stop();
+    let mut pids: Vec<u32> = spans.iter().filter(|s| is_served(s)).map(pid_of).collect();
+    pids.sort();
+    served_by.sort();
+    assert_eq!(pids, served_by, "each span from the child that served it");
+    for span in spans.iter().filter(|s| is_served(s)) {
+        assert_eq!(span.attr("http.response.status_code"), "200");
+        assert!(span.service.starts_with("python"), "{}", span.service);
+    }
+}
+
+/// A process that was a Python HTTP client and then exec'd Node.js, which serves: the
+/// node spans name node (the pid's identity is read again at exec), the python span python.
+#[test]
+fn an_execd_process_reports_its_new_executable() {
+    let receiver = Receiver::start();
+    let target = Service::node();
+    let export = format!("otlp-grpc={}", receiver.grpc_url());
+    let agent = AgentRun::start(&["--export", &export, "--settle-ms", "200"]);
+    let peers = support::agent::PEERS;
+    let go = std::env::temp_dir().join(format!("tracer-exec-go-{}", free_port()));
+    let before_exec = |s: &ReceivedSpan| s.kind == CLIENT && s.attr("url.path") == "/before-exec";
+    // Spawned on a thread: the service helper waits for the port line, printed after exec.
+    let command = {
+        let mut command = std::process::Command::new("python3");
+        command
+            .arg(format!("{peers}/exec_into.py"))
+            .arg(target.url("/before-exec"))
+            .arg(&go)
+            .args(["node", &format!("{peers}/http_service.js")]);
+        command
+    };
+    let spawned = std::thread::spawn(move || {
+        let mut command = command;
+        Service::spawn(&mut command)
+    });
+    // The agent has named the process before it execs (it reads a process's identity when
+    // it first sees it; see README).
+    receiver.wait_for(
+        "the client span before the exec",
+        Duration::from_secs(20),
+        |spans| spans.iter().any(before_exec),
+    );
+    std::fs::write(&go, b"").unwrap();
+    let execd = spawned.join().unwrap();
+    let _ = std::fs::remove_file(&go);
+    assert_eq!(curl(&[&execd.url("/after-exec")]), "200");
+    let spans = receiver.wait_for(
+        "the server span after the exec",
+        Duration::from_secs(20),
+        |spans| {
+            spans
+                .iter()
+                .any(|s| s.kind == SERVER && s.attr("url.path") == "/after-exec")
+        },
+    );
+    agent.stop();
+    let before = find(&spans, "the python client span", before_exec);
+    let after = find(&spans, "the node server span", |s| {
+        s.kind == SERVER && s.attr("url.path") == "/after-exec"
+    });
+    assert_eq!(
+        pid_of(before),
+        pid_of(after),
+        "one process, before and after exec"
+    );
+    assert_eq!(pid_of(after), execd.pid());
+    assert!(before.service.starts_with("python"), "{}", before.service);
+    assert_eq!(after.service, "node");
+    assert_eq!(
+        after
+            .resource
+            .get("process.executable.name")
+            .map(String::as_str),
+        Some("node")
+    );
+}

@@ -350,3 +350,56 @@ fn connections_opened_before_the_agent_give_spans_at_both_ends_and_count_as_post
         "two clients and their two server ends: {pipeline}"
     );
 }
+
+/// PostgreSQL serves each connection in a backend it forks after accepting: the
+/// backend's statements are SERVER spans (with the database from the startup message the
+/// backend read), each the child of the psycopg CLIENT span it answers, in one trace.
+#[test]
+fn forked_backends_give_server_spans_in_the_clients_trace() {
+    let port = postgres().port.to_string();
+    let receiver = Receiver::start();
+    let export = format!("otlp-grpc={}", receiver.grpc_url());
+    let agent = AgentRun::start(&["--export", &export, "--settle-ms", "200"]);
+    run(Command::new("python3")
+        .arg(format!("{PEERS}/pg_client.py"))
+        .args(["--port", &port, "--order", "FORK-1"]));
+    let server_side = |spans: &[ReceivedSpan]| -> Vec<ReceivedSpan> {
+        db_spans(spans, "postgres")
+            .into_iter()
+            .filter(|s| s.kind == SERVER)
+            .cloned()
+            .collect()
+    };
+    let spans = receiver.wait_for(
+        "the backend's SERVER spans",
+        Duration::from_secs(20),
+        |spans| {
+            let server = server_side(spans);
+            ["INSERT orders", "UPDATE orders", "SELECT orders"]
+                .iter()
+                .all(|name| server.iter().any(|s| s.name == *name))
+        },
+    );
+    agent.stop();
+    let clients = db_spans(&spans, "python");
+    let server = server_side(&spans);
+    for span in &server {
+        let client = clients
+            .iter()
+            .find(|c| c.span_id == span.parent_span_id)
+            .unwrap_or_else(|| panic!("no psycopg CLIENT span is the parent of {span:?}"));
+        assert_eq!(client.trace_id, span.trace_id, "one trace");
+        assert_eq!(client.name, span.name);
+        assert_eq!(span.attr("db.namespace"), "postgres");
+        assert!(
+            span.start_unix_nano >= client.start_unix_nano
+                && span.end_unix_nano <= client.end_unix_nano,
+            "the server's timing lies within the client's: {span:?} {client:?}"
+        );
+    }
+    let duplicate = server
+        .iter()
+        .find(|s| s.status == ERROR)
+        .expect("the unique violation at the server's end");
+    assert_eq!(duplicate.attr("db.response.status_code"), "23505");
+}

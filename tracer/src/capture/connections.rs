@@ -77,10 +77,12 @@ impl Connections {
                 role,
                 local,
                 remote,
+                mid_stream,
             } => {
                 self.check_tcp(conn); // as early as possible: before the socket closes
                 let entry = self.entry(conn);
                 entry.role = *role;
+                entry.seeded |= *mid_stream;
                 entry.local = entry.local.or(*local);
                 entry.remote = entry.remote.or(*remote);
                 entry.clone()
@@ -173,6 +175,16 @@ impl Connections {
             for conn in self.conns.values_mut().filter(|c| c.id.tgid == pid) {
                 conn.process = known.clone();
             }
+        }
+    }
+
+    /// A process ran a new program: read its identity again (executable, command line,
+    /// cgroup) for it and its connections (sockets survive an exec).
+    pub fn process_exec(&mut self, pid: u32) {
+        let info = Arc::new(ProcessInfo::read(pid));
+        self.processes.insert(pid, info.clone());
+        for conn in self.conns.values_mut().filter(|c| c.id.tgid == pid) {
+            conn.process = info.clone();
         }
     }
 

@@ -15,7 +15,9 @@ pub struct Services {
     host_name: String,
     /// `OTEL_RESOURCE_ATTRIBUTES`, added to every service.
     extra: Vec<KeyValue>,
-    by_pid: HashMap<u32, Arc<Resource>>,
+    /// By pid, with the executable and command name it was made for: an exec (or a pid
+    /// reused by another program) makes a new one.
+    by_pid: HashMap<u32, (String, String, Arc<Resource>)>,
 }
 
 impl Services {
@@ -40,8 +42,10 @@ impl Services {
 
     /// The resource for a process (computed once per process).
     pub fn resource(&mut self, process: &ProcessInfo) -> Arc<Resource> {
-        if let Some(resource) = self.by_pid.get(&process.pid) {
-            return resource.clone();
+        if let Some((exe, comm, resource)) = self.by_pid.get(&process.pid) {
+            if *exe == process.exe && *comm == process.comm {
+                return resource.clone();
+            }
         }
         let name = self.service_name(process);
         let mut attributes = vec![
@@ -71,7 +75,9 @@ impl Services {
                 .with_attributes(attributes)
                 .build(),
         );
-        self.by_pid.insert(process.pid, resource.clone());
+        let made_for = (process.exe.clone(), process.comm.clone());
+        self.by_pid
+            .insert(process.pid, (made_for.0, made_for.1, resource.clone()));
         resource
     }
 

@@ -36,6 +36,8 @@ class Handler(BaseHTTPRequestHandler):
         self.work(json.loads(body)["item_id"])
 
 
+# A's 30 requests connect at once: more than the default listen backlog of 5.
+ThreadingHTTPServer.request_queue_size = 128
 server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 print(f"PORT {server.server_address[1]}", flush=True)
 server.serve_forever()

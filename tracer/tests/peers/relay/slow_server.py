@@ -42,6 +42,8 @@ class Handler(BaseHTTPRequestHandler):
     do_POST = answer
 
 
+# A's 30 requests connect at once: more than the default listen backlog of 5.
+ThreadingHTTPServer.request_queue_size = 128
 server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0), Handler)
 print(f"PORT {server.server_address[1]}", flush=True)
 server.serve_forever()

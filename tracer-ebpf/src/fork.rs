@@ -1,8 +1,9 @@
 //! Forked servers: a socket followed in a process stays followed in a child it forks
 //! (PostgreSQL's postmaster accepts and each backend serves; prefork HTTP servers). At
-//! `sched:sched_process_fork` the parent's followed sockets are gathered from `SOCKETS`
-//! and entered again under the child's tgid, each as a new connection announced to
-//! userspace, so the child's first read (e.g. a startup message) is already captured.
+//! `task:task_newtask` of a new process (not a thread), before it first runs, the parent's
+//! followed sockets are gathered from `SOCKETS` and entered again under the child's tgid,
+//! each as a new connection announced to userspace, so the child's first read (e.g. a
+//! startup message) is already captured.
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -25,8 +26,11 @@ use crate::{
     select::is_traced,
 };
 
-/// Offset of `child_pid` in `sched:sched_process_fork` (see its `format` file).
-const CHILD_PID: usize = 20;
+/// Offsets in `task:task_newtask` (see its `format` file).
+const NEW_PID: usize = 8;
+const CLONE_FLAGS: usize = 32;
+/// A new thread of the same process, not a child process.
+const CLONE_THREAD: u64 = 0x0001_0000;
 
 #[repr(C)]
 struct Gather {
@@ -41,15 +45,18 @@ struct Hand {
     now: u64,
 }
 
-/// `sched:sched_process_fork`, in the parent's context. Also fires for new threads, whose
-/// "child" shares the parent's tgid: their entries are keyed by a tid no lookup uses.
+/// `task:task_newtask`, in the parent's context; new threads are passed over.
 pub fn try_process_fork(ctx: &TracePointContext) -> Result<u32, u32> {
     let id = bpf_get_current_pid_tgid();
     let parent = (id >> 32) as u32;
     if !is_traced(parent) {
         return Ok(0);
     }
-    let child = unsafe { ctx.read_at::<i32>(CHILD_PID) }.map_err(|_| 0u32)? as u32;
+    let flags = unsafe { ctx.read_at::<u64>(CLONE_FLAGS) }.map_err(|_| 0u32)?;
+    if flags & CLONE_THREAD != 0 {
+        return Ok(0);
+    }
+    let child = unsafe { ctx.read_at::<i32>(NEW_PID) }.map_err(|_| 0u32)? as u32;
     if child == 0 || child == id as u32 {
         return Ok(0);
     }

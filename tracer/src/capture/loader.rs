@@ -145,7 +145,7 @@ const ATTACHMENTS: &[Attachment] = &[
     syscall("sock_set_state", &[("sock", "inet_sock_set_state")]),
     syscall("process_exit", &[("sched", "sched_process_exit")]),
     syscall("process_exec", &[("sched", "sched_process_exec")]),
-    syscall("process_fork", &[("sched", "sched_process_fork")]),
+    syscall("process_fork", &[("task", "task_newtask")]),
     // Linux ≥ 6.3. Without them, accepted sockets get their 4-tuple from /proc instead.
     Attachment {
         program: "sock_length",

@@ -15,7 +15,8 @@ fn expected(scenario: &str) -> Option<(&'static str, &'static str, &'static str)
         "slow-price" => ("slow", "mes", "deliver mes.orders"),
         "invalid-model" => ("failed", "mes", "deliver mes.orders"),
         "lost-message" => ("stuck", "mes", "deliver mes.orders"),
-        "db-failure" => ("failed", "shop-api", "UPDATE orders"),
+        // The database's own SERVER span: it refused the row (a check constraint).
+        "db-failure" => ("failed", "shop-db", "UPDATE orders"),
         "b2b-timeout" => ("slow", "b2b-api", "POST /b2b/{order_id}/calculate"),
         "upload-hang" => ("slow", "storage", "PUT /objects/{order_id}"),
         _ => return None,

@@ -676,3 +676,122 @@ fn the_agent_never_traces_the_auth_proxy_or_jaeger() {
         assert!(untraced.contains(&name), "{name} is traced: {untraced:?}");
     }
 }
+
+fn monitoring() -> PathBuf {
+    k8s().join("monitoring")
+}
+
+fn promtool(args: &[&str]) -> Output {
+    Command::new("promtool")
+        .args(args)
+        .current_dir(monitoring())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("promtool is needed for this test ({e}); `cargo xtask setup` installs Debian's prometheus")
+        })
+}
+
+#[test]
+fn promtool_checks_the_rules_and_every_alert_has_unit_tests_that_pass() {
+    let check = promtool(&["check", "rules", "tracer-alerts.rules.yaml"]);
+    assert!(check.status.success(), "{}", text(&check));
+    let rules = &yaml_documents(&monitoring().join("tracer-alerts.rules.yaml"))[0];
+    let tests = std::fs::read_to_string(monitoring().join("tracer-alerts.test.yaml")).unwrap();
+    for group in rules["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            let Some(alert) = rule["alert"].as_str() else {
+                continue;
+            };
+            assert!(
+                tests.contains(&format!("alertname: {alert}\n")),
+                "{alert} has no unit test in tracer-alerts.test.yaml"
+            );
+        }
+    }
+    let unit = promtool(&["test", "rules", "tracer-alerts.test.yaml"]);
+    assert!(unit.status.success(), "{}", text(&unit));
+}
+
+/// A real Prometheus scrapes a running agent with the shipped rules loaded; a service
+/// that keeps failing (twenty 500s) makes `OrderErrorsRising` fire in its API.
+#[test]
+fn a_real_prometheus_fires_an_alert_from_a_running_agent() {
+    let agent = AgentRun::start(&["--export", "file:/dev/null", "--settle-ms", "100"]);
+    let service = support::agent::Service::python(&[]);
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("tracer-prometheus-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let target = agent.metrics.trim_start_matches("http://");
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: tracer-agent\n    static_configs:\n      - targets: ['{target}']\n",
+        monitoring().join("tracer-alerts.rules.yaml").display()
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let prometheus = Reaped(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("prometheus.log")).unwrap(),
+            ))
+            .spawn()
+            .expect("prometheus is needed for this test; `cargo xtask setup` installs Debian's prometheus"),
+    );
+    let api = |path: &str| -> serde_json::Value {
+        let output = Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{port}{path}")])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus: {what} within 90 s; its log: {}",
+                std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    // A counter series is born with its first error; Prometheus must have sampled it
+    // before the rest, or `increase` cannot see them.
+    assert_eq!(support::agent::curl(&[&service.url("/fail")]), "500");
+    wait("the error counter scraped", &|| {
+        api("/api/v1/query?query=tracer_span_errors_total%7Bjob%3D%22tracer-agent%22%7D")["data"]
+            ["result"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    });
+    for _ in 0..20 {
+        assert_eq!(support::agent::curl(&[&service.url("/fail")]), "500");
+    }
+    let firing = || {
+        api("/api/v1/alerts")["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["labels"]["alertname"] == "OrderErrorsRising" && a["state"] == "firing")
+    };
+    wait("OrderErrorsRising firing", &firing);
+    let alerts = api("/api/v1/alerts");
+    drop(prometheus);
+    agent.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    let alert = alerts["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "OrderErrorsRising")
+        .unwrap()
+        .clone();
+    assert!(
+        alert["labels"]["service"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty()),
+        "the alert names the failing service: {alert}"
+    );
+}

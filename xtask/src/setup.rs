@@ -24,6 +24,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "mono-devel",
     // The deploy test runs the Jaeger auth proxy's read-only gate (nginx) for real.
     "nginx-light",
+    // The alert rules are unit-tested with promtool and evaluated by a real Prometheus.
+    "prometheus",
 ];
 
 /// Python libraries the test peers use (installed with pip): (module, requirement).

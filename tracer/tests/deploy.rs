@@ -215,7 +215,8 @@ fn the_daemonset_and_journey_configs_pass_tracer_config_check() {
             "PERFMON",
             "SYS_RESOURCE",
             "SYS_PTRACE",
-            "DAC_READ_SEARCH"
+            "DAC_READ_SEARCH",
+            "SYS_ADMIN"
         ]
     );
     assert_eq!(container["securityContext"]["privileged"], false);
@@ -793,5 +794,140 @@ fn a_real_prometheus_fires_an_alert_from_a_running_agent() {
             .as_str()
             .is_some_and(|s| !s.is_empty()),
         "the alert names the failing service: {alert}"
+    );
+}
+
+/// The capabilities the DaemonSet adds (`deploy/k8s/agent.yaml`), as `setpriv` names them.
+fn daemonset_capabilities() -> Vec<String> {
+    let agent = yaml_documents(&k8s().join("agent.yaml"))
+        .into_iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("the DaemonSet");
+    let container = &agent["spec"]["template"]["spec"]["containers"][0];
+    let security = &container["securityContext"]["capabilities"];
+    assert_eq!(security["drop"], serde_json::json!(["ALL"]));
+    security["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_ascii_lowercase())
+        .collect()
+}
+
+/// `unshare` (its own mount namespace, a copy of this one's mounts: tracefs, bpffs, /proc)
+/// then `setpriv` with exactly `capabilities` as the bounding set, as the container runs.
+fn as_in_the_daemonset(capabilities: &[String]) -> Vec<String> {
+    let set: String = std::iter::once("-all".to_owned())
+        .chain(capabilities.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    ["unshare", "--mount", "--propagation", "private", "--"]
+        .into_iter()
+        .chain(["setpriv", "--bounding-set"])
+        .map(str::to_owned)
+        .chain([set, "--".to_owned()])
+        .collect()
+}
+
+#[test]
+fn the_agent_works_with_exactly_the_daemonsets_capabilities_and_names_a_missing_one() {
+    use support::{
+        agent::{curl, Service, PEERS},
+        otlp::Receiver,
+        tls::Pki,
+    };
+    let capabilities = daemonset_capabilities();
+    let wrapper = as_in_the_daemonset(&capabilities);
+    let broker = support::broker::broker();
+    let pki = Pki::new();
+    let (cert, key, ca) = (
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem"),
+    );
+    let http = Service::python(&[]);
+    let https = Service::python(&["--tls", &cert, &key]);
+    let receiver = Receiver::start();
+    let export = format!("otlp-grpc={}", receiver.grpc_url());
+    let wrapper_args: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let agent =
+        AgentRun::start_wrapped(&wrapper_args, &["--export", &export, "--settle-ms", "200"]);
+    assert_eq!(curl(&[&http.url("/plain")]), "200");
+    assert_eq!(
+        curl(&["--cacert", &ca, &https.https_url("/encrypted")]),
+        "200"
+    );
+    let published = Command::new("python3")
+        .arg(format!("{PEERS}/amqp_publisher.py"))
+        .args(["--port", &broker.port.to_string(), "--queue", "caps.check"])
+        .args([
+            "--routing-key",
+            "caps.check",
+            "--id-prefix",
+            "caps",
+            "--confirm",
+        ])
+        .output()
+        .unwrap();
+    assert!(published.status.success(), "{}", text(&published));
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        receiver.wait_for(
+            "HTTP, HTTPS and AMQP spans",
+            Duration::from_secs(30),
+            |spans| {
+                let server = |path: &str| {
+                    spans
+                        .iter()
+                        .any(|s| s.kind == 2 && s.attr("url.path") == path)
+                };
+                server("/plain")
+                    && server("/encrypted")
+                    && spans
+                        .iter()
+                        .any(|s| s.kind == 4 && s.attr("messaging.message.id") == "caps-0")
+            },
+        )
+    }));
+    let log = agent.stop();
+    let spans = match waited {
+        Ok(spans) => spans,
+        Err(panic) => {
+            eprintln!("agent log with {capabilities:?}:\n{log}");
+            std::panic::resume_unwind(panic)
+        }
+    };
+    let https_span = spans
+        .iter()
+        .find(|s| s.attr("url.path") == "/encrypted")
+        .unwrap();
+    assert_eq!(https_span.attr("url.scheme"), "https", "{https_span:?}");
+    assert!(
+        !log.contains("cannot hook"),
+        "every TLS hook attached:\n{log}"
+    );
+
+    // One capability fewer: the agent refuses to start and names it.
+    let fewer: Vec<String> = capabilities
+        .iter()
+        .filter(|c| *c != "sys_ptrace")
+        .cloned()
+        .collect();
+    let wrapper = as_in_the_daemonset(&fewer);
+    let refused = Command::new(&wrapper[0])
+        .args(&wrapper[1..])
+        .arg(env!("CARGO_BIN_EXE_tracer"))
+        .args(["run", "--export", "file:/dev/null", "--duration", "5"])
+        .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "started without SYS_PTRACE: {}",
+        text(&refused)
+    );
+    assert!(
+        text(&refused).contains("CAP_SYS_PTRACE"),
+        "the message names the missing capability: {}",
+        text(&refused)
     );
 }

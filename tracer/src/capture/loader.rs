@@ -58,6 +58,8 @@ impl Default for CaptureOptions {
 pub enum CaptureError {
     #[error("tracer must run as root (it loads eBPF programs); run it with sudo")]
     NotRoot,
+    #[error("tracer lacks the capability {0}, needed to {1}; add it to the container (the DaemonSet in deploy/k8s/agent.yaml lists what the agent needs)")]
+    MissingCapability(&'static str, &'static str),
     #[error("tracefs is not available at {TRACEFS} and mounting it failed ({0}); mount it with `mount -t tracefs nodev {TRACEFS}`")]
     NoTracefs(io::Error),
     #[error("the kernel has no BTF ({BTF} is missing); tracer needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
@@ -413,6 +415,9 @@ fn preflight() -> Result<(), CaptureError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(CaptureError::NotRoot);
+    }
+    if let Some((name, why)) = super::caps::effective().and_then(super::caps::missing) {
+        return Err(CaptureError::MissingCapability(name, why));
     }
     if EBPF_OBJECT.is_empty() {
         return Err(CaptureError::StubObject);

@@ -86,6 +86,13 @@ impl TlsProbes {
             return probes;
         }
         probes.hook_host_libraries(kernel);
+        let without_sys_admin = crate::capture::caps::effective()
+            .is_some_and(|caps| !crate::capture::caps::has_sys_admin(caps));
+        if probes.attach_errors > 0 && probes.hooked.is_empty() && without_sys_admin {
+            tracing::warn!(
+                "tls: the kernel refused every uprobe: without CAP_SYS_ADMIN this kernel does not allow them (CAP_PERFMON is not enough here), so HTTPS stays encrypted; add SYS_ADMIN to the container, or run with --no-tls to say so"
+            );
+        }
         let pids: Vec<u32> = std::fs::read_dir("/proc")
             .into_iter()
             .flatten()

@@ -24,6 +24,11 @@ impl AgentRun {
     /// span unless they pass their own `--sample-success-ratio` (the sampling tests do).
     /// Each run keeps its journeys in its own file unless `--journey-store` is given.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_wrapped(&[], args)
+    }
+
+    /// The same, run through `wrapper` (e.g. `setpriv … --`), which execs tracer.
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Self {
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let has = |args: &[String], flag: &str| args.iter().any(|a| a == flag);
         if !has(&args, "--sample-success-ratio") {
@@ -48,7 +53,15 @@ impl AgentRun {
             unsafe { libc::geteuid() } == 0,
             "end-to-end agent tests load eBPF programs and must run as root"
         );
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tracer"))
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(env!("CARGO_BIN_EXE_tracer"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_tracer")),
+        };
+        let mut child = command
             .arg("run")
             .args(&args)
             .stdout(Stdio::null())

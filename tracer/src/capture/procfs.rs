@@ -17,6 +17,7 @@ pub struct ProcessInfo {
     pub comm: String,
     pub exe: String,
     pub cmdline: Vec<String>,
+    /// `/proc/<pid>/cgroup` as read (one line per hierarchy).
     pub cgroup: String,
 }
 
@@ -38,7 +39,7 @@ impl ProcessInfo {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
             cmdline,
-            cgroup: text("cgroup").lines().last().unwrap_or_default().to_owned(),
+            cgroup: text("cgroup"),
         }
     }
 }

@@ -215,7 +215,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 * 1e9) as u64,
             key,
         ),
-        Services::new(config.services.clone()),
+        Services::new(config.services.clone()).with_log_dirs(config.kubernetes.log_dirs()),
         queues,
         session_options,
         stages,

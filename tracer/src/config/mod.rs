@@ -31,6 +31,46 @@ pub struct Config {
     pub journey: JourneyConfig,
     #[serde(default)]
     pub tls: TlsConfig,
+    #[serde(default)]
+    pub kubernetes: KubernetesConfig,
+}
+
+/// Kubernetes metadata from the node's kubelet log directories (no API access).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// `<namespace>_<pod>_<uid>/<container>/` per pod.
+    #[serde(default = "pod_log_dir")]
+    pub pod_log_dir: std::path::PathBuf,
+    /// `<pod>_<namespace>_<container>-<container id>.log` per container.
+    #[serde(default = "container_log_dir")]
+    pub container_log_dir: std::path::PathBuf,
+}
+
+fn pod_log_dir() -> std::path::PathBuf {
+    crate::export::LogDirs::default().pods
+}
+
+fn container_log_dir() -> std::path::PathBuf {
+    crate::export::LogDirs::default().containers
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            pod_log_dir: pod_log_dir(),
+            container_log_dir: container_log_dir(),
+        }
+    }
+}
+
+impl KubernetesConfig {
+    pub fn log_dirs(&self) -> crate::export::LogDirs {
+        crate::export::LogDirs {
+            pods: self.pod_log_dir.clone(),
+            containers: self.container_log_dir.clone(),
+        }
+    }
 }
 
 /// Encrypted connections: plaintext from uprobes on TLS libraries.

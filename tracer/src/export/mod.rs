@@ -1,6 +1,7 @@
 //! Spans out of the agent: OTLP (gRPC or HTTP/protobuf) and OTLP/JSON files, behind
 //! bounded queues with retry and counted drops.
 mod file;
+mod kubernetes;
 mod otlp;
 pub mod request;
 mod service;
@@ -17,6 +18,7 @@ use std::{
 };
 
 pub use file::run_file_export;
+pub use kubernetes::{LogDirs, PodIdentity};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_sdk::{trace::SpanData, Resource};
 pub use otlp::{resolve as resolve_otlp, run_otlp_export, OtlpProtocol};

@@ -1,23 +1,35 @@
 //! Service identity: `service.name` from config rules (executable, command line, port),
-//! else the executable's name; plus process and host resource attributes.
+//! else the Kubernetes container's name, else the executable's name; plus process, host
+//! and Kubernetes resource attributes.
 use std::{collections::HashMap, sync::Arc};
 
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
 
+use super::kubernetes::{Kubernetes, LogDirs, PodIdentity};
 use crate::{
     capture::procfs::{self, ProcessInfo},
     config::ServiceRule,
 };
+
+/// A resource made for a process: the program it was made for, and whether its
+/// Kubernetes identity was all there was to know.
+struct Made {
+    exe: String,
+    comm: String,
+    complete: bool,
+    resource: Arc<Resource>,
+}
 
 pub struct Services {
     rules: Vec<ServiceRule>,
     host_name: String,
     /// `OTEL_RESOURCE_ATTRIBUTES`, added to every service.
     extra: Vec<KeyValue>,
-    /// By pid, with the executable and command name it was made for: an exec (or a pid
-    /// reused by another program) makes a new one.
-    by_pid: HashMap<u32, (String, String, Arc<Resource>)>,
+    /// By pid: an exec (or a pid reused by another program) makes a new one, and so
+    /// does a pod whose log directory had not appeared yet.
+    by_pid: HashMap<u32, Made>,
+    kubernetes: Kubernetes,
 }
 
 impl Services {
@@ -37,17 +49,25 @@ impl Services {
             host_name,
             extra,
             by_pid: HashMap::new(),
+            kubernetes: Kubernetes::new(LogDirs::default()),
         }
+    }
+
+    /// Where the kubelet's log directories are (`[kubernetes]`).
+    pub fn with_log_dirs(mut self, dirs: LogDirs) -> Self {
+        self.kubernetes = Kubernetes::new(dirs);
+        self
     }
 
     /// The resource for a process (computed once per process).
     pub fn resource(&mut self, process: &ProcessInfo) -> Arc<Resource> {
-        if let Some((exe, comm, resource)) = self.by_pid.get(&process.pid) {
-            if *exe == process.exe && *comm == process.comm {
-                return resource.clone();
+        if let Some(made) = self.by_pid.get(&process.pid) {
+            if made.exe == process.exe && made.comm == process.comm && made.complete {
+                return made.resource.clone();
             }
         }
-        let name = self.service_name(process);
+        let pod = self.kubernetes.identify(&process.cgroup);
+        let name = self.service_name(process, pod.as_ref());
         let mut attributes = vec![
             KeyValue::new("service.name", name),
             KeyValue::new("process.pid", i64::from(process.pid)),
@@ -69,15 +89,22 @@ impl Services {
             // Only argv[0]: arguments can hold secrets.
             attributes.push(KeyValue::new("process.command", command.clone()));
         }
+        for (key, value) in pod.iter().flat_map(PodIdentity::attributes) {
+            attributes.push(KeyValue::new(key, value));
+        }
         attributes.extend(self.extra.iter().cloned());
         let resource = Arc::new(
             Resource::builder_empty()
                 .with_attributes(attributes)
                 .build(),
         );
-        let made_for = (process.exe.clone(), process.comm.clone());
-        self.by_pid
-            .insert(process.pid, (made_for.0, made_for.1, resource.clone()));
+        let made = Made {
+            exe: process.exe.clone(),
+            comm: process.comm.clone(),
+            complete: pod.as_ref().is_none_or(PodIdentity::complete),
+            resource: resource.clone(),
+        };
+        self.by_pid.insert(process.pid, made);
         resource
     }
 
@@ -93,7 +120,7 @@ impl Services {
         self.by_pid.remove(&pid);
     }
 
-    fn service_name(&self, process: &ProcessInfo) -> String {
+    fn service_name(&self, process: &ProcessInfo, pod: Option<&PodIdentity>) -> String {
         let mut listening = None;
         for rule in &self.rules {
             let exe_ok = rule.exe.as_deref().is_none_or(|exe| {
@@ -111,6 +138,9 @@ impl Services {
             if exe_ok && cmdline_ok && port_ok {
                 return rule.name.clone();
             }
+        }
+        if let Some(container) = pod.and_then(|p| p.container.as_deref()) {
+            return container.to_owned();
         }
         executable_name(process)
             .unwrap_or(process.comm.as_str())

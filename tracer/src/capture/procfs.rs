@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::Role;
 
 /// What we know about a traced process, read once per process.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ProcessInfo {
     pub pid: u32,
     pub comm: String,

@@ -12,11 +12,10 @@ use crate::{
     config::ServiceRule,
 };
 
-/// A resource made for a process: the program it was made for, and whether its
-/// Kubernetes identity was all there was to know.
+/// A resource made for a process: the process as it was read (program, command line,
+/// cgroup), and whether its Kubernetes identity was all there was to know.
 struct Made {
-    exe: String,
-    comm: String,
+    process: ProcessInfo,
     complete: bool,
     resource: Arc<Resource>,
 }
@@ -26,8 +25,8 @@ pub struct Services {
     host_name: String,
     /// `OTEL_RESOURCE_ATTRIBUTES`, added to every service.
     extra: Vec<KeyValue>,
-    /// By pid: an exec (or a pid reused by another program) makes a new one, and so
-    /// does a pod whose log directory had not appeared yet.
+    /// By pid: an exec, or a pid reused by another process (read afresh after the old one
+    /// exited), makes a new one, and so does a pod whose log directory had not appeared.
     by_pid: HashMap<u32, Made>,
     kubernetes: Kubernetes,
 }
@@ -62,7 +61,7 @@ impl Services {
     /// The resource for a process (computed once per process).
     pub fn resource(&mut self, process: &ProcessInfo) -> Arc<Resource> {
         if let Some(made) = self.by_pid.get(&process.pid) {
-            if made.exe == process.exe && made.comm == process.comm && made.complete {
+            if made.process == *process && made.complete {
                 return made.resource.clone();
             }
         }
@@ -99,8 +98,7 @@ impl Services {
                 .build(),
         );
         let made = Made {
-            exe: process.exe.clone(),
-            comm: process.comm.clone(),
+            process: process.clone(),
             complete: pod.as_ref().is_none_or(PodIdentity::complete),
             resource: resource.clone(),
         };
@@ -182,5 +180,14 @@ mod tests {
         let mut other = process("/usr/bin/python3.11", &["python3", "crm.py"]);
         other.pid = 7;
         assert_eq!(Services::name_of(&services.resource(&other)), "python3.11");
+        // The shop's pid reused by another script of the same interpreter, then the
+        // process execs node: each time a new identity.
+        let reused = process("/usr/bin/python3.11", &["python3", "crm.py"]);
+        assert_eq!(Services::name_of(&services.resource(&reused)), "python3.11");
+        let execd = ProcessInfo {
+            comm: "node".into(),
+            ..process("/usr/bin/node", &["node", "server.js"])
+        };
+        assert_eq!(Services::name_of(&services.resource(&execd)), "node");
     }
 }

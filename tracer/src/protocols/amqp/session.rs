@@ -363,10 +363,16 @@ impl AmqpSession {
             (AMQPClass::Connection(connection::AMQPMethod::Close(close)), Direction::Ingress) => {
                 let reason = (close.reply_code, close.reply_text.as_str());
                 self.refused(channel, "connection.close", reason, (ktime_ns, tid), out);
+                let failed = reason.0 >= 300;
                 let reason = (reason.0.to_string(), reason.1.to_owned());
                 let channels: Vec<u16> = self.held.keys().copied().collect();
                 for channel in channels {
-                    self.fail_held(channel, &reason, ktime_ns, out);
+                    if failed {
+                        self.fail_held(channel, &reason, ktime_ns, out);
+                    } else {
+                        // A normal close: the broker processed everything before it.
+                        self.release(channel, |_| true, out);
+                    }
                 }
             }
             _ => {}

@@ -89,30 +89,34 @@ impl Kubernetes {
     }
 
     /// The identity of a process with this `/proc/<pid>/cgroup`; None outside containers.
+    /// While the log directories do not tell all of it, they are read again (at most
+    /// every 2 s): a pod's directory appears when it starts.
     pub fn identify(&mut self, cgroup: &str) -> Option<PodIdentity> {
         let (pod_uid, container_id) = container_in_cgroup(cgroup)?;
-        let known = |k: &Self| match &pod_uid {
-            Some(uid) => k.pods.contains_key(uid),
-            None => true,
-        };
+        let identity = self.lookup(pod_uid.clone(), container_id.clone());
         let stale = self.scanned.is_none_or(|at| at.elapsed() >= RESCAN_AFTER);
-        if !known(self) && stale {
-            self.scan();
+        if identity.complete() || !stale {
+            return Some(identity);
         }
+        self.scan();
+        Some(self.lookup(pod_uid, container_id))
+    }
+
+    fn lookup(&self, pod_uid: Option<String>, container_id: String) -> PodIdentity {
         let dir = pod_uid.as_ref().and_then(|uid| self.pods.get(uid));
         let container = self.containers.get(&container_id).cloned().or_else(|| {
             // One container in the pod's log directory: it is this one.
             dir.filter(|d| d.containers.len() == 1)
                 .map(|d| d.containers[0].clone())
         });
-        Some(PodIdentity {
+        PodIdentity {
             deployment: dir.and_then(|d| deployment_of(&d.pod)).map(str::to_owned),
             namespace: dir.map(|d| d.namespace.clone()),
             pod: dir.map(|d| d.pod.clone()),
             container,
             container_id,
             pod_uid,
-        })
+        }
     }
 
     fn scan(&mut self) {
@@ -242,6 +246,50 @@ mod tests {
             None
         );
         assert_eq!(container_in_cgroup("0::/\n"), None);
+    }
+
+    #[test]
+    fn names_from_the_log_directories_and_none_guessed() {
+        let root = std::env::temp_dir().join(format!("tracer-k8s-unit-{}", std::process::id()));
+        let uid = "1d6c5b3e-6f1a-4c52-9a8e-2b7f0c9d4e11";
+        let other = "2e7d6c4f-7a2b-4d63-8b9f-3c8a1d0e5f22";
+        for (dir, containers) in [
+            (
+                format!("shop_shop-api-7c9d8b6f5d-x2k4q_{uid}"),
+                &["shop-api"][..],
+            ),
+            (format!("crm_crm-0_{other}"), &["crm", "envoy"][..]),
+        ] {
+            for container in containers {
+                std::fs::create_dir_all(root.join("pods").join(&dir).join(container)).unwrap();
+            }
+        }
+        std::fs::create_dir_all(root.join("containers")).unwrap();
+        let mut k8s = Kubernetes::new(LogDirs {
+            pods: root.join("pods"),
+            containers: root.join("containers"),
+        });
+        let cgroup = |pod: &str| format!("0::/kubepods/besteffort/pod{pod}/{CID}\n");
+        let shop = k8s.identify(&cgroup(uid)).unwrap();
+        assert_eq!(
+            shop.attributes(),
+            [
+                ("container.id", CID.to_owned()),
+                ("k8s.pod.uid", uid.to_owned()),
+                ("k8s.namespace.name", "shop".to_owned()),
+                ("k8s.pod.name", "shop-api-7c9d8b6f5d-x2k4q".to_owned()),
+                ("k8s.container.name", "shop-api".to_owned()),
+                ("k8s.deployment.name", "shop-api".to_owned()),
+            ]
+        );
+        // Two containers and no log link naming this one: which it is stays unknown.
+        let crm = k8s.identify(&cgroup(other)).unwrap();
+        assert_eq!(
+            (crm.pod.as_deref(), crm.container.as_deref()),
+            (Some("crm-0"), None)
+        );
+        assert!(!crm.complete() && crm.deployment.is_none());
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tracer_common::{
 
 use crate::{
     args::{syscall_arg, syscall_ret},
-    maps::{count, CONN_EVENTS, NOT_TCP_SOCKETS, SOCKETS, SOCK_TUPLES, WANTS_SOCK},
+    maps::{count, CONN_EVENTS, NOT_TCP_SOCKETS, SOCKETS, SOCKET_OWNERS, SOCK_TUPLES, WANTS_SOCK},
     select::is_traced,
     stash,
 };
@@ -62,6 +62,7 @@ pub fn try_enter_connect(ctx: &TracePointContext) -> Result<u32, u32> {
         ..syscall_only(SYS_CONNECT, syscall_arg(ctx, 0) as u32, 0, 0)
     };
     stash::put(id, args);
+    note_owner(id);
     Ok(0)
 }
 
@@ -123,7 +124,17 @@ pub fn try_enter_accept(ctx: &TracePointContext) -> Result<u32, u32> {
         id,
         syscall_only(SYS_ACCEPT, syscall_arg(ctx, 0) as u32, 0, 0),
     );
+    note_owner(id);
     Ok(0)
+}
+
+/// A process about to have a followed socket (marked at the syscall's entry, whose stack
+/// has room): its forks inherit its sockets (see `fork.rs`). A failed or non-TCP call
+/// marks it too, which costs only a walk of the socket table at its forks.
+#[inline(always)]
+fn note_owner(id: u64) {
+    let tgid = (id >> 32) as u32;
+    let _ = SOCKET_OWNERS.insert(&tgid, &1, 0);
 }
 
 /// `sys_enter_socket`: remember the family and type until the exit.

@@ -22,7 +22,9 @@ use tracer_common::{
 
 use crate::{
     conn::emit_conn,
-    maps::{count, CAPTURE_CONFIG, FORK_SCRATCH, SOCKETS, SOCK_TUPLES, TRACED_PROCESSES},
+    maps::{
+        count, CAPTURE_CONFIG, FORK_SCRATCH, SOCKETS, SOCKET_OWNERS, SOCK_TUPLES, TRACED_PROCESSES,
+    },
     select::is_traced,
 };
 
@@ -66,10 +68,14 @@ pub fn try_process_fork(ctx: &TracePointContext) -> Result<u32, u32> {
     {
         let _ = TRACED_PROCESSES.insert(&child, &1, 0);
     }
+    if unsafe { SOCKET_OWNERS.get(&parent) }.is_none() {
+        return Ok(0); // it never had a followed socket: nothing to walk the table for
+    }
     let Some(scratch) = FORK_SCRATCH.get_ptr_mut(0) else {
         return Ok(0);
     };
-    // SAFETY: per-CPU slot; a fork tracepoint does not nest with itself on one CPU.
+    // SAFETY: per-CPU slot; task_newtask runs its programs with preemption disabled (it
+    // is not a faultable syscall tracepoint), so no other fork uses it meanwhile.
     unsafe { (*scratch).count = 0 };
     let mut gather = Gather { parent };
     let sockets = core::ptr::addr_of!(SOCKETS) as *mut bpf_map_def as *mut c_void;
@@ -173,6 +179,7 @@ extern "C" fn hand_socket(i: u64, context: *mut c_void) -> i64 {
         count(COUNTER_CONN_TABLE_FULL);
         return 0;
     }
+    let _ = SOCKET_OWNERS.insert(&hand.child, &1, 0);
     let (sk, role, generation) = (state.sk, state.role, state.generation);
     let tuple = match unsafe { SOCK_TUPLES.get(&sk) } {
         Some(tuple) if sk != 0 => *tuple,

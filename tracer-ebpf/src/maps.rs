@@ -26,6 +26,11 @@ pub static CAPTURE_CONFIG: Array<CaptureConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static TRACED_PROCESSES: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 
+/// Processes that have (had) a followed socket: a fork of any other walks no socket table.
+/// Never cleared (an LRU); a stale entry costs one walk of the table at a fork.
+#[map]
+pub static SOCKET_OWNERS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
 /// A fork's gathered sockets (see `fork.rs`).
 #[map]
 pub static FORK_SCRATCH: PerCpuArray<ForkScratch> = PerCpuArray::with_max_entries(1, 0);

@@ -252,7 +252,13 @@ impl KernelCapture {
             tls_position: [0, 0],
         };
         let mut sockets = self.hash_map::<SockKey, ConnState>("SOCKETS")?;
-        match sockets.insert(key, state, BPF_NOEXIST) {
+        let inserted = sockets.insert(key, state, BPF_NOEXIST);
+        if inserted.is_ok() {
+            // Its forks inherit it (see tracer-ebpf's fork.rs).
+            let mut owners = self.hash_map::<u32, u32>("SOCKET_OWNERS")?;
+            let _ = owners.insert(key.tgid, 1, 0);
+        }
+        match inserted {
             Ok(()) => Ok(Some(ConnId {
                 tgid: key.tgid,
                 fd: key.fd,

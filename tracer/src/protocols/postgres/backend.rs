@@ -139,27 +139,11 @@ impl BackendReader {
     }
 }
 
-/// Whole backend messages of known types and sane lengths, back to back, ending exactly at
-/// the end of `buf`, the last a ReadyForQuery (status idle, in a transaction or failed) or
-/// a CommandComplete: how an answer ends.
+/// Whole backend messages back to back to the end of `buf` (see `whole_messages`), the
+/// last a ReadyForQuery (status idle, in a transaction or failed) or a CommandComplete:
+/// how an answer ends.
 pub fn is_message_chain(buf: &[u8]) -> bool {
-    let mut at = 0;
-    let mut last = None;
-    while at < buf.len() {
-        let Some(header) = buf.get(at..at + 5) else {
-            return false;
-        };
-        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        if !BACKEND_TYPES.contains(&header[0]) || !(4..MAX_MESSAGE).contains(&len) {
-            return false;
-        }
-        last = Some((at, header[0], len));
-        at += 1 + len;
-    }
-    if at != buf.len() {
-        return false;
-    }
-    match last {
+    match super::whole_messages(buf, BACKEND_TYPES, |_| {}) {
         Some((at, b'Z', 5)) => matches!(buf[at + 5], b'I' | b'T' | b'E'),
         Some((at, b'C', len)) => {
             let tag = &buf[at + 5..at + 1 + len];

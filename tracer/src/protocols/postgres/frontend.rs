@@ -256,23 +256,14 @@ pub fn find_message_start(buf: &[u8]) -> Option<usize> {
 /// Type bytes of the frontend messages a client sends after its startup.
 const FRONTEND_TYPES: &[u8] = b"BCDEFHPQSXcdfp";
 
-/// Whole frontend messages of known types and sane lengths, back to back, ending exactly
-/// at the end of `buf`, with at least one that names work (Query, Parse, Bind, Execute).
+/// Whole frontend messages back to back to the end of `buf` (see `whole_messages`), at
+/// least one of which names work (Query, Parse, Bind, Execute).
 pub fn is_message_chain(buf: &[u8]) -> bool {
-    let mut at = 0;
     let mut work = false;
-    while at < buf.len() {
-        let Some(header) = buf.get(at..at + 5) else {
-            return false;
-        };
-        let len = be32(&header[1..5]) as usize;
-        if !FRONTEND_TYPES.contains(&header[0]) || !(4..MAX_MESSAGE).contains(&len) {
-            return false;
-        }
-        work |= matches!(header[0], b'Q' | b'P' | b'B' | b'E');
-        at += 1 + len;
-    }
-    work && at == buf.len()
+    let whole = super::whole_messages(buf, FRONTEND_TYPES, |tag| {
+        work |= matches!(tag, b'Q' | b'P' | b'B' | b'E')
+    });
+    whole.is_some() && work
 }
 
 pub fn is_message_start(buf: &[u8]) -> bool {

@@ -16,6 +16,30 @@ use crate::capture::Direction;
 
 pub struct Postgres;
 
+/// Messages of the v3 protocol after startup (a type byte, then a big-endian length that
+/// counts itself) back to back from the start of `buf`, each of one of `types` and of a
+/// sane length, ending exactly at its end: the last one's (offset, type, length) if so.
+/// `each` sees every type on the way.
+fn whole_messages(
+    buf: &[u8],
+    types: &[u8],
+    mut each: impl FnMut(u8),
+) -> Option<(usize, u8, usize)> {
+    const MAX_MESSAGE: usize = 1 << 20;
+    let (mut at, mut last) = (0, None);
+    while at < buf.len() {
+        let header = buf.get(at..at + 5)?;
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if !types.contains(&header[0]) || !(4..MAX_MESSAGE).contains(&len) {
+            return None;
+        }
+        each(header[0]);
+        last = Some((at, header[0], len));
+        at += 1 + len;
+    }
+    last.filter(|_| at == buf.len())
+}
+
 impl Protocol for Postgres {
     fn name(&self) -> &'static str {
         "postgres"

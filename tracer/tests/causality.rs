@@ -62,13 +62,6 @@ struct Grades {
     unparented: usize,
 }
 
-fn pid_of(span: &ReceivedSpan) -> u32 {
-    span.resource
-        .get("process.pid")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_default()
-}
-
 fn port_attr(span: &ReceivedSpan, name: &str) -> u16 {
     span.attr(name).parse().unwrap_or_default()
 }
@@ -116,9 +109,9 @@ fn chain(runtime: Runtime, mode: &str, receiver: &Receiver, mono_exe: &Path) -> 
     );
     let b_pid = b.pid();
     let is_call = |s: &ReceivedSpan| {
-        s.kind == CLIENT && pid_of(s) == b_pid && port_attr(s, "network.peer.port") == c.port
+        s.kind == CLIENT && s.pid() == b_pid && port_attr(s, "network.peer.port") == c.port
     };
-    let is_request = |s: &ReceivedSpan| s.kind == SERVER && pid_of(s) == b_pid;
+    let is_request = |s: &ReceivedSpan| s.kind == SERVER && s.pid() == b_pid;
     let spans = receiver.wait_for(
         &format!("{runtime:?} ({mode}): B's {REQUESTS} requests and {REQUESTS} calls"),
         Duration::from_secs(30),
@@ -269,7 +262,7 @@ fn replies_published_from_an_event_loop_are_children_of_the_delivery_they_answer
         .expect("node with amqplib");
     let responder_pid = responder.id();
     assert!(responder.wait().unwrap().success(), "the responder failed");
-    let ours = |s: &ReceivedSpan, kind| s.kind == kind && pid_of(s) == responder_pid;
+    let ours = |s: &ReceivedSpan, kind| s.kind == kind && s.pid() == responder_pid;
     let spans = receiver.wait_for(
         "30 deliveries and 30 replies",
         Duration::from_secs(30),

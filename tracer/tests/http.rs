@@ -11,7 +11,7 @@ use std::{
 use support::{
     agent::{curl, final_stats, AgentRun, Service},
     metrics::{scrape, try_value},
-    otlp::{find, free_port, ReceivedSpan, Receiver},
+    otlp::{find, free_port, served, ReceivedSpan, Receiver},
 };
 
 const SERVER: i32 = 2;
@@ -359,13 +359,6 @@ fn receiver_outage_counts_drops_and_export_resumes() {
     );
 }
 
-fn pid_of(span: &ReceivedSpan) -> u32 {
-    span.resource
-        .get("process.pid")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_default()
-}
-
 /// A server that accepts in one process and serves in a forked child (socketserver's
 /// ForkingMixIn, as prefork servers do): each request is a SERVER span of the child that
 /// served it.
@@ -399,7 +392,11 @@ fn an_accept_then_fork_server_is_traced_in_the_child_that_serves() {
         |spans| spans.iter().filter(|s| is_served(s)).count() >= 3,
     );
     agent.stop();
-    let mut pids: Vec<u32> = spans.iter().filter(|s| is_served(s)).map(pid_of).collect();
+    let mut pids: Vec<u32> = spans
+        .iter()
+        .filter(|s| is_served(s))
+        .map(ReceivedSpan::pid)
+        .collect();
     pids.sort();
     served_by.sort();
     assert_eq!(pids, served_by, "each span from the child that served it");
@@ -448,11 +445,7 @@ fn an_execd_process_reports_its_new_executable() {
     let spans = receiver.wait_for(
         "the server span after the exec",
         Duration::from_secs(20),
-        |spans| {
-            spans
-                .iter()
-                .any(|s| s.kind == SERVER && s.attr("url.path") == "/after-exec")
-        },
+        |spans| served(spans, "/after-exec").is_some(),
     );
     agent.stop();
     let before = find(&spans, "the python client span", before_exec);
@@ -460,11 +453,11 @@ fn an_execd_process_reports_its_new_executable() {
         s.kind == SERVER && s.attr("url.path") == "/after-exec"
     });
     assert_eq!(
-        pid_of(before),
-        pid_of(after),
+        before.pid(),
+        after.pid(),
         "one process, before and after exec"
     );
-    assert_eq!(pid_of(after), execd.pid());
+    assert_eq!(after.pid(), execd.pid());
     assert!(before.service.starts_with("python"), "{}", before.service);
     assert_eq!(after.service, "node");
     assert_eq!(

@@ -11,10 +11,9 @@ use std::{
 
 use support::{
     agent::{curl, AgentRun, Service},
-    otlp::{free_port, ReceivedSpan, Receiver},
+    otlp::{free_port, served, Receiver},
 };
 
-const SERVER: i32 = 2;
 const UID: &str = "1d6c5b3e-6f1a-4c52-9a8e-2b7f0c9d4e11";
 const CONTAINER_ID: &str = "3f2a9c1e0b7d46a58e9f0c1d2b3a4e5f60718293a4b5c6d7e8f90123456789ab";
 const POD: &str = "shop-api-7c9d8b6f5d-x2k4q";
@@ -99,12 +98,6 @@ fn log_dirs(root: &Path) {
         containers.join(format!("{POD}_shop_shop-api-{CONTAINER_ID}.log")),
     )
     .unwrap();
-}
-
-fn served<'a>(spans: &'a [ReceivedSpan], path: &str) -> Option<&'a ReceivedSpan> {
-    spans
-        .iter()
-        .find(|s| s.kind == SERVER && s.attr("url.path") == path)
 }
 
 #[test]

@@ -77,6 +77,21 @@ impl ReceivedSpan {
     pub fn attr(&self, key: &str) -> &str {
         self.attributes.get(key).map(String::as_str).unwrap_or("")
     }
+
+    /// The `process.pid` of its resource (0 if absent).
+    pub fn pid(&self) -> u32 {
+        self.resource
+            .get("process.pid")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// The SERVER span of the request for `path`, if received.
+pub fn served<'a>(spans: &'a [ReceivedSpan], path: &str) -> Option<&'a ReceivedSpan> {
+    spans
+        .iter()
+        .find(|s| s.kind == 2 && s.attr("url.path") == path)
 }
 
 type Store = Arc<Mutex<Vec<ExportTraceServiceRequest>>>;

@@ -122,7 +122,8 @@ pub struct Calls {
 }
 
 impl Calls {
-    pub fn made(&mut self, mut call: Call) {
+    /// The client made `call` (numbered here).
+    pub fn add(&mut self, mut call: Call) {
         self.made += 1;
         call.index = self.made;
         // Bounded: a client that never reads its answers must not grow this.

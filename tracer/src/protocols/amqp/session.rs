@@ -303,7 +303,7 @@ impl AmqpSession {
         match direction {
             Direction::Egress => {
                 if let Some(call) = calls::call(&method, ktime_ns, tid) {
-                    state.calls.made(call);
+                    state.calls.add(call);
                 }
             }
             Direction::Ingress if calls::is_answer(&method) => {

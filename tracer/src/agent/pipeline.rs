@@ -393,6 +393,8 @@ impl Pipeline {
                     self.timers.insert(conn.id, (at, conn.clone()));
                 }
             },
+            // Nearly always: no timer anywhere, no lookup per event.
+            None if self.timers.is_empty() => {}
             None => {
                 self.timers.remove(&conn.id);
             }

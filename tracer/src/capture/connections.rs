@@ -71,6 +71,12 @@ impl Connections {
     /// Applies a connection event; returns the connection as it stands afterwards
     /// (for `Close`, as it was just before removal).
     pub fn apply(&mut self, conn: ConnId, change: &ConnChange, comm: &str) -> Connection {
+        if let ConnChange::Open {
+            inherited: true, ..
+        } = change
+        {
+            self.forked(conn.tgid);
+        }
         self.note_comm(conn.tgid, comm);
         match change {
             ConnChange::Open {
@@ -78,6 +84,7 @@ impl Connections {
                 local,
                 remote,
                 mid_stream,
+                ..
             } => {
                 self.check_tcp(conn); // as early as possible: before the socket closes
                 let entry = self.entry(conn);
@@ -178,6 +185,34 @@ impl Connections {
         }
     }
 
+    /// A process first seen through a socket it inherited at fork runs its parent's
+    /// program (until it execs): it takes its parent's identity, read before the child can
+    /// rename itself (PostgreSQL backends and other pre-forked workers rewrite their
+    /// command line to a status title). Without a parent in `/proc`, its own is read.
+    fn forked(&mut self, pid: u32) {
+        if self.processes.contains_key(&pid) {
+            return;
+        }
+        let Some(parent) = procfs::parent_pid(pid).filter(|&p| p > 1) else {
+            return;
+        };
+        let parent = self.process(parent);
+        let own = ProcessInfo::read(pid);
+        // Still its parent's program (an exec since would have shown a new executable).
+        if own.exe.is_empty() || own.exe != parent.exe {
+            return;
+        }
+        self.processes.insert(
+            pid,
+            Arc::new(ProcessInfo {
+                pid,
+                comm: parent.comm.clone(),
+                cmdline: parent.cmdline.clone(),
+                ..own
+            }),
+        );
+    }
+
     /// A process ran a new program: read its identity again (executable, command line,
     /// cgroup) for it and its connections (sockets survive an exec).
     pub fn process_exec(&mut self, pid: u32) {
@@ -223,5 +258,91 @@ impl Connections {
             );
         }
         self.conns.get_mut(&conn).expect("inserted above")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::Role;
+
+    fn inherited_open(connections: &mut Connections, pid: u32) {
+        let open = ConnChange::Open {
+            role: Role::Server,
+            local: None,
+            remote: None,
+            mid_stream: false,
+            inherited: true,
+        };
+        let conn = ConnId {
+            tgid: pid,
+            fd: 3,
+            generation: 1,
+        };
+        connections.apply(conn, &open, "");
+    }
+
+    #[test]
+    fn a_forked_child_has_its_parents_identity_until_it_runs_another_program() {
+        // A fork without exec that renames itself as pre-forked workers do: it overwrites
+        // its command line in place (the memory /proc/<pid>/cmdline shows), then waits to
+        // be killed. Where that memory is: /proc/self/stat fields 48 and 49.
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let fields: Vec<usize> = stat[stat.rfind(')').unwrap() + 2..]
+            .split(' ')
+            .map(|f| f.trim().parse().unwrap_or(0))
+            .collect();
+        let (arg_start, arg_end) = (fields[45], fields[46]);
+        let title = b"worker: idle";
+        assert!(
+            arg_end - arg_start > title.len(),
+            "a command line to overwrite"
+        );
+        let forked = unsafe { libc::fork() };
+        assert!(forked >= 0, "fork failed");
+        if forked == 0 {
+            unsafe {
+                let area =
+                    std::slice::from_raw_parts_mut(arg_start as *mut u8, arg_end - arg_start);
+                area.fill(0);
+                area[..title.len()].copy_from_slice(title);
+                libc::pause();
+                libc::_exit(0);
+            }
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while ProcessInfo::read(forked as u32).cmdline != ["worker: idle"] {
+            if std::time::Instant::now() > deadline {
+                unsafe { libc::kill(forked, libc::SIGKILL) };
+                panic!("the forked child did not rename itself");
+            }
+            std::thread::yield_now();
+        }
+        let mut execed = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        // `sleep` has replaced the forked image by now once its command line reads so.
+        while ProcessInfo::read(execed.id()).cmdline != ["sleep", "30"] {
+            std::thread::yield_now();
+        }
+        let mut connections = Connections::new();
+        inherited_open(&mut connections, forked as u32);
+        inherited_open(&mut connections, execed.id());
+        let own = ProcessInfo::read(std::process::id());
+        let forked_info = connections.process(forked as u32);
+        let execed_info = connections.process(execed.id());
+        unsafe {
+            libc::kill(forked, libc::SIGKILL);
+            libc::waitpid(forked, std::ptr::null_mut(), 0);
+        }
+        let _ = execed.kill();
+        let _ = execed.wait();
+        assert_eq!(forked_info.pid, forked as u32);
+        assert_eq!(
+            forked_info.cmdline, own.cmdline,
+            "the parent's command line"
+        );
+        assert_eq!(execed_info.cmdline, ["sleep", "30"], "its own program");
     }
 }

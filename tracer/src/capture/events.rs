@@ -9,8 +9,8 @@ use thiserror::Error;
 use tracer_common::{
     ConnEvent, ConnId, DataEvent, EventHeader, SockTuple, CLOSE_NOT_TCP, DIR_EGRESS,
     EVENT_CONN_ADDR, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_DATA, EVENT_LIBRARY_LOADED,
-    EVENT_PROCESS_EXEC, EVENT_PROCESS_EXIT, OPEN_INHERITED_MID_STREAM, ROLE_CLIENT, ROLE_SERVER,
-    SYS_TLS_READ, SYS_TLS_WRITE,
+    EVENT_PROCESS_EXEC, EVENT_PROCESS_EXIT, OPEN_INHERITED, OPEN_INHERITED_MID_STREAM, ROLE_CLIENT,
+    ROLE_SERVER, SYS_TLS_READ, SYS_TLS_WRITE,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -85,6 +85,9 @@ pub enum ConnChange {
         /// Inherited from the parent at fork after the parent had moved bytes on it: the
         /// child's stream may begin inside a message.
         mid_stream: bool,
+        /// Inherited from the parent at fork: the child runs its parent's program until it
+        /// execs, whatever it later calls itself (process titles).
+        inherited: bool,
     },
     Addresses {
         local: SocketAddr,
@@ -171,6 +174,8 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                     local: (event.tuple.local_port != 0).then(|| local_addr(&event.tuple)),
                     remote: (event.tuple.remote_port != 0).then(|| remote_addr(&event.tuple)),
                     mid_stream: event.reason == OPEN_INHERITED_MID_STREAM,
+                    inherited: event.reason == OPEN_INHERITED
+                        || event.reason == OPEN_INHERITED_MID_STREAM,
                 },
                 EVENT_CONN_ADDR => ConnChange::Addresses {
                     local: local_addr(&event.tuple),

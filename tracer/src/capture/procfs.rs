@@ -44,6 +44,15 @@ impl ProcessInfo {
     }
 }
 
+/// The parent of a process (`PPid` in `/proc/<pid>/status`), while it runs.
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("PPid:"))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 /// TCP socket states as printed in `/proc/net/tcp` (`st` column).
 const TCP_ESTABLISHED: u8 = 0x01;
 const TCP_LISTEN: u8 = 0x0A;

@@ -13,7 +13,9 @@ use crate::{
     extract::{Extractor, ExtractorError},
     journey::{JourneyHandle, JourneySpan},
     privacy::{IdKey, Privacy, PrivacyOptions, Redactions},
-    protocols::{self, ExchangeEvent, ProtocolSession, SessionContext, SessionOptions},
+    protocols::{
+        self, ExchangeEvent, ExchangeStatus, ProtocolSession, SessionContext, SessionOptions,
+    },
     reassembly::StreamEvent,
     sample::Sampler,
     session::SessionEvent,
@@ -463,6 +465,13 @@ impl Pipeline {
                     let extracted = self.stages.extractor.extract(&exchange);
                     exchange.order_ids = extracted.order_ids;
                     exchange.business = extracted.attributes;
+                    if let (Some(message), ExchangeStatus::Ok) = (extracted.error, &exchange.status)
+                    {
+                        exchange.status = ExchangeStatus::Error {
+                            error_type: "reported".into(),
+                            message,
+                        };
+                    }
                     self.correlator.finished(conn, exchange, now_ns);
                 }
                 ExchangeEvent::Broker(event) => self.correlator.broker(event),

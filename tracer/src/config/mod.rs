@@ -115,6 +115,9 @@ pub struct ExtractConfig {
     pub defaults: bool,
     #[serde(default, rename = "rule")]
     pub rules: Vec<ExtractRule>,
+    /// Errors a service reports inside a body rather than by failing the exchange.
+    #[serde(default, rename = "error")]
+    pub errors: Vec<ErrorRule>,
 }
 
 impl Default for ExtractConfig {
@@ -122,6 +125,36 @@ impl Default for ExtractConfig {
         Self {
             defaults: true,
             rules: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+}
+
+/// An error reported inside a message or response (`{"error": "model rejected"}`): the
+/// span of the side that wrote it fails, with the value as its status message.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorRule {
+    /// A body source (`amqp_body`, `http_response_body`, …) or any source a rule can read.
+    pub source: toml::Spanned<String>,
+    pub name: Option<String>,
+    pub pointer: Option<String>,
+    pub key: Option<String>,
+    /// Only spans of this kind: the writer of the body (`producer` for a message,
+    /// `server` for a response). Default: every span that carries it.
+    pub kind: Option<String>,
+}
+
+impl ErrorRule {
+    /// The same lookup as an extraction rule (its attribute is never exported).
+    pub fn as_extract_rule(&self) -> ExtractRule {
+        ExtractRule {
+            attribute: "app.error".into(),
+            source: self.source.clone(),
+            template: None,
+            name: self.name.clone(),
+            pointer: self.pointer.clone(),
+            key: self.key.clone(),
         }
     }
 }
@@ -320,8 +353,14 @@ impl Config {
             }
         }
         if let Err(e) = crate::extract::Extractor::new(&config.extract) {
-            let crate::extract::ExtractorError::Rule { index, .. } = &e;
-            let at = config.extract.rules[index - 1].source.span().start;
+            let at = match &e {
+                crate::extract::ExtractorError::Rule { index, .. } => {
+                    config.extract.rules[index - 1].source.span().start
+                }
+                crate::extract::ExtractorError::Error { index, .. } => {
+                    config.extract.errors[index - 1].source.span().start
+                }
+            };
             let line = text[..at.min(text.len())].matches('\n').count() + 1;
             return Err(invalid(format!("line {line}: {e}")));
         }

@@ -4,7 +4,7 @@ use thiserror::Error;
 use super::json;
 use crate::{
     config::{ExtractConfig, ExtractRule},
-    protocols::{self, Exchange, Source, SourceShape},
+    protocols::{self, Exchange, ExchangeKind, Source, SourceShape},
 };
 
 pub const ORDER_ID: &str = "app.order.id";
@@ -19,6 +19,8 @@ pub enum ExtractorError {
         attribute: String,
         reason: String,
     },
+    #[error("extract error rule #{index}: {reason}")]
+    Error { index: usize, reason: String },
 }
 
 #[derive(Clone, Debug)]
@@ -52,10 +54,14 @@ pub struct Extracted {
     pub order_ids: Vec<String>,
     /// `app.*` attributes to add to the span (`app.order.id` is the first order id).
     pub attributes: Vec<(String, String)>,
+    /// An error the exchange reported in its body (`[[extract.error]]`).
+    pub error: Option<String>,
 }
 
 pub struct Extractor {
     rules: Vec<Rule>,
+    /// `[[extract.error]]`: the lookup, and the span kind it applies to.
+    errors: Vec<(Rule, Option<ExchangeKind>)>,
 }
 
 impl Extractor {
@@ -71,7 +77,23 @@ impl Extractor {
         if config.defaults {
             rules.extend(defaults());
         }
-        Ok(Self { rules })
+        let mut errors = Vec::new();
+        for (i, rule) in config.errors.iter().enumerate() {
+            let invalid = |reason: String| ExtractorError::Error {
+                index: i + 1,
+                reason,
+            };
+            let kind = match rule.kind.as_deref() {
+                None => None,
+                Some(kind) => Some(ExchangeKind::parse(kind).ok_or_else(|| {
+                    invalid(format!(
+                        "kind {kind:?} is not one of server, client, producer, consumer"
+                    ))
+                })?),
+            };
+            errors.push((compile(&rule.as_extract_rule()).map_err(invalid)?, kind));
+        }
+        Ok(Self { rules, errors })
     }
 
     pub fn extract(&self, exchange: &Exchange) -> Extracted {
@@ -107,9 +129,15 @@ impl Extractor {
             }
             attributes.push((attribute, value));
         }
+        let error = self
+            .errors
+            .iter()
+            .filter(|(_, kind)| kind.is_none_or(|k| k == exchange.kind))
+            .find_map(|(rule, _)| find(rule, exchange, &mut bodies).into_iter().next());
         Extracted {
             order_ids,
             attributes,
+            error,
         }
     }
 }

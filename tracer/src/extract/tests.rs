@@ -217,3 +217,47 @@ fn bad_rules_are_rejected_with_their_number() {
         "{error}"
     );
 }
+
+#[test]
+fn an_error_reported_in_a_message_fails_the_span_of_its_writer_only() {
+    let config = Config::parse(
+        r#"
+[[extract.error]]
+source = "amqp_body"
+key = "error"
+kind = "producer"
+"#,
+        "errors.toml",
+    )
+    .unwrap();
+    let x = Extractor::new(&config.extract).unwrap();
+    let reply = r#"{"order_id": "ORD-7", "error": "wall thickness 0.3 mm below 0.8 mm"}"#;
+    let mut published = amqp("crm.prices", &[], reply);
+    published.kind = ExchangeKind::Producer;
+    let found = x.extract(&published);
+    assert_eq!(
+        found.error.as_deref(),
+        Some("wall thickness 0.3 mm below 0.8 mm")
+    );
+    assert_eq!(found.order_ids, ["ORD-7"]);
+    let mut delivered = published.clone();
+    delivered.kind = ExchangeKind::Consumer;
+    assert_eq!(x.extract(&delivered).error, None, "the reader did not fail");
+    let fine = amqp("crm.prices", &[], r#"{"order_id": "ORD-8", "error": null}"#);
+    let fine = Exchange {
+        kind: ExchangeKind::Producer,
+        ..fine
+    };
+    assert_eq!(x.extract(&fine).error, None, "a null error is none");
+
+    let error = Config::parse(
+        "[[extract.error]]\nsource = \"amqp_body\"\nkey = \"error\"\nkind = \"sender\"\n",
+        "bad.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("line 2") && error.contains("error rule #1") && error.contains("sender"),
+        "{error}"
+    );
+}

@@ -30,6 +30,17 @@ pub enum ExchangeKind {
 }
 
 impl ExchangeKind {
+    /// `server`, `client`, `producer`, `consumer` (as configuration names kinds).
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "server" => Self::Server,
+            "client" => Self::Client,
+            "producer" => Self::Producer,
+            "consumer" => Self::Consumer,
+            _ => return None,
+        })
+    }
+
     pub fn from_role(role: Role) -> Self {
         if role == Role::Client {
             Self::Client

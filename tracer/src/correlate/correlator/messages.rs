@@ -124,6 +124,13 @@ impl Correlator {
             };
             let (producer_span, start_ns, tid) =
                 (node.span_id, node.end_ns.unwrap_or(node.start_ns), node.tid);
+            // The broker's own sockets took the message in (and never let it out).
+            let taken_in = node.message_out.is_some_and(|fingerprint| {
+                let since = node.start_ns.saturating_sub(1_000_000_000);
+                self.broker_entered
+                    .get(&fingerprint)
+                    .is_some_and(|entered| entered.iter().any(|&at| at >= since))
+            });
             let waited_s = self.stuck_after_ns as f64 / 1e9;
             let trace_id = self.trace_of(id);
             self.stats.messages_stuck += 1;
@@ -137,15 +144,24 @@ impl Correlator {
                 .unwrap_or_default();
             // Names in logs are templated like exported names: no ids, no free text.
             let destination = crate::protocols::http::route::template_segments(&destination, '.');
+            let what = if taken_in {
+                "taken in by the broker and not delivered: dropped by the broker (e.g. a queue length limit) or never consumed"
+            } else {
+                "stuck in a queue or lost"
+            };
             tracing::warn!(
                 trace_id = %trace_id,
                 pid = connection.id.tgid,
-                "message published to {destination} was not delivered within {waited_s} s: stuck in a queue or lost"
+                "message published to {destination} was not delivered within {waited_s} s: {what}"
             );
             attributes.push(("tracer.synthesized", "true".into()));
             attributes.push((
                 "tracer.message.waited_ms",
                 ((self.stuck_after_ns / 1_000_000) as i64).into(),
+            ));
+            attributes.push((
+                "tracer.messaging.broker_received",
+                if taken_in { "true" } else { "unknown" }.into(),
             ));
             let exchange = Exchange {
                 protocol,
@@ -158,7 +174,7 @@ impl Correlator {
                 attributes,
                 status: ExchangeStatus::Error {
                     error_type: "not_delivered".into(),
-                    message: format!("no delivery within {waited_s} s: stuck in a queue or lost"),
+                    message: format!("no delivery within {waited_s} s: {what}"),
                 },
                 traceparent: None,
                 record: Exchange::no_record(),

@@ -46,6 +46,10 @@ pub struct JourneyConfig {
     /// Operations whose duration has a service-level agreement.
     #[serde(default = "default_sla", rename = "sla")]
     pub slas: Vec<SlaRule>,
+    /// Statuses that one system may only record after another system did something: an
+    /// order whose status lacks it is reported out of sync.
+    #[serde(default, rename = "consistency")]
+    pub consistency: Vec<ConsistencyRule>,
 }
 
 impl JourneyConfig {
@@ -101,6 +105,25 @@ pub struct SlaRule {
     pub kind: Option<String>,
     #[serde(deserialize_with = "duration")]
     pub within: Duration,
+}
+
+/// `status` follows from a step named like `after` (optionally by service and kind); where
+/// an order reached `status` and no such step started before it, the systems disagree.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyRule {
+    pub status: String,
+    pub after: String,
+    pub service: Option<String>,
+    pub kind: Option<String>,
+    /// How long the evidence may lag behind the status (spans of other hosts arrive
+    /// later); only then is the order reported.
+    #[serde(default = "default_grace", deserialize_with = "duration")]
+    pub grace: Duration,
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_store() -> String {

@@ -1,5 +1,7 @@
-//! Where an order went wrong, from its journey alone: the slowest step over its SLA, else
-//! the deepest failed step, else the status it is stuck in and who saw it last.
+//! Where an order went wrong, from its journey alone: the slowest step over its SLA (a
+//! queue's residence included), else the deepest failed step, else a message about it
+//! that never left its queue, else a status recorded without the step it follows from,
+//! else the status it is stuck in and who saw it last.
 use serde::Serialize;
 
 use super::{human, view::stuck_limit, Order, Step};
@@ -12,6 +14,10 @@ pub enum Problem {
     Slow,
     /// A step failed.
     Failed,
+    /// A message about the order was published and never left its queue.
+    Lost,
+    /// One system recorded a status that what the others did does not support.
+    OutOfSync,
     /// The order has been in its status longer than allowed.
     Stuck,
 }
@@ -30,6 +36,8 @@ impl std::fmt::Display for Diagnosis {
         let what = match self.problem {
             Problem::Slow => "slow",
             Problem::Failed => "failed",
+            Problem::Lost => "lost",
+            Problem::OutOfSync => "out of sync",
             Problem::Stuck => "stuck",
         };
         write!(
@@ -88,7 +96,28 @@ pub fn diagnose(
             detail: step.error.clone().unwrap_or_default(),
         });
     }
-    // 3. Stuck: where the order stopped moving. Since it entered its status, the last
+    // 3. Lost: a message about the order that never left its queue (the broker's view,
+    // or no delivery seen), unless a later delivery from that queue was seen after all.
+    let lost = steps
+        .iter()
+        .filter(|s| s.synthesized && is_queue_step(s) && s.error.is_some())
+        .filter(|lost| {
+            !observed().any(|s| s.operation == lost.operation && s.end_ns >= lost.start_ns)
+        })
+        .max_by_key(|s| s.start_ns);
+    if let Some(step) = lost {
+        return Some(Diagnosis {
+            problem: Problem::Lost,
+            service: step.service.clone(),
+            operation: step.operation.clone(),
+            detail: step.error.clone().unwrap_or_default(),
+        });
+    }
+    // 4. Out of sync: a status one system recorded without the step it follows from.
+    if let Some(diagnosis) = out_of_sync(order, steps, config, now_ns) {
+        return Some(diagnosis);
+    }
+    // 5. Stuck: where the order stopped moving. Since it entered its status, the last
     // system that took it off a queue (a consumer), else the last that served a request
     // about it, else whoever saw it last: callers asking about an order (a price
     // request, a status page) do not hold it.
@@ -116,6 +145,59 @@ pub fn diagnose(
             human(limit.as_nanos() as i64)
         ),
     })
+}
+
+/// The step a message spent in (or was lost from) its queue: `queue mes.orders`.
+pub fn is_queue_step(step: &Step) -> bool {
+    step.kind == "internal" && step.operation.starts_with(QUEUE_PREFIX)
+}
+
+pub const QUEUE_PREFIX: &str = "queue ";
+
+fn out_of_sync(
+    order: &Order,
+    steps: &[Step],
+    config: &JourneyConfig,
+    now_ns: i64,
+) -> Option<Diagnosis> {
+    for change in &order.history {
+        for rule in config
+            .consistency
+            .iter()
+            .filter(|r| r.status == change.status)
+        {
+            if now_ns - change.at_ns <= rule.grace.as_nanos() as i64 {
+                continue;
+            }
+            let supported = steps.iter().any(|s| {
+                !s.synthesized
+                    && glob_match(&rule.after, &s.operation)
+                    && rule.service.as_deref().is_none_or(|v| v == s.service)
+                    && rule.kind.as_deref().is_none_or(|k| k == s.kind)
+                    && s.start_ns <= change.at_ns
+            });
+            if supported {
+                continue;
+            }
+            let recorded_by = steps
+                .iter()
+                .filter(|s| {
+                    s.status.as_deref() == Some(change.status.as_str())
+                        && s.service == change.service
+                })
+                .min_by_key(|s| s.status_at_ns);
+            return Some(Diagnosis {
+                problem: Problem::OutOfSync,
+                service: change.service.clone(),
+                operation: recorded_by.map(|s| s.operation.clone()).unwrap_or_default(),
+                detail: format!(
+                    "{} recorded {}, but no {} was seen before it: the systems disagree about this order",
+                    change.service, change.status, rule.after
+                ),
+            });
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -165,6 +247,7 @@ mod tests {
             user_id: None,
             status: None,
             synthesized: false,
+            queue: None,
         };
         let mut order = Order::new("D-1", &first);
         order.apply(&first, Some(status), "SHIPPED");
@@ -306,6 +389,142 @@ mod tests {
             d.detail.starts_with("in SUBMITTED for 29 s"),
             "{}",
             d.detail
+        );
+    }
+}
+
+#[cfg(test)]
+mod messaging_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        config::{ConsistencyRule, SlaRule},
+        journey::JourneySpan,
+    };
+
+    const S: i64 = 1_000_000_000;
+
+    fn step(service: &str, operation: &str, kind: &str, start_s: i64, end_s: i64) -> Step {
+        Step {
+            order_id: "D-1".into(),
+            span_id: format!("{service}{operation}{start_s}"),
+            trace_id: "t".into(),
+            start_ns: start_s * S,
+            end_ns: end_s * S,
+            service: service.into(),
+            operation: operation.into(),
+            kind: kind.into(),
+            status: None,
+            status_at_ns: 0,
+            error: None,
+            synthesized: false,
+        }
+    }
+
+    /// An order moved through `statuses` by (service, status, at second).
+    fn order(statuses: &[(&str, &str, i64)]) -> Order {
+        let mut order = None::<Order>;
+        for (service, status, at_s) in statuses {
+            let span = JourneySpan {
+                service: (*service).into(),
+                kind: "producer",
+                end_ns: at_s * S,
+                ..JourneySpan::default()
+            };
+            order.get_or_insert_with(|| Order::new("D-1", &span)).apply(
+                &span,
+                Some(status),
+                "SHIPPED",
+            );
+        }
+        order.unwrap()
+    }
+
+    fn config() -> JourneyConfig {
+        JourneyConfig {
+            slas: vec![SlaRule {
+                name: "mes_queue".into(),
+                span: "queue mes.orders".into(),
+                kind: None,
+                within: Duration::from_secs(6),
+            }],
+            consistency: vec![ConsistencyRule {
+                status: "PRICE_CALCULATED".into(),
+                after: "deliver crm.prices".into(),
+                service: None,
+                kind: Some("consumer".into()),
+                grace: Duration::from_secs(5),
+            }],
+            ..JourneyConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_long_wait_in_the_queue_is_the_slow_step_of_the_broker() {
+        let steps = [
+            step("crm", "publish amq.default", "producer", 1, 1),
+            step("rabbitmq", "queue mes.orders", "internal", 1, 13),
+            step("mes", "deliver mes.orders", "consumer", 13, 14),
+        ];
+        let order = order(&[("shop-api", "SUBMITTED", 1)]);
+        let d = diagnose(&order, &steps, &config(), 20 * S).unwrap();
+        assert_eq!(
+            (d.problem, d.service.as_str(), d.operation.as_str()),
+            (Problem::Slow, "rabbitmq", "queue mes.orders")
+        );
+        assert_eq!(d.detail, "took 12 s, SLA 6 s");
+    }
+
+    #[test]
+    fn a_message_that_never_left_its_queue_is_lost_unless_delivered_later() {
+        let lost = Step {
+            error: Some("no delivery within 5 s: taken in by the broker …".into()),
+            synthesized: true,
+            ..step("rabbitmq", "queue mes.orders", "internal", 1, 6)
+        };
+        let published = step("crm", "publish amq.default", "producer", 1, 1);
+        let order = order(&[("shop-api", "SUBMITTED", 1)]);
+        let d = diagnose(&order, &[published.clone(), lost.clone()], &config(), 7 * S).unwrap();
+        assert_eq!(
+            (d.problem, d.service.as_str(), d.operation.as_str()),
+            (Problem::Lost, "rabbitmq", "queue mes.orders")
+        );
+        assert!(d.detail.contains("taken in by the broker"), "{}", d.detail);
+
+        // Delivered after the report after all: late (within its SLA here), not lost.
+        let late = step("rabbitmq", "queue mes.orders", "internal", 1, 7);
+        assert_eq!(
+            diagnose(&order, &[published, lost, late], &config(), 8 * S),
+            None
+        );
+    }
+
+    #[test]
+    fn a_status_without_the_step_it_follows_from_is_out_of_sync_after_the_grace() {
+        let mut recorded = step("crm", "publish shop.events", "producer", 3, 3);
+        recorded.status = Some("PRICE_CALCULATED".into());
+        recorded.status_at_ns = 3 * S;
+        let order = order(&[("shop-api", "SUBMITTED", 1), ("crm", "PRICE_CALCULATED", 3)]);
+        assert_eq!(
+            diagnose(&order, std::slice::from_ref(&recorded), &config(), 6 * S),
+            None,
+            "within the grace: the MES's spans may still come"
+        );
+        let d = diagnose(&order, std::slice::from_ref(&recorded), &config(), 9 * S).unwrap();
+        assert_eq!(
+            (&d.problem, d.service.as_str(), d.operation.as_str()),
+            (&Problem::OutOfSync, "crm", "publish shop.events")
+        );
+        assert_eq!(
+            d.to_string(),
+            "out of sync at crm: publish shop.events — crm recorded PRICE_CALCULATED, but no deliver crm.prices was seen before it: the systems disagree about this order"
+        );
+        // With the price delivered first, the status is supported.
+        let delivered = step("crm", "deliver crm.prices", "consumer", 2, 3);
+        assert_eq!(
+            diagnose(&order, &[delivered, recorded], &config(), 9 * S),
+            None
         );
     }
 }

@@ -7,7 +7,8 @@ use std::{
 };
 
 use super::{
-    clock::human, labels::LabelBudget, Clock, JourneyMetrics, JourneySpan, Order, Step, Store,
+    clock::human, diagnose::QUEUE_PREFIX, labels::LabelBudget, Clock, JourneyMetrics, JourneySpan,
+    Order, Step, Store,
 };
 use crate::config::{glob_match, JourneyConfig, StatusAt};
 
@@ -136,6 +137,14 @@ impl Journeys {
                 || span.error.is_some()
             {
                 order.steps += 1;
+                if let Some(queue) = queue_step(span, order_id) {
+                    steps.push(queue);
+                }
+                if span.not_delivered() {
+                    // Told as the queue's step (above), not as the producer's.
+                    changed.push(order_id.to_owned());
+                    continue;
+                }
                 steps.push(Step {
                     order_id: order_id.to_owned(),
                     span_id: span.span_id.clone(),
@@ -169,7 +178,7 @@ impl Journeys {
         true
     }
 
-    /// Errors and SLAs, for every span (with an order or not).
+    /// Errors and SLAs, for every span (with an order or not), and its queue's residence.
     fn count(&mut self, span: &JourneySpan) {
         if span.synthesized {
             return;
@@ -180,12 +189,25 @@ impl Journeys {
                 .operation(&span.service, &span.name, &self.metrics);
             self.metrics.errors.get_or_create(&label).inc();
         }
+        let took = span.end_ns - span.start_ns;
+        self.sla(&span.name, span.kind, took, span.error.is_none());
+        if let Some(step) = queue_step(span, "") {
+            self.sla(
+                &step.operation,
+                "internal",
+                step.end_ns - step.start_ns,
+                true,
+            );
+        }
+    }
+
+    fn sla(&self, operation: &str, kind: &str, took_ns: i64, ok: bool) {
         for sla in &self.config.slas {
-            let kind_matches = sla.kind.as_deref().is_none_or(|k| k == span.kind);
-            if kind_matches && glob_match(&sla.span, &span.name) {
-                let took = Duration::from_nanos((span.end_ns - span.start_ns).max(0) as u64);
+            let kind_matches = sla.kind.as_deref().is_none_or(|k| k == kind);
+            if kind_matches && glob_match(&sla.span, operation) {
+                let took = Duration::from_nanos(took_ns.max(0) as u64);
                 self.metrics
-                    .sla_outcome(&sla.name, span.error.is_none() && took <= sla.within);
+                    .sla_outcome(&sla.name, ok && took <= sla.within);
             }
         }
     }
@@ -339,6 +361,35 @@ impl Journeys {
     }
 }
 
+/// The time a message spent in its queue, as a step of the broker's (`rabbitmq`,
+/// `queue mes.orders`): from a delivery whose residence is known (observed), or from the
+/// report that the message never left (synthesized, failed).
+fn queue_step(span: &JourneySpan, order_id: &str) -> Option<Step> {
+    let queue = span.queue.as_ref()?;
+    let (start_ns, end_ns) = if span.not_delivered() {
+        (span.start_ns, span.end_ns)
+    } else if span.kind == "consumer" && !span.synthesized {
+        let residence = queue.residence_ns?;
+        (span.start_ns - residence, span.start_ns)
+    } else {
+        return None;
+    };
+    Some(Step {
+        order_id: order_id.to_owned(),
+        span_id: format!("{}.queue", span.span_id),
+        trace_id: span.trace_id.clone(),
+        start_ns,
+        end_ns,
+        service: queue.system.clone(),
+        operation: format!("{QUEUE_PREFIX}{}", queue.queue),
+        kind: "internal".into(),
+        status: None,
+        status_at_ns: 0,
+        error: span.error.clone().filter(|_| span.synthesized),
+        synthesized: span.synthesized,
+    })
+}
+
 /// Kept: seen within retention, or with errors and seen within error retention.
 fn retained(order: &Order, before: i64, errors_before: i64) -> bool {
     order.last_seen_ns >= before || (order.errors > 0 && order.last_seen_ns >= errors_before)
@@ -374,6 +425,7 @@ mod tests {
             user_id: None,
             status: status.map(str::to_owned),
             synthesized: false,
+            queue: None,
         }
     }
 
@@ -455,5 +507,53 @@ mod tests {
         );
         let _ = std::fs::remove_file(&db);
         let _ = std::fs::remove_file(&offset);
+    }
+
+    #[test]
+    fn a_delivery_and_a_lost_message_become_steps_of_the_queue() {
+        let queue = crate::journey::QueueView {
+            system: "rabbitmq".into(),
+            queue: "mes.orders".into(),
+            residence_ns: Some(9 * S),
+        };
+        let delivered = JourneySpan {
+            kind: "consumer",
+            queue: Some(queue.clone()),
+            ..span("c1", "mes", "deliver mes.orders", 20 * S, None)
+        };
+        let step = queue_step(&delivered, "J-1").unwrap();
+        assert_eq!(
+            (
+                step.service.as_str(),
+                step.operation.as_str(),
+                step.kind.as_str()
+            ),
+            ("rabbitmq", "queue mes.orders", "internal")
+        );
+        assert_eq!(
+            (step.start_ns, step.end_ns),
+            (delivered.start_ns - 9 * S, delivered.start_ns)
+        );
+        assert!(!step.synthesized && step.error.is_none());
+
+        let lost = JourneySpan {
+            kind: "internal",
+            synthesized: true,
+            error: Some("no delivery within 5 s".into()),
+            queue: Some(crate::journey::QueueView {
+                residence_ns: None,
+                ..queue
+            }),
+            ..span("l1", "crm", crate::journey::NOT_DELIVERED, 20 * S, None)
+        };
+        let step = queue_step(&lost, "J-1").unwrap();
+        assert!(step.synthesized);
+        assert_eq!(step.error.as_deref(), Some("no delivery within 5 s"));
+        assert_eq!(step.operation, "queue mes.orders");
+        let published = JourneySpan {
+            kind: "producer",
+            ..delivered
+        };
+        assert!(queue_step(&published, "J-1").is_none(), "only deliveries");
     }
 }

@@ -19,7 +19,7 @@ pub use clock::{human, Clock};
 pub use journeys::{Journeys, StuckOrder};
 pub use metrics::JourneyMetrics;
 pub use order::{Order, StatusChange};
-pub use span::JourneySpan;
+pub use span::{JourneySpan, QueueView, NOT_DELIVERED};
 pub use store::{Step, Store, StoreLocation};
 pub use worker::{spawn, JourneyHandle};
 

@@ -179,6 +179,7 @@ mod tests {
             user_id: None,
             status: None,
             synthesized: false,
+            queue: None,
         }
     }
 

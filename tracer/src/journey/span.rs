@@ -15,8 +15,10 @@ use crate::{
 };
 
 pub const SYNTHESIZED: &str = "tracer.synthesized";
+/// The name of the correlator's span for a message published and never delivered.
+pub const NOT_DELIVERED: &str = "message not delivered";
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct JourneySpan {
     pub service: String,
     /// The operation: the span's name (`POST /orders/{order_id}/submit`, `publish orders`).
@@ -33,6 +35,41 @@ pub struct JourneySpan {
     pub user_id: Option<String>,
     pub status: Option<String>,
     pub synthesized: bool,
+    /// A message's way through a broker, when the span is about one.
+    pub queue: Option<QueueView>,
+}
+
+/// What a messaging span says about the queue its message passed (or did not leave).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QueueView {
+    /// `messaging.system`: `rabbitmq`.
+    pub system: String,
+    /// The queue: the consumer's subscription, else the routing key of a message sent to
+    /// the default exchange (which names the queue), else the exchange.
+    pub queue: String,
+    /// CONSUMER: how long the message sat in the queue before this delivery.
+    pub residence_ns: Option<i64>,
+}
+
+impl QueueView {
+    fn read(attr: impl Fn(&str) -> Option<String>) -> Option<Self> {
+        let system = attr("messaging.system")?;
+        let exchange = attr("messaging.destination.name").unwrap_or_default();
+        let queue = attr("messaging.destination.subscription.name")
+            .or_else(|| {
+                attr("messaging.rabbitmq.destination.routing_key")
+                    .filter(|_| exchange.is_empty() || exchange == "amq.default")
+            })
+            .unwrap_or(exchange);
+        let residence_ns = attr("tracer.messaging.queue_residence_ms")
+            .and_then(|ms| ms.parse::<i64>().ok())
+            .map(|ms| ms * 1_000_000);
+        Some(Self {
+            system,
+            queue,
+            residence_ns,
+        })
+    }
 }
 
 impl JourneySpan {
@@ -81,6 +118,7 @@ impl JourneySpan {
             user_id: attr(USER_ID),
             status: attr(ORDER_STATUS),
             synthesized: attr(SYNTHESIZED).is_some_and(|v| v == "true"),
+            queue: QueueView::read(attr),
         }
     }
 
@@ -131,7 +169,13 @@ impl JourneySpan {
             user_id: attr(USER_ID),
             status: attr(ORDER_STATUS),
             synthesized: attr(SYNTHESIZED).is_some_and(|v| v == "true"),
+            queue: QueueView::read(attr),
         }
+    }
+
+    /// A synthesized report that this span's message never left its queue.
+    pub fn not_delivered(&self) -> bool {
+        self.synthesized && self.name == NOT_DELIVERED && self.queue.is_some()
     }
 }
 

@@ -167,7 +167,7 @@ impl Correlator {
                 protocol,
                 id: ExchangeId::Sequence(u64::MAX),
                 kind: ExchangeKind::Internal,
-                name: "message not delivered".into(),
+                name: crate::journey::NOT_DELIVERED.into(),
                 start_ktime_ns: start_ns,
                 end_ktime_ns: deadline.max(start_ns),
                 tid,

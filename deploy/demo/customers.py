@@ -10,7 +10,12 @@ import time
 from service import call
 
 MODEL = "solid ring\n  facet normal 0 0 1\n    outer loop\n      vertex 0 0 0\n" * 20
-FAULTS = ["slow-price", "invalid-model", "lost-message", "db-failure", "b2b-timeout", "upload-hang"]
+FAULTS = ["slow-price", "invalid-model", "lost-message", "db-failure", "b2b-timeout", "upload-hang",
+          "queue-overflow", "late-delivery", "crm-approval-slow", "status-out-of-sync", "mes-db-failure",
+          "validation-error"]
+# Faults whose backlog would hold up the next customer's order: that customer waits until
+# the shop reports this one priced (or rejected), at most this long.
+BACKLOG = {"late-delivery": 40}
 
 
 def place(shop, b2b, order_id, user, scenario):
@@ -36,6 +41,16 @@ def place(shop, b2b, order_id, user, scenario):
     return "placed" if status == 200 else f"B2B price answered {status}"
 
 
+def wait_until_priced(shop, order_id, seconds):
+    """Looks the order up on the shop until it has left SUBMITTED."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        status, reply = call(shop, "GET", f"/orders/{order_id}")
+        if status == 200 and reply.get("state") not in ("SUBMITTED", "FILE_UPLOADED", "INITIATED"):
+            return
+        time.sleep(0.5)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--shop", required=True)
@@ -55,7 +70,9 @@ def main():
         order_id = f"{a.prefix}-{i + 1:03d}"
         outcome = place(a.shop, a.b2b, order_id, f"u-{100 + i}", scenario)
         manifest.append({"order_id": order_id, "scenario": scenario, "customer_saw": outcome})
-        print(f"{order_id} {scenario:<14} {outcome}", flush=True)
+        print(f"{order_id} {scenario:<18} {outcome}", flush=True)
+        if scenario in BACKLOG:
+            wait_until_priced(a.shop, order_id, BACKLOG[scenario])
         time.sleep(0.2)
     with open(a.manifest, "w") as out:
         json.dump(manifest, out, indent=2)

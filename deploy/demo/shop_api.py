@@ -3,10 +3,13 @@
 3D models in the file storage, and hands submitted orders to the CRM. Fault switches come
 with the order (its "scenario"): a `db-failure` order is submitted with a quantity of 0,
 which the Shop DB's schema refuses (the SUBMITTED write fails); `upload-hang` is passed on
-to the storage."""
+to the storage. Status news from the CRM (exchange shop.events) reach the customer's order
+page, and customers can look their order up (GET /orders/<id>)."""
 import argparse
 import json
+import threading
 
+import pika
 import psycopg
 
 from service import call, serve
@@ -58,6 +61,25 @@ def upload(handler, match, body):
     return 201, {"order_id": order_id, "stage": "file uploaded"}
 
 
+def lookup(handler, match, body):
+    with db() as connection:
+        row = connection.execute("SELECT state FROM orders WHERE order_id = %s", (match[1],)).fetchone()
+    if row is None:
+        return 404, {"order_id": match[1], "error": "unknown order"}
+    return 200, {"order_id": match[1], "state": row[0]}
+
+
+def take_status_news():
+    """The CRM's news about orders (priced, …): shown on the customer's order page."""
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", config["amqp_port"], heartbeat=0))
+    channel = connection.channel()
+    channel.exchange_declare("shop.events", "fanout", durable=True)
+    channel.queue_declare("shop.status", durable=True)
+    channel.queue_bind("shop.status", "shop.events")
+    channel.basic_consume("shop.status", lambda ch, method, properties, body: ch.basic_ack(method.delivery_tag))
+    channel.start_consuming()
+
+
 def submit(handler, match, body):
     order_id = match[1]
     submit_order(order_id, json.loads(body).get("quantity", 1))
@@ -85,12 +107,15 @@ if __name__ == "__main__":
     p.add_argument("--db-port", type=int, required=True)
     p.add_argument("--storage", required=True, help="http://127.0.0.1:PORT")
     p.add_argument("--crm", required=True, help="http://127.0.0.1:PORT")
+    p.add_argument("--amqp-port", type=int, required=True)
     a = p.parse_args()
-    config.update(db_port=a.db_port, storage=a.storage, crm=a.crm)
+    config.update(db_port=a.db_port, storage=a.storage, crm=a.crm, amqp_port=a.amqp_port)
     with db() as connection:
         connection.execute(SCHEMA)
+    threading.Thread(target=take_status_news, daemon=True).start()
     serve(a.port, [
         ("POST", r"/orders", create),
+        ("GET", r"/orders/([^/]+)", lookup),
         ("POST", r"/orders/([^/]+)/files", upload),
         ("POST", r"/orders/([^/]+)/submit", submit),
     ])

@@ -19,6 +19,17 @@ fn expected(scenario: &str) -> Option<(&'static str, &'static str, &'static str)
         "db-failure" => ("failed", "shop-db", "UPDATE orders"),
         "b2b-timeout" => ("slow", "b2b-api", "POST /b2b/{order_id}/calculate"),
         "upload-hang" => ("slow", "storage", "PUT /objects/{order_id}"),
+        // The broker took the message in and never let it out (its length limit dropped it).
+        "queue-overflow" => ("lost", "rabbitmq", "queue mes.orders"),
+        // The MES's backlog: the time went in the queue, not in the MES's handling.
+        "late-delivery" => ("slow", "rabbitmq", "queue mes.orders"),
+        "crm-approval-slow" => ("slow", "crm", "POST /orders/{order_id}/approval"),
+        // The CRM recorded a price the MES never sent.
+        "status-out-of-sync" => ("out_of_sync", "crm", "publish shop.events"),
+        // The MES DB's own SERVER span: it refused the work order (a check constraint).
+        "mes-db-failure" => ("failed", "mes-db", "INSERT work_orders"),
+        // The MES's reply says why it rejected the model.
+        "validation-error" => ("failed", "mes", "publish amq.default"),
         _ => return None,
     })
 }
@@ -74,7 +85,7 @@ fn every_injected_fault_is_located_in_the_right_service_and_step() {
     let out = std::env::temp_dir().join(format!("tracer-demo-{}", std::process::id()));
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let demo = Command::new("cargo")
-        .args(["xtask", "demo", "--headless", "--orders", "13"])
+        .args(["xtask", "demo", "--headless"])
         .arg("--tracer")
         .arg(env!("CARGO_BIN_EXE_tracer"))
         .arg("--out")
@@ -104,12 +115,34 @@ fn every_injected_fault_is_located_in_the_right_service_and_step() {
         "db-failure",
         "b2b-timeout",
         "upload-hang",
+        "queue-overflow",
+        "late-delivery",
+        "crm-approval-slow",
+        "status-out-of-sync",
+        "mes-db-failure",
+        "validation-error",
     ] {
         assert!(
             scenarios.contains(&fault),
             "{fault} was not injected: {scenarios:?}"
         );
+        assert!(
+            expected(fault).is_some(),
+            "{fault} has an expected diagnosis"
+        );
     }
+    assert!(
+        scenarios.iter().filter(|s| **s == "ok").count() >= 12,
+        "healthy orders between the faults: {scenarios:?}"
+    );
+    // A complete report within 60 s of the end of the traffic.
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let took = report["report_after_traffic_s"].as_f64().unwrap();
+    assert!(
+        took <= 60.0,
+        "the report was complete {took:.0} s after the traffic ended (at most 60 s)"
+    );
     let spans = exported_spans(&out.join("spans.jsonl"));
     let mut wrong = Vec::new();
     let mut traces = std::collections::HashMap::new();

@@ -167,8 +167,14 @@ impl Drop for Postgres {
 }
 
 pub fn postgres(dir: &Path) -> anyhow::Result<Postgres> {
+    postgres_named(dir, "postgres")
+}
+
+/// A PostgreSQL server of its own in `dir/<name>` (its command line names the directory:
+/// `-D …/<name>/data`).
+pub fn postgres_named(dir: &Path, name: &str) -> anyhow::Result<Postgres> {
     let port = free_port();
-    let home = dir.join("postgres");
+    let home = dir.join(name);
     fs::create_dir_all(&home)?;
     crate::exec::exec(
         Command::new("chown")

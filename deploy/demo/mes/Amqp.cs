@@ -32,7 +32,7 @@ namespace Mes
             stream.Write(new byte[] { (byte)'A', (byte)'M', (byte)'Q', (byte)'P', 0, 0, 9, 1 }, 0, 8);
             Expect(0, 10, 10); // Connection.Start
             var startOk = new Writer();
-            startOk.Table(new Dictionary<string, string> { { "product", "MES" }, { "platform", "Mono" } });
+            startOk.Table(new Dictionary<string, object> { { "product", "MES" }, { "platform", "Mono" } });
             startOk.ShortStr("PLAIN");
             startOk.LongStr(Encoding.UTF8.GetBytes("\0" + user + "\0" + password));
             startOk.ShortStr("en_US");
@@ -57,13 +57,21 @@ namespace Mes
             Expect(1, 20, 11);
         }
 
-        public void DeclareQueue(string queue)
+        /// A durable queue; with maxLength > 0, at most that many waiting messages, the
+        /// oldest dropped to make room (x-max-length, x-overflow = drop-head).
+        public void DeclareQueue(string queue, int maxLength)
         {
             var w = new Writer();
             w.Short(0);
             w.ShortStr(queue);
             w.Byte(0x02); // durable
-            w.Table(new Dictionary<string, string>());
+            var arguments = new Dictionary<string, object>();
+            if (maxLength > 0)
+            {
+                arguments["x-max-length"] = (long)maxLength;
+                arguments["x-overflow"] = "drop-head";
+            }
+            w.Table(arguments);
             SendMethod(1, 50, 10, w);
             Expect(1, 50, 11);
         }
@@ -81,7 +89,7 @@ namespace Mes
             w.ShortStr(queue);
             w.ShortStr("");
             w.Byte(0); // acks required
-            w.Table(new Dictionary<string, string>());
+            w.Table(new Dictionary<string, object>());
             SendMethod(1, 60, 20, w);
             Expect(1, 60, 21);
         }
@@ -247,14 +255,23 @@ namespace Mes
             Raw(bytes);
         }
         public void LongStr(byte[] bytes) { Long((uint)bytes.Length); Raw(bytes); }
-        public void Table(Dictionary<string, string> fields)
+        /// A field table of strings ('S') and 64-bit integers ('l', as pika sends them).
+        public void Table(Dictionary<string, object> fields)
         {
             var table = new Writer();
             foreach (var field in fields)
             {
                 table.ShortStr(field.Key);
-                table.Byte((byte)'S');
-                table.LongStr(Encoding.UTF8.GetBytes(field.Value));
+                if (field.Value is long)
+                {
+                    table.Byte((byte)'l');
+                    table.LongLong((ulong)(long)field.Value);
+                }
+                else
+                {
+                    table.Byte((byte)'S');
+                    table.LongStr(Encoding.UTF8.GetBytes((string)field.Value));
+                }
             }
             LongStr(table.ToArray());
         }

@@ -3,7 +3,9 @@
 mod json;
 mod rules;
 
-pub use rules::{Extracted, Extractor, ExtractorError, ORDER_ID, ORDER_STATUS, USER_ID};
+pub use rules::{
+    Extracted, Extractor, ExtractorError, ORDER_FROM_TRACE, ORDER_ID, ORDER_STATUS, USER_ID,
+};
 
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,8 @@ use crate::{
 pub const ORDER_ID: &str = "app.order.id";
 pub const USER_ID: &str = "app.user.id";
 pub const ORDER_STATUS: &str = "app.order.status";
+/// On a span whose `app.order.id` comes from its trace only (the span names no order).
+pub const ORDER_FROM_TRACE: &str = "tracer.order.from_trace";
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ExtractorError {

@@ -10,7 +10,7 @@ use opentelemetry_proto::tonic::{
 use crate::{
     capture::KernelClock,
     correlate::ResolvedSpan,
-    extract::{ORDER_ID, ORDER_STATUS, USER_ID},
+    extract::{ORDER_FROM_TRACE, ORDER_ID, ORDER_STATUS, USER_ID},
     protocols::{AttrValue, ExchangeKind, ExchangeStatus},
 };
 
@@ -114,7 +114,8 @@ impl JourneySpan {
             start_ns: unix_ns(exchange.start_ktime_ns),
             end_ns: unix_ns(exchange.end_ktime_ns.max(exchange.start_ktime_ns)),
             error,
-            order_id: attr(ORDER_ID),
+            // Only spans that name the order themselves are steps of its journey.
+            order_id: attr(ORDER_ID).filter(|_| attr(ORDER_FROM_TRACE).is_none_or(|v| v != "true")),
             user_id: attr(USER_ID),
             status: attr(ORDER_STATUS),
             synthesized: attr(SYNTHESIZED).is_some_and(|v| v == "true"),
@@ -165,7 +166,8 @@ impl JourneySpan {
             start_ns: span.start_time_unix_nano as i64,
             end_ns: span.end_time_unix_nano as i64,
             error,
-            order_id: attr(ORDER_ID),
+            // Only spans that name the order themselves are steps of its journey.
+            order_id: attr(ORDER_ID).filter(|_| attr(ORDER_FROM_TRACE).is_none_or(|v| v != "true")),
             user_id: attr(USER_ID),
             status: attr(ORDER_STATUS),
             synthesized: attr(SYNTHESIZED).is_some_and(|v| v == "true"),

@@ -21,7 +21,7 @@ pub use policy::{policy, redact_query, Policy};
 
 use crate::{
     correlate::ResolvedSpan,
-    extract::{ORDER_ID, USER_ID},
+    extract::{ORDER_FROM_TRACE, ORDER_ID, USER_ID},
     protocols::{http::route, AttrValue, ExchangeStatus},
 };
 
@@ -137,6 +137,11 @@ impl Privacy {
         if let Some(order) = trace_order.filter(|_| span.order_trace) {
             if !exchange.business.iter().any(|(k, _)| k == ORDER_ID) {
                 exchange.business.push((ORDER_ID.to_owned(), order));
+                // Its trace names the order, the span itself does not (a batch job
+                // started while handling it): not a step of the order's journey.
+                exchange
+                    .attributes
+                    .push((ORDER_FROM_TRACE, AttrValue::Str("true".into())));
             }
         }
         exchange.attributes.retain(|(key, _)| listed(key, &mut why));

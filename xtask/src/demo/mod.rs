@@ -24,17 +24,29 @@ use clap::Args;
 const DEMO: &str = "deploy/demo";
 const CONFIG: &str = "deploy/demo/tracer-demo.toml";
 
+/// Every way the company knows an order gets lost.
+pub const FAULTS: [&str; 12] = [
+    "slow-price",
+    "invalid-model",
+    "lost-message",
+    "db-failure",
+    "b2b-timeout",
+    "upload-hang",
+    "queue-overflow",
+    "late-delivery",
+    "crm-approval-slow",
+    "status-out-of-sync",
+    "mes-db-failure",
+    "validation-error",
+];
+
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Orders to place; the faults go to every second order, healthy ones in between.
-    #[arg(long, default_value_t = 13)]
+    #[arg(long, default_value_t = 2 * FAULTS.len() + 1)]
     orders: usize,
-    /// Faults to inject, comma-separated (or "none"): slow-price, invalid-model,
-    /// lost-message, db-failure, b2b-timeout, upload-hang.
-    #[arg(
-        long,
-        default_value = "slow-price,invalid-model,lost-message,db-failure,b2b-timeout,upload-hang"
-    )]
+    /// Faults to inject, comma-separated (or "none"); default: all of them.
+    #[arg(long, default_value_t = FAULTS.join(","))]
     faults: String,
     /// Where the run keeps its files: spans.jsonl (OTLP/JSON), journeys.sqlite, orders.json
     /// (what was injected), report.json, logs.
@@ -67,15 +79,23 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     exec(
         Command::new("mcs")
             .arg(format!("-out:{}", mes.display()))
-            .args(["-r:Mono.Data.Sqlite.dll", "-r:System.Data.dll"])
             .args(&sources),
     )?;
 
-    eprintln!("demo: starting PostgreSQL (Shop DB) and RabbitMQ …");
-    let shop_db = infra::postgres(&out)?;
+    eprintln!("demo: starting PostgreSQL (Shop DB, MES DB) and RabbitMQ …");
+    let shop_db = infra::postgres_named(&out, "shop-db")?;
+    let mes_db = infra::postgres_named(&out, "mes-db")?;
     let (mut rabbitmq, amqp) = infra::rabbitmq(&out)?;
     let mut agent = start_agent(&tracer, &out, args.headless)?;
-    let mut company = Company::start(&out, &mes, shop_db.port, amqp)?;
+    let mut company = Company::start(
+        &out,
+        &mes,
+        Ports {
+            shop_db: shop_db.port,
+            mes_db: mes_db.port,
+            amqp,
+        },
+    )?;
 
     let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() % 0x10000;
     let manifest = out.join("orders.json");
@@ -98,6 +118,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             .arg(&manifest)
             .current_dir(DEMO),
     )?;
+    let traffic_ended = Instant::now();
     let placed: Vec<String> = report::manifest(&manifest)?
         .into_iter()
         .map(|o| o.order_id)
@@ -108,10 +129,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     company.stop();
     agent.stop(Duration::from_secs(30));
     rabbitmq.stop(Duration::from_secs(10));
-    drop(shop_db);
-    let report = report::build(&tracer, &out, CONFIG, &manifest)?;
+    drop((shop_db, mes_db));
+    let report = report::build(&tracer, &out, CONFIG, &manifest, traffic_ended)?;
     println!("{report}");
     settled
+}
+
+/// Where the company's infrastructure listens.
+struct Ports {
+    shop_db: u16,
+    mes_db: u16,
+    amqp: u16,
 }
 
 fn start_agent(tracer: &Path, out: &Path, headless: bool) -> anyhow::Result<Started> {
@@ -154,7 +182,7 @@ struct Company {
 }
 
 impl Company {
-    fn start(out: &Path, mes: &Path, db_port: u16, amqp_port: u16) -> anyhow::Result<Self> {
+    fn start(out: &Path, mes: &Path, infra: Ports) -> anyhow::Result<Self> {
         let ports: Vec<(&'static str, u16)> = ["storage", "shop", "crm", "b2b", "mes"]
             .into_iter()
             .map(|name| (name, free_port()))
@@ -163,7 +191,7 @@ impl Company {
             ports,
             processes: Vec::new(),
         };
-        let (db, amqp) = (db_port.to_string(), amqp_port.to_string());
+        let (db, amqp) = (infra.shop_db.to_string(), infra.amqp.to_string());
         let storage = company.url("storage");
         company.python("storage", &["--port", &company.port("storage")], out)?;
         company.python(
@@ -175,6 +203,8 @@ impl Company {
                 &db,
                 "--amqp-port",
                 &amqp,
+                "--storage",
+                &storage,
             ],
             out,
         )?;
@@ -189,6 +219,8 @@ impl Company {
                 &storage,
                 "--crm",
                 &company.url("crm"),
+                "--amqp-port",
+                &amqp,
             ],
             out,
         )?;
@@ -197,7 +229,7 @@ impl Company {
             .arg(&amqp)
             .arg(company.port("mes"))
             .arg(&storage)
-            .arg(out.join("mes.sqlite"));
+            .arg(infra.mes_db.to_string());
         company
             .processes
             .push(Started::spawn("mes", &mut cmd, &out.join("mes.log"))?);

@@ -122,6 +122,7 @@ pub fn build(
     out: &Path,
     config: &str,
     manifest_path: &Path,
+    traffic_ended: Instant,
 ) -> anyhow::Result<String> {
     let spans = spans_per_trace(&out.join("spans.jsonl"));
     let mut text = String::new();
@@ -135,7 +136,7 @@ pub fn build(
         let Ok(order) = orders(tracer, out, config, &["show", &placed.order_id]) else {
             writeln!(
                 text,
-                "{}  injected {:<14} — tracer has no journey for it",
+                "{}  injected {:<18} — tracer has no journey for it",
                 placed.order_id, placed.scenario
             )?;
             continue;
@@ -173,7 +174,7 @@ pub fn build(
         };
         writeln!(
             text,
-            "{}  injected {:<14} ended {:<24} {}\n    steps:   {}\n    at fault: {}\n    customer saw: {}",
+            "{}  injected {:<18} ended {:<24} {}\n    steps:   {}\n    at fault: {}\n    customer saw: {}",
             placed.order_id,
             placed.scenario,
             order["status"].as_str().unwrap_or("-"),
@@ -198,13 +199,18 @@ pub fn build(
             "spans": spans.get(trace).copied().unwrap_or(0),
         }));
     }
+    let took = traffic_ended.elapsed();
     fs::write(
         out.join("report.json"),
-        serde_json::to_string_pretty(&json)?,
+        serde_json::to_string_pretty(&serde_json::json!({
+            "orders": json,
+            "report_after_traffic_s": took.as_secs_f64(),
+        }))?,
     )?;
     writeln!(
         text,
-        "\nFiles: {} (spans, journeys, logs, report.json)",
+        "\nReport complete {:.0} s after the last order was placed.\nFiles: {} (spans, journeys, logs, report.json)",
+        took.as_secs_f64(),
         out.display()
     )?;
     Ok(text)

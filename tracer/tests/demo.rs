@@ -34,14 +34,30 @@ fn expected(scenario: &str) -> Option<(&'static str, &'static str, &'static str)
     })
 }
 
-/// (trace id, span name, `app.order.id`) of every span in the OTLP/JSON lines file.
-fn exported_spans(path: &Path) -> Vec<(String, String, Option<String>)> {
+/// One exported span, as the test reads it.
+struct Exported {
+    trace: String,
+    service: String,
+    name: String,
+    order: Option<String>,
+}
+
+/// Every span in the OTLP/JSON lines file.
+fn exported_spans(path: &Path) -> Vec<Exported> {
     let text = std::fs::read_to_string(path).unwrap();
     let mut spans = Vec::new();
     for line in text.lines() {
         let batch: Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("an OTLP/JSON line that does not parse ({e}): {line}"));
         for resource in batch["resourceSpans"].as_array().into_iter().flatten() {
+            let service = resource["resource"]["attributes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["key"] == "service.name")
+                .and_then(|a| a["value"]["stringValue"].as_str())
+                .unwrap_or_default()
+                .to_owned();
             for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
                 for span in scope["spans"].as_array().into_iter().flatten() {
                     let order = span["attributes"]
@@ -51,11 +67,12 @@ fn exported_spans(path: &Path) -> Vec<(String, String, Option<String>)> {
                         .find(|a| a["key"] == "app.order.id")
                         .and_then(|a| a["value"]["stringValue"].as_str())
                         .map(str::to_owned);
-                    spans.push((
-                        span["traceId"].as_str().unwrap().to_owned(),
-                        span["name"].as_str().unwrap().to_owned(),
+                    spans.push(Exported {
+                        trace: span["traceId"].as_str().unwrap().to_owned(),
+                        service: service.clone(),
+                        name: span["name"].as_str().unwrap().to_owned(),
                         order,
-                    ));
+                    });
                 }
             }
         }
@@ -175,24 +192,57 @@ fn every_injected_fault_is_located_in_the_right_service_and_step() {
         // Every span that names the order is in its trace, and there is at least one.
         let named: Vec<_> = spans
             .iter()
-            .filter(|(_, _, order)| order.as_deref() == Some(id))
+            .filter(|s| s.order.as_deref() == Some(id))
             .collect();
         assert!(!named.is_empty(), "{id}: no exported span names it");
-        for (span_trace, name, _) in &named {
+        for span in &named {
             assert_eq!(
-                span_trace, &trace,
-                "{id}: its span {name:?} is in another trace"
+                span.trace, trace,
+                "{id}: its span {:?} is in another trace",
+                span.name
             );
         }
-        if scenario == "lost-message" {
-            assert_eq!(order["status"], "PRICE_CALCULATION", "{id}");
-            assert!(
-                spans
-                    .iter()
-                    .any(|(span_trace, name, _)| span_trace == &trace
-                        && name == "order stuck in PRICE_CALCULATION"),
-                "{id}: the synthesized stuck span is exported in its trace"
-            );
+        let in_trace = |service: &str, name: &str| {
+            spans
+                .iter()
+                .any(|s| s.trace == trace && s.service == service && s.name == name)
+        };
+        match scenario {
+            "lost-message" => {
+                assert_eq!(order["status"], "PRICE_CALCULATION", "{id}");
+                assert!(
+                    in_trace("tracer-journey", "order stuck in PRICE_CALCULATION"),
+                    "{id}: the synthesized stuck span is exported in its trace"
+                );
+            }
+            "queue-overflow" => {
+                let detail = problem["detail"].as_str().unwrap_or_default();
+                assert!(
+                    detail.contains("taken in by the broker") && detail.contains("dropped"),
+                    "{id}: the broker's view says the message came in and never left: {detail}"
+                );
+                assert!(
+                    in_trace("crm", "message not delivered"),
+                    "{id}: the report of the undelivered message is in its trace"
+                );
+            }
+            "ok" => {
+                // Every chain where "the created order was not saved" is traced end to end:
+                // CRM API → 3D storage, MES API → MES DB (approve and ship), MES → MES DB.
+                for (service, name) in [
+                    ("crm", "GET /objects/{order_id}"),
+                    ("storage", "GET /objects/{order_id}"),
+                    ("mes", "UPDATE work_orders"),
+                    ("mes-db", "UPDATE work_orders"),
+                    ("mes-db", "INSERT work_orders"),
+                ] {
+                    assert!(
+                        in_trace(service, name),
+                        "{id}: no {service} span {name:?} in its trace"
+                    );
+                }
+            }
+            _ => {}
         }
         traces.insert(trace, id.to_owned());
     }
@@ -202,11 +252,12 @@ fn every_injected_fault_is_located_in_the_right_service_and_step() {
         "one trace per order: {traces:?}"
     );
     // And no order's trace holds a span naming another order.
-    for (trace, name, order) in &spans {
-        if let (Some(owner), Some(named)) = (traces.get(trace), order) {
+    for span in &spans {
+        if let (Some(owner), Some(named)) = (traces.get(&span.trace), &span.order) {
             assert_eq!(
                 owner, named,
-                "span {name:?} naming {named} sits in {owner}'s trace"
+                "span {:?} naming {named} sits in {owner}'s trace",
+                span.name
             );
         }
     }

@@ -10,25 +10,33 @@ pub struct StatusChange {
     pub status: String,
     pub at_ns: i64,
     pub service: String,
-    /// `service` only asked (a CLIENT span): the answering side, when traced, replaces it.
+    /// How much the side that `service` was on says it set the status
+    /// ([`StatusChange::setter_weight`]): a stronger side, when traced, replaces it.
     #[serde(skip)]
-    pub by_client: bool,
+    pub weight: u8,
 }
 
 impl StatusChange {
-    /// Who set a status is the side that answered or handled the exchange (SERVER,
-    /// CONSUMER, PRODUCER), even when the client's read of the answer came microseconds
-    /// earlier; a CLIENT only while no other side of that status is known. The time stays
-    /// the first sighting.
+    /// Who set a status is the side that answered or wrote the exchange (SERVER, PRODUCER),
+    /// even when the other side's read came microseconds earlier; a CONSUMER (it read the
+    /// status in a message someone else wrote) only while no producer of it is known; a
+    /// CLIENT (it only asked) only while no other side is. The time stays the first
+    /// sighting.
     pub fn seen(&mut self, at_ns: i64, service: &str, kind: &str) {
-        let by_client = kind == "client";
-        if self.by_client && !by_client {
+        let weight = Self::setter_weight(kind);
+        if weight > self.weight || (weight == self.weight && at_ns < self.at_ns) {
             self.service = service.to_owned();
-            self.by_client = false;
-        } else if at_ns < self.at_ns && by_client == self.by_client {
-            self.service = service.to_owned();
+            self.weight = weight;
         }
         self.at_ns = self.at_ns.min(at_ns);
+    }
+
+    pub fn setter_weight(kind: &str) -> u8 {
+        match kind {
+            "client" => 0,
+            "consumer" => 1,
+            _ => 2,
+        }
     }
 }
 
@@ -139,7 +147,7 @@ impl Order {
             status: status.to_owned(),
             at_ns: at,
             service: span.service.clone(),
-            by_client: span.kind == "client",
+            weight: StatusChange::setter_weight(span.kind),
         };
         if position == self.history.len() {
             if let Some(previous) = self.history.last() {
@@ -258,5 +266,25 @@ mod tests {
         order.apply(&late_client, Some("SUBMITTED"), "SHIPPED");
         assert_eq!(order.status().unwrap().service, "crm");
         assert_eq!(order.history.len(), 1);
+    }
+
+    #[test]
+    fn a_status_in_a_message_was_set_by_its_producer_not_its_reader() {
+        // The reader's acknowledgement ended before the writer's publish confirm came.
+        let reader = JourneySpan {
+            kind: "consumer",
+            ..span("shop-api", 30, false)
+        };
+        let mut order = Order::new("A-2", &reader);
+        order.apply(&reader, Some("PRICE_CALCULATED"), "SHIPPED");
+        let writer = JourneySpan {
+            kind: "producer",
+            ..span("crm", 31, false)
+        };
+        order.apply(&writer, Some("PRICE_CALCULATED"), "SHIPPED");
+        let priced = order.status().unwrap();
+        assert_eq!((priced.at_ns, priced.service.as_str()), (30 * S, "crm"));
+        order.apply(&reader, Some("PRICE_CALCULATED"), "SHIPPED");
+        assert_eq!(order.status().unwrap().service, "crm", "not taken back");
     }
 }

@@ -166,7 +166,10 @@ pub fn build(
         } else {
             format!(
                 "{} at {}: {} — {}",
-                problem["problem"].as_str().unwrap_or_default(),
+                problem["problem"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .replace('_', " "),
                 problem["service"].as_str().unwrap_or_default(),
                 problem["operation"].as_str().unwrap_or_default(),
                 problem["detail"].as_str().unwrap_or_default()

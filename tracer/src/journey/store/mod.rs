@@ -376,7 +376,7 @@ fn push_status(
             status,
             at_ns,
             service,
-            by_client: kind == "client",
+            weight: StatusChange::setter_weight(kind),
         }),
     }
 }
@@ -492,13 +492,13 @@ mod tests {
                 status: "INITIATED".into(),
                 at_ns: 10,
                 service: "shop".into(),
-                by_client: false,
+                weight: 2,
             },
             StatusChange {
                 status: "SUBMITTED".into(),
                 at_ns: 30,
                 service: "crm".into(),
-                by_client: false,
+                weight: 2,
             },
         ];
         assert_eq!(loaded, vec![order.clone()]);

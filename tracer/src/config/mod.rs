@@ -367,17 +367,27 @@ impl Config {
         if let Err(e) = crate::journey::StoreLocation::parse(&config.journey.store) {
             return Err(invalid(format!("journey.store: {e}")));
         }
-        for (i, rule) in config.journey.status_rules.iter().enumerate() {
-            if let Some(kind) = &rule.kind {
-                if !["server", "client", "producer", "consumer", "internal"]
-                    .contains(&kind.as_str())
-                {
-                    return Err(invalid(format!(
-                        "[[journey.status]] #{} (status = {:?}): kind {kind:?} is not one of server, client, producer, consumer, internal",
-                        i + 1,
-                        rule.status
-                    )));
-                }
+        const KINDS: [&str; 5] = ["server", "client", "producer", "consumer", "internal"];
+        let kinds = config
+            .journey
+            .status_rules
+            .iter()
+            .map(|r| ("status", &r.status, &r.kind))
+            .enumerate()
+            .chain(
+                config
+                    .journey
+                    .consistency
+                    .iter()
+                    .map(|r| ("consistency", &r.status, &r.kind))
+                    .enumerate(),
+            );
+        for (i, (table, status, kind)) in kinds {
+            if let Some(kind) = kind.as_ref().filter(|k| !KINDS.contains(&k.as_str())) {
+                return Err(invalid(format!(
+                    "[[journey.{table}]] #{} (status = {status:?}): kind {kind:?} is not one of server, client, producer, consumer, internal",
+                    i + 1,
+                )));
             }
         }
         Ok(config)
@@ -425,5 +435,29 @@ routes = ["/orders/{order_id}"]
             .unwrap_err()
             .to_string();
         assert!(error.contains("needs at least one"), "{error}");
+    }
+
+    #[test]
+    fn consistency_rules_are_read_and_a_bad_kind_is_rejected() {
+        let config = Config::parse(
+            "[[journey.consistency]]\nstatus = \"PRICE_CALCULATED\"\nafter = \"deliver crm.prices\"\nkind = \"consumer\"\n",
+            "a.toml",
+        )
+        .unwrap();
+        let rule = &config.journey.consistency[0];
+        assert_eq!(
+            (rule.after.as_str(), rule.grace),
+            ("deliver crm.prices", std::time::Duration::from_secs(30))
+        );
+        let error = Config::parse(
+            "[[journey.consistency]]\nstatus = \"X\"\nafter = \"y\"\nkind = \"reader\"\n",
+            "a.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("[[journey.consistency]] #1") && error.contains("\"reader\""),
+            "{error}"
+        );
     }
 }

@@ -72,10 +72,11 @@ impl Connections {
     /// (for `Close`, as it was just before removal).
     pub fn apply(&mut self, conn: ConnId, change: &ConnChange, comm: &str) -> Connection {
         if let ConnChange::Open {
-            inherited: true, ..
+            forked_by: Some(parent_thread),
+            ..
         } = change
         {
-            self.forked(conn.tgid);
+            self.forked(conn.tgid, *parent_thread);
         }
         self.note_comm(conn.tgid, comm);
         match change {
@@ -188,27 +189,41 @@ impl Connections {
     /// A process first seen through a socket it inherited at fork runs its parent's
     /// program (until it execs): it takes its parent's identity, read before the child can
     /// rename itself (PostgreSQL backends and other pre-forked workers rewrite their
-    /// command line to a status title). Without a parent in `/proc`, its own is read.
-    fn forked(&mut self, pid: u32) {
+    /// command line to a status title), and known even when the child is gone before
+    /// `/proc` is read (a backend for one short connection). `parent_thread` is the thread
+    /// that forked it; without a parent in `/proc`, the child's own identity is read.
+    fn forked(&mut self, pid: u32, parent_thread: u32) {
         if self.processes.contains_key(&pid) {
             return;
         }
-        let Some(parent) = procfs::parent_pid(pid).filter(|&p| p > 1) else {
+        let parent = procfs::thread_group(parent_thread)
+            .or_else(|| procfs::parent_pid(pid))
+            .filter(|&p| p > 1 && p != pid);
+        let Some(parent) = parent else {
             return;
         };
         let parent = self.process(parent);
-        let own = ProcessInfo::read(pid);
-        // Still its parent's program (an exec since would have shown a new executable).
-        if own.exe.is_empty() || own.exe != parent.exe {
+        if parent.exe.is_empty() {
             return;
         }
+        let own = ProcessInfo::read(pid);
+        // Another program by now: an exec (its event follows) — its own identity.
+        if !own.exe.is_empty() && own.exe != parent.exe {
+            return;
+        }
+        let cgroup = if own.exe.is_empty() {
+            parent.cgroup.clone()
+        } else {
+            own.cgroup
+        };
         self.processes.insert(
             pid,
             Arc::new(ProcessInfo {
                 pid,
                 comm: parent.comm.clone(),
+                exe: parent.exe.clone(),
                 cmdline: parent.cmdline.clone(),
-                ..own
+                cgroup,
             }),
         );
     }
@@ -272,7 +287,7 @@ mod tests {
             local: None,
             remote: None,
             mid_stream: false,
-            inherited: true,
+            forked_by: Some(unsafe { libc::gettid() } as u32),
         };
         let conn = ConnId {
             tgid: pid,
@@ -326,9 +341,18 @@ mod tests {
         while ProcessInfo::read(execed.id()).cmdline != ["sleep", "30"] {
             std::thread::yield_now();
         }
+        // A worker gone before its fork was looked at (a backend for one short query).
+        let gone = unsafe { libc::fork() };
+        assert!(gone >= 0, "fork failed");
+        if gone == 0 {
+            unsafe { libc::_exit(0) };
+        }
+        unsafe { libc::waitpid(gone, std::ptr::null_mut(), 0) };
         let mut connections = Connections::new();
         inherited_open(&mut connections, forked as u32);
         inherited_open(&mut connections, execed.id());
+        inherited_open(&mut connections, gone as u32);
+        let gone_info = connections.process(gone as u32);
         let own = ProcessInfo::read(std::process::id());
         let forked_info = connections.process(forked as u32);
         let execed_info = connections.process(execed.id());
@@ -344,5 +368,10 @@ mod tests {
             "the parent's command line"
         );
         assert_eq!(execed_info.cmdline, ["sleep", "30"], "its own program");
+        assert_eq!(
+            (gone_info.pid, &gone_info.exe, &gone_info.cmdline),
+            (gone as u32, &own.exe, &own.cmdline),
+            "a child already gone is still known by its parent"
+        );
     }
 }

@@ -85,9 +85,10 @@ pub enum ConnChange {
         /// Inherited from the parent at fork after the parent had moved bytes on it: the
         /// child's stream may begin inside a message.
         mid_stream: bool,
-        /// Inherited from the parent at fork: the child runs its parent's program until it
-        /// execs, whatever it later calls itself (process titles).
-        inherited: bool,
+        /// Inherited from the parent at fork, by this thread of the parent: the child
+        /// runs its parent's program until it execs, whatever it later calls itself
+        /// (process titles).
+        forked_by: Option<u32>,
     },
     Addresses {
         local: SocketAddr,
@@ -174,8 +175,10 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                     local: (event.tuple.local_port != 0).then(|| local_addr(&event.tuple)),
                     remote: (event.tuple.remote_port != 0).then(|| remote_addr(&event.tuple)),
                     mid_stream: event.reason == OPEN_INHERITED_MID_STREAM,
-                    inherited: event.reason == OPEN_INHERITED
-                        || event.reason == OPEN_INHERITED_MID_STREAM,
+                    // The fork's events are made in the forking (parent) thread.
+                    forked_by: (event.reason == OPEN_INHERITED
+                        || event.reason == OPEN_INHERITED_MID_STREAM)
+                        .then_some(header.tid),
                 },
                 EVENT_CONN_ADDR => ConnChange::Addresses {
                     local: local_addr(&event.tuple),

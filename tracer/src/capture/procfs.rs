@@ -46,10 +46,19 @@ impl ProcessInfo {
 
 /// The parent of a process (`PPid` in `/proc/<pid>/status`), while it runs.
 pub fn parent_pid(pid: u32) -> Option<u32> {
+    status_field(pid, "PPid:")
+}
+
+/// The process a thread belongs to (`Tgid`; `/proc/<tid>` exists for every thread).
+pub fn thread_group(tid: u32) -> Option<u32> {
+    status_field(tid, "Tgid:")
+}
+
+fn status_field(pid: u32, field: &str) -> Option<u32> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("PPid:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|value| value.trim().parse().ok())
 }
 

@@ -206,16 +206,12 @@ impl Connections {
         if parent.exe.is_empty() {
             return;
         }
-        let own = ProcessInfo::read(pid);
+        let own_exe = procfs::executable(pid);
         // Another program by now: an exec (its event follows) — its own identity.
-        if !own.exe.is_empty() && own.exe != parent.exe {
+        if !own_exe.is_empty() && own_exe != parent.exe {
             return;
         }
-        let cgroup = if own.exe.is_empty() {
-            parent.cgroup.clone()
-        } else {
-            own.cgroup
-        };
+        let cgroup = procfs::cgroup(pid).unwrap_or_else(|| parent.cgroup.clone());
         self.processes.insert(
             pid,
             Arc::new(ProcessInfo {

@@ -35,13 +35,23 @@ impl ProcessInfo {
         Self {
             pid,
             comm: text("comm").trim_end().to_owned(),
-            exe: fs::read_link(format!("{dir}/exe"))
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
+            exe: executable(pid),
             cmdline,
             cgroup: text("cgroup"),
         }
     }
+}
+
+/// `/proc/<pid>/exe`: the program it runs (empty once it exited).
+pub fn executable(pid: u32) -> String {
+    fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// `/proc/<pid>/cgroup` as read, while it runs.
+pub fn cgroup(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()
 }
 
 /// The parent of a process (`PPid` in `/proc/<pid>/status`), while it runs.

@@ -102,7 +102,8 @@ impl Journeys {
             if !self.first_delivery(span) {
                 continue;
             }
-            self.count(span);
+            let queue = queue_step(span);
+            self.count(span, queue.as_ref());
             let Some(order_id) = span.order_id.as_deref().filter(|id| !id.is_empty()) else {
                 continue;
             };
@@ -137,8 +138,11 @@ impl Journeys {
                 || span.error.is_some()
             {
                 order.steps += 1;
-                if let Some(queue) = queue_step(span, order_id) {
-                    steps.push(queue);
+                if let Some(queue) = queue {
+                    steps.push(Step {
+                        order_id: order_id.to_owned(),
+                        ..queue
+                    });
                 }
                 if span.not_delivered() {
                     // Told as the queue's step (above), not as the producer's.
@@ -179,7 +183,7 @@ impl Journeys {
     }
 
     /// Errors and SLAs, for every span (with an order or not), and its queue's residence.
-    fn count(&mut self, span: &JourneySpan) {
+    fn count(&mut self, span: &JourneySpan, queue: Option<&Step>) {
         if span.synthesized {
             return;
         }
@@ -191,7 +195,7 @@ impl Journeys {
         }
         let took = span.end_ns - span.start_ns;
         self.sla(&span.name, span.kind, took, span.error.is_none());
-        if let Some(step) = queue_step(span, "") {
+        if let Some(step) = queue {
             self.sla(
                 &step.operation,
                 "internal",
@@ -363,8 +367,9 @@ impl Journeys {
 
 /// The time a message spent in its queue, as a step of the broker's (`rabbitmq`,
 /// `queue mes.orders`): from a delivery whose residence is known (observed), or from the
-/// report that the message never left (synthesized, failed).
-fn queue_step(span: &JourneySpan, order_id: &str) -> Option<Step> {
+/// report that the message never left (synthesized, failed). Its `order_id` is the span's
+/// order, filled in where it has one.
+fn queue_step(span: &JourneySpan) -> Option<Step> {
     let queue = span.queue.as_ref()?;
     let (start_ns, end_ns) = if span.not_delivered() {
         (span.start_ns, span.end_ns)
@@ -375,7 +380,7 @@ fn queue_step(span: &JourneySpan, order_id: &str) -> Option<Step> {
         return None;
     };
     Some(Step {
-        order_id: order_id.to_owned(),
+        order_id: String::new(),
         span_id: format!("{}.queue", span.span_id),
         trace_id: span.trace_id.clone(),
         start_ns,
@@ -521,7 +526,7 @@ mod tests {
             queue: Some(queue.clone()),
             ..span("c1", "mes", "deliver mes.orders", 20 * S, None)
         };
-        let step = queue_step(&delivered, "J-1").unwrap();
+        let step = queue_step(&delivered).unwrap();
         assert_eq!(
             (
                 step.service.as_str(),
@@ -546,7 +551,7 @@ mod tests {
             }),
             ..span("l1", "crm", crate::journey::NOT_DELIVERED, 20 * S, None)
         };
-        let step = queue_step(&lost, "J-1").unwrap();
+        let step = queue_step(&lost).unwrap();
         assert!(step.synthesized);
         assert_eq!(step.error.as_deref(), Some("no delivery within 5 s"));
         assert_eq!(step.operation, "queue mes.orders");
@@ -554,6 +559,6 @@ mod tests {
             kind: "producer",
             ..delivered
         };
-        assert!(queue_step(&published, "J-1").is_none(), "only deliveries");
+        assert!(queue_step(&published).is_none(), "only deliveries");
     }
 }

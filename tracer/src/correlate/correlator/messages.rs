@@ -124,7 +124,7 @@ impl Correlator {
             };
             let (producer_span, start_ns, tid) =
                 (node.span_id, node.end_ns.unwrap_or(node.start_ns), node.tid);
-            let node_orders = node.order_ids.clone();
+            let node_orders = node.order_ids.to_vec();
             // The broker's own sockets took the message in (and never let it out).
             let taken_in = node.message_out.is_some_and(|fingerprint| {
                 let since = node.start_ns.saturating_sub(1_000_000_000);
@@ -180,12 +180,12 @@ impl Correlator {
                 traceparent: None,
                 record: Exchange::no_record(),
                 // The producer's own order (its trace's, if it named none).
-                order_ids: node_orders.to_vec(),
                 business: node_orders
                     .first()
                     .map(|id| (crate::extract::ORDER_ID.to_owned(), id.clone()))
                     .into_iter()
                     .collect(),
+                order_ids: node_orders,
             };
             out.push(ResolvedSpan {
                 trace_id,

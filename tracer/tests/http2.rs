@@ -165,6 +165,15 @@ fn grpc_unary_streaming_errors_and_fifty_concurrent_streams_on_one_connection() 
         pipeline["telemetry_exports_skipped"].as_u64().unwrap() > 0,
         "{pipeline:#}"
     );
+    // From its first export on, the receiver's side of that connection is no longer
+    // copied: one export per connection is parsed, not one per batch.
+    let connections = pipeline["connections_telemetry_export"].as_u64().unwrap();
+    assert!(connections >= 1, "{pipeline:#}");
+    assert_eq!(
+        pipeline["telemetry_exports_skipped"].as_u64(),
+        Some(connections),
+        "{pipeline:#}"
+    );
     assert!(spans.iter().all(|s| !s.name.contains("TraceService")));
 }
 

@@ -64,6 +64,9 @@ pub struct PipelineStats {
     /// OTLP exports to a collector seen on the collector's (or a sender's) side: never
     /// spans, or every export would add a span to the next.
     pub telemetry_exports_skipped: u64,
+    /// Connections found carrying OTLP exports: from the first one on, their payload is
+    /// no longer copied (an export that lost its headers to a gap must not become a span).
+    pub connections_telemetry_export: u64,
     /// Connections dropped because their parser panicked (a bug; the agent carries on).
     pub parser_panics: u64,
     /// Connections of processes never traced (`privacy.untraced_executables`).
@@ -120,6 +123,9 @@ pub struct Pipeline {
     exchanges: Vec<ExchangeEvent>,
     /// Sessions that asked to be woken at a kernel time though no bytes come.
     timers: HashMap<ConnId, (u64, Connection)>,
+    /// Connections that just carried an OTLP export: no longer followed (see
+    /// `PipelineStats::connections_telemetry_export`).
+    telemetry_conns: Vec<ConnId>,
 }
 
 /// What the pipeline asks of the capture side.
@@ -147,6 +153,7 @@ impl Pipeline {
             stats: PipelineStats::default(),
             exchanges: Vec::new(),
             timers: HashMap::default(),
+            telemetry_conns: Vec::new(),
         }
     }
 
@@ -183,6 +190,39 @@ impl Pipeline {
     }
 
     fn handle_event(&mut self, event: SessionEvent, now_ns: u64, requests: &mut Vec<Request>) {
+        self.handle_event_inner(event, now_ns, requests);
+        self.stop_following_telemetry(requests);
+    }
+
+    /// A connection that carried an OTLP export carries nothing else worth a span: its
+    /// payload is no longer copied. A later export on it that lost its headers to a gap
+    /// (HTTP/2 header state unknown) could not be told from a service call, and would
+    /// add a span to every following export, for as long as the connection lives.
+    fn stop_following_telemetry(&mut self, requests: &mut Vec<Request>) {
+        for conn in self.telemetry_conns.drain(..) {
+            let Some(state) = self.conns.get_mut(&conn) else {
+                continue; // closed meanwhile
+            };
+            if matches!(state, ConnProtocol::Ignored) {
+                continue;
+            }
+            *state = ConnProtocol::Ignored;
+            self.timers.remove(&conn);
+            self.correlator.forget_connection(conn);
+            self.stats.connections_telemetry_export += 1;
+            requests.push(Request::IgnorePayload {
+                conn,
+                plaintext: true,
+            });
+        }
+    }
+
+    fn handle_event_inner(
+        &mut self,
+        event: SessionEvent,
+        now_ns: u64,
+        requests: &mut Vec<Request>,
+    ) {
         match event {
             SessionEvent::Conn {
                 conn,
@@ -459,6 +499,7 @@ impl Pipeline {
                 ExchangeEvent::Finished(exchange) if exchange.record.is_telemetry_export() => {
                     self.stats.telemetry_exports_skipped += 1;
                     self.correlator.discard(conn, exchange.id);
+                    self.telemetry_conns.push(conn.id);
                 }
                 ExchangeEvent::Finished(mut exchange) => {
                     *self.stats.exchanges.entry(protocol).or_default() += 1;

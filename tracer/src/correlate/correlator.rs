@@ -321,7 +321,24 @@ impl Correlator {
 
     /// Forgets a started exchange that will not become a span (telemetry export traffic).
     pub fn discard(&mut self, connection: &Connection, id: ExchangeId) {
-        let id = (connection.id, id);
+        self.discard_node((connection.id, id));
+    }
+
+    /// Forgets the exchanges of a connection that will give no more spans (one found
+    /// carrying telemetry exports) that have not finished: none may become a span.
+    pub fn forget_connection(&mut self, conn: ConnId) {
+        let open: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(id, node)| id.0 == conn && node.end_ns.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in open {
+            self.discard_node(id);
+        }
+    }
+
+    fn discard_node(&mut self, id: NodeId) {
         let Some(node) = self.nodes.remove(&id) else {
             return;
         };

@@ -175,7 +175,9 @@ pub struct ConnState {
     /// 1 once a TLS library was seen using this socket: from then on its payload is
     /// plaintext from the uprobes and the encrypted socket bytes are not copied.
     pub tls: u32,
-    pub _pad: u32,
+    /// Address family and protocol of `sk` (from the socket tracepoints); 0 until known.
+    pub sk_family: u16,
+    pub sk_protocol: u16,
     /// Next plaintext stream position per direction.
     pub tls_position: [u64; 2],
 }

@@ -1,5 +1,12 @@
-//! Reading syscall tracepoint records: `__syscall_nr` at 8, arguments (or `ret`) from 16.
-use aya_ebpf::programs::TracePointContext;
+//! Reading syscall arguments: from the tracepoint record (`__syscall_nr` at 8, arguments or
+//! `ret` from 16), or, at a syscall's exit, from the registers the thread entered with.
+use aya_ebpf::{
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
+    programs::TracePointContext,
+};
 
 const ARGS_OFFSET: usize = 16;
 
@@ -11,4 +18,49 @@ pub fn syscall_arg(ctx: &TracePointContext, index: usize) -> u64 {
 #[inline(always)]
 pub fn syscall_ret(ctx: &TracePointContext) -> i64 {
     unsafe { ctx.read_at::<i64>(ARGS_OFFSET) }.unwrap_or(-1)
+}
+
+/// The argument registers of x86-64's `struct pt_regs`, from `r10` (offset 56) to
+/// `orig_ax` (offset 120): the syscall's number and its first four arguments.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SyscallRegs {
+    r10: u64,
+    _r9: u64,
+    _r8: u64,
+    _ax: u64,
+    _cx: u64,
+    dx: u64,
+    si: u64,
+    di: u64,
+    pub number: u64,
+}
+
+const REGS_OFFSET: usize = 56;
+
+impl SyscallRegs {
+    /// The current thread's syscall arguments as it entered the kernel. The kernel keeps
+    /// them in the saved user registers until the syscall returns (only `ax` takes the
+    /// return value), so a syscall's exit needs no program at its entry.
+    #[inline(always)]
+    pub fn current() -> Option<Self> {
+        // SAFETY: helpers available to tracing programs (Linux 5.15+); the registers are
+        // read with probe_read_kernel, which fails cleanly rather than faulting.
+        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) };
+        if regs == 0 {
+            return None;
+        }
+        unsafe { bpf_probe_read_kernel((regs as usize + REGS_OFFSET) as *const SyscallRegs) }.ok()
+    }
+
+    /// Argument `index` (0–3) in the syscall calling convention (di, si, dx, r10).
+    #[inline(always)]
+    pub fn arg(&self, index: usize) -> u64 {
+        match index {
+            0 => self.di,
+            1 => self.si,
+            2 => self.dx,
+            _ => self.r10,
+        }
+    }
 }

@@ -1,5 +1,5 @@
-//! The data path: stash a data syscall's buffer at enter, copy exactly the returned byte
-//! count at exit into at most `MAX_RECORDS_PER_SYSCALL` records, then one gap record.
+//! The data path: at a data syscall's exit, copy exactly the returned byte count from the
+//! buffer it was given into at most `MAX_RECORDS_PER_SYSCALL` records, then one gap record.
 use aya_ebpf::{
     cty::c_void,
     helpers::{
@@ -12,16 +12,16 @@ use tracer_common::{
     ConnId, CopyCursor, DataEvent, DataScratch, EventHeader, SockKey, SyscallArgs,
     CONTROL_NO_PAYLOAD, COUNTER_DATA_RECORDS, COUNTER_GAP_RECORDS, COUNTER_RINGBUF_DATA_LOST,
     COUNTER_SCRATCH_BUSY, COUNTER_USER_READ_FAILED, EVENT_DATA, MAX_IOVECS, MAX_RECORD,
-    MAX_RECORDS_PER_SYSCALL, SCRATCH_MASK, SCRATCH_SLOTS_PER_CPU, SCRATCH_SYSCALL, SYS_CONNECT,
-    SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG, SYS_WRITEV,
+    MAX_RECORDS_PER_SYSCALL, SCRATCH_MASK, SCRATCH_SLOTS_PER_CPU, SCRATCH_SYSCALL, SYS_READV,
+    SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG, SYS_WRITEV,
 };
 
 use crate::{
-    args::{syscall_arg, syscall_ret},
+    args::{syscall_ret, SyscallRegs},
     conn::check_socket,
-    maps::{count, payload_off, DATA_SCRATCH, EVENTS, SOCKETS, WANTS_SOCK},
+    maps::{count, payload_off, DATA_SCRATCH, EVENTS, SOCKETS},
     select::is_traced,
-    stash, tls,
+    tls,
 };
 
 const MSG_PEEK: u64 = 2;
@@ -29,64 +29,49 @@ const MSG_PEEK: u64 = 2;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const HEADER: usize = core::mem::size_of::<DataEvent>();
 
-/// Enter of read/write-like syscalls: arguments 1 and 2 are buffer and length (or iovec
-/// array and count; for sendmsg/recvmsg argument 1 is the msghdr).
-pub fn try_enter_data(ctx: &TracePointContext, syscall: u32) -> Result<u32, u32> {
+/// Exit of read/write-like syscalls: the only program on the data path. Its arguments
+/// come from the registers the thread entered with (arguments 1 and 2 are buffer and
+/// length, or iovec array and count; for sendmsg/recvmsg argument 1 is the msghdr), so
+/// no program runs at the entry and a call that moved no bytes costs one comparison.
+pub fn try_exit_data(ctx: &TracePointContext, syscall: u32, direction: u32) -> Result<u32, u32> {
+    let ret = syscall_ret(ctx);
+    if ret <= 0 {
+        return Ok(0); // EOF, EAGAIN, errors: no bytes moved
+    }
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     if !is_traced(tgid) {
         return Ok(0);
     }
-    let fd = syscall_arg(ctx, 0) as u32;
-    let Some(state) = SOCKETS.get_ptr(SockKey { tgid, fd }) else {
+    let Some(regs) = SyscallRegs::current() else {
+        return Ok(0);
+    };
+    let key = SockKey {
+        tgid,
+        fd: regs.arg(0) as u32,
+    };
+    let Some(state) = SOCKETS.get_ptr_mut(key) else {
         return Ok(0); // files, pipes, sockets we do not follow
     };
-    // SAFETY: value pointer from a successful lookup.
-    let (sk, addr_sent) = unsafe { ((*state).sk, (*state).addr_sent) };
-    if sk == 0 || addr_sent == 0 {
-        if let Some(wants) = WANTS_SOCK.get_ptr_mut(0) {
-            unsafe { *wants = id };
-        }
-    }
     let flags = match syscall {
-        SYS_RECVFROM => syscall_arg(ctx, 3),
-        SYS_RECVMSG => syscall_arg(ctx, 2),
+        SYS_RECVFROM => regs.arg(3),
+        SYS_RECVMSG => regs.arg(2),
         _ => 0,
     };
     if flags & MSG_PEEK != 0 {
         return Ok(0); // peeked bytes are read again later
     }
     let args = SyscallArgs {
-        buf: syscall_arg(ctx, 1),
-        count: syscall_arg(ctx, 2),
+        buf: regs.arg(1),
+        count: regs.arg(2),
         sk: 0,
         addr: 0,
-        fd,
+        fd: key.fd,
         syscall,
         sk_family: 0,
         sk_protocol: 0,
     };
-    stash::put(id, args);
-    Ok(0)
-}
-
-pub fn try_exit_data(ctx: &TracePointContext, direction: u32) -> Result<u32, u32> {
-    let id = bpf_get_current_pid_tgid();
-    let Some(args) = stash::take(id, |syscall| syscall != SYS_CONNECT) else {
-        return Ok(0);
-    };
-    let ret = syscall_ret(ctx);
-    if ret <= 0 {
-        return Ok(0); // EOF, EAGAIN, errors: no bytes moved
-    }
-    let key = SockKey {
-        tgid: (id >> 32) as u32,
-        fd: args.fd,
-    };
-    let Some(state) = SOCKETS.get_ptr_mut(key) else {
-        return Ok(0);
-    };
-    if !check_socket(id, key, state, &args) {
+    if !check_socket(id, key, state) {
         return Ok(0);
     }
     let state = unsafe { &mut *state };
@@ -246,11 +231,6 @@ fn build_records(
     total: u64,
 ) {
     let tid = id as u32;
-    let cursor = unsafe { core::ptr::addr_of_mut!((*scratch).cursor) };
-    if !init_cursor(cursor, args, total) {
-        count(COUNTER_USER_READ_FAILED);
-        return;
-    }
     unsafe {
         (*scratch).event = DataEvent {
             header: EventHeader {
@@ -266,6 +246,29 @@ fn build_records(
             captured: 0,
             _pad: 0,
         };
+    }
+    let single_buffer = !matches!(
+        args.syscall,
+        SYS_READV | SYS_WRITEV | SYS_RECVMSG | SYS_SENDMSG
+    );
+    if single_buffer && total <= MAX_RECORD as u64 {
+        // Nearly every call: one buffer, one record, no cursor and no loop.
+        let n = total as usize & SCRATCH_MASK;
+        let ret = unsafe {
+            let dst = core::ptr::addr_of_mut!((*scratch).payload).cast::<u8>();
+            probe_read_user_raw(dst as *mut _, n as u32, args.buf as *const _)
+        };
+        if ret < 0 {
+            count(COUNTER_USER_READ_FAILED);
+        } else if still_owner(scratch, id) {
+            output_record(scratch, n);
+        }
+        return;
+    }
+    let cursor = unsafe { core::ptr::addr_of_mut!((*scratch).cursor) };
+    if !init_cursor(cursor, args, total) {
+        count(COUNTER_USER_READ_FAILED);
+        return;
     }
     // bpf_loop (Linux 5.17+): the verifier checks one step once, not every iteration, so
     // walking many iovecs costs nothing at load time.

@@ -13,7 +13,7 @@ use tracer_common::{
 };
 
 use crate::{
-    args::{syscall_arg, syscall_ret},
+    args::{syscall_arg, syscall_ret, SyscallRegs},
     maps::{count, CONN_EVENTS, NOT_TCP_SOCKETS, SOCKETS, SOCKET_OWNERS, SOCK_TUPLES, WANTS_SOCK},
     select::is_traced,
     stash,
@@ -111,6 +111,8 @@ pub fn try_exit_accept(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     open_connection(id, ret as u32, ROLE_SERVER, 0, SockTuple::default());
+    // Its `struct sock` (and so its 4-tuple) is learnt in the thread's next socket call.
+    want_sock(id);
     Ok(0)
 }
 
@@ -214,7 +216,8 @@ fn open_connection(id: u64, fd: u32, role: u32, sk: u64, tuple: SockTuple) {
         role,
         addr_sent: (tuple.local_port != 0) as u32,
         tls: 0,
-        _pad: 0,
+        sk_family: 0,
+        sk_protocol: 0,
         tls_position: [0, 0],
     };
     if SOCKETS.insert(SockKey { tgid, fd }, state, 0).is_err() {
@@ -305,8 +308,10 @@ pub fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
-/// `sock:sock_send_length` / `sock:sock_recv_length`: which `struct sock` the current data
-/// syscall is using, and whether it is TCP at all.
+/// `sock:sock_send_length` / `sock:sock_recv_length`: which `struct sock` a followed
+/// socket is, and whether it is TCP at all. Armed per CPU (`WANTS_SOCK`) by a thread whose
+/// socket still lacks it, so for every other socket operation on the host this costs one
+/// per-CPU read.
 pub fn try_sock_length(ctx: &TracePointContext) -> Result<u32, u32> {
     let id = bpf_get_current_pid_tgid();
     let Some(wants) = WANTS_SOCK.get_ptr_mut(0) else {
@@ -314,38 +319,84 @@ pub fn try_sock_length(ctx: &TracePointContext) -> Result<u32, u32> {
     };
     // SAFETY: per-CPU slot of this CPU.
     if unsafe { *wants } != id {
-        return Ok(0); // not a syscall of ours, or its connection is fully known
+        return Ok(0); // not a thread of ours, or its sockets are fully known
     }
     unsafe { *wants = 0 };
-    let Some(args) = stash::current(id) else {
+    let Some(regs) = SyscallRegs::current() else {
+        return Ok(0);
+    };
+    // Only inside a data syscall is argument 0 the socket's fd.
+    if !matches!(
+        regs.number,
+        NR_READ
+            | NR_WRITE
+            | NR_READV
+            | NR_WRITEV
+            | NR_SENDTO
+            | NR_RECVFROM
+            | NR_SENDMSG
+            | NR_RECVMSG
+    ) {
+        return Ok(0);
+    }
+    let key = SockKey {
+        tgid: (id >> 32) as u32,
+        fd: regs.arg(0) as u32,
+    };
+    let Some(state) = SOCKETS.get_ptr_mut(key) else {
         return Ok(0);
     };
     let sk = unsafe { ctx.read_at::<u64>(sock_length::SK) }.map_err(|_| 0u32)?;
     let family = unsafe { ctx.read_at::<u16>(sock_length::FAMILY) }.map_err(|_| 0u32)?;
     let protocol = unsafe { ctx.read_at::<u16>(sock_length::PROTOCOL) }.map_err(|_| 0u32)?;
+    // SAFETY: value pointer from a successful lookup.
     unsafe {
-        (*args).sk = sk;
-        (*args).sk_family = family as u32;
-        (*args).sk_protocol = protocol as u32;
+        if (*state).sk == 0 {
+            (*state).sk = sk;
+        }
+        (*state).sk_family = family;
+        (*state).sk_protocol = protocol;
     }
     Ok(0)
+}
+
+/// x86-64 syscall numbers of the data syscalls (`orig_ax`).
+const NR_READ: u64 = 0;
+const NR_WRITE: u64 = 1;
+const NR_READV: u64 = 19;
+const NR_WRITEV: u64 = 20;
+const NR_SENDTO: u64 = 44;
+const NR_RECVFROM: u64 = 45;
+const NR_SENDMSG: u64 = 46;
+const NR_RECVMSG: u64 = 47;
+
+/// Asks the socket tracepoints for the `struct sock` of this thread's next socket
+/// operation on this CPU (see `try_sock_length`).
+#[inline(always)]
+pub fn want_sock(id: u64) {
+    if let Some(wants) = WANTS_SOCK.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot of this CPU.
+        unsafe { *wants = id };
+    }
 }
 
 /// Called from a data syscall's exit: stop following non-TCP sockets, and tell userspace
 /// the 4-tuple the first time it is known. Returns false when the socket was dropped.
 #[inline(always)]
-pub fn check_socket(id: u64, key: SockKey, state: *mut ConnState, args: &SyscallArgs) -> bool {
+pub fn check_socket(id: u64, key: SockKey, state: *mut ConnState) -> bool {
     let state = unsafe { &mut *state };
+    if state.addr_sent != 0 && state.sk_family != 0 {
+        return true; // the common case: nothing left to learn
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     let conn = ConnId {
         tgid: key.tgid,
         fd: key.fd,
         generation: state.generation,
     };
-    if args.sk_family != 0 {
-        let family = args.sk_family as u16;
-        let tcp =
-            (family == AF_INET || family == AF_INET6) && args.sk_protocol as u16 == IPPROTO_TCP;
+    let family = state.sk_family;
+    if family != 0 {
+        let tcp = (family == AF_INET || family == AF_INET6) && state.sk_protocol == IPPROTO_TCP;
         if !tcp {
             let (role, positions) = (state.role, state.position);
             let _ = SOCKETS.remove(key);
@@ -353,8 +404,9 @@ pub fn check_socket(id: u64, key: SockKey, state: *mut ConnState, args: &Syscall
             return false;
         }
     }
-    if state.sk == 0 {
-        state.sk = args.sk;
+    if state.sk == 0 || family == 0 {
+        // Learnt during this thread's next socket operation; meanwhile the bytes count.
+        want_sock(id);
     }
     if state.addr_sent == 0 && state.sk != 0 {
         if let Some(tuple) = SOCK_TUPLES.get_ptr(state.sk) {

@@ -35,20 +35,19 @@ macro_rules! shim {
 }
 
 macro_rules! data_syscall {
-    ($enter:ident, $exit:ident, $sys:expr, $dir:expr) => {
-        shim!($enter, |ctx| capture::try_enter_data(ctx, $sys));
-        shim!($exit, |ctx| capture::try_exit_data(ctx, $dir));
+    ($exit:ident, $sys:expr, $dir:expr) => {
+        shim!($exit, |ctx| capture::try_exit_data(ctx, $sys, $dir));
     };
 }
 
-data_syscall!(enter_read, exit_read, SYS_READ, DIR_INGRESS);
-data_syscall!(enter_readv, exit_readv, SYS_READV, DIR_INGRESS);
-data_syscall!(enter_recvfrom, exit_recvfrom, SYS_RECVFROM, DIR_INGRESS);
-data_syscall!(enter_recvmsg, exit_recvmsg, SYS_RECVMSG, DIR_INGRESS);
-data_syscall!(enter_write, exit_write, SYS_WRITE, DIR_EGRESS);
-data_syscall!(enter_writev, exit_writev, SYS_WRITEV, DIR_EGRESS);
-data_syscall!(enter_sendto, exit_sendto, SYS_SENDTO, DIR_EGRESS);
-data_syscall!(enter_sendmsg, exit_sendmsg, SYS_SENDMSG, DIR_EGRESS);
+data_syscall!(exit_read, SYS_READ, DIR_INGRESS);
+data_syscall!(exit_readv, SYS_READV, DIR_INGRESS);
+data_syscall!(exit_recvfrom, SYS_RECVFROM, DIR_INGRESS);
+data_syscall!(exit_recvmsg, SYS_RECVMSG, DIR_INGRESS);
+data_syscall!(exit_write, SYS_WRITE, DIR_EGRESS);
+data_syscall!(exit_writev, SYS_WRITEV, DIR_EGRESS);
+data_syscall!(exit_sendto, SYS_SENDTO, DIR_EGRESS);
+data_syscall!(exit_sendmsg, SYS_SENDMSG, DIR_EGRESS);
 
 shim!(enter_connect, conn::try_enter_connect);
 shim!(exit_connect, conn::try_exit_connect);

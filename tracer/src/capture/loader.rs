@@ -108,21 +108,13 @@ const fn syscall(
 }
 
 const ATTACHMENTS: &[Attachment] = &[
-    syscall("enter_read", &[("syscalls", "sys_enter_read")]),
     syscall("exit_read", &[("syscalls", "sys_exit_read")]),
-    syscall("enter_readv", &[("syscalls", "sys_enter_readv")]),
     syscall("exit_readv", &[("syscalls", "sys_exit_readv")]),
-    syscall("enter_recvfrom", &[("syscalls", "sys_enter_recvfrom")]),
     syscall("exit_recvfrom", &[("syscalls", "sys_exit_recvfrom")]),
-    syscall("enter_recvmsg", &[("syscalls", "sys_enter_recvmsg")]),
     syscall("exit_recvmsg", &[("syscalls", "sys_exit_recvmsg")]),
-    syscall("enter_write", &[("syscalls", "sys_enter_write")]),
     syscall("exit_write", &[("syscalls", "sys_exit_write")]),
-    syscall("enter_writev", &[("syscalls", "sys_enter_writev")]),
     syscall("exit_writev", &[("syscalls", "sys_exit_writev")]),
-    syscall("enter_sendto", &[("syscalls", "sys_enter_sendto")]),
     syscall("exit_sendto", &[("syscalls", "sys_exit_sendto")]),
-    syscall("enter_sendmsg", &[("syscalls", "sys_enter_sendmsg")]),
     syscall("exit_sendmsg", &[("syscalls", "sys_exit_sendmsg")]),
     syscall("enter_connect", &[("syscalls", "sys_enter_connect")]),
     syscall("exit_connect", &[("syscalls", "sys_exit_connect")]),
@@ -248,7 +240,8 @@ impl KernelCapture {
             role,
             addr_sent: 1,
             tls: 0,
-            _pad: 0,
+            sk_family: 0,
+            sk_protocol: 0,
             tls_position: [0, 0],
         };
         let mut sockets = self.hash_map::<SockKey, ConnState>("SOCKETS")?;

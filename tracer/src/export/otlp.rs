@@ -19,7 +19,11 @@ pub enum OtlpProtocol {
     HttpProtobuf,
 }
 
+/// Spans held that start an export at once (else every `FLUSH_EVERY`).
 const BATCH: usize = 512;
+/// Spans per export request when more are held: a backlog drains in few round trips
+/// (~1 MB of protobuf, a quarter of a collector's default 4 MiB message limit).
+const MAX_REQUEST: usize = 2048;
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -271,7 +275,7 @@ pub async fn run_otlp_export(
             continue;
         }
         last_flush = now;
-        let batch: Vec<ExportItem> = held.drain(..held.len().min(BATCH)).collect();
+        let batch: Vec<ExportItem> = held.drain(..held.len().min(MAX_REQUEST)).collect();
         // Keep taking spans in while the export is in flight, so a slow or unreachable
         // receiver never backs up into the agent's queue.
         let result = {

@@ -319,13 +319,10 @@ fn after_segment(path: &str, words: &[String]) -> Option<String> {
 }
 
 /// Values of `names` in a form-encoded (or query) string.
+/// Pairs are decoded without copying; only wanted values are owned.
 fn form_values(text: &str, names: &[String]) -> Vec<String> {
-    let Ok(pairs) = serde_urlencoded::from_str::<Vec<(String, String)>>(text) else {
-        return Vec::new();
-    };
-    pairs
-        .into_iter()
-        .filter(|(k, v)| names.contains(k) && !v.is_empty())
-        .map(|(_, v)| v)
+    form_urlencoded::parse(text.as_bytes())
+        .filter(|(k, v)| !v.is_empty() && names.iter().any(|n| n == k))
+        .map(|(_, v)| v.into_owned())
         .collect()
 }

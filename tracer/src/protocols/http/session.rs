@@ -184,7 +184,15 @@ impl HttpSession {
         response: Option<(Head, u64, Vec<u8>, bool)>,
         end_ktime_ns: u64,
     ) -> Exchange {
-        let head = &request.head;
+        let PendingRequest {
+            sequence,
+            head,
+            start_ktime_ns,
+            tid,
+            body,
+        } = request;
+        let traceparent = head.header("traceparent").map(str::to_owned);
+        let name = format!("{} ", head.method);
         let (path, query) = head
             .target
             .split_once('?')
@@ -213,12 +221,12 @@ impl HttpSession {
             attributes.push(("http.request.header.host", host.into()));
         }
         attributes.push(("url.scheme", self.scheme.into()));
-        let (request_body_len, request_prefix) = request.body.unwrap_or_default();
+        let (request_body_len, request_prefix) = body.unwrap_or_default();
         attributes.push(("http.request.body.size", (request_body_len as i64).into()));
         let mut record = HttpRecord {
             path: path.to_owned(),
             query: query.to_owned(),
-            headers: head.headers.clone(),
+            headers: head.headers,
             request_body: Some(String::from_utf8_lossy(&request_prefix).into_owned()),
             response_body: None,
         };
@@ -242,15 +250,15 @@ impl HttpSession {
         };
         Exchange {
             protocol: "http",
-            id: ExchangeId::Sequence(request.sequence),
+            id: ExchangeId::Sequence(sequence),
             kind: self.kind,
-            name: format!("{} {}", head.method, route),
-            start_ktime_ns: request.start_ktime_ns,
+            name: name + &route,
+            start_ktime_ns,
             end_ktime_ns,
-            tid: request.tid,
+            tid,
             attributes,
             status,
-            traceparent: head.header("traceparent").map(str::to_owned),
+            traceparent,
             record: Arc::new(record),
             order_ids: Vec::new(),
             business: Vec::new(),

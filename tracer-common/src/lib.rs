@@ -214,6 +214,19 @@ pub struct SockTuple {
     pub remote_addr: [u8; 16],
 }
 
+/// The socket a thread's current socket call uses, as `sock:sock_{send,recv}_length` saw
+/// it (`SOCK_SEEN`, one per CPU), for the data syscall's exit to learn a socket it lacks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockSeen {
+    pub pid_tgid: u64,
+    pub sk: u64,
+    pub ktime_ns: u64,
+    pub fd: u32,
+    pub family: u16,
+    pub protocol: u16,
+}
+
 /// A TLS read or write between its uprobe and its uretprobe (`TLS_CALLS` value).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

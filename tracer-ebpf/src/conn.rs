@@ -6,15 +6,18 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracer_common::{
-    ConnEvent, ConnId, ConnState, EventHeader, SockKey, SockTuple, SyscallArgs, CLOSE_NOT_TCP,
-    CLOSE_SYSCALL, COUNTER_CONN_TABLE_FULL, COUNTER_NOT_TCP_SKIPPED, COUNTER_RINGBUF_CONN_LOST,
-    EVENT_CONN_ADDR, EVENT_CONN_CLOSE, EVENT_CONN_OPEN, EVENT_PROCESS_EXIT, ROLE_CLIENT,
-    ROLE_SERVER, SYS_ACCEPT, SYS_CONNECT, SYS_SOCKET,
+    ConnEvent, ConnId, ConnState, EventHeader, SockKey, SockSeen, SockTuple, SyscallArgs,
+    CLOSE_NOT_TCP, CLOSE_SYSCALL, COUNTER_CONN_TABLE_FULL, COUNTER_NOT_TCP_SKIPPED,
+    COUNTER_RINGBUF_CONN_LOST, EVENT_CONN_ADDR, EVENT_CONN_CLOSE, EVENT_CONN_OPEN,
+    EVENT_PROCESS_EXIT, ROLE_CLIENT, ROLE_SERVER, SYS_ACCEPT, SYS_CONNECT, SYS_SOCKET,
 };
 
 use crate::{
     args::{syscall_arg, syscall_ret, SyscallRegs},
-    maps::{count, CONN_EVENTS, NOT_TCP_SOCKETS, SOCKETS, SOCKET_OWNERS, SOCK_TUPLES, WANTS_SOCK},
+    maps::{
+        count, CONN_EVENTS, NOT_TCP_SOCKETS, SOCKETS, SOCKET_OWNERS, SOCK_SEEN, SOCK_TUPLES,
+        WANTS_SOCK,
+    },
     select::is_traced,
     stash,
 };
@@ -308,20 +311,28 @@ pub fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
     Ok(0)
 }
 
-/// `sock:sock_send_length` / `sock:sock_recv_length`: which `struct sock` a followed
-/// socket is, and whether it is TCP at all. Armed per CPU (`WANTS_SOCK`) by a thread whose
-/// socket still lacks it, so for every other socket operation on the host this costs one
-/// per-CPU read.
+/// `sock:sock_send_length` / `sock:sock_recv_length`: which `struct sock` the current
+/// socket call of a wanted process uses, recorded per CPU with the call's fd for the data
+/// syscall's exit (`learn_sock`). For every other socket operation on the host this costs
+/// one array read.
 pub fn try_sock_length(ctx: &TracePointContext) -> Result<u32, u32> {
-    let id = bpf_get_current_pid_tgid();
-    let Some(wants) = WANTS_SOCK.get_ptr_mut(0) else {
+    let Some(wanted) = WANTS_SOCK.get_ptr_mut(0) else {
         return Ok(0);
     };
-    // SAFETY: per-CPU slot of this CPU.
-    if unsafe { *wants } != id {
-        return Ok(0); // not a thread of ours, or its sockets are fully known
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: array slots; a racing writer at worst costs one lookup or one learning.
+    if unsafe { *wanted } != id >> 32 {
+        return Ok(0); // not a process with a socket to learn
     }
-    unsafe { *wants = 0 };
+    if let Some(tries) = WANTS_SOCK.get_ptr_mut(1) {
+        unsafe {
+            if *tries <= 1 {
+                *wanted = 0;
+            } else {
+                *tries -= 1;
+            }
+        }
+    }
     let Some(regs) = SyscallRegs::current() else {
         return Ok(0);
     };
@@ -339,23 +350,22 @@ pub fn try_sock_length(ctx: &TracePointContext) -> Result<u32, u32> {
     ) {
         return Ok(0);
     }
-    let key = SockKey {
-        tgid: (id >> 32) as u32,
-        fd: regs.arg(0) as u32,
-    };
-    let Some(state) = SOCKETS.get_ptr_mut(key) else {
+    let Some(seen) = SOCK_SEEN.get_ptr_mut(0) else {
         return Ok(0);
     };
     let sk = unsafe { ctx.read_at::<u64>(sock_length::SK) }.map_err(|_| 0u32)?;
     let family = unsafe { ctx.read_at::<u16>(sock_length::FAMILY) }.map_err(|_| 0u32)?;
     let protocol = unsafe { ctx.read_at::<u16>(sock_length::PROTOCOL) }.map_err(|_| 0u32)?;
-    // SAFETY: value pointer from a successful lookup.
+    // SAFETY: this CPU's slot.
     unsafe {
-        if (*state).sk == 0 {
-            (*state).sk = sk;
-        }
-        (*state).sk_family = family;
-        (*state).sk_protocol = protocol;
+        *seen = SockSeen {
+            pid_tgid: id,
+            sk,
+            ktime_ns: bpf_ktime_get_ns(),
+            fd: regs.arg(0) as u32,
+            family,
+            protocol,
+        };
     }
     Ok(0)
 }
@@ -370,13 +380,39 @@ const NR_RECVFROM: u64 = 45;
 const NR_SENDMSG: u64 = 46;
 const NR_RECVMSG: u64 = 47;
 
-/// Asks the socket tracepoints for the `struct sock` of this thread's next socket
-/// operation on this CPU (see `try_sock_length`).
+/// Asks the socket tracepoints to record this process's socket calls until the socket
+/// lacking its `struct sock` has been seen (see `try_sock_length`).
 #[inline(always)]
 pub fn want_sock(id: u64) {
-    if let Some(wants) = WANTS_SOCK.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot of this CPU.
-        unsafe { *wants = id };
+    if let (Some(wanted), Some(tries)) = (WANTS_SOCK.get_ptr_mut(0), WANTS_SOCK.get_ptr_mut(1)) {
+        // SAFETY: array slots.
+        unsafe {
+            *wanted = id >> 32;
+            *tries = WANT_SOCK_TRIES;
+        }
+    }
+}
+
+/// Socket calls of the wanted process recorded before giving up: an event loop may serve
+/// many known sockets between two calls on the new one.
+const WANT_SOCK_TRIES: u64 = 64;
+
+/// The `struct sock` of this data syscall's socket, if the socket tracepoints recorded
+/// this very call: same thread, same fd, after the socket was opened (a slot left by an
+/// earlier call on a closed socket whose fd was reused is older than the new socket).
+#[inline(always)]
+fn learn_sock(id: u64, fd: u32, state: &mut ConnState) {
+    let Some(seen) = SOCK_SEEN.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot.
+    let seen = unsafe { *seen };
+    if seen.pid_tgid == id && seen.fd == fd && seen.ktime_ns >= state.generation {
+        if state.sk == 0 {
+            state.sk = seen.sk;
+        }
+        state.sk_family = seen.family;
+        state.sk_protocol = seen.protocol;
     }
 }
 
@@ -388,6 +424,7 @@ pub fn check_socket(id: u64, key: SockKey, state: *mut ConnState) -> bool {
     if state.addr_sent != 0 && state.sk_family != 0 {
         return true; // the common case: nothing left to learn
     }
+    learn_sock(id, key.fd, state);
     let now = unsafe { bpf_ktime_get_ns() };
     let conn = ConnId {
         tgid: key.tgid,
@@ -404,16 +441,19 @@ pub fn check_socket(id: u64, key: SockKey, state: *mut ConnState) -> bool {
             return false;
         }
     }
-    if state.sk == 0 || family == 0 {
-        // Learnt during this thread's next socket operation; meanwhile the bytes count.
-        want_sock(id);
-    }
     if state.addr_sent == 0 && state.sk != 0 {
         if let Some(tuple) = SOCK_TUPLES.get_ptr(state.sk) {
             state.addr_sent = 1;
             let tuple = unsafe { *tuple };
+            // Only TCP sockets have tuples (`try_sock_set_state`).
+            state.sk_family = tuple.family;
+            state.sk_protocol = IPPROTO_TCP;
             emit_conn(EVENT_CONN_ADDR, id, now, conn, state.role, 0, tuple);
         }
+    }
+    if state.sk == 0 || state.sk_family == 0 {
+        // Learnt in one of the process's next socket calls on it; meanwhile bytes count.
+        want_sock(id);
     }
     true
 }

@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    CaptureConfig, ConnControl, ConnState, DataScratch, ForkScratch, SockKey, SockRef, SockTuple,
-    SyscallArgs, TlsCall, TlsKey, COUNTERS,
+    CaptureConfig, ConnControl, ConnState, DataScratch, ForkScratch, SockKey, SockRef, SockSeen,
+    SockTuple, SyscallArgs, TlsCall, TlsKey, COUNTERS,
 };
 
 /// Data records for userspace. Userspace resizes it at load time (`--ring-buffer-bytes`).
@@ -77,11 +77,16 @@ pub static LAST_TLS_SOCKET: LruHashMap<u64, SockRef> = LruHashMap::with_max_entr
 #[map]
 pub static DATA_SCRATCH: Array<DataScratch> = Array::with_max_entries(1, 0);
 
-/// `[0]`: the `pid_tgid` whose current data syscall still needs its `struct sock` (to
-/// learn the 4-tuple and check it is TCP), else 0. Lets the socket tracepoints, which fire
-/// for every socket operation on the host, leave after one per-CPU read.
+/// `[0]`: a process (tgid) with a followed socket that still lacks its `struct sock` (to
+/// learn the 4-tuple and check it is TCP), else 0; `[1]`: how many more of its socket calls
+/// may be recorded before giving up (the socket may be gone). Lets the socket tracepoints,
+/// which fire for every socket operation on the host, leave after one read.
 #[map]
-pub static WANTS_SOCK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static WANTS_SOCK: Array<u64> = Array::with_max_entries(2, 0);
+
+/// Per CPU: the last socket call of a wanted process (see `WANTS_SOCK`).
+#[map]
+pub static SOCK_SEEN: PerCpuArray<SockSeen> = PerCpuArray::with_max_entries(1, 0);
 
 /// Drop and activity counters (`tracer_common::COUNTER_*`).
 #[map]

@@ -125,11 +125,18 @@ fn chain(runtime: Runtime, mode: &str, receiver: &Receiver, mono_exe: &Path) -> 
     let request_of: HashMap<String, &ReceivedSpan> = spans
         .iter()
         .filter(|s| is_request(s))
-        .map(|s| (sent[&port_attr(s, "network.peer.port")].clone(), s))
+        .map(|s| match sent.get(&port_attr(s, "network.peer.port")) {
+            Some(id) => (id.clone(), s),
+            None => {
+                panic!("{runtime:?} ({mode}): A never sent the request {s:#?} (A sent: {sent:?})")
+            }
+        })
         .collect();
     let mut grades = Grades::default();
     for call in spans.iter().filter(|s| is_call(s)) {
-        let id = &witnessed[&port_attr(call, "network.local.port")];
+        let Some(id) = witnessed.get(&port_attr(call, "network.local.port")) else {
+            panic!("{runtime:?} ({mode}): C never saw the call {call:#?} (C saw: {witnessed:?})");
+        };
         let truth = request_of[id];
         if call.parent_span_id.is_empty() {
             grades.unparented += 1;

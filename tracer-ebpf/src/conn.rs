@@ -16,7 +16,7 @@ use crate::{
     args::{syscall_arg, syscall_ret, SyscallRegs},
     maps::{
         count, CONN_EVENTS, NOT_TCP_SOCKETS, SOCKETS, SOCKET_OWNERS, SOCK_SEEN, SOCK_TUPLES,
-        WANTS_SOCK,
+        WANTS_SOCK, WANT_SLOTS,
     },
     select::is_traced,
     stash,
@@ -316,15 +316,16 @@ pub fn try_sock_set_state(ctx: &TracePointContext) -> Result<u32, u32> {
 /// syscall's exit (`learn_sock`). For every other socket operation on the host this costs
 /// one array read.
 pub fn try_sock_length(ctx: &TracePointContext) -> Result<u32, u32> {
-    let Some(wanted) = WANTS_SOCK.get_ptr_mut(0) else {
+    let id = bpf_get_current_pid_tgid();
+    let slot = ((id >> 32) as u32) % WANT_SLOTS;
+    let Some(wanted) = WANTS_SOCK.get_ptr_mut(slot) else {
         return Ok(0);
     };
-    let id = bpf_get_current_pid_tgid();
     // SAFETY: array slots; a racing writer at worst costs one lookup or one learning.
     if unsafe { *wanted } != id >> 32 {
         return Ok(0); // not a process with a socket to learn
     }
-    if let Some(tries) = WANTS_SOCK.get_ptr_mut(1) {
+    if let Some(tries) = WANTS_SOCK.get_ptr_mut(WANT_SLOTS + slot) {
         unsafe {
             if *tries <= 1 {
                 *wanted = 0;
@@ -384,7 +385,11 @@ const NR_RECVMSG: u64 = 47;
 /// lacking its `struct sock` has been seen (see `try_sock_length`).
 #[inline(always)]
 pub fn want_sock(id: u64) {
-    if let (Some(wanted), Some(tries)) = (WANTS_SOCK.get_ptr_mut(0), WANTS_SOCK.get_ptr_mut(1)) {
+    let slot = ((id >> 32) as u32) % WANT_SLOTS;
+    if let (Some(wanted), Some(tries)) = (
+        WANTS_SOCK.get_ptr_mut(slot),
+        WANTS_SOCK.get_ptr_mut(WANT_SLOTS + slot),
+    ) {
         // SAFETY: array slots.
         unsafe {
             *wanted = id >> 32;

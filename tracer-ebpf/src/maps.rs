@@ -77,12 +77,16 @@ pub static LAST_TLS_SOCKET: LruHashMap<u64, SockRef> = LruHashMap::with_max_entr
 #[map]
 pub static DATA_SCRATCH: Array<DataScratch> = Array::with_max_entries(1, 0);
 
-/// `[0]`: a process (tgid) with a followed socket that still lacks its `struct sock` (to
-/// learn the 4-tuple and check it is TCP), else 0; `[1]`: how many more of its socket calls
-/// may be recorded before giving up (the socket may be gone). Lets the socket tracepoints,
-/// which fire for every socket operation on the host, leave after one read.
+/// Processes (tgids) with a followed socket that still lacks its `struct sock` (to learn
+/// the 4-tuple and check it is TCP), one slot per `tgid % WANT_SLOTS`, 0 when none; and
+/// from `WANT_SLOTS` on, per slot, how many more of its socket calls may be recorded
+/// before giving up (the socket may be gone). Lets the socket tracepoints, which fire for
+/// every socket operation on the host, leave after one array read, and lets processes
+/// that accept at the same time (a client, its server, their peer) all be served.
 #[map]
-pub static WANTS_SOCK: Array<u64> = Array::with_max_entries(2, 0);
+pub static WANTS_SOCK: Array<u64> = Array::with_max_entries(2 * WANT_SLOTS, 0);
+
+pub const WANT_SLOTS: u32 = 64;
 
 /// Per CPU: the last socket call of a wanted process (see `WANTS_SOCK`).
 #[map]

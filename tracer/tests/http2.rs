@@ -53,7 +53,7 @@ fn pair<'a>(spans: &'a [ReceivedSpan], order: &str) -> (&'a ReceivedSpan, &'a Re
     );
     assert_eq!(
         server.parent_span_id, client.span_id,
-        "{order}: the SERVER span is the child of its own CLIENT span"
+        "{order}: the SERVER span is the child of its own CLIENT span: {server:#?} {client:#?}"
     );
     assert_eq!(server.attr("network.protocol.version"), "2", "{server:#?}");
     (server, client)

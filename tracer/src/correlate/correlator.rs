@@ -590,11 +590,14 @@ impl Correlator {
         let (local, remote) = (node.local?, node.remote?);
         let clients = self.clients_by_tuple.get(&(remote, local))?;
         // Newest first: on a busy keep-alive connection the match is among the last ones.
-        // Both ends are on this host (one kernel clock): the call starts before its serving.
+        // Both ends are on this host (one kernel clock): the call starts before its serving
+        // ends. (A start is stamped when its syscall returns: over loopback the server may
+        // have read a request before the client's long write of many streams returned.)
+        let served_until = node.end_ns.unwrap_or(node.start_ns).max(node.start_ns);
         let started_before = |client: &NodeId| {
             self.nodes
                 .get(client)
-                .is_some_and(|c| c.start_ns <= node.start_ns)
+                .is_some_and(|c| c.start_ns <= served_until)
         };
         if let Some(client) = clients
             .iter()

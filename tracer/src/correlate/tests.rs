@@ -105,6 +105,37 @@ fn two_hop_chain_is_one_trace_whatever_the_arrival_order() {
     assert_eq!(b_server.parent_span_id, Some(a_client.span_id));
 }
 
+/// A start is stamped when its syscall returns: over loopback the server may have read a
+/// request (stamped 11) before the client's long write of it returned (stamped 12). The
+/// server's call still is that client's, as long as the client started before the serving
+/// ended; a client that started after it did is not.
+#[test]
+fn a_client_stamped_after_its_server_read_the_request_is_still_its_parent() {
+    let client = conn(1, 3, Role::Client, "127.0.0.1:5000", "127.0.0.1:8001");
+    let server = conn(2, 4, Role::Server, "127.0.0.1:8001", "127.0.0.1:5000");
+    let mut c = correlator(100);
+    c.started(&server, &start(ExchangeKind::Server, 11, 20, None));
+    c.started(&client, &start(ExchangeKind::Client, 12, 1, None));
+    c.finished(&server, exchange(ExchangeKind::Server, 11, 16, 20), 16);
+    c.finished(&client, exchange(ExchangeKind::Client, 12, 17, 1), 17);
+    let mut out = Vec::new();
+    c.poll(1_000, &mut out);
+    let client_span = the(&out, ExchangeKind::Client);
+    assert_eq!(
+        the(&out, ExchangeKind::Server).parent_span_id,
+        Some(client_span.span_id)
+    );
+
+    let mut c = correlator(100);
+    c.started(&server, &start(ExchangeKind::Server, 11, 20, None));
+    c.started(&client, &start(ExchangeKind::Client, 18, 1, None));
+    c.finished(&server, exchange(ExchangeKind::Server, 11, 16, 20), 16);
+    c.finished(&client, exchange(ExchangeKind::Client, 18, 19, 1), 19);
+    let mut out = Vec::new();
+    c.poll(1_000, &mut out);
+    assert_eq!(the(&out, ExchangeKind::Server).parent_span_id, None);
+}
+
 #[test]
 fn incoming_traceparent_is_continued() {
     let a_in = conn(2, 4, Role::Server, "127.0.0.1:8001", "10.0.0.9:5000");

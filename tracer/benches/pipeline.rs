@@ -28,6 +28,10 @@ use tracer::{
     session::SessionEvent,
 };
 
+/// The agent's allocator (see `src/main.rs`): the bench measures the path as shipped.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ROUNDS: usize = 5;
 /// Times the shop corpus is replayed per round (~0.45 MB of payload each).
 const LOOPS: u64 = 40;

@@ -555,9 +555,10 @@ impl Pipeline {
                 self.stats.spans_sampled_out += 1;
                 continue;
             }
-            let redactions = self.stages.privacy.apply(&mut span);
+            let explain = self.stages.privacy_dry_run;
+            let redactions = self.stages.privacy.apply(&mut span, explain);
             let resource = self.services.resource(&span.connection.process);
-            if journey.is_some() {
+            if journey.is_some_and(|journey| journey.wants(&span)) {
                 let service = Services::name_of(&resource);
                 journey_spans.push(JourneySpan::from_resolved(service, &span, clock));
             }

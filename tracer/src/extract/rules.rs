@@ -64,6 +64,9 @@ pub struct Extractor {
     rules: Vec<Rule>,
     /// `[[extract.error]]`: the lookup, and the span kind it applies to.
     errors: Vec<(Rule, Option<ExchangeKind>)>,
+    /// Per protocol (by name): the rules whose source its records offer, in rule order.
+    /// An exchange is read only by those (an HTTP exchange is never asked for a routing key).
+    by_protocol: Vec<(&'static str, Vec<usize>)>,
 }
 
 impl Extractor {
@@ -95,14 +98,43 @@ impl Extractor {
             };
             errors.push((compile(&rule.as_extract_rule()).map_err(invalid)?, kind));
         }
-        Ok(Self { rules, errors })
+        let by_protocol = protocols::PROTOCOLS
+            .iter()
+            .map(|protocol| {
+                let offered = protocol.sources();
+                let indices = (0..rules.len())
+                    .filter(|&i| offered.iter().any(|s| s.name == rules[i].source.name))
+                    .collect();
+                (protocol.name(), indices)
+            })
+            .collect();
+        Ok(Self {
+            rules,
+            errors,
+            by_protocol,
+        })
+    }
+
+    /// The rules that can read an exchange of `protocol` (every rule for one no protocol
+    /// registers).
+    fn rules_for<'a>(&'a self, protocol: &str) -> impl Iterator<Item = &'a Rule> + 'a {
+        let indices = self
+            .by_protocol
+            .iter()
+            .find(|(name, _)| *name == protocol)
+            .map(|(_, indices)| indices.as_slice());
+        let all = indices.is_none().then_some(self.rules.iter());
+        let some = indices.map(|indices| indices.iter().map(|&i| &self.rules[i]));
+        all.into_iter().flatten().chain(some.into_iter().flatten())
     }
 
     pub fn extract(&self, exchange: &Exchange) -> Extracted {
         let mut found: Vec<(String, String)> = Vec::new();
         let mut bodies = json::Bodies::default();
-        for rule in &self.rules {
-            for value in find(rule, exchange, &mut bodies) {
+        let mut values = Vec::new();
+        for rule in self.rules_for(exchange.protocol) {
+            find(rule, exchange, &mut bodies, &mut values);
+            for value in values.drain(..) {
                 if !found
                     .iter()
                     .any(|(a, v)| *a == rule.attribute && *v == value)
@@ -110,6 +142,9 @@ impl Extractor {
                     found.push((rule.attribute.clone(), value));
                 }
             }
+        }
+        if found.is_empty() && self.errors.is_empty() {
+            return Extracted::default();
         }
         let order_ids: Vec<String> = found
             .iter()
@@ -135,7 +170,12 @@ impl Extractor {
             .errors
             .iter()
             .filter(|(_, kind)| kind.is_none_or(|k| k == exchange.kind))
-            .find_map(|(rule, _)| find(rule, exchange, &mut bodies).into_iter().next());
+            .find_map(|(rule, _)| {
+                find(rule, exchange, &mut bodies, &mut values);
+                let first = (!values.is_empty()).then(|| values.swap_remove(0));
+                values.clear();
+                first
+            });
         Extracted {
             order_ids,
             attributes,
@@ -252,55 +292,57 @@ fn defaults() -> Vec<Rule> {
     rules
 }
 
-fn find(rule: &Rule, exchange: &Exchange, bodies: &mut json::Bodies) -> Vec<String> {
+/// Adds the values `rule` finds in `exchange` to `out`.
+fn find(rule: &Rule, exchange: &Exchange, bodies: &mut json::Bodies, out: &mut Vec<String>) {
     let record = &exchange.record;
     let name = rule.source.name;
     if let (How::Names(names), SourceShape::Named { .. }) = (&rule.how, rule.source.shape) {
-        return names
-            .iter()
-            .filter_map(|n| record.named(name, n))
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned)
-            .collect();
+        out.extend(
+            names
+                .iter()
+                .filter_map(|n| record.named(name, n))
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned),
+        );
+        return;
     }
     let Some(text) = record.text(name) else {
-        return Vec::new();
+        return;
     };
+    if text.is_empty() {
+        return;
+    }
     match &rule.how {
-        How::Names(names) => form_values(text, names),
-        How::Template { parts, separator } => template_value(text, parts, *separator)
-            .into_iter()
-            .collect(),
-        How::AfterSegment(words) => after_segment(text, words).into_iter().collect(),
-        How::Pointer(pointer) => bodies
-            .parsed(name, text)
-            .and_then(|v| json::pointer_in(v, pointer))
-            .into_iter()
-            .collect(),
+        How::Names(names) => form_values(text, names, out),
+        How::Template { parts, separator } => {
+            out.extend(template_value(text, parts, *separator));
+        }
+        How::AfterSegment(words) => out.extend(after_segment(text, words)),
+        How::Pointer(pointer) => out.extend(
+            bodies
+                .parsed(name, text)
+                .and_then(|v| json::pointer_in(v, pointer)),
+        ),
         How::Keys(keys) => {
             let trimmed = text.trim_start();
             if !(trimmed.starts_with('{') || trimmed.starts_with('[')) {
-                form_values(text, keys)
+                form_values(text, keys, out)
             } else if let Some(value) = bodies.parsed(name, text) {
-                json::keys_in(value, keys)
+                out.extend(json::keys_in(value, keys))
             } else {
-                json::scan(text, keys)
+                out.extend(json::scan(text, keys))
             }
         }
-        How::Whole => Some(text.to_owned())
-            .filter(|t| !t.is_empty())
-            .into_iter()
-            .collect(),
+        How::Whole => out.push(text.to_owned()),
     }
 }
 
 fn template_value(text: &str, parts: &[String], separator: char) -> Option<String> {
-    let segments: Vec<&str> = text.split(separator).collect();
-    if segments.len() != parts.len() {
+    if text.split(separator).count() != parts.len() {
         return None;
     }
     let mut value = None;
-    for (part, segment) in parts.iter().zip(&segments) {
+    for (part, segment) in parts.iter().zip(text.split(separator)) {
         if part.starts_with('{') && part.ends_with('}') {
             value = Some(segment.to_string()).filter(|s| !s.is_empty());
         } else if part != segment {
@@ -311,18 +353,22 @@ fn template_value(text: &str, parts: &[String], separator: char) -> Option<Strin
 }
 
 fn after_segment(path: &str, words: &[String]) -> Option<String> {
-    let segments: Vec<&str> = path.split('/').collect();
-    segments
-        .windows(2)
-        .find(|w| words.iter().any(|word| word == w[0]) && w[1].bytes().any(|b| b.is_ascii_digit()))
-        .map(|w| w[1].to_owned())
+    let mut segments = path.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let next = *segments.peek()?;
+        if words.iter().any(|word| word == segment) && next.bytes().any(|b| b.is_ascii_digit()) {
+            return Some(next.to_owned());
+        }
+    }
+    None
 }
 
 /// Values of `names` in a form-encoded (or query) string.
 /// Pairs are decoded without copying; only wanted values are owned.
-fn form_values(text: &str, names: &[String]) -> Vec<String> {
-    form_urlencoded::parse(text.as_bytes())
-        .filter(|(k, v)| !v.is_empty() && names.iter().any(|n| n == k))
-        .map(|(_, v)| v.into_owned())
-        .collect()
+fn form_values(text: &str, names: &[String], out: &mut Vec<String>) {
+    out.extend(
+        form_urlencoded::parse(text.as_bytes())
+            .filter(|(k, v)| !v.is_empty() && names.iter().any(|n| n == k))
+            .map(|(_, v)| v.into_owned()),
+    )
 }

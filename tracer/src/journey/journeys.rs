@@ -41,7 +41,7 @@ impl StuckOrder {
 }
 
 pub struct Journeys {
-    config: JourneyConfig,
+    pub(super) config: JourneyConfig,
     store: Store,
     orders: HashMap<String, Order>,
     recent: HashSet<String>,

@@ -12,8 +12,14 @@ use std::{
 
 use prometheus_client::metrics::counter::Counter;
 
-use super::{stuck, JourneySpan, Journeys};
-use crate::export::ExportQueues;
+use super::{span::kind_name, stuck, JourneySpan, Journeys};
+use crate::{
+    config::{glob_match, SlaRule},
+    correlate::ResolvedSpan,
+    export::ExportQueues,
+    extract::ORDER_ID,
+    protocols::ExchangeStatus,
+};
 
 /// Spans waiting for the journey thread.
 const QUEUE: usize = 20_000;
@@ -31,9 +37,33 @@ pub struct JourneyHandle {
     /// Spans queued, bounded by `QUEUE`.
     held: Arc<AtomicUsize>,
     dropped: Counter,
+    /// The SLA rules, to tell which spans without an order still count.
+    slas: Arc<[SlaRule]>,
 }
 
 impl JourneyHandle {
+    /// Whether the journey thread can learn anything from `span` (made safe to export): it
+    /// names an order, failed, passed a queue, or an SLA rule covers it. Other spans would
+    /// only cost it time (most of a busy host's traffic names no order).
+    pub fn wants(&self, span: &ResolvedSpan) -> bool {
+        let exchange = &span.exchange;
+        let names_order = exchange.business.iter().any(|(k, _)| k == ORDER_ID)
+            || exchange.attributes.iter().any(|(k, _)| *k == ORDER_ID);
+        let failed = !matches!(exchange.status, ExchangeStatus::Ok);
+        let queued = exchange
+            .attributes
+            .iter()
+            .any(|(k, _)| *k == "messaging.system");
+        let kind = kind_name(exchange.kind);
+        names_order
+            || failed
+            || queued
+            || self.slas.iter().any(|sla| {
+                sla.kind.as_deref().is_none_or(|k| k == kind)
+                    && glob_match(&sla.span, &exchange.name)
+            })
+    }
+
     /// Never blocks: spans beyond a full queue are dropped and counted. False if any was.
     pub fn offer_all(&self, mut spans: Vec<JourneySpan>) -> bool {
         let n = spans.len();
@@ -66,6 +96,7 @@ pub fn spawn(
         tx,
         held: held.clone(),
         dropped: journeys.metrics.spans_dropped.clone(),
+        slas: journeys.config.slas.clone().into(),
     };
     let queue = Queue { rx, held };
     let thread = std::thread::Builder::new()

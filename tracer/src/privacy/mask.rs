@@ -47,15 +47,16 @@ pub const SECRET_MASK: &str = "[secret]";
 /// The value with personal data and secrets replaced, or None if there was none. Each
 /// pattern runs only where it could match: most values have none.
 pub fn mask(value: &str) -> Option<String> {
+    let seen = Seen::scan(value);
     let mut out: Option<String> = None;
     let current = |out: &Option<String>| out.clone().unwrap_or_else(|| value.to_owned());
-    if value.contains('@') || value.contains("%40") {
+    if seen.at || (seen.percent && value.contains("%40")) {
         replace(&mut out, &EMAIL, EMAIL_MASK, value);
     }
-    if value.contains("eyJ") {
+    if seen.letters && value.contains("eyJ") {
         replace(&mut out, &JWT, SECRET_MASK, value);
     }
-    if value.contains(['=', ':']) {
+    if seen.separator && seen.letters && names_a_secret(value) {
         let text = current(&out);
         let masked = LABELLED.replace_all(&text, |caps: &regex::Captures<'_>| {
             // Already redacted (a query value), or masked by an earlier pattern.
@@ -69,7 +70,7 @@ pub fn mask(value: &str) -> Option<String> {
             out = Some(masked.into_owned());
         }
     }
-    let digits = value.bytes().filter(u8::is_ascii_digit).count();
+    let digits = seen.digits;
     if digits >= 13 {
         let text = current(&out);
         let masked = CARD.replace_all(&text, |caps: &regex::Captures<'_>| {
@@ -91,7 +92,7 @@ pub fn mask(value: &str) -> Option<String> {
     if digits >= 7 {
         replace(&mut out, &PHONE, PHONE_MASK, value);
     }
-    if value.len() >= 20 {
+    if seen.letters && value.len() >= 20 && has_mixed_token(value) {
         let text = current(&out);
         let masked = TOKEN.replace_all(&text, |caps: &regex::Captures<'_>| {
             let token = &caps[0];
@@ -108,6 +109,72 @@ pub fn mask(value: &str) -> Option<String> {
         }
     }
     out
+}
+
+/// What one pass over a value finds, to run only the patterns that could match.
+struct Seen {
+    at: bool,
+    percent: bool,
+    /// `=` or `:`, which every labelled secret has.
+    separator: bool,
+    letters: bool,
+    digits: usize,
+}
+
+impl Seen {
+    fn scan(value: &str) -> Self {
+        let mut seen = Self {
+            at: false,
+            percent: false,
+            separator: false,
+            letters: false,
+            digits: 0,
+        };
+        for &b in value.as_bytes() {
+            match b {
+                b'0'..=b'9' => seen.digits += 1,
+                b'@' => seen.at = true,
+                b'%' => seen.percent = true,
+                b'=' | b':' => seen.separator = true,
+                _ => seen.letters |= !b.is_ascii() || b.is_ascii_alphabetic(),
+            }
+        }
+        seen
+    }
+}
+
+/// Whether `value` has one of the words every `LABELLED` key contains (ASCII case
+/// ignored): most values have none, and the regex is then not run.
+fn names_a_secret(value: &str) -> bool {
+    const WORDS: [&[u8]; 10] = [
+        b"key", b"token", b"secret", b"passw", b"pwd", b"code", b"state", b"session", b"sig",
+        b"auth",
+    ];
+    let bytes = value.as_bytes();
+    bytes.iter().enumerate().any(|(at, b)| {
+        matches!(
+            b.to_ascii_lowercase(),
+            b'k' | b't' | b's' | b'p' | b'c' | b'a'
+        ) && WORDS.iter().any(|word| {
+            bytes[at..]
+                .get(..word.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(word))
+        })
+    })
+}
+
+/// Whether `value` has a run of 20+ `[A-Za-z0-9_-]` mixing upper case, lower case and
+/// digits, the only runs `TOKEN` masks.
+fn has_mixed_token(value: &str) -> bool {
+    let token_byte = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-');
+    value
+        .as_bytes()
+        .split(|b| !token_byte(b))
+        .filter(|run| run.len() >= 20)
+        .any(|run| {
+            let has = |f: fn(&u8) -> bool| run.iter().any(f);
+            has(u8::is_ascii_uppercase) && has(u8::is_ascii_lowercase) && has(u8::is_ascii_digit)
+        })
 }
 
 fn replace(out: &mut Option<String>, pattern: &Regex, mask: &str, original: &str) {
@@ -171,6 +238,8 @@ mod tests {
                 Some("t [secret]"),
             ),
             ("api_key=abcdef", Some("api_key=[secret]")),
+            ("PASSWORD=hunter2", Some("PASSWORD=[secret]")),
+            ("host 127.0.0.1:8080", None),
             ("token=REDACTED&page=2", None),
             (r#"{"token": "abc"}"#, Some(r#"{"token": "[secret]"}"#)),
             ("key sk_live_4eC39HqLyjWDarjtT1zdp7dc", Some("key [secret]")),

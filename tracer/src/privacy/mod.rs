@@ -45,14 +45,20 @@ pub struct Privacy {
 /// Pseudonyms kept; the cache starts over beyond this.
 const MAX_CACHED_PSEUDONYMS: usize = 4096;
 
-/// What `apply` did to each attribute, and why, for `--privacy-dry-run`.
+/// What `apply` did to each attribute, and why, for `--privacy-dry-run`; kept only when
+/// asked for (the second field), as the agent's hot path has no use for it.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 #[serde(transparent)]
-pub struct Redactions(pub BTreeMap<String, BTreeSet<&'static str>>);
+pub struct Redactions(
+    pub BTreeMap<String, BTreeSet<&'static str>>,
+    #[serde(skip)] bool,
+);
 
 impl Redactions {
     fn note(&mut self, key: &str, why: &'static str) {
-        self.0.entry(key.to_owned()).or_default().insert(why);
+        if self.1 {
+            self.0.entry(key.to_owned()).or_default().insert(why);
+        }
     }
 }
 
@@ -128,8 +134,9 @@ impl Privacy {
         ids
     }
 
-    pub fn apply(&mut self, span: &mut ResolvedSpan) -> Redactions {
-        let mut why = Redactions::default();
+    /// Makes `span` safe to export; with `explain`, says what it did to each attribute.
+    pub fn apply(&mut self, span: &mut ResolvedSpan, explain: bool) -> Redactions {
+        let mut why = Redactions(BTreeMap::new(), explain);
         let ids = self.known_ids(span);
         // Every span of an order's trace names its order (as a pseudonym where on).
         let trace_order = span.known_ids.orders.first().cloned();
@@ -275,22 +282,23 @@ impl Privacy {
     fn span_name(&self, name: &str, ids: &[KnownId], why: &mut Redactions) -> String {
         let mut out = name.to_owned();
         self.replace("name", &mut out, ids, why);
-        let templated: Vec<String> = out
-            .split(' ')
-            .map(|word| {
-                if word.starts_with('/') {
-                    route::template_segments(word, '/')
-                } else {
-                    // `shop.v1.Orders/GetOrder` (gRPC): each part like an object name.
-                    let parts: Vec<String> = word
-                        .split('/')
-                        .map(|part| route::template_object_name(part, '.'))
-                        .collect();
-                    parts.join("/")
+        let mut templated = String::with_capacity(out.len());
+        for (i, word) in out.split(' ').enumerate() {
+            if i > 0 {
+                templated.push(' ');
+            }
+            if word.starts_with('/') {
+                templated.push_str(&route::template_segments(word, '/'));
+                continue;
+            }
+            // `shop.v1.Orders/GetOrder` (gRPC): each part like an object name.
+            for (j, part) in word.split('/').enumerate() {
+                if j > 0 {
+                    templated.push('/');
                 }
-            })
-            .collect();
-        let templated = templated.join(" ");
+                templated.push_str(&route::template_object_name(part, '.'));
+            }
+        }
         if templated != out {
             why.note("name", TEMPLATED);
             out = templated;

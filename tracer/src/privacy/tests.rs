@@ -41,7 +41,7 @@ fn child_span() -> ResolvedSpan {
         },
         traceparent: None,
         record: std::sync::Arc::new(crate::protocols::http::record::HttpRecord {
-            headers: vec![("cookie".to_owned(), "s=1".to_owned())],
+            headers: [("cookie", "s=1")].into_iter().collect(),
             ..Default::default()
         }),
         order_ids: Vec::new(),
@@ -96,7 +96,7 @@ fn attr<'a>(span: &'a ResolvedSpan, key: &str) -> &'a str {
 #[test]
 fn every_attribute_leaves_in_its_safe_form_and_the_dry_run_says_why() {
     let mut span = child_span();
-    let why = privacy(true).apply(&mut span);
+    let why = privacy(true).apply(&mut span, true);
     let order = key().pseudonym("ORD-7");
     let user = key().user_pseudonym("+4915112345678");
     assert_eq!(attr(&span, "url.path"), "/orders/{id}/price");
@@ -149,7 +149,7 @@ fn without_pseudonymisation_ids_stay_but_personal_data_in_them_is_masked() {
     span.exchange
         .business
         .push((USER_ID.to_owned(), "anna@example.com".into()));
-    privacy(false).apply(&mut span);
+    privacy(false).apply(&mut span, false);
     assert_eq!(attr(&span, "messaging.message.id"), "ORD-7-msg-0");
     let business: Vec<&str> = span
         .exchange

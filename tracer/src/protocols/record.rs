@@ -25,7 +25,7 @@ pub enum SourceShape {
 }
 
 /// An extraction source a protocol offers.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Source {
     pub name: &'static str,
     pub shape: SourceShape,

@@ -1,5 +1,6 @@
 //! HTTP/1.x: inference, a per-direction parser (httparse), and request/response pairing.
 mod config;
+pub mod headers;
 mod parser;
 pub mod record;
 pub mod route;
@@ -24,7 +25,7 @@ impl Protocol for Http {
     }
 
     fn sources(&self) -> &'static [Source] {
-        record::SOURCES
+        &record::SOURCES
     }
 
     fn infer(&self, bytes: &[u8], _direction: Direction, mid_stream: bool) -> Inference {

@@ -3,6 +3,8 @@
 //! next request or status line after garbage or a gap.
 use httparse::Status;
 
+use super::headers::Headers;
+
 /// Heads larger than this are treated as garbage.
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
@@ -23,15 +25,12 @@ pub struct Head {
     pub status: u16,
     pub version: u8,
     /// Header names lower-cased, in order.
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
 }
 
 impl Head {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 }
 
@@ -249,7 +248,7 @@ impl Parser {
                             target: req.path.unwrap_or_default().to_owned(),
                             status: 0,
                             version: req.version.unwrap_or(1),
-                            headers: owned_headers(req.headers),
+                            headers: Headers::from_parsed(req.headers),
                         },
                     )),
                     Status::Partial => None,
@@ -265,7 +264,7 @@ impl Parser {
                             target: String::new(),
                             status: res.code.unwrap_or(0),
                             version: res.version.unwrap_or(1),
-                            headers: owned_headers(res.headers),
+                            headers: Headers::from_parsed(res.headers),
                         },
                     )),
                     Status::Partial => None,
@@ -414,18 +413,6 @@ impl Parser {
         self.resync = true;
         Some(self.complete())
     }
-}
-
-fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).trim().to_owned(),
-            )
-        })
-        .collect()
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

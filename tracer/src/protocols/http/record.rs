@@ -1,8 +1,10 @@
 //! What HTTP extraction rules read, for every HTTP version: the request's path, query and
 //! headers, and the prefixes of both bodies.
-use crate::protocols::record::{lookup, Record, Source, SourceShape};
+use super::headers::Headers;
+use crate::protocols::record::{Record, Source, SourceShape};
 
-pub static SOURCES: &[Source] = &[
+/// Every HTTP version's sources (HTTP/2 offers them too).
+pub const SOURCES: [Source; 5] = [
     Source::new(
         "http_path",
         SourceShape::Template {
@@ -26,7 +28,7 @@ pub struct HttpRecord {
     pub path: String,
     pub query: String,
     /// Request headers as sent (names in any case).
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     /// `None` where a body is not offered to rules (gRPC's protobuf messages).
     pub request_body: Option<String>,
     pub response_body: Option<String>,
@@ -43,9 +45,12 @@ impl HttpRecord {
             "/v1/traces" | "/v1/metrics" | "/v1/logs"
         );
         otlp_path
-            && lookup(&self.headers, "content-type", true).is_some_and(|t| {
-                t.starts_with("application/x-protobuf") || t.starts_with("application/json")
-            })
+            && self
+                .headers
+                .get_ignore_case("content-type")
+                .is_some_and(|t| {
+                    t.starts_with("application/x-protobuf") || t.starts_with("application/json")
+                })
     }
 }
 
@@ -62,7 +67,7 @@ impl Record for HttpRecord {
 
     fn named(&self, source: &str, name: &str) -> Option<&str> {
         (source == "http_header")
-            .then(|| lookup(&self.headers, name, true))
+            .then(|| self.headers.get_ignore_case(name))
             .flatten()
     }
 

@@ -21,7 +21,7 @@ use crate::{
 fn head_identifiers(head: &Head) -> Vec<Identifier> {
     let mut found = Vec::new();
     identifiers::collect(head.target.as_bytes(), &mut found);
-    for (name, value) in &head.headers {
+    for (name, value) in head.headers.iter() {
         if identifiers::header_is_evidence(name) {
             identifiers::collect(value.as_bytes(), &mut found);
         }
@@ -192,7 +192,6 @@ impl HttpSession {
             body,
         } = request;
         let traceparent = head.header("traceparent").map(str::to_owned);
-        let name = format!("{} ", head.method);
         let (path, query) = head
             .target
             .split_once('?')
@@ -201,16 +200,22 @@ impl HttpSession {
             Some(configured) => configured.to_owned(),
             None => route::template(path),
         };
-        let mut attributes: Vec<(&'static str, AttrValue)> = vec![
+        let mut name = String::with_capacity(head.method.len() + 1 + route.len());
+        name.push_str(&head.method);
+        name.push(' ');
+        name.push_str(&route);
+        let version = match head.version {
+            0 => "1.0",
+            _ => "1.1",
+        };
+        let mut attributes: Vec<(&'static str, AttrValue)> = Vec::with_capacity(14);
+        attributes.extend([
             ("http.request.method", head.method.as_str().into()),
             ("url.path", path.into()),
-            ("http.route", route.clone().into()),
+            ("http.route", route.into()),
             ("network.protocol.name", "http".into()),
-            (
-                "network.protocol.version",
-                format!("1.{}", head.version).into(),
-            ),
-        ];
+            ("network.protocol.version", version.into()),
+        ]);
         if !query.is_empty() {
             attributes.push(("url.query", query.into()));
         }
@@ -252,7 +257,7 @@ impl HttpSession {
             protocol: "http",
             id: ExchangeId::Sequence(sequence),
             kind: self.kind,
-            name: name + &route,
+            name,
             start_ktime_ns,
             end_ktime_ns,
             tid,

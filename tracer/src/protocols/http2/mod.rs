@@ -54,7 +54,7 @@ impl Protocol for Http2 {
     }
 
     fn sources(&self) -> &'static [Source] {
-        record::SOURCES
+        &record::SOURCES
     }
 
     fn attribute_policies(&self) -> &'static [(&'static str, Policy)] {

@@ -6,21 +6,29 @@ use crate::protocols::{
     record::{lookup, Record, Source, SourceShape},
 };
 
-/// Beyond the `http_*` sources HTTP/1 declares (HTTP/2 answers for those too).
-pub static SOURCES: &[Source] = &[
-    Source::new(
-        "grpc_request_field",
-        SourceShape::Named {
-            case_insensitive: false,
-        },
-    ),
-    Source::new(
-        "grpc_response_field",
-        SourceShape::Named {
-            case_insensitive: false,
-        },
-    ),
-];
+/// The `http_*` sources of every HTTP version, and gRPC's messages.
+pub static SOURCES: [Source; 7] = {
+    let http = crate::protocols::http::record::SOURCES;
+    [
+        http[0],
+        http[1],
+        http[2],
+        http[3],
+        http[4],
+        Source::new(
+            "grpc_request_field",
+            SourceShape::Named {
+                case_insensitive: false,
+            },
+        ),
+        Source::new(
+            "grpc_response_field",
+            SourceShape::Named {
+                case_insensitive: false,
+            },
+        ),
+    ]
+};
 
 #[derive(Debug)]
 pub struct Http2Record {

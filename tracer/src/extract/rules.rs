@@ -313,7 +313,8 @@ fn find(rule: &Rule, exchange: &Exchange, bodies: &mut json::Bodies, out: &mut V
         return;
     }
     match &rule.how {
-        How::Names(names) => form_values(text, names, out),
+        How::Names(names) if text.contains('=') => form_values(text, names, out),
+        How::Names(_) => {}
         How::Template { parts, separator } => {
             out.extend(template_value(text, parts, *separator));
         }
@@ -326,7 +327,9 @@ fn find(rule: &Rule, exchange: &Exchange, bodies: &mut json::Bodies, out: &mut V
         How::Keys(keys) => {
             let trimmed = text.trim_start();
             if !(trimmed.starts_with('{') || trimmed.starts_with('[')) {
-                form_values(text, keys, out)
+                if text.contains('=') {
+                    form_values(text, keys, out)
+                }
             } else if let Some(value) = bodies.parsed(name, text) {
                 out.extend(json::keys_in(value, keys))
             } else {

@@ -53,7 +53,8 @@ pub fn mask(value: &str) -> Option<String> {
     if seen.at || (seen.percent && value.contains("%40")) {
         replace(&mut out, &EMAIL, EMAIL_MASK, value);
     }
-    if seen.letters && value.contains("eyJ") {
+    // The shortest JWT the pattern takes has 13 characters.
+    if seen.letters && value.len() >= 13 && value.contains("eyJ") {
         replace(&mut out, &JWT, SECRET_MASK, value);
     }
     if seen.separator && seen.letters && names_a_secret(value) {

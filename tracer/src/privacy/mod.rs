@@ -200,6 +200,8 @@ impl Privacy {
                 self.mask_and_replace(key, value, ids, why);
             }
             Some(Policy::Text) => self.free_text(key, value, ids, why),
+            Some(Policy::Host) if is_ip_address(value) => {}
+            Some(Policy::Host) => self.free_text(key, value, ids, why),
             Some(Policy::Id) => self.id(key, value, ids, why),
         }
     }
@@ -306,6 +308,11 @@ impl Privacy {
         self.mask("name", &mut out, why);
         out
     }
+}
+
+/// `10.0.0.7`, `10.0.0.7:8080`, `[::1]:8080`: an address, not text.
+fn is_ip_address(host: &str) -> bool {
+    host.parse::<std::net::SocketAddr>().is_ok() || host.parse::<std::net::IpAddr>().is_ok()
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@ pub enum Policy {
     Query,
     /// Free text: input values removed, then masked, then known ids replaced.
     Text,
+    /// A Host header: an IP address (with a port or not) is kept, as `server.address` is;
+    /// anything else is free text.
+    Host,
     /// An order or user id: its pseudonym, or (pseudonymisation off) the id, masked.
     Id,
 }
@@ -62,10 +65,8 @@ pub fn policy(key: &str) -> Option<Policy> {
         | "db.namespace" => Name,
         "url.query" => Query,
         "app.order.id" | "app.user.id" => Id,
-        "messaging.message.id"
-        | "messaging.message.conversation_id"
-        | "db.query.text"
-        | "http.request.header.host" => Text,
+        "messaging.message.id" | "messaging.message.conversation_id" | "db.query.text" => Text,
+        "http.request.header.host" => Host,
         _ if key.starts_with(TRACER_PREFIX) => Keep,
         // Business attributes from the operator's own extraction rules.
         _ if key.starts_with("app.") => Text,

@@ -159,3 +159,26 @@ fn without_pseudonymisation_ids_stay_but_personal_data_in_them_is_masked() {
         .collect();
     assert_eq!(business, ["[email]", "ORD-7"]);
 }
+
+#[test]
+fn a_host_header_that_is_an_address_stays_and_any_other_is_free_text() {
+    for (host, expected) in [
+        ("10.0.0.7:8080", "10.0.0.7:8080"),
+        ("[::1]:8080", "[::1]:8080"),
+        ("10.0.0.7", "10.0.0.7"),
+        ("anna@example.com:8080", "[email]:8080"),
+        ("shop.example.com", "shop.example.com"),
+    ] {
+        let mut span = child_span();
+        span.exchange
+            .attributes
+            .push(("http.request.header.host", host.into()));
+        let why = privacy(false).apply(&mut span, true);
+        assert_eq!(attr(&span, "http.request.header.host"), expected, "{host}");
+        assert_eq!(
+            why.0.contains_key("http.request.header.host"),
+            host != expected,
+            "{host}: {why:?}"
+        );
+    }
+}

@@ -18,8 +18,10 @@ pub struct Agent {
 
 /// What the agent runs with in a round.
 pub enum Setup<'a> {
-    /// As shipped: order journeys in SQLite, OTLP/gRPC to a receiver.
+    /// As shipped: order journeys in SQLite, OTLP/gRPC to a receiver (every span exported).
     Default { sink: &'a Sink },
+    /// The same with the shipped sampling too: all errors, 10 % of successes.
+    Sampled { sink: &'a Sink },
     /// Journeys in SQLite, spans to an OTLP/JSON file.
     File { spans: &'a Path },
     /// No journeys, spans to an OTLP/JSON file (the loss curve, HTTPS, AMQP rounds).
@@ -42,7 +44,7 @@ impl Agent {
         Self::start_as(tracer, out, &Setup::Light { spans }, extra)
     }
 
-    /// Every span is exported (`--sample-success-ratio 1`) whatever the setup.
+    /// Every span is exported (`--sample-success-ratio 1`) except in `Sampled`.
     pub fn start_as(
         tracer: &Path,
         out: &Path,
@@ -52,9 +54,12 @@ impl Agent {
         let metrics_port = free_port();
         let journeys = out.join(format!("journeys-{metrics_port}.sqlite"));
         let mut cmd = Command::new(tracer);
-        cmd.arg("run").args(["--sample-success-ratio", "1"]);
+        cmd.arg("run");
+        if !matches!(setup, Setup::Sampled { .. }) {
+            cmd.args(["--sample-success-ratio", "1"]);
+        }
         match setup {
-            Setup::Default { sink } => cmd
+            Setup::Default { sink } | Setup::Sampled { sink } => cmd
                 .arg("--export")
                 .arg(format!("otlp-grpc=http://127.0.0.1:{}", sink.port))
                 .arg("--journey-store")

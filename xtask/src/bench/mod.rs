@@ -232,7 +232,7 @@ fn traced_round(
 ) -> anyhow::Result<Cost> {
     let agent = Agent::start_as(tracer, out, setup, &[])?;
     let exported = || match setup {
-        agent::Setup::Default { sink } => sink.spans(),
+        agent::Setup::Default { sink } | agent::Setup::Sampled { sink } => sink.spans(),
         agent::Setup::File { spans } | agent::Setup::Light { spans } => {
             fs::metadata(spans).map(|m| m.len()).unwrap_or(0)
         }
@@ -245,7 +245,7 @@ fn traced_round(
     let cpu_s = agent.cpu_seconds() - cpu0;
     agent.stop();
     let spans = match setup {
-        agent::Setup::Default { .. } => (after - before) as f64,
+        agent::Setup::Default { .. } | agent::Setup::Sampled { .. } => (after - before) as f64,
         agent::Setup::File { spans } | agent::Setup::Light { spans } => {
             let found = infra::otlp_file_spans(spans).len() as f64;
             let _ = fs::remove_file(spans);
@@ -279,6 +279,7 @@ fn http_overhead(
     let sink = agent::Sink::start(out)?;
     let file = out.join("spans-http.jsonl");
     let (mut untraced, mut default, mut filed) = (Vec::new(), Vec::new(), Vec::new());
+    let mut sampled = Vec::new();
     let (mut server_cpu, mut before) = (Vec::new(), Vec::new());
     wrk(port, 1)?; // warm-up
     for round in 0..args.rounds {
@@ -291,6 +292,8 @@ fn http_overhead(
         default.push(traced_round(tracer, out, port, args.seconds, &setup)?);
         let setup = agent::Setup::File { spans: &file };
         filed.push(traced_round(tracer, out, port, args.seconds, &setup)?);
+        let setup = agent::Setup::Sampled { sink: &sink };
+        sampled.push(traced_round(tracer, out, port, args.seconds, &setup)?);
         if let Some(baseline) = &args.baseline_tracer {
             let setup = agent::Setup::Default { sink: &sink };
             before.push(traced_round(baseline, out, port, args.seconds, &setup)?);
@@ -339,6 +342,12 @@ fn http_overhead(
         "| agent CPU per 100k HTTP requests, OTLP/JSON file instead of gRPC (per 100k spans: {}) | | {} CPU-s | | |",
         spread(filed.iter().map(Cost::per_100k_spans), 2),
         spread(filed.iter().map(Cost::per_100k_requests), 2)
+    )?;
+    writeln!(
+        report,
+        "| agent CPU per 100k HTTP requests, as shipped with its sampling too (all errors, 10 % of successes: {} spans per request exported) | | {} CPU-s | | |",
+        spread(sampled.iter().map(|c| c.spans / c.wrk.requests), 2),
+        spread(sampled.iter().map(Cost::per_100k_requests), 2)
     )?;
     writeln!(
         report,

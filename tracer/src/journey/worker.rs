@@ -18,7 +18,7 @@ use crate::{
     correlate::ResolvedSpan,
     export::ExportQueues,
     extract::ORDER_ID,
-    protocols::ExchangeStatus,
+    protocols::{Exchange, ExchangeStatus},
 };
 
 /// Spans waiting for the journey thread.
@@ -46,22 +46,7 @@ impl JourneyHandle {
     /// names an order, failed, passed a queue, or an SLA rule covers it. Other spans would
     /// only cost it time (most of a busy host's traffic names no order).
     pub fn wants(&self, span: &ResolvedSpan) -> bool {
-        let exchange = &span.exchange;
-        let names_order = exchange.business.iter().any(|(k, _)| k == ORDER_ID)
-            || exchange.attributes.iter().any(|(k, _)| *k == ORDER_ID);
-        let failed = !matches!(exchange.status, ExchangeStatus::Ok);
-        let queued = exchange
-            .attributes
-            .iter()
-            .any(|(k, _)| *k == "messaging.system");
-        let kind = kind_name(exchange.kind);
-        names_order
-            || failed
-            || queued
-            || self.slas.iter().any(|sla| {
-                sla.kind.as_deref().is_none_or(|k| k == kind)
-                    && glob_match(&sla.span, &exchange.name)
-            })
+        teaches(&self.slas, &span.exchange)
     }
 
     /// Never blocks: spans beyond a full queue are dropped and counted. False if any was.
@@ -82,6 +67,24 @@ impl JourneyHandle {
         }
         lost == 0
     }
+}
+
+/// Whether the journey thread learns anything from `exchange`'s span (see `wants`).
+fn teaches(slas: &[SlaRule], exchange: &Exchange) -> bool {
+    let names_order = exchange.business.iter().any(|(k, _)| k == ORDER_ID)
+        || exchange.attributes.iter().any(|(k, _)| *k == ORDER_ID);
+    let failed = !matches!(exchange.status, ExchangeStatus::Ok);
+    let queued = exchange
+        .attributes
+        .iter()
+        .any(|(k, _)| *k == "messaging.system");
+    let kind = kind_name(exchange.kind);
+    names_order
+        || failed
+        || queued
+        || slas.iter().any(|sla| {
+            sla.kind.as_deref().is_none_or(|k| k == kind) && glob_match(&sla.span, &exchange.name)
+        })
 }
 
 /// Starts the journey thread; stuck-order spans go to `export` when given.
@@ -181,5 +184,54 @@ fn run(mut journeys: Journeys, queue: Queue, check_every: Duration, export: Opti
         if !open {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocols::{ExchangeId, ExchangeKind};
+
+    fn exchange(kind: ExchangeKind, name: &str) -> Exchange {
+        Exchange {
+            protocol: "http",
+            id: ExchangeId::Sequence(0),
+            kind,
+            name: name.into(),
+            start_ktime_ns: 1,
+            end_ktime_ns: 2,
+            tid: 1,
+            attributes: Vec::new(),
+            status: ExchangeStatus::Ok,
+            traceparent: None,
+            record: Exchange::no_record(),
+            order_ids: Vec::new(),
+            business: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn journeys_are_handed_spans_of_orders_errors_queues_and_slas_only() {
+        let slas = crate::config::JourneyConfig::default().slas; // server `* */calculate`
+        let plain = exchange(ExchangeKind::Server, "GET /health");
+        assert!(!teaches(&slas, &plain), "nothing to learn");
+        let mut order = plain.clone();
+        order.business.push((ORDER_ID.into(), "ORD-1".into()));
+        assert!(teaches(&slas, &order), "names an order");
+        let mut failed = plain.clone();
+        failed.status = ExchangeStatus::Error {
+            error_type: "500".into(),
+            message: "HTTP 500".into(),
+        };
+        assert!(teaches(&slas, &failed), "errors are counted by operation");
+        let mut queued = exchange(ExchangeKind::Consumer, "process orders");
+        queued
+            .attributes
+            .push(("messaging.system", "rabbitmq".into()));
+        assert!(teaches(&slas, &queued), "a queue's residence is timed");
+        let sla = exchange(ExchangeKind::Server, "POST /b2b/calculate");
+        assert!(teaches(&slas, &sla), "an SLA rule covers it");
+        let other_kind = exchange(ExchangeKind::Client, "POST /b2b/calculate");
+        assert!(!teaches(&slas, &other_kind), "the rule is for servers");
     }
 }

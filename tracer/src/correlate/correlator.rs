@@ -82,6 +82,9 @@ pub struct CorrelatorStats {
     pub parents_ambiguous: u64,
     pub messages_stuck: u64,
     pub evicted_unfinished: u64,
+    /// Exported spans forgotten before their retention because the correlator held
+    /// `max_kept` spans: a call or delivery reported later can no longer link to them.
+    pub forgotten_early: u64,
 }
 
 type NodeId = (ConnId, ExchangeId);
@@ -138,7 +141,9 @@ type Published = (Connection, &'static str, Vec<(&'static str, AttrValue)>);
 const MAX_OPEN_NS: u64 = 15 * 60 * 1_000_000_000;
 
 pub struct Correlator {
-    nodes: HashMap<NodeId, Node>,
+    /// Boxed: the table's own entries stay small (40 bytes), so growing or rehashing it
+    /// under a burst moves pointers, not whole nodes.
+    nodes: HashMap<NodeId, Box<Node>>,
     /// CLIENT spans by connection (local, remote), for rule 1.
     clients_by_tuple: HashMap<(SocketAddr, SocketAddr), Vec<NodeId>>,
     /// SERVER and CONSUMER spans of each process open now, and the last ones closed (a
@@ -166,11 +171,19 @@ pub struct Correlator {
     settle_ns: u64,
     stuck_after_ns: u64,
     last_eviction_ns: u64,
+    /// Spans kept at most (beyond it, the oldest exported ones are forgotten first).
+    max_kept: usize,
     ids: RandomIdGenerator,
     /// Order id → trace id (HMAC), the same on every agent sharing the key.
     orders: IdKey,
     stats: CorrelatorStats,
 }
+
+/// Spans the correlator keeps at most, ~400 bytes each. At up to ~8k spans/s
+/// that is every span of the last `LINKABLE_NS`; a busier host keeps the most recent ones,
+/// so a burst cannot grow the agent past its memory limit (every span for 20 s at 40k
+/// spans/s was over 800 MB).
+const MAX_KEPT: usize = 160_000;
 
 /// How long a finished span waits for its unfinished parent before it is exported anyway.
 const MAX_PARENT_WAIT_NS: u64 = 10_000_000_000;
@@ -198,6 +211,7 @@ impl Correlator {
             settle_ns,
             stuck_after_ns,
             last_eviction_ns: 0,
+            max_kept: MAX_KEPT,
             ids: RandomIdGenerator::default(),
             orders,
             stats: CorrelatorStats::default(),
@@ -206,6 +220,17 @@ impl Correlator {
 
     pub fn stats(&self) -> CorrelatorStats {
         self.stats
+    }
+
+    /// Keeps at most `spans` spans (the default suits a host's memory limit).
+    pub fn keep_at_most(mut self, spans: usize) -> Self {
+        self.max_kept = spans;
+        self
+    }
+
+    /// Spans held now.
+    pub fn spans_held(&self) -> usize {
+        self.nodes.len()
     }
 
     pub fn started(&mut self, connection: &Connection, start: &ExchangeStart) {
@@ -268,7 +293,7 @@ impl Correlator {
                 .push_back((node.start_ns + self.stuck_after_ns, id));
         }
         let consumes = node.message_in.is_some();
-        self.nodes.insert(id, node);
+        self.nodes.insert(id, Box::new(node));
         if consumes {
             self.match_producer(id);
         }
@@ -645,6 +670,7 @@ impl Correlator {
             keep
         });
         self.stats.evicted_unfinished += unfinished;
+        self.forget_oldest_exported();
         if self.nodes.len() != before {
             let nodes = &self.nodes;
             for clients in self.clients_by_tuple.values_mut() {
@@ -670,6 +696,50 @@ impl Correlator {
             }
             self.producers_by_message
                 .retain(|_, producers| !producers.is_empty());
+        }
+    }
+}
+
+impl Correlator {
+    /// Beyond `max_kept` spans, forgets the oldest exported ones (never one still to be
+    /// exported, open, or a published message not yet delivered) down to three quarters
+    /// of it, so the table keeps room for the next second's spans; each is counted.
+    fn forget_oldest_exported(&mut self) {
+        if self.nodes.len() <= self.max_kept {
+            self.shrink();
+            return;
+        }
+        let forgettable = |n: &Node| {
+            n.finished.is_none() && n.end_ns.is_some() && !(n.message_out.is_some() && !n.delivered)
+        };
+        let mut ends: Vec<u64> = self
+            .nodes
+            .values()
+            .filter(|n| forgettable(n))
+            .filter_map(|n| n.end_ns)
+            .collect();
+        let excess = self.nodes.len() - self.max_kept * 3 / 4;
+        let cutoff = if ends.len() <= excess {
+            u64::MAX
+        } else {
+            *ends.select_nth_unstable(excess).1
+        };
+        let before = self.nodes.len();
+        self.nodes
+            .retain(|_, n| !(forgettable(n) && n.end_ns.is_some_and(|end| end < cutoff)));
+        if self.stats.forgotten_early == 0 {
+            tracing::warn!(
+                kept = self.max_kept,
+                "correlator full: forgetting the oldest exported spans before their retention; calls or deliveries reported later cannot link to them (tracer_correlator_spans_forgotten_early_total)"
+            );
+        }
+        self.stats.forgotten_early += (before - self.nodes.len()) as u64;
+    }
+
+    /// Gives memory back once a burst has passed.
+    fn shrink(&mut self) {
+        if self.nodes.capacity() > 65_536 && self.nodes.capacity() > 4 * self.nodes.len() {
+            self.nodes.shrink_to(2 * self.nodes.len());
         }
     }
 }

@@ -382,3 +382,42 @@ fn a_request_reported_after_the_call_it_served_is_still_weighed() {
     assert_eq!(call.parent_span_id, Some(server_span_of(&spans, 5).span_id));
     assert_eq!(call.parent_source, Some("identifier"));
 }
+
+/// A burst beyond what the correlator keeps: the oldest exported spans go (counted), the
+/// table stays bounded, and a span still to be exported is never among them.
+#[test]
+fn a_full_correlator_forgets_its_oldest_exported_spans_and_counts_them() {
+    let ms = 1_000_000;
+    let mut c = correlator(1).keep_at_most(100);
+    for i in 0..300u32 {
+        let remote = format!("127.0.0.1:{}", 20_000 + i);
+        let server = conn(2, 1000 + i, Role::Server, "127.0.0.1:8001", &remote);
+        let at = u64::from(i) * ms;
+        c.started(&server, &start(ExchangeKind::Server, at, 1, None));
+        c.finished(
+            &server,
+            exchange(ExchangeKind::Server, at, at + 1, 1),
+            at + 1,
+        );
+    }
+    let late = conn(3, 7, Role::Server, "127.0.0.1:8002", "127.0.0.1:30000");
+    let at = 2_000 * ms;
+    c.started(&late, &start(ExchangeKind::Server, at, 1, None));
+    c.finished(&late, exchange(ExchangeKind::Server, at, at + 1, 1), at + 1);
+    let mut out = Vec::new();
+    c.poll(at, &mut out);
+    assert_eq!(out.len(), 300, "every settled span exported");
+    assert_eq!(
+        c.stats().forgotten_early,
+        226,
+        "down to three quarters of 100, plus the one settling"
+    );
+    assert_eq!(c.spans_held(), 75);
+    out.clear();
+    c.poll(at + 10, &mut out);
+    assert_eq!(
+        out.len(),
+        1,
+        "the span still settling was kept and is exported"
+    );
+}

@@ -44,6 +44,7 @@ pub struct AgentMetrics {
     spans_dropped: Family<Reason, Counter>,
     spans_sampled_out: Counter,
     parents_ambiguous: Family<Service, Counter>,
+    spans_forgotten_early: Counter,
     export_errors: Counter,
     connections: Gauge,
     tls_calls: Counter,
@@ -119,6 +120,11 @@ impl AgentMetrics {
             "tracer_parent_ambiguous",
             "Calls left without a parent: several requests of their process were open and no evidence (traceparent, identifiers, message, thread) said which one they served, by service",
             m.parents_ambiguous.clone(),
+        );
+        r.register(
+            "tracer_correlator_spans_forgotten_early",
+            "Exported spans the correlator forgot before their retention because it held its maximum (a busy host): calls or deliveries reported later cannot link to them",
+            m.spans_forgotten_early.clone(),
         );
         r.register(
             "tracer_export_errors",
@@ -225,6 +231,10 @@ impl AgentMetrics {
             set(&self.parents_ambiguous.get_or_create(&service), *count);
         }
         set(&self.parser_panics, pipeline.parser_panics);
+        set(
+            &self.spans_forgotten_early,
+            pipeline.correlator.forgotten_early,
+        );
         set(&self.export_errors, load(&export.export_errors));
         self.connections.set(capture.connections as i64);
         let mut by_flavour = std::collections::BTreeMap::<&str, i64>::new();

@@ -710,7 +710,9 @@ impl Correlator {
             return;
         }
         let forgettable = |n: &Node| {
-            n.finished.is_none() && n.end_ns.is_some() && !(n.message_out.is_some() && !n.delivered)
+            // Exported, ended, and not a published message still waiting for delivery.
+            let awaits_delivery = n.message_out.is_some() && !n.delivered;
+            n.finished.is_none() && n.end_ns.is_some() && !awaits_delivery
         };
         let mut ends: Vec<u64> = self
             .nodes

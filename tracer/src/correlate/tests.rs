@@ -6,7 +6,7 @@ use tracer_common::ConnId;
 use super::*;
 use crate::{
     capture::{procfs::ProcessInfo, Connection, Role},
-    protocols::{Exchange, ExchangeId, ExchangeKind, ExchangeStart, ExchangeStatus},
+    protocols::{Exchange, ExchangeId, ExchangeKind, ExchangeStart},
 };
 
 /// A correlator with a key of the tests' own (production reads it from config).
@@ -50,19 +50,10 @@ fn start(kind: ExchangeKind, at: u64, tid: u32, traceparent: Option<&str>) -> Ex
 
 fn exchange(kind: ExchangeKind, start: u64, end: u64, tid: u32) -> Exchange {
     Exchange {
-        protocol: "http",
-        id: ExchangeId::Sequence(0),
-        kind,
-        name: "GET /".into(),
         start_ktime_ns: start,
         end_ktime_ns: end,
         tid,
-        attributes: vec![],
-        status: ExchangeStatus::Ok,
-        traceparent: None,
-        record: Exchange::no_record(),
-        order_ids: Vec::new(),
-        business: Vec::new(),
+        ..Exchange::for_tests(kind, "GET /")
     }
 }
 

@@ -11,7 +11,7 @@ use crate::{
     capture::KernelClock,
     correlate::ResolvedSpan,
     extract::{ORDER_FROM_TRACE, ORDER_ID, ORDER_STATUS, USER_ID},
-    protocols::{AttrValue, ExchangeKind, ExchangeStatus},
+    protocols::{AttrValue, ExchangeStatus},
 };
 
 pub const SYNTHESIZED: &str = "tracer.synthesized";
@@ -102,7 +102,7 @@ impl JourneySpan {
         Self {
             service,
             name: exchange.name.clone(),
-            kind: kind_name(exchange.kind),
+            kind: exchange.kind.name(),
             trace_id: span.trace_id.to_string(),
             span_id: span.span_id.to_string(),
             start_ns: unix_ns(exchange.start_ktime_ns),
@@ -172,17 +172,6 @@ impl JourneySpan {
     /// A synthesized report that this span's message never left its queue.
     pub fn not_delivered(&self) -> bool {
         self.synthesized && self.name == NOT_DELIVERED && self.queue.is_some()
-    }
-}
-
-/// A span kind as journeys and their rules name it.
-pub fn kind_name(kind: ExchangeKind) -> &'static str {
-    match kind {
-        ExchangeKind::Server => "server",
-        ExchangeKind::Client => "client",
-        ExchangeKind::Producer => "producer",
-        ExchangeKind::Consumer => "consumer",
-        ExchangeKind::Internal => "internal",
     }
 }
 

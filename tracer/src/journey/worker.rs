@@ -12,7 +12,7 @@ use std::{
 
 use prometheus_client::metrics::counter::Counter;
 
-use super::{span::kind_name, stuck, JourneySpan, Journeys};
+use super::{stuck, JourneySpan, Journeys};
 use crate::{
     config::{glob_match, SlaRule},
     correlate::ResolvedSpan,
@@ -78,7 +78,7 @@ fn teaches(slas: &[SlaRule], exchange: &Exchange) -> bool {
         .attributes
         .iter()
         .any(|(k, _)| *k == "messaging.system");
-    let kind = kind_name(exchange.kind);
+    let kind = exchange.kind.name();
     names_order
         || failed
         || queued
@@ -190,24 +190,10 @@ fn run(mut journeys: Journeys, queue: Queue, check_every: Duration, export: Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocols::{ExchangeId, ExchangeKind};
+    use crate::protocols::ExchangeKind;
 
     fn exchange(kind: ExchangeKind, name: &str) -> Exchange {
-        Exchange {
-            protocol: "http",
-            id: ExchangeId::Sequence(0),
-            kind,
-            name: name.into(),
-            start_ktime_ns: 1,
-            end_ktime_ns: 2,
-            tid: 1,
-            attributes: Vec::new(),
-            status: ExchangeStatus::Ok,
-            traceparent: None,
-            record: Exchange::no_record(),
-            order_ids: Vec::new(),
-            business: Vec::new(),
-        }
+        Exchange::for_tests(kind, name)
     }
 
     #[test]

@@ -41,6 +41,17 @@ impl ExchangeKind {
         })
     }
 
+    /// The kind as configuration and journeys name it (`internal` for synthesized spans).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Server => "server",
+            Self::Client => "client",
+            Self::Producer => "producer",
+            Self::Consumer => "consumer",
+            Self::Internal => "internal",
+        }
+    }
+
     pub fn from_role(role: Role) -> Self {
         if role == Role::Client {
             Self::Client
@@ -138,5 +149,26 @@ impl Exchange {
     /// An exchange with no protocol record (synthesized spans, tests).
     pub fn no_record() -> Arc<dyn Record> {
         Arc::new(NoRecord)
+    }
+
+    /// A successful HTTP exchange without a record, from 1 to 2 ns on thread 1, for unit
+    /// tests to adjust.
+    #[cfg(test)]
+    pub fn for_tests(kind: ExchangeKind, name: &str) -> Self {
+        Self {
+            protocol: "http",
+            id: ExchangeId::Sequence(0),
+            kind,
+            name: name.into(),
+            start_ktime_ns: 1,
+            end_ktime_ns: 2,
+            tid: 1,
+            attributes: Vec::new(),
+            status: ExchangeStatus::Ok,
+            traceparent: None,
+            record: Self::no_record(),
+            order_ids: Vec::new(),
+            business: Vec::new(),
+        }
     }
 }

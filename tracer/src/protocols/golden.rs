@@ -10,9 +10,7 @@ use serde_json::{json, Value};
 
 use crate::{
     capture::Direction,
-    protocols::{
-        AttrValue, ExchangeEvent, ExchangeId, ExchangeKind, ExchangeStatus, ProtocolSession,
-    },
+    protocols::{AttrValue, ExchangeEvent, ExchangeId, ExchangeStatus, ProtocolSession},
 };
 
 pub fn records(dir: &Path, name: &str) -> Vec<(Direction, u64, Vec<u8>)> {
@@ -55,21 +53,11 @@ pub fn replay(
     out
 }
 
-fn kind(kind: ExchangeKind) -> &'static str {
-    match kind {
-        ExchangeKind::Server => "server",
-        ExchangeKind::Client => "client",
-        ExchangeKind::Producer => "producer",
-        ExchangeKind::Consumer => "consumer",
-        ExchangeKind::Internal => "internal",
-    }
-}
-
 pub fn render(event: &ExchangeEvent) -> Value {
     match event {
         ExchangeEvent::Started(s) => {
             let mut started = json!({
-                "event": "started", "kind": kind(s.kind),
+                "event": "started", "kind": s.kind.name(),
                 "publishes": s.message_out.is_some(), "receives": s.message_in.is_some(),
             });
             with_id(&mut started, s.id);
@@ -97,7 +85,7 @@ pub fn render(event: &ExchangeEvent) -> Value {
                 } => json!({ "error_type": error_type, "message": message }),
             };
             let mut finished = json!({
-                "event": "finished", "kind": kind(x.kind), "name": x.name,
+                "event": "finished", "kind": x.kind.name(), "name": x.name,
                 "status": status, "attributes": attributes, "body": x.record.text("amqp_body"),
             });
             with_id(&mut finished, x.id);

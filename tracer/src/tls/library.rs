@@ -2,7 +2,9 @@
 //! addresses from the ELF symbol tables (`object`), turned into file offsets.
 use std::{fs::File, path::Path};
 
-use object::{Object, ObjectSegment, ObjectSymbol};
+use object::{Object, ObjectSymbol};
+
+use super::placement;
 
 /// The kind of library, which decides the functions hooked and their calling convention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -94,12 +96,34 @@ pub fn flavour_by_name(path: &Path, extra: &[String]) -> Option<Flavour> {
     }
 }
 
-/// A hookable function: its name, what to attach, and its offset in the file.
+/// A hookable function: its name, what to attach, and where in the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Function {
     pub symbol: &'static str,
     pub program: Program,
+    /// The file offset the probes attach at: the function's, or its callee's (`at_callee`).
     pub offset: u64,
+    /// The function's virtual address and size, from the symbol table.
+    pub address: u64,
+    pub size: u64,
+    /// Hooked at the function it wraps, where probes cost less (see `placement`).
+    pub at_callee: bool,
+    /// A function whose calls the callee's hook also sees, so it has none of its own.
+    pub also: Option<&'static str>,
+}
+
+impl Function {
+    /// How logs and `tracer capture` name the hook.
+    pub fn describe(&self) -> String {
+        match (self.at_callee, self.also) {
+            (false, _) => self.symbol.to_owned(),
+            (true, None) => format!("{} (at its callee, +{:#x})", self.symbol, self.offset),
+            (true, Some(also)) => format!(
+                "{} and {also} (at their callee, +{:#x})",
+                self.symbol, self.offset
+            ),
+        }
+    }
 }
 
 /// The functions of `flavour` that `path` defines, with file offsets; for `None`, the
@@ -111,12 +135,14 @@ pub fn resolve(path: &Path, flavour: Option<Flavour>) -> Result<(Flavour, Vec<Fu
     let mapped = Mapped::new(&file).map_err(|e| format!("cannot map: {e}"))?;
     let elf = object::File::parse(mapped.bytes()).map_err(|e| format!("not an ELF file: {e}"))?;
     let hooks = flavour.unwrap_or(Flavour::OpenSsl).hooks();
-    let mut addresses: Vec<Option<u64>> = vec![None; hooks.len()];
-    let find = |symbols: object::SymbolIterator<'_, '_, &[u8]>, addresses: &mut [Option<u64>]| {
+    // `(address, size)` of each hooked function found.
+    let mut addresses: Vec<Option<(u64, u64)>> = vec![None; hooks.len()];
+    let find = |symbols: object::SymbolIterator<'_, '_, &[u8]>,
+                addresses: &mut [Option<(u64, u64)>]| {
         for symbol in symbols.filter(|s| s.is_definition()) {
             let Ok(name) = symbol.name() else { continue };
             if let Some(i) = hooks.iter().position(|(wanted, _)| *wanted == name) {
-                addresses[i].get_or_insert(symbol.address());
+                addresses[i].get_or_insert((symbol.address(), symbol.size()));
             }
         }
     };
@@ -133,21 +159,26 @@ pub fn resolve(path: &Path, flavour: Option<Flavour>) -> Result<(Flavour, Vec<Fu
     if flavour.is_none() && !(exported("SSL_read") && exported("SSL_write")) {
         return Ok((Flavour::OpenSsl, Vec::new()));
     }
+    let image = placement::Image::new(&elf, mapped.bytes());
     let mut found = Vec::new();
     for (&(symbol, program), address) in hooks.iter().zip(addresses) {
-        let Some(address) = address else { continue };
-        let offset = elf.segments().find_map(|segment| {
-            let start = segment.address();
-            let (file_start, file_size) = segment.file_range();
-            (address >= start && address < start + file_size).then(|| address - start + file_start)
-        });
-        if let Some(offset) = offset {
+        let Some((address, size)) = address else {
+            continue;
+        };
+        if let Some(offset) = image.offset(address) {
             found.push(Function {
                 symbol,
                 program,
                 offset,
+                address,
+                size,
+                at_callee: false,
+                also: None,
             });
         }
+    }
+    if flavour.unwrap_or(Flavour::OpenSsl) == Flavour::OpenSsl {
+        placement::cheapen(&image, &mut found);
     }
     Ok((flavour.unwrap_or(Flavour::OpenSsl), found))
 }
@@ -232,17 +263,13 @@ mod tests {
         .find(|p| p.exists())
         .expect("libssl3 is installed by `cargo xtask setup` (Debian package libssl3)");
         let (_, functions) = resolve(libssl, Some(Flavour::OpenSsl)).unwrap();
-        let names: Vec<&str> = functions.iter().map(|f| f.symbol).collect();
-        assert_eq!(
-            names,
-            [
-                "SSL_read",
-                "SSL_read_ex",
-                "SSL_write",
-                "SSL_write_ex",
-                "SSL_shutdown"
-            ]
-        );
+        let names: Vec<String> = functions.iter().map(Function::describe).collect();
+        // Debian's libssl 3: the `_ex` functions wrap ssl_read_internal/ssl_write_internal,
+        // which start with `push` (emulated by the kernel) and which SSL_read/SSL_write call.
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(names[0].starts_with("SSL_read_ex and SSL_read (at their callee"), "{names:?}");
+        assert!(names[1].starts_with("SSL_write_ex and SSL_write (at their callee"), "{names:?}");
+        assert_eq!(names[2], "SSL_shutdown");
         let size = std::fs::metadata(libssl).unwrap().len();
         assert!(functions.iter().all(|f| f.offset > 0 && f.offset < size));
         // A function's first bytes at that offset are code (endbr64 on CET builds).

@@ -7,6 +7,7 @@
 //! loader maps libraries) and when they `dlopen` (a uretprobe on libc's `dlopen`).
 mod library;
 mod maps;
+mod placement;
 mod probes;
 
 pub use library::Flavour;

@@ -42,7 +42,7 @@ pub type TlsOptions = crate::config::TlsConfig;
 pub struct TlsStatus {
     pub path: PathBuf,
     pub flavour: Flavour,
-    pub functions: Vec<&'static str>,
+    pub functions: Vec<String>,
     /// Live processes known to map it.
     pub processes: usize,
 }
@@ -50,7 +50,7 @@ pub struct TlsStatus {
 struct Hooked {
     path: PathBuf,
     flavour: Flavour,
-    functions: Vec<&'static str>,
+    functions: Vec<String>,
     pids: BTreeSet<u32>,
 }
 
@@ -312,7 +312,7 @@ impl TlsProbes {
                 .iter()
                 .try_for_each(|program| kernel.attach_uprobe(program, target, function.offset));
             match result {
-                Ok(()) => attached.push(function.symbol),
+                Ok(()) => attached.push(function.describe()),
                 Err(error) => {
                     self.attach_errors += 1;
                     tracing::warn!(

@@ -115,6 +115,8 @@ impl Stages {
 pub struct Pipeline {
     conns: HashMap<ConnId, ConnProtocol>,
     correlator: Correlator,
+    /// Spans the correlator resolved at a tick, emptied by `export`.
+    resolved: Vec<ResolvedSpan>,
     services: Services,
     queues: ExportQueues,
     options: SessionOptions,
@@ -146,6 +148,7 @@ impl Pipeline {
         Self {
             conns: HashMap::default(),
             correlator,
+            resolved: Vec::new(),
             services,
             queues,
             options,
@@ -523,9 +526,11 @@ impl Pipeline {
     /// Sends spans whose parents are settled to the export queues.
     pub fn tick(&mut self, now_ns: u64, clock: &KernelClock) {
         self.wake(now_ns);
-        let mut resolved = Vec::new();
+        // Kept between ticks: a burst's vector is not grown again at every tick.
+        let mut resolved = std::mem::take(&mut self.resolved);
         self.correlator.poll(now_ns, &mut resolved);
-        self.export(resolved, clock);
+        self.export(resolved.drain(..), clock);
+        self.resolved = resolved;
     }
 
     /// At shutdown: export everything still settling. Requests still in flight are not
@@ -533,10 +538,10 @@ impl Pipeline {
     pub fn finish(&mut self, clock: &KernelClock) {
         let mut resolved = Vec::new();
         self.correlator.flush(&mut resolved);
-        self.export(resolved, clock);
+        self.export(resolved.into_iter(), clock);
     }
 
-    fn export(&mut self, spans: Vec<ResolvedSpan>, clock: &KernelClock) {
+    fn export(&mut self, spans: impl ExactSizeIterator<Item = ResolvedSpan>, clock: &KernelClock) {
         let mut batch = Vec::with_capacity(spans.len().min(HANDOVER));
         let mut journey_spans = Vec::new();
         for mut span in spans {

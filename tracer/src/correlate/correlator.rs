@@ -624,6 +624,21 @@ impl Correlator {
                 .get(client)
                 .is_some_and(|c| c.start_ns <= served_until)
         };
+        // The tuple's newest client connection holds the match when it exists: a tuple is
+        // reused only after its connection closed, so older connections' calls all come
+        // before it, and an exchange id is unique on a connection. One lookup instead of a
+        // scan past every call that connection made since (hundreds on a busy one).
+        if let Some(newest) = clients.last() {
+            let candidate = (newest.0, id.1);
+            let is_client = |c: &NodeId| {
+                self.nodes
+                    .get(c)
+                    .is_some_and(|n| n.kind == ExchangeKind::Client)
+            };
+            if is_client(&candidate) && started_before(&candidate) {
+                return Some(candidate);
+            }
+        }
         if let Some(client) = clients
             .iter()
             .rev()

@@ -267,8 +267,14 @@ mod tests {
         // Debian's libssl 3: the `_ex` functions wrap ssl_read_internal/ssl_write_internal,
         // which start with `push` (emulated by the kernel) and which SSL_read/SSL_write call.
         assert_eq!(names.len(), 3, "{names:?}");
-        assert!(names[0].starts_with("SSL_read_ex and SSL_read (at their callee"), "{names:?}");
-        assert!(names[1].starts_with("SSL_write_ex and SSL_write (at their callee"), "{names:?}");
+        assert!(
+            names[0].starts_with("SSL_read_ex and SSL_read (at their callee"),
+            "{names:?}"
+        );
+        assert!(
+            names[1].starts_with("SSL_write_ex and SSL_write (at their callee"),
+            "{names:?}"
+        );
         assert_eq!(names[2], "SSL_shutdown");
         let size = std::fs::metadata(libssl).unwrap().len();
         assert!(functions.iter().all(|f| f.offset > 0 && f.offset < size));

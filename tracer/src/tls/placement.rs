@@ -245,7 +245,10 @@ mod tests {
         let mut functions = libssl_functions();
         cheapen(&image(&code), &mut functions);
         assert_eq!(functions.len(), 2);
-        let read_ex = functions.iter().find(|f| f.symbol == "SSL_read_ex").unwrap();
+        let read_ex = functions
+            .iter()
+            .find(|f| f.symbol == "SSL_read_ex")
+            .unwrap();
         assert!(read_ex.at_callee && read_ex.also.is_none());
         let read = functions.iter().find(|f| f.symbol == "SSL_read").unwrap();
         assert_eq!(read.offset, 0x40);

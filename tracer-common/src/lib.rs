@@ -174,13 +174,23 @@ pub struct ConnState {
     pub addr_sent: u32,
     /// 1 once a TLS library was seen using this socket: from then on its payload is
     /// plaintext from the uprobes and the encrypted socket bytes are not copied.
-    pub tls: u32,
+    pub tls: u16,
+    /// Data syscalls that showed no sign of TLS (no TLS call on the thread, no record
+    /// header); at `PLAIN_AFTER_EXITS` the socket is taken for plain and not checked again.
+    pub plain_exits: u16,
     /// Address family and protocol of `sk` (from the socket tracepoints); 0 until known.
     pub sk_family: u16,
     pub sk_protocol: u16,
     /// Next plaintext stream position per direction.
     pub tls_position: [u64; 2],
 }
+
+/// Data syscalls without any sign of TLS after which a socket is no longer checked for
+/// it: TLS starts at a connection's first bytes, or after a few plaintext messages at most
+/// (PostgreSQL's SSLRequest, SMTP's STARTTLS), and an adopted TLS connection shows it in
+/// its first calls. The checks (a hash lookup and a 3-byte user read) were ~30 % of a
+/// data exit.
+pub const PLAIN_AFTER_EXITS: u16 = 32;
 
 /// Userspace's instructions for one connection (`CONN_CONTROL` map value).
 #[repr(C)]

@@ -219,6 +219,7 @@ fn open_connection(id: u64, fd: u32, role: u32, sk: u64, tuple: SockTuple) {
         role,
         addr_sent: (tuple.local_port != 0) as u32,
         tls: 0,
+        plain_exits: 0,
         sk_family: 0,
         sk_protocol: 0,
         tls_position: [0, 0],

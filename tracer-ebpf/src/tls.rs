@@ -7,8 +7,9 @@ use aya_ebpf::{
 };
 use tracer_common::{
     ConnId, ConnState, SockKey, SockRef, SyscallArgs, TlsCall, TlsKey, CONTROL_NO_PLAINTEXT,
-    COUNTER_SYSCALL_STASH_FULL, COUNTER_TLS_CALLS, COUNTER_TLS_NO_SOCKET, DIR_EGRESS, SCRATCH_TLS,
-    SYS_READV, SYS_RECVMSG, SYS_SENDMSG, SYS_TLS_READ, SYS_TLS_WRITE, SYS_WRITEV,
+    COUNTER_SYSCALL_STASH_FULL, COUNTER_TLS_CALLS, COUNTER_TLS_NO_SOCKET, DIR_EGRESS,
+    PLAIN_AFTER_EXITS, SCRATCH_TLS, SYS_READV, SYS_RECVMSG, SYS_SENDMSG, SYS_TLS_READ,
+    SYS_TLS_WRITE, SYS_WRITEV,
 };
 
 use crate::{
@@ -145,7 +146,8 @@ fn live(tgid: u32, socket: SockRef) -> Option<(SockKey, *mut ConnState)> {
 /// Called from a data syscall's exit on a followed TCP socket. True when the bytes are
 /// encrypted and must not be copied: the thread is inside a TLS call (which teaches us
 /// the object's socket), or the socket is already known to carry TLS. Sockets whose bytes
-/// start with a TLS record header are remembered per thread for memory-BIO libraries.
+/// start with a TLS record header are remembered per thread for memory-BIO libraries. A
+/// socket that showed none of this for `PLAIN_AFTER_EXITS` calls costs one comparison.
 #[inline(always)]
 pub fn socket_carries_tls(
     id: u64,
@@ -153,6 +155,9 @@ pub fn socket_carries_tls(
     state: &mut ConnState,
     args: &SyscallArgs,
 ) -> bool {
+    if state.plain_exits >= PLAIN_AFTER_EXITS {
+        return false; // plain: checked enough (see PLAIN_AFTER_EXITS)
+    }
     let socket = SockRef {
         fd: key.fd,
         _pad: 0,
@@ -182,6 +187,8 @@ pub fn socket_carries_tls(
     }
     if starts_with_tls_record(args) {
         let _ = LAST_TLS_SOCKET.insert(id, socket, 0);
+    } else {
+        state.plain_exits += 1;
     }
     false
 }

@@ -240,6 +240,7 @@ impl KernelCapture {
             role,
             addr_sent: 1,
             tls: 0,
+            plain_exits: 0,
             sk_family: 0,
             sk_protocol: 0,
             tls_position: [0, 0],

@@ -134,7 +134,9 @@ pub fn resolve(path: &Path, flavour: Option<Flavour>) -> Result<(Flavour, Vec<Fu
     let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let mapped = Mapped::new(&file).map_err(|e| format!("cannot map: {e}"))?;
     let elf = object::File::parse(mapped.bytes()).map_err(|e| format!("not an ELF file: {e}"))?;
-    let hooks = flavour.unwrap_or(Flavour::OpenSsl).hooks();
+    // Unnamed files are looked at for a statically linked OpenSSL.
+    let kind = flavour.unwrap_or(Flavour::OpenSsl);
+    let hooks = kind.hooks();
     // `(address, size)` of each hooked function found.
     let mut addresses: Vec<Option<(u64, u64)>> = vec![None; hooks.len()];
     let find = |symbols: object::SymbolIterator<'_, '_, &[u8]>,
@@ -157,7 +159,7 @@ pub fn resolve(path: &Path, flavour: Option<Flavour>) -> Result<(Flavour, Vec<Fu
             .any(|((symbol, _), address)| *symbol == name && address.is_some())
     };
     if flavour.is_none() && !(exported("SSL_read") && exported("SSL_write")) {
-        return Ok((Flavour::OpenSsl, Vec::new()));
+        return Ok((kind, Vec::new()));
     }
     let image = placement::Image::new(&elf, mapped.bytes());
     let mut found = Vec::new();
@@ -177,10 +179,10 @@ pub fn resolve(path: &Path, flavour: Option<Flavour>) -> Result<(Flavour, Vec<Fu
             });
         }
     }
-    if flavour.unwrap_or(Flavour::OpenSsl) == Flavour::OpenSsl {
+    if kind == Flavour::OpenSsl {
         placement::cheapen(&image, &mut found);
     }
-    Ok((flavour.unwrap_or(Flavour::OpenSsl), found))
+    Ok((kind, found))
 }
 
 /// A read-only private mapping of a whole file.

@@ -44,24 +44,27 @@ impl<'a> Image<'a> {
         Self { bytes, segments }
     }
 
-    /// The file offset of a virtual address, if a segment holds it.
-    pub fn offset(&self, address: u64) -> Option<u64> {
+    /// The segment holding a virtual address.
+    fn segment(&self, address: u64) -> Option<(u64, u64, u64)> {
         self.segments
             .iter()
+            .copied()
             .find(|(start, _, size)| address >= *start && address < start + size)
-            .map(|(start, file_start, _)| address - start + file_start)
+    }
+
+    /// The file offset of a virtual address, if a segment holds it.
+    pub fn offset(&self, address: u64) -> Option<u64> {
+        let (start, file_start, _) = self.segment(address)?;
+        Some(address - start + file_start)
     }
 
     /// Up to `len` bytes of code from `address`, cut at the end of its segment.
     fn code(&self, address: u64, len: u64) -> Option<&'a [u8]> {
-        let (start, file_start, size) = self
-            .segments
-            .iter()
-            .find(|(start, _, size)| address >= *start && address < start + size)?;
+        let (start, file_start, size) = self.segment(address)?;
         let from = address - start;
-        let to = (from + len).min(*size);
-        let (from, to) = ((file_start + from) as usize, (file_start + to) as usize);
-        self.bytes.get(from..to)
+        let to = (from + len).min(size);
+        self.bytes
+            .get((file_start + from) as usize..(file_start + to) as usize)
     }
 
     /// The instructions from `address`, over at most `len` bytes; stops at an undecodable one.
@@ -208,11 +211,17 @@ mod tests {
         ]
     }
 
+    /// The hooks `cheapen` leaves for the two functions of `libssl_like` code.
+    fn placed(code: &[u8]) -> Vec<Function> {
+        let mut functions = libssl_functions();
+        cheapen(&image(code), &mut functions);
+        functions
+    }
+
     #[test]
     fn an_ex_wrapper_is_hooked_at_its_callee_which_also_covers_the_plain_function() {
         let code = libssl_like(&[0x41, 0x55, 0x41, 0x54, 0xc3]); // push %r13; push %r12; ret
-        let mut functions = libssl_functions();
-        cheapen(&image(&code), &mut functions);
+        let functions = placed(&code);
         assert_eq!(functions.len(), 1, "{functions:?}");
         let read = &functions[0];
         assert_eq!((read.symbol, read.offset), ("SSL_read_ex", 0x80));
@@ -223,9 +232,7 @@ mod tests {
     #[test]
     fn a_callee_the_kernel_would_single_step_keeps_the_hooks_where_they_were() {
         let code = libssl_like(&[0x48, 0x83, 0xec, 0x38, 0xc3]); // sub $0x38,%rsp; ret
-        let mut functions = libssl_functions();
-        cheapen(&image(&code), &mut functions);
-        assert_eq!(functions, libssl_functions());
+        assert_eq!(placed(&code), libssl_functions());
     }
 
     #[test]
@@ -233,17 +240,14 @@ mod tests {
         let mut code = libssl_like(&[0x41, 0x55, 0xc3]);
         // SSL_read_ex: movslq %edx,%rdx; call 0x1080 — the callee sees another count.
         code[..8].copy_from_slice(&[0x48, 0x63, 0xd2, 0xe8, 0x78, 0x00, 0x00, 0x00]);
-        let mut functions = libssl_functions();
-        cheapen(&image(&code), &mut functions);
-        assert_eq!(functions, libssl_functions());
+        assert_eq!(placed(&code), libssl_functions());
     }
 
     #[test]
     fn a_plain_function_that_never_calls_the_callee_keeps_its_own_hook() {
         let mut code = libssl_like(&[0x41, 0x55, 0xc3]);
         code[0x40..0x60].fill(0x90); // SSL_read: nops, no call
-        let mut functions = libssl_functions();
-        cheapen(&image(&code), &mut functions);
+        let functions = placed(&code);
         assert_eq!(functions.len(), 2);
         let read_ex = functions
             .iter()

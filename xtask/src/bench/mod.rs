@@ -219,6 +219,9 @@ impl Cost {
     fn per_100k_spans(&self) -> f64 {
         self.cpu_s / self.spans.max(1.0) * 1e5
     }
+    fn spans_per_request(&self) -> f64 {
+        self.spans / self.wrk.requests
+    }
 }
 
 /// A traced `wrk` round: the agent's CPU from before the load until every span of it has
@@ -334,7 +337,7 @@ fn http_overhead(
     writeln!(
         report,
         "| agent CPU per 100k spans, as shipped ({} spans per request) | | {} CPU-s | | |",
-        spread(default.iter().map(|c| c.spans / c.wrk.requests), 2),
+        spread(default.iter().map(Cost::spans_per_request), 2),
         spread(default.iter().map(Cost::per_100k_spans), 2)
     )?;
     writeln!(
@@ -346,7 +349,7 @@ fn http_overhead(
     writeln!(
         report,
         "| agent CPU per 100k HTTP requests, as shipped with its sampling too (all errors, 10 % of successes: {} spans per request exported) | | {} CPU-s | | |",
-        spread(sampled.iter().map(|c| c.spans / c.wrk.requests), 2),
+        spread(sampled.iter().map(Cost::spans_per_request), 2),
         spread(sampled.iter().map(Cost::per_100k_requests), 2)
     )?;
     writeln!(

@@ -5,7 +5,7 @@
 //! `opentelemetry-proto`'s generated types.
 use std::net::{IpAddr, SocketAddr};
 
-use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+use prost::encoding::{encoded_len_varint, key_len, WireType};
 
 use crate::{
     capture::KernelClock,
@@ -27,35 +27,50 @@ enum Value<'a> {
     Bool(bool),
 }
 
+/// A varint: one push for the small values (tags, lengths) nearly every call writes.
+#[inline]
+fn put_varint(mut value: u64, buf: &mut Vec<u8>) {
+    while value >= 0x80 {
+        buf.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    buf.push(value as u8);
+}
+
+#[inline]
+fn put_key(tag: u32, wire_type: WireType, buf: &mut Vec<u8>) {
+    put_varint(u64::from(tag << 3 | wire_type as u32), buf);
+}
+
 fn string_len(tag: u32, value: &str) -> usize {
     key_len(tag) + encoded_len_varint(value.len() as u64) + value.len()
 }
 
 fn string(tag: u32, value: &str, buf: &mut Vec<u8>) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(value.len() as u64, buf);
+    put_key(tag, WireType::LengthDelimited, buf);
+    put_varint(value.len() as u64, buf);
     buf.extend_from_slice(value.as_bytes());
 }
 
 fn bytes(tag: u32, value: &[u8], buf: &mut Vec<u8>) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(value.len() as u64, buf);
+    put_key(tag, WireType::LengthDelimited, buf);
+    put_varint(value.len() as u64, buf);
     buf.extend_from_slice(value);
 }
 
 fn fixed64(tag: u32, value: u64, buf: &mut Vec<u8>) {
-    encode_key(tag, WireType::SixtyFourBit, buf);
+    put_key(tag, WireType::SixtyFourBit, buf);
     buf.extend_from_slice(&value.to_le_bytes());
 }
 
 fn fixed32(tag: u32, value: u32, buf: &mut Vec<u8>) {
-    encode_key(tag, WireType::ThirtyTwoBit, buf);
+    put_key(tag, WireType::ThirtyTwoBit, buf);
     buf.extend_from_slice(&value.to_le_bytes());
 }
 
 fn varint(tag: u32, value: u64, buf: &mut Vec<u8>) {
-    encode_key(tag, WireType::Varint, buf);
-    encode_varint(value, buf);
+    put_key(tag, WireType::Varint, buf);
+    put_varint(value, buf);
 }
 
 /// `AnyValue`: string_value 1, bool_value 2, int_value 3.
@@ -71,11 +86,11 @@ fn any_value_len(value: Value) -> usize {
 fn attribute(tag: u32, key: &str, value: Value, buf: &mut Vec<u8>) {
     let value_len = any_value_len(value);
     let len = string_len(1, key) + key_len(2) + encoded_len_varint(value_len as u64) + value_len;
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(len as u64, buf);
+    put_key(tag, WireType::LengthDelimited, buf);
+    put_varint(len as u64, buf);
     string(1, key, buf);
-    encode_key(2, WireType::LengthDelimited, buf);
-    encode_varint(value_len as u64, buf);
+    put_key(2, WireType::LengthDelimited, buf);
+    put_varint(value_len as u64, buf);
     match value {
         Value::Str(s) => string(1, s, buf),
         Value::Bool(b) => varint(2, u64::from(b), buf),
@@ -141,11 +156,18 @@ pub fn encode(span: &ResolvedSpan, clock: &KernelClock) -> Vec<u8> {
     let end = exchange.end_ktime_ns.max(exchange.start_ktime_ns);
     fixed64(8, unix_ns(end), &mut buf);
     let attr = |buf: &mut Vec<u8>, key: &str, value: Value| attribute(9, key, value, buf);
-    let mut ip = String::with_capacity(40);
-    let mut address = |buf: &mut Vec<u8>, ip_key: &str, port_key: &str, at: SocketAddr| {
-        ip_text(at.ip(), &mut ip);
-        attr(buf, ip_key, Value::Str(&ip));
-        attr(buf, port_key, Value::Int(i64::from(at.port())));
+    // Each end's address as text once: it is written under two keys.
+    let text_of = |at: Option<SocketAddr>| {
+        at.map(|at| {
+            let mut text = String::with_capacity(40);
+            ip_text(at.ip(), &mut text);
+            (text, at.port())
+        })
+    };
+    let (remote, local) = (text_of(connection.remote), text_of(connection.local));
+    let address = |buf: &mut Vec<u8>, ip_key: &str, port_key: &str, at: &(String, u16)| {
+        attr(buf, ip_key, Value::Str(&at.0));
+        attr(buf, port_key, Value::Int(i64::from(at.1)));
     };
     for (key, value) in &exchange.attributes {
         match value {
@@ -153,7 +175,7 @@ pub fn encode(span: &ResolvedSpan, clock: &KernelClock) -> Vec<u8> {
             AttrValue::Int(i) => attr(&mut buf, key, Value::Int(*i)),
         }
     }
-    if let Some(remote) = connection.remote {
+    if let Some(remote) = &remote {
         address(
             &mut buf,
             "network.peer.address",
@@ -161,7 +183,7 @@ pub fn encode(span: &ResolvedSpan, clock: &KernelClock) -> Vec<u8> {
             remote,
         );
     }
-    if let Some(local) = connection.local {
+    if let Some(local) = &local {
         address(
             &mut buf,
             "network.local.address",
@@ -185,13 +207,13 @@ pub fn encode(span: &ResolvedSpan, clock: &KernelClock) -> Vec<u8> {
     }
     let server = match exchange.kind {
         ExchangeKind::Server => {
-            if let Some(remote) = connection.remote {
+            if let Some(remote) = &remote {
                 address(&mut buf, "client.address", "client.port", remote);
             }
-            connection.local
+            local.as_ref()
         }
         ExchangeKind::Internal => None,
-        _ => connection.remote,
+        _ => remote.as_ref(),
     };
     if let Some(server) = server {
         address(&mut buf, "server.address", "server.port", server);
@@ -205,8 +227,8 @@ pub fn encode(span: &ResolvedSpan, clock: &KernelClock) -> Vec<u8> {
     if let ExchangeStatus::Error { message, .. } = &exchange.status {
         // Status: message 2, code 3.
         let len = string_len(2, message) + key_len(3) + 1;
-        encode_key(15, WireType::LengthDelimited, &mut buf);
-        encode_varint(len as u64, &mut buf);
+        put_key(15, WireType::LengthDelimited, &mut buf);
+        put_varint(len as u64, &mut buf);
         string(2, message, &mut buf);
         varint(3, STATUS_ERROR, &mut buf);
     }

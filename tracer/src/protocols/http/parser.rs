@@ -1,6 +1,8 @@
 //! One direction of an HTTP/1.x connection: heads parsed with `httparse`, bodies framed by
 //! Content-Length, chunked encoding or connection close, with resynchronisation at the
 //! next request or status line after garbage or a gap.
+use std::mem::MaybeUninit;
+
 use httparse::Status;
 
 use super::headers::Headers;
@@ -236,39 +238,46 @@ impl Parser {
         if self.buf.is_empty() {
             return None;
         }
-        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        // Uninitialised: httparse writes the fields it finds (an initialised array was a
+        // 4 KiB fill per head).
+        let mut storage = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+        let config = httparse::ParserConfig::default();
         let parsed: Result<Option<(usize, Head)>, httparse::Error> = match self.side {
             Side::Requests => {
-                let mut req = httparse::Request::new(&mut storage);
-                req.parse(&self.buf).map(|status| match status {
-                    Status::Complete(n) => Some((
-                        n,
-                        Head {
-                            method: req.method.unwrap_or_default().to_owned(),
-                            target: req.path.unwrap_or_default().to_owned(),
-                            status: 0,
-                            version: req.version.unwrap_or(1),
-                            headers: Headers::from_parsed(req.headers),
-                        },
-                    )),
-                    Status::Partial => None,
-                })
+                let mut req = httparse::Request::new(&mut []);
+                config
+                    .parse_request_with_uninit_headers(&mut req, &self.buf, &mut storage)
+                    .map(|status| match status {
+                        Status::Complete(n) => Some((
+                            n,
+                            Head {
+                                method: req.method.unwrap_or_default().to_owned(),
+                                target: req.path.unwrap_or_default().to_owned(),
+                                status: 0,
+                                version: req.version.unwrap_or(1),
+                                headers: Headers::from_parsed(req.headers),
+                            },
+                        )),
+                        Status::Partial => None,
+                    })
             }
             Side::Responses => {
-                let mut res = httparse::Response::new(&mut storage);
-                res.parse(&self.buf).map(|status| match status {
-                    Status::Complete(n) => Some((
-                        n,
-                        Head {
-                            method: String::new(),
-                            target: String::new(),
-                            status: res.code.unwrap_or(0),
-                            version: res.version.unwrap_or(1),
-                            headers: Headers::from_parsed(res.headers),
-                        },
-                    )),
-                    Status::Partial => None,
-                })
+                let mut res = httparse::Response::new(&mut []);
+                config
+                    .parse_response_with_uninit_headers(&mut res, &self.buf, &mut storage)
+                    .map(|status| match status {
+                        Status::Complete(n) => Some((
+                            n,
+                            Head {
+                                method: String::new(),
+                                target: String::new(),
+                                status: res.code.unwrap_or(0),
+                                version: res.version.unwrap_or(1),
+                                headers: Headers::from_parsed(res.headers),
+                            },
+                        )),
+                        Status::Partial => None,
+                    })
             }
         };
         match parsed {

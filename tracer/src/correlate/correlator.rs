@@ -138,14 +138,14 @@ struct Node {
 type Published = (Connection, &'static str, Vec<(&'static str, AttrValue)>);
 
 /// Spans never finished (a connection we stopped seeing) are dropped after this long.
-const MAX_OPEN_NS: u64 = 15 * 60 * 1_000_000_000;
+pub(super) const MAX_OPEN_NS: u64 = 15 * 60 * 1_000_000_000;
 
 pub struct Correlator {
     /// Boxed: the table's own entries stay small (40 bytes), so growing or rehashing it
     /// under a burst moves pointers, not whole nodes.
     nodes: HashMap<NodeId, Box<Node>>,
     /// CLIENT spans by connection (local, remote), for rule 1.
-    clients_by_tuple: HashMap<(SocketAddr, SocketAddr), Vec<NodeId>>,
+    clients_by_tuple: HashMap<(SocketAddr, SocketAddr), VecDeque<NodeId>>,
     /// SERVER and CONSUMER spans of each process open now, and the last ones closed (a
     /// call's start may be read just after the end of a request it overlapped), for rule 3.
     open_by_pid: HashMap<u32, Vec<NodeId>>,
@@ -165,6 +165,13 @@ pub struct Correlator {
     awaiting_delivery: VecDeque<(u64, NodeId)>,
     /// Finished spans waiting for their settle time: (ready at, node).
     settling: VecDeque<(u64, NodeId)>,
+    /// Exported spans in the order they were exported, with their end: eviction takes
+    /// them from the front, never walking the whole table.
+    exported: VecDeque<(u64, NodeId)>,
+    /// Exported PRODUCER spans whose message was not delivered when they had been linkable
+    /// for `LINKABLE_NS`: kept for `undelivered_retention_ns`.
+    exported_undelivered: VecDeque<(u64, NodeId)>,
+    last_open_scan_ns: u64,
     /// Published messages not yet delivered are kept this long after they end (their
     /// consumer's parent, and the "not delivered" report); everything else `LINKABLE_NS`.
     undelivered_retention_ns: u64,
@@ -191,7 +198,7 @@ const MAX_PARENT_WAIT_NS: u64 = 10_000_000_000;
 /// or delivery reported late, and as the client a server span is matched with. Beyond
 /// this nothing links to it, so keeping it would only cost memory (at 20k spans/s, every
 /// second kept holds ~7 MB).
-const LINKABLE_NS: u64 = 2 * MAX_PARENT_WAIT_NS;
+pub(super) const LINKABLE_NS: u64 = 2 * MAX_PARENT_WAIT_NS;
 
 impl Correlator {
     /// `orders` is the deployment's HMAC key: an order's trace id is derived from it.
@@ -207,6 +214,9 @@ impl Correlator {
             broker_delivered: HashMap::default(),
             awaiting_delivery: VecDeque::new(),
             settling: VecDeque::new(),
+            exported: VecDeque::new(),
+            exported_undelivered: VecDeque::new(),
+            last_open_scan_ns: 0,
             undelivered_retention_ns: stuck_after_ns + 10_000_000_000,
             settle_ns,
             stuck_after_ns,
@@ -231,6 +241,19 @@ impl Correlator {
     /// Spans held now.
     pub fn spans_held(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Entries in the indexes beside the table: calls by connection, open and recently
+    /// closed requests, calls undecided, producers awaiting delivery.
+    #[cfg(test)]
+    pub(super) fn indexed(&self) -> [usize; 5] {
+        [
+            self.clients_by_tuple.values().map(VecDeque::len).sum(),
+            self.open_by_pid.values().map(Vec::len).sum(),
+            self.closed_by_pid.values().map(VecDeque::len).sum(),
+            self.undecided_by_pid.values().map(BTreeSet::len).sum(),
+            self.producers_by_message.values().map(VecDeque::len).sum(),
+        ]
     }
 
     pub fn started(&mut self, connection: &Connection, start: &ExchangeStart) {
@@ -268,7 +291,7 @@ impl Correlator {
                     self.clients_by_tuple
                         .entry((local, remote))
                         .or_default()
-                        .push(id);
+                        .push_back(id);
                 }
             }
             ExchangeKind::Server | ExchangeKind::Consumer => {
@@ -364,21 +387,59 @@ impl Correlator {
     }
 
     fn discard_node(&mut self, id: NodeId) {
-        let Some(node) = self.nodes.remove(&id) else {
-            return;
-        };
-        if matches!(node.kind, ExchangeKind::Server | ExchangeKind::Consumer) {
-            let pid = node.pid;
-            self.close_request(pid, id);
-            if let Some(closed) = self.closed_by_pid.get_mut(&pid) {
-                closed.retain(|other| *other != id);
+        self.forget(id);
+    }
+
+    /// Removes a span from the table and from every index that names it.
+    fn forget(&mut self, id: NodeId) -> Option<Box<Node>> {
+        let node = self.nodes.remove(&id)?;
+        match node.kind {
+            ExchangeKind::Client => {
+                if let (Some(local), Some(remote)) = (node.local, node.remote) {
+                    let key = (local, remote);
+                    if let Some(clients) = self.clients_by_tuple.get_mut(&key) {
+                        // Forgotten in about the order they started: nearly always the front.
+                        if clients.front() == Some(&id) {
+                            clients.pop_front();
+                        } else if let Some(at) = clients.iter().position(|c| *c == id) {
+                            clients.remove(at);
+                        }
+                        if clients.is_empty() {
+                            self.clients_by_tuple.remove(&key);
+                        }
+                    }
+                }
+            }
+            ExchangeKind::Server | ExchangeKind::Consumer => {
+                if node.end_ns.is_none() {
+                    if let Some(open) = self.open_by_pid.get_mut(&node.pid) {
+                        open.retain(|other| *other != id);
+                        if open.is_empty() {
+                            self.open_by_pid.remove(&node.pid);
+                        }
+                    }
+                }
+                if let Some(closed) = self.closed_by_pid.get_mut(&node.pid) {
+                    closed.retain(|other| *other != id);
+                    if closed.is_empty() {
+                        self.closed_by_pid.remove(&node.pid);
+                    }
+                }
+            }
+            ExchangeKind::Producer | ExchangeKind::Internal => {}
+        }
+        if matches!(node.kind, ExchangeKind::Client | ExchangeKind::Producer) {
+            self.decided(node.pid, node.start_ns, id);
+        }
+        if let Some(fingerprint) = node.message_out {
+            if let Some(producers) = self.producers_by_message.get_mut(&fingerprint) {
+                producers.retain(|other| *other != id);
+                if producers.is_empty() {
+                    self.producers_by_message.remove(&fingerprint);
+                }
             }
         }
-        if let (Some(local), Some(remote)) = (node.local, node.remote) {
-            if let Some(clients) = self.clients_by_tuple.get_mut(&(local, remote)) {
-                clients.retain(|other| *other != id);
-            }
-        }
+        Some(node)
     }
 
     /// Resolves spans whose settle time has passed. `now_ns` is kernel time.
@@ -476,6 +537,8 @@ impl Correlator {
         }
         let known_ids = self.known_ids(id, trace_id);
         let node = self.nodes.get(&id)?;
+        self.exported
+            .push_back((node.end_ns.unwrap_or(node.start_ns), id));
         // A parent that became a link (another order's trace) is no parent.
         let parent_source = parent_span_id.and(node.parent_source);
         Some(ResolvedSpan {
@@ -628,7 +691,7 @@ impl Correlator {
         // reused only after its connection closed, so older connections' calls all come
         // before it, and an exchange id is unique on a connection. One lookup instead of a
         // scan past every call that connection made since (hundreds on a busy one).
-        if let Some(newest) = clients.last() {
+        if let Some(newest) = clients.back() {
             let candidate = (newest.0, id.1);
             let is_client = |c: &NodeId| {
                 self.nodes
@@ -661,59 +724,60 @@ impl Correlator {
             .map(|(client, _)| client)
     }
 
+    /// Once a second: forgets the exported spans nothing can link to any more (from the
+    /// front of `exported`, without walking the table), and, once a minute, spans never
+    /// finished within `MAX_OPEN_NS`.
     fn evict(&mut self, now_ns: u64) {
         if now_ns.saturating_sub(self.last_eviction_ns) < 1_000_000_000 {
             return;
         }
         self.last_eviction_ns = now_ns;
-        let undelivered = self.undelivered_retention_ns;
-        let before = self.nodes.len();
-        let mut unfinished = 0;
-        self.nodes.retain(|_, n| {
-            let retention = if n.message_out.is_some() && !n.delivered {
-                undelivered
+        while let Some(&(end, id)) = self.exported.front() {
+            if now_ns.saturating_sub(end) < LINKABLE_NS {
+                break;
+            }
+            self.exported.pop_front();
+            if self.awaits_delivery(id) {
+                self.exported_undelivered.push_back((end, id));
             } else {
-                LINKABLE_NS
-            };
-            let keep = match n.end_ns {
-                Some(end) => n.finished.is_some() || now_ns.saturating_sub(end) < retention,
-                None => now_ns.saturating_sub(n.start_ns) < MAX_OPEN_NS,
-            };
-            if !keep && n.end_ns.is_none() {
-                unfinished += 1;
+                self.forget(id);
             }
-            keep
-        });
-        self.stats.evicted_unfinished += unfinished;
-        self.forget_oldest_exported();
-        if self.nodes.len() != before {
-            let nodes = &self.nodes;
-            for clients in self.clients_by_tuple.values_mut() {
-                clients.retain(|id| nodes.contains_key(id));
-            }
-            self.clients_by_tuple
-                .retain(|_, clients| !clients.is_empty());
-            for open in self.open_by_pid.values_mut() {
-                open.retain(|id| nodes.contains_key(id));
-            }
-            self.open_by_pid.retain(|_, open| !open.is_empty());
-            for closed in self.closed_by_pid.values_mut() {
-                closed.retain(|id| nodes.contains_key(id));
-            }
-            self.closed_by_pid.retain(|_, closed| !closed.is_empty());
-            for undecided in self.undecided_by_pid.values_mut() {
-                undecided.retain(|(_, id)| nodes.contains_key(id));
-            }
-            self.undecided_by_pid
-                .retain(|_, undecided| !undecided.is_empty());
-            for producers in self.producers_by_message.values_mut() {
-                producers.retain(|id| nodes.contains_key(id));
-            }
-            self.producers_by_message
-                .retain(|_, producers| !producers.is_empty());
         }
+        while let Some(&(end, id)) = self.exported_undelivered.front() {
+            if now_ns.saturating_sub(end) < self.undelivered_retention_ns {
+                break;
+            }
+            self.exported_undelivered.pop_front();
+            self.forget(id);
+        }
+        if now_ns.saturating_sub(self.last_open_scan_ns) >= OPEN_SCAN_EVERY_NS {
+            self.last_open_scan_ns = now_ns;
+            let abandoned: Vec<NodeId> = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| {
+                    n.end_ns.is_none() && now_ns.saturating_sub(n.start_ns) >= MAX_OPEN_NS
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            self.stats.evicted_unfinished += abandoned.len() as u64;
+            for id in abandoned {
+                self.discard_node(id);
+            }
+        }
+        self.forget_oldest_exported();
+    }
+
+    /// A PRODUCER span whose message no consumer or broker has delivered yet.
+    fn awaits_delivery(&self, id: NodeId) -> bool {
+        self.nodes
+            .get(&id)
+            .is_some_and(|n| n.message_out.is_some() && !n.delivered)
     }
 }
+
+/// How often spans never finished are looked for (a walk of the whole table).
+const OPEN_SCAN_EVERY_NS: u64 = 60_000_000_000;
 
 impl Correlator {
     /// Beyond `max_kept` spans, forgets the oldest exported ones (never one still to be
@@ -724,39 +788,38 @@ impl Correlator {
             self.shrink();
             return;
         }
-        let forgettable = |n: &Node| {
-            // Exported, ended, and not a published message still waiting for delivery.
-            let awaits_delivery = n.message_out.is_some() && !n.delivered;
-            n.finished.is_none() && n.end_ns.is_some() && !awaits_delivery
-        };
-        let mut ends: Vec<u64> = self
-            .nodes
-            .values()
-            .filter(|n| forgettable(n))
-            .filter_map(|n| n.end_ns)
-            .collect();
-        let excess = self.nodes.len() - self.max_kept * 3 / 4;
-        let cutoff = if ends.len() <= excess {
-            u64::MAX
-        } else {
-            *ends.select_nth_unstable(excess).1
-        };
-        let before = self.nodes.len();
-        self.nodes
-            .retain(|_, n| !(forgettable(n) && n.end_ns.is_some_and(|end| end < cutoff)));
-        if self.stats.forgotten_early == 0 {
+        let target = self.max_kept * 3 / 4;
+        let before = self.stats.forgotten_early;
+        let mut kept_undelivered = VecDeque::new();
+        while self.nodes.len() > target {
+            let Some((end, id)) = self.exported.pop_front() else {
+                break;
+            };
+            if self.awaits_delivery(id) {
+                kept_undelivered.push_back((end, id));
+            } else if self.forget(id).is_some() {
+                self.stats.forgotten_early += 1;
+            }
+        }
+        // Still the oldest exported: back at the front, in their order.
+        while let Some(entry) = kept_undelivered.pop_back() {
+            self.exported.push_front(entry);
+        }
+        if before == 0 && self.stats.forgotten_early > 0 {
             tracing::warn!(
                 kept = self.max_kept,
                 "correlator full: forgetting the oldest exported spans before their retention; calls or deliveries reported later cannot link to them (tracer_correlator_spans_forgotten_early_total)"
             );
         }
-        self.stats.forgotten_early += (before - self.nodes.len()) as u64;
     }
 
     /// Gives memory back once a burst has passed.
     fn shrink(&mut self) {
         if self.nodes.capacity() > 65_536 && self.nodes.capacity() > 4 * self.nodes.len() {
             self.nodes.shrink_to(2 * self.nodes.len());
+        }
+        if self.exported.capacity() > 65_536 && self.exported.capacity() > 4 * self.exported.len() {
+            self.exported.shrink_to(2 * self.exported.len());
         }
     }
 }

@@ -412,3 +412,40 @@ fn a_full_correlator_forgets_its_oldest_exported_spans_and_counts_them() {
         "the span still settling was kept and is exported"
     );
 }
+
+/// Exported spans are forgotten once nothing can link to them, with every index naming
+/// them; a request never finished goes after `MAX_OPEN_NS`, counted.
+#[test]
+fn spans_are_forgotten_with_their_indexes_once_nothing_can_link_to_them() {
+    let s = 1_000_000_000;
+    let mut c = correlator(1);
+    let call = conn(1, 3, Role::Client, "127.0.0.1:5000", "127.0.0.1:8001");
+    let served = conn(2, 4, Role::Server, "127.0.0.1:8001", "127.0.0.1:5000");
+    let stuck = conn(2, 5, Role::Server, "127.0.0.1:8001", "127.0.0.1:5001");
+    c.started(&call, &start(ExchangeKind::Client, s, 1, None));
+    c.started(&served, &start(ExchangeKind::Server, s + 1, 2, None));
+    c.started(&stuck, &start(ExchangeKind::Server, s + 2, 3, None));
+    c.finished(
+        &served,
+        exchange(ExchangeKind::Server, s + 1, s + 3, 2),
+        s + 3,
+    );
+    c.finished(&call, exchange(ExchangeKind::Client, s, s + 4, 1), s + 4);
+    let mut out = Vec::new();
+    c.poll(2 * s, &mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!(c.spans_held(), 3, "linkable for a while after export");
+    assert_eq!(
+        c.indexed(),
+        [1, 1, 1, 0, 0],
+        "the call, the open and the closed request"
+    );
+    c.poll(2 * s + correlator::LINKABLE_NS, &mut out);
+    assert_eq!(c.spans_held(), 1, "only the request still open");
+    assert_eq!(c.indexed(), [0, 1, 0, 0, 0]);
+    c.poll(3 * s + correlator::MAX_OPEN_NS, &mut out);
+    assert_eq!(c.spans_held(), 0);
+    assert_eq!(c.indexed(), [0; 5]);
+    assert_eq!(c.stats().evicted_unfinished, 1);
+    assert_eq!(out.len(), 2, "an abandoned request is not a span");
+}

@@ -40,7 +40,27 @@ pub struct Privacy {
     /// (is a user id, id) → pseudonym: an HMAC per occurrence would cost more than the
     /// rest of the stage.
     pseudonyms: HashMap<(bool, String), String>,
+    /// Cleaned paths, routing keys, names and hosts, and span names, by value, for spans
+    /// naming no known id (the result then depends on the value alone): a host's traffic
+    /// repeats them, and cleaning one costs several times a lookup.
+    memo: [HashMap<String, String>; MEMO_SLOTS],
 }
+
+const MEMO_SLOTS: usize = 5;
+/// The memo slot of a policy whose result depends on the value alone and whose values
+/// repeat; free text, queries and ids (often unique) are cleaned every time.
+fn memo_slot(policy: Policy) -> Option<usize> {
+    match policy {
+        Policy::Path => Some(0),
+        Policy::RoutingKey => Some(1),
+        Policy::Name => Some(2),
+        Policy::Host => Some(3),
+        Policy::Keep | Policy::Query | Policy::Text | Policy::Id => None,
+    }
+}
+const SPAN_NAMES: usize = 4;
+/// Values kept per memo slot; the slot starts over beyond this.
+const MAX_MEMO: usize = 4096;
 
 /// Pseudonyms kept; the cache starts over beyond this.
 const MAX_CACHED_PSEUDONYMS: usize = 4096;
@@ -84,6 +104,7 @@ impl Privacy {
             key,
             options,
             pseudonyms: HashMap::new(),
+            memo: Default::default(),
         }
     }
 
@@ -153,8 +174,15 @@ impl Privacy {
         }
         exchange.attributes.retain(|(key, _)| listed(key, &mut why));
         exchange.business.retain(|(key, _)| listed(key, &mut why));
-        let name = std::mem::take(&mut exchange.name);
-        exchange.name = self.span_name(&name, &ids, &mut why);
+        let mut name = std::mem::take(&mut exchange.name);
+        self.memoised(
+            SPAN_NAMES,
+            &mut name,
+            &ids,
+            &mut why,
+            |privacy, name, why| *name = privacy.span_name(name, &ids, why),
+        );
+        exchange.name = name;
         for (key, value) in exchange.attributes.iter_mut() {
             if let AttrValue::Str(text) = value {
                 self.clean(key, text, &ids, &mut why);
@@ -179,19 +207,64 @@ impl Privacy {
         why
     }
 
-    fn clean(&self, key: &str, value: &mut String, ids: &[KnownId], why: &mut Redactions) {
-        match policy(key) {
-            Some(Policy::Keep) | None => {}
-            Some(Policy::Path) => {
+    /// `clean_by` through the memo where its result depends on the value alone: no known id
+    /// to replace, and no explanation asked for.
+    fn memoised(
+        &mut self,
+        slot: usize,
+        value: &mut String,
+        ids: &[KnownId],
+        why: &mut Redactions,
+        clean: impl FnOnce(&mut Self, &mut String, &mut Redactions),
+    ) {
+        if !ids.is_empty() || why.1 {
+            return clean(self, value, why);
+        }
+        if let Some(cleaned) = self.memo[slot].get(value.as_str()) {
+            value.clone_from(cleaned);
+            return;
+        }
+        let raw = value.clone();
+        clean(self, value, why);
+        let memo = &mut self.memo[slot];
+        if memo.len() >= MAX_MEMO {
+            memo.clear();
+        }
+        memo.insert(raw, value.clone());
+    }
+
+    fn clean(&mut self, key: &str, value: &mut String, ids: &[KnownId], why: &mut Redactions) {
+        let Some(policy) = policy(key) else {
+            return;
+        };
+        match memo_slot(policy) {
+            Some(slot) => self.memoised(slot, value, ids, why, |privacy, value, why| {
+                privacy.clean_by(policy, key, value, ids, why)
+            }),
+            None => self.clean_by(policy, key, value, ids, why),
+        }
+    }
+
+    fn clean_by(
+        &self,
+        policy: Policy,
+        key: &str,
+        value: &mut String,
+        ids: &[KnownId],
+        why: &mut Redactions,
+    ) {
+        match policy {
+            Policy::Keep => {}
+            Policy::Path => {
                 self.template(key, value, ids, why, |v| route::template_segments(v, '/'))
             }
-            Some(Policy::RoutingKey) => {
+            Policy::RoutingKey => {
                 self.template(key, value, ids, why, |v| route::template_segments(v, '.'))
             }
-            Some(Policy::Name) => self.template(key, value, ids, why, |v| {
+            Policy::Name => self.template(key, value, ids, why, |v| {
                 route::template_object_name(v, '.')
             }),
-            Some(Policy::Query) => {
+            Policy::Query => {
                 let redacted = redact_query(value, &self.options.allowed_query_keys);
                 if redacted != *value {
                     *value = redacted;
@@ -199,10 +272,10 @@ impl Privacy {
                 }
                 self.mask_and_replace(key, value, ids, why);
             }
-            Some(Policy::Text) => self.free_text(key, value, ids, why),
-            Some(Policy::Host) if is_ip_address(value) => {}
-            Some(Policy::Host) => self.free_text(key, value, ids, why),
-            Some(Policy::Id) => self.id(key, value, ids, why),
+            Policy::Text => self.free_text(key, value, ids, why),
+            Policy::Host if is_ip_address(value) => {}
+            Policy::Host => self.free_text(key, value, ids, why),
+            Policy::Id => self.id(key, value, ids, why),
         }
     }
 

@@ -182,3 +182,55 @@ fn a_host_header_that_is_an_address_stays_and_any_other_is_free_text() {
         );
     }
 }
+
+/// The memo of cleaned values serves spans that name no known id only: a span naming the
+/// same value with a known id still gets the id's pseudonym, before and after.
+#[test]
+fn remembered_values_never_stand_in_for_a_known_id() {
+    let mut p = privacy(true);
+    let host = |mut span: ResolvedSpan| {
+        let value = "ORD-7.shop.example".into();
+        span.exchange
+            .attributes
+            .push(("http.request.header.host", value));
+        span
+    };
+    let without_ids = || {
+        let mut span = host(child_span());
+        span.order_trace = false;
+        span.known_ids = KnownIds::default();
+        span
+    };
+    let mut plain = without_ids();
+    p.apply(&mut plain, false);
+    assert_eq!(
+        attr(&plain, "http.request.header.host"),
+        "ORD-7.shop.example"
+    );
+    assert_eq!(attr(&plain, "url.path"), "/orders/{id}/price");
+    let mut named = host(child_span());
+    p.apply(&mut named, false);
+    let pseudonym = key().pseudonym("ORD-7");
+    assert_eq!(
+        attr(&named, "http.request.header.host"),
+        format!("{pseudonym}.shop.example"),
+        "the known id's pseudonym, not the remembered value"
+    );
+    let mut again = without_ids();
+    p.apply(&mut again, false);
+    assert_eq!(
+        attr(&again, "http.request.header.host"),
+        "ORD-7.shop.example"
+    );
+    assert_eq!(attr(&again, "url.path"), "/orders/{id}/price");
+    assert_eq!(again.exchange.name, plain.exchange.name);
+    assert_eq!(
+        p.memo[3].get("ORD-7.shop.example").map(String::as_str),
+        Some("ORD-7.shop.example")
+    );
+    assert!(p
+        .memo
+        .iter()
+        .flat_map(|m| m.values())
+        .all(|v| !v.contains(&pseudonym)));
+}

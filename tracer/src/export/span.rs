@@ -3,7 +3,10 @@
 //! attributes from the connection. Field numbers are those of
 //! `opentelemetry/proto/trace/v1/trace.proto`; the tests decode the bytes with
 //! `opentelemetry-proto`'s generated types.
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    ops::Range,
+};
 
 use prost::encoding::{encoded_len_varint, key_len, WireType};
 
@@ -108,10 +111,9 @@ fn link(trace_id: [u8; 16], span_id: [u8; 8], buf: &mut Vec<u8>) {
     bytes(13, &body, buf);
 }
 
-/// An address as text; IPv4 (almost every address, five per span) without the formatting
+/// An address as text, appended; IPv4 (almost every address) without the formatting
 /// machinery.
 fn ip_text(ip: IpAddr, text: &mut String) {
-    text.clear();
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
@@ -156,17 +158,18 @@ pub fn encode(span: &ResolvedSpan, clock: &KernelClock) -> Vec<u8> {
     let end = exchange.end_ktime_ns.max(exchange.start_ktime_ns);
     fixed64(8, unix_ns(end), &mut buf);
     let attr = |buf: &mut Vec<u8>, key: &str, value: Value| attribute(9, key, value, buf);
-    // Each end's address as text once: it is written under two keys.
-    let text_of = |at: Option<SocketAddr>| {
+    // Each end's address as text once (it is written under two keys), both in one buffer.
+    let mut texts = String::with_capacity(96);
+    let mut text_of = |at: Option<SocketAddr>| {
         at.map(|at| {
-            let mut text = String::with_capacity(40);
-            ip_text(at.ip(), &mut text);
-            (text, at.port())
+            let start = texts.len();
+            ip_text(at.ip(), &mut texts);
+            (start..texts.len(), at.port())
         })
     };
     let (remote, local) = (text_of(connection.remote), text_of(connection.local));
-    let address = |buf: &mut Vec<u8>, ip_key: &str, port_key: &str, at: &(String, u16)| {
-        attr(buf, ip_key, Value::Str(&at.0));
+    let address = |buf: &mut Vec<u8>, ip_key: &str, port_key: &str, at: &(Range<usize>, u16)| {
+        attr(buf, ip_key, Value::Str(&texts[at.0.clone()]));
         attr(buf, port_key, Value::Int(i64::from(at.1)));
     };
     for (key, value) in &exchange.attributes {
@@ -314,6 +317,7 @@ mod tests {
         let mut text = String::new();
         for ip in ["0.0.0.0", "127.0.0.1", "10.200.3.255", "::1", "fe80::1:2"] {
             let ip: IpAddr = ip.parse().unwrap();
+            text.clear();
             ip_text(ip, &mut text);
             assert_eq!(text, ip.to_string());
         }

@@ -35,8 +35,8 @@ fn http(
         end_ktime_ns: 0,
         tid: 0,
         attributes: vec![
-            ("url.path", AttrValue::Str(path.into())),
-            ("url.query", AttrValue::Str(query.into())),
+            ("url.path", AttrValue::from(path)),
+            ("url.query", AttrValue::from(query)),
         ],
         status: ExchangeStatus::Ok,
         traceparent: None,

@@ -79,7 +79,7 @@ impl JourneySpan {
         let attr = |name: &str| {
             let own = exchange.attributes.iter().find(|(k, _)| *k == name);
             let own = own.map(|(_, v)| match v {
-                AttrValue::Str(s) => s.clone(),
+                AttrValue::Str(s) => s.to_string(),
                 AttrValue::Int(i) => i.to_string(),
             });
             own.or_else(|| {

@@ -169,7 +169,7 @@ impl Privacy {
                 // started while handling it): not a step of the order's journey.
                 exchange
                     .attributes
-                    .push((ORDER_FROM_TRACE, AttrValue::Str("true".into())));
+                    .push((ORDER_FROM_TRACE, AttrValue::fixed("true")));
             }
         }
         exchange.attributes.retain(|(key, _)| listed(key, &mut why));
@@ -184,12 +184,17 @@ impl Privacy {
         );
         exchange.name = name;
         for (key, value) in exchange.attributes.iter_mut() {
-            if let AttrValue::Str(text) = value {
-                self.clean(key, text, &ids, &mut why);
+            match (policy(key), value) {
+                (None | Some(Policy::Keep), _) | (_, AttrValue::Int(_)) => {}
+                (Some(policy), AttrValue::Str(text)) => {
+                    self.clean(policy, key, text.to_mut(), &ids, &mut why)
+                }
             }
         }
         for (key, value) in exchange.business.iter_mut() {
-            self.clean(key, value, &ids, &mut why);
+            if let Some(policy) = policy(key) {
+                self.clean(policy, key, value, &ids, &mut why);
+            }
         }
         if let ExchangeStatus::Error { message, .. } = &mut exchange.status {
             self.free_text("status.message", message, &ids, &mut why);
@@ -233,10 +238,14 @@ impl Privacy {
         memo.insert(raw, value.clone());
     }
 
-    fn clean(&mut self, key: &str, value: &mut String, ids: &[KnownId], why: &mut Redactions) {
-        let Some(policy) = policy(key) else {
-            return;
-        };
+    fn clean(
+        &mut self,
+        policy: Policy,
+        key: &str,
+        value: &mut String,
+        ids: &[KnownId],
+        why: &mut Redactions,
+    ) {
         match memo_slot(policy) {
             Some(slot) => self.memoised(slot, value, ids, why, |privacy, value, why| {
                 privacy.clean_by(policy, key, value, ids, why)

@@ -1,5 +1,5 @@
 //! The protocol-independent record of one request/response (or message) exchange.
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use super::record::{NoRecord, Record};
 use crate::capture::Role;
@@ -61,20 +61,29 @@ impl ExchangeKind {
     }
 }
 
+/// An attribute's value. Text a protocol names from a closed set (`http`, `1.1`, `https`)
+/// is borrowed, not allocated per span.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
-    Str(String),
+    Str(Cow<'static, str>),
     Int(i64),
+}
+
+impl AttrValue {
+    /// Fixed text, shared by every span that carries it.
+    pub const fn fixed(text: &'static str) -> Self {
+        Self::Str(Cow::Borrowed(text))
+    }
 }
 
 impl From<&str> for AttrValue {
     fn from(v: &str) -> Self {
-        Self::Str(v.to_owned())
+        Self::Str(Cow::Owned(v.to_owned()))
     }
 }
 impl From<String> for AttrValue {
     fn from(v: String) -> Self {
-        Self::Str(v)
+        Self::Str(Cow::Owned(v))
     }
 }
 impl From<i64> for AttrValue {

@@ -139,7 +139,7 @@ impl Correlator {
                 .iter()
                 .find(|(k, _)| *k == "messaging.destination.name")
                 .map(|(_, v)| match v {
-                    AttrValue::Str(s) => s.clone(),
+                    AttrValue::Str(s) => s.to_string(),
                     AttrValue::Int(i) => i.to_string(),
                 })
                 .unwrap_or_default();
@@ -155,7 +155,7 @@ impl Correlator {
                 pid = connection.id.tgid,
                 "message published to {destination} was not delivered within {waited_s} s: {what}"
             );
-            attributes.push(("tracer.synthesized", "true".into()));
+            attributes.push(("tracer.synthesized", AttrValue::fixed("true")));
             attributes.push((
                 "tracer.message.waited_ms",
                 ((self.stuck_after_ns / 1_000_000) as i64).into(),

@@ -156,10 +156,10 @@ pub fn refused(
 ) -> (ExchangeStart, Exchange) {
     let id = ExchangeId::Sequence(sequence);
     let mut attributes: Vec<(&'static str, AttrValue)> = vec![
-        ("messaging.system", "rabbitmq".into()),
+        ("messaging.system", AttrValue::fixed("rabbitmq")),
         ("messaging.operation.name", call.operation.into()),
-        ("network.protocol.name", "amqp".into()),
-        ("network.protocol.version", "0.9.1".into()),
+        ("network.protocol.name", AttrValue::fixed("amqp")),
+        ("network.protocol.version", AttrValue::fixed("0.9.1")),
         (
             "messaging.rabbitmq.reply_code",
             i64::from(reply_code).into(),

@@ -191,7 +191,7 @@ pub fn finish(open: Open, end_ktime_ns: u64, kind: ExchangeKind) -> Exchange {
         _ => ("publish", "send", exchange_name.to_owned()),
     };
     let mut attributes: Vec<(&'static str, AttrValue)> = vec![
-        ("messaging.system", "rabbitmq".into()),
+        ("messaging.system", AttrValue::fixed("rabbitmq")),
         ("messaging.operation.type", operation_type.into()),
         ("messaging.operation.name", operation.into()),
         ("messaging.destination.name", exchange_name.into()),
@@ -203,8 +203,8 @@ pub fn finish(open: Open, end_ktime_ns: u64, kind: ExchangeKind) -> Exchange {
             "messaging.message.body.size",
             (message.body_size as i64).into(),
         ),
-        ("network.protocol.name", "amqp".into()),
-        ("network.protocol.version", "0.9.1".into()),
+        ("network.protocol.name", AttrValue::fixed("amqp")),
+        ("network.protocol.version", AttrValue::fixed("0.9.1")),
     ];
     if let Some(id) = &message.message_id {
         attributes.push(("messaging.message.id", id.as_str().into()));
@@ -218,7 +218,7 @@ pub fn finish(open: Open, end_ktime_ns: u64, kind: ExchangeKind) -> Exchange {
             queue.as_str().into(),
         )),
         None if kind == ExchangeKind::Consumer => {
-            attributes.push(("tracer.messaging.queue_unknown", "true".into()))
+            attributes.push(("tracer.messaging.queue_unknown", AttrValue::fixed("true")))
         }
         None => {}
     }

@@ -186,12 +186,13 @@ impl HttpSession {
     ) -> Exchange {
         let PendingRequest {
             sequence,
-            head,
+            mut head,
             start_ktime_ns,
             tid,
             body,
         } = request;
         let traceparent = head.header("traceparent").map(str::to_owned);
+        let method = std::mem::take(&mut head.method);
         let (path, query) = head
             .target
             .split_once('?')
@@ -200,8 +201,8 @@ impl HttpSession {
             Some(configured) => configured.to_owned(),
             None => route::template(path),
         };
-        let mut name = String::with_capacity(head.method.len() + 1 + route.len());
-        name.push_str(&head.method);
+        let mut name = String::with_capacity(method.len() + 1 + route.len());
+        name.push_str(&method);
         name.push(' ');
         name.push_str(&route);
         let version = match head.version {
@@ -210,11 +211,11 @@ impl HttpSession {
         };
         let mut attributes: Vec<(&'static str, AttrValue)> = Vec::with_capacity(14);
         attributes.extend([
-            ("http.request.method", head.method.as_str().into()),
+            ("http.request.method", method.into()),
             ("url.path", path.into()),
             ("http.route", route.into()),
-            ("network.protocol.name", "http".into()),
-            ("network.protocol.version", version.into()),
+            ("network.protocol.name", AttrValue::fixed("http")),
+            ("network.protocol.version", AttrValue::fixed(version)),
         ]);
         if !query.is_empty() {
             attributes.push(("url.query", query.into()));
@@ -225,26 +226,26 @@ impl HttpSession {
         if let Some(host) = head.header("host") {
             attributes.push(("http.request.header.host", host.into()));
         }
-        attributes.push(("url.scheme", self.scheme.into()));
+        attributes.push(("url.scheme", AttrValue::fixed(self.scheme)));
         let (request_body_len, request_prefix) = body.unwrap_or_default();
         attributes.push(("http.request.body.size", (request_body_len as i64).into()));
         let mut record = HttpRecord {
             path: path.to_owned(),
             query: query.to_owned(),
             headers: head.headers,
-            request_body: Some(String::from_utf8_lossy(&request_prefix).into_owned()),
+            request_body: Some(text(request_prefix)),
             response_body: None,
         };
-        let status = match &response {
+        let status = match response {
             Some((response, body_len, prefix, lossy)) => {
                 attributes.push((
                     "http.response.status_code",
                     i64::from(response.status).into(),
                 ));
-                attributes.push(("http.response.body.size", (*body_len as i64).into()));
-                record.response_body = Some(String::from_utf8_lossy(prefix).into_owned());
-                if *lossy {
-                    attributes.push(("tracer.capture.incomplete", "true".into()));
+                attributes.push(("http.response.body.size", (body_len as i64).into()));
+                record.response_body = Some(text(prefix));
+                if lossy {
+                    attributes.push(("tracer.capture.incomplete", AttrValue::fixed("true")));
                 }
                 status_for(self.kind, response.status)
             }
@@ -269,6 +270,13 @@ impl HttpSession {
             business: Vec::new(),
         }
     }
+}
+
+/// A body prefix as text: its own bytes when they are UTF-8 (nearly always), else a copy
+/// with invalid sequences replaced.
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes)
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
 }
 
 /// Error status per the HTTP semantic conventions: 5xx on the server side, 4xx and 5xx on

@@ -122,8 +122,8 @@ pub fn build(
     let response = known(&stream.response);
     let trailers = known(&stream.trailers);
     let mut attributes: Vec<(&'static str, AttrValue)> = vec![
-        ("network.protocol.name", "http".into()),
-        ("network.protocol.version", "2".into()),
+        ("network.protocol.name", AttrValue::fixed("http")),
+        ("network.protocol.version", AttrValue::fixed("2")),
         (
             "http.request.body.size",
             (stream.request_body.size as i64).into(),
@@ -164,14 +164,14 @@ pub fn build(
                 .cloned()
                 .collect();
         }
-        None => attributes.push(("tracer.http2.headers_unknown", "true".into())),
+        None => attributes.push(("tracer.http2.headers_unknown", AttrValue::fixed("true"))),
     }
     if let Some(headers) = response {
         if let Some(code) = status(headers) {
             attributes.push(("http.response.status_code", i64::from(code).into()));
         }
     } else if stream.response.is_some() {
-        attributes.push(("tracer.http2.headers_unknown", "true".into()));
+        attributes.push(("tracer.http2.headers_unknown", AttrValue::fixed("true")));
     }
     if stream.response.is_some() || stream.response_body.size > 0 {
         attributes.push((
@@ -180,7 +180,7 @@ pub fn build(
         ));
     }
     if stream.lossy {
-        attributes.push(("tracer.capture.incomplete", "true".into()));
+        attributes.push(("tracer.capture.incomplete", AttrValue::fixed("true")));
     }
     let mut status = match (response, &stream.response) {
         (Some(headers), _) => match status(headers) {

@@ -34,7 +34,7 @@ impl Call {
     }
 
     pub fn attributes(&self, out: &mut Vec<(&'static str, AttrValue)>) {
-        out.push(("rpc.system", "grpc".into()));
+        out.push(("rpc.system", AttrValue::fixed("grpc")));
         out.push(("rpc.service", self.service.as_str().into()));
         out.push(("rpc.method", self.method.as_str().into()));
     }

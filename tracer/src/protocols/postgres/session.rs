@@ -192,7 +192,7 @@ impl PostgresSession {
         // An unknown first word (a typo, garbage) names no operation and no table.
         let table = operation.and_then(|_| sql::collection(&pending.query));
         let mut attributes: Vec<(&'static str, AttrValue)> = vec![
-            ("db.system.name", "postgresql".into()),
+            ("db.system.name", AttrValue::fixed("postgresql")),
             ("db.query.text", sql::sanitize(&pending.query).into()),
         ];
         if let Some(operation) = operation {
@@ -216,7 +216,7 @@ impl PostgresSession {
             attributes.push(("tracer.db.transaction_state", state.into()));
         }
         if pending.outcome_unseen && pending.tags.is_empty() && pending.error.is_none() {
-            attributes.push(("tracer.capture.incomplete", "true".into()));
+            attributes.push(("tracer.capture.incomplete", AttrValue::fixed("true")));
         }
         let status = match pending.error {
             Some((code, message)) => {

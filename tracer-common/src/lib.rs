@@ -209,6 +209,34 @@ pub struct CaptureConfig {
     /// The agent's own tgid: never traced.
     pub self_tgid: u32,
     pub mode: u32,
+    /// Where the fd → `struct sock` walk reads, from the kernel's BTF; all zero when
+    /// unknown (then the `sock:sock_*_length` tracepoints tell the sock instead).
+    pub offsets: KernelOffsets,
+}
+
+/// Byte offsets of the members a data syscall's exit reads to find the `struct sock` of
+/// an accepted socket: `current->files->fdt->fd[fd]->private_data` (a `struct socket`
+/// whose `file` points back at the file) `->sk`, and the sock's family and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_private_data: u32,
+    pub socket_file: u32,
+    pub socket_sk: u32,
+    pub sock_family: u32,
+    pub sock_protocol: u32,
+    pub _pad: u32,
+}
+
+impl KernelOffsets {
+    /// Whether userspace found them (`task_files` is never 0 in a real `task_struct`).
+    pub const fn known(&self) -> bool {
+        self.task_files != 0
+    }
 }
 
 /// A TCP 4-tuple. Addresses are IPv6 or IPv4-mapped IPv6, ports in host order.

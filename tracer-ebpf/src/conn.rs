@@ -1,13 +1,14 @@
 //! Connection lifecycle: role from accept/connect, 4-tuple from socket tracepoints, close.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user,
     },
     programs::TracePointContext,
 };
 use tracer_common::{
-    ConnEvent, ConnId, ConnState, EventHeader, SockKey, SockSeen, SockTuple, SyscallArgs,
-    CLOSE_NOT_TCP, CLOSE_SYSCALL, COUNTER_CONN_TABLE_FULL, COUNTER_NOT_TCP_SKIPPED,
+    ConnEvent, ConnId, ConnState, EventHeader, KernelOffsets, SockKey, SockSeen, SockTuple,
+    SyscallArgs, CLOSE_NOT_TCP, CLOSE_SYSCALL, COUNTER_CONN_TABLE_FULL, COUNTER_NOT_TCP_SKIPPED,
     COUNTER_RINGBUF_CONN_LOST, EVENT_CONN_ADDR, EVENT_CONN_CLOSE, EVENT_CONN_OPEN,
     EVENT_PROCESS_EXIT, ROLE_CLIENT, ROLE_SERVER, SYS_ACCEPT, SYS_CONNECT, SYS_SOCKET,
 };
@@ -15,8 +16,8 @@ use tracer_common::{
 use crate::{
     args::{syscall_arg, syscall_ret, SyscallRegs},
     maps::{
-        count, CONN_EVENTS, NOT_TCP_SOCKETS, SOCKETS, SOCKET_OWNERS, SOCK_SEEN, SOCK_TUPLES,
-        WANTS_SOCK, WANT_SLOTS,
+        count, CAPTURE_CONFIG, CONN_EVENTS, NOT_TCP_SOCKETS, SOCKETS, SOCKET_OWNERS, SOCK_SEEN,
+        SOCK_TUPLES, WANTS_SOCK, WANT_SLOTS,
     },
     select::is_traced,
     stash,
@@ -408,6 +409,18 @@ const WANT_SOCK_TRIES: u64 = 64;
 /// earlier call on a closed socket whose fd was reused is older than the new socket).
 #[inline(always)]
 fn learn_sock(id: u64, fd: u32, state: &mut ConnState) {
+    if let Some(config) = CAPTURE_CONFIG.get(0) {
+        if config.offsets.known() {
+            if let Some((sk, family, protocol)) = sock_of_fd(fd, &config.offsets) {
+                if state.sk == 0 {
+                    state.sk = sk;
+                }
+                state.sk_family = family;
+                state.sk_protocol = protocol;
+            }
+            return;
+        }
+    }
     let Some(seen) = SOCK_SEEN.get_ptr(0) else {
         return;
     };
@@ -420,6 +433,41 @@ fn learn_sock(id: u64, fd: u32, state: &mut ConnState) {
         state.sk_family = seen.family;
         state.sk_protocol = seen.protocol;
     }
+}
+
+/// The `struct sock` of the current process's `fd`, with its family and protocol:
+/// `current->files->fdt->fd[fd]->private_data->sk`, at offsets from the kernel's BTF. The
+/// file must be a socket's: its `private_data` is a `struct socket` whose `file` points
+/// back at it (any other file's private data does not). Read with `probe_read_kernel`,
+/// which fails cleanly on a bad pointer.
+#[inline(always)]
+fn sock_of_fd(fd: u32, offsets: &KernelOffsets) -> Option<(u64, u16, u16)> {
+    #[inline(always)]
+    fn read<T>(address: u64, offset: u32) -> Option<T> {
+        unsafe { bpf_probe_read_kernel((address + u64::from(offset)) as *const T) }.ok()
+    }
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task, offsets.task_files)?;
+    let fdt: u64 = read(files, offsets.files_fdt)?;
+    let max_fds: u32 = read(fdt, offsets.fdtable_max_fds)?;
+    if fd >= max_fds {
+        return None;
+    }
+    let fds: u64 = read(fdt, offsets.fdtable_fd)?;
+    let file: u64 = read(fds + 8 * u64::from(fd), 0)?;
+    let socket: u64 = read(file, offsets.file_private_data)?;
+    if file == 0 || socket == 0 || read::<u64>(socket, offsets.socket_file)? != file {
+        return None;
+    }
+    let sk: u64 = read(socket, offsets.socket_sk)?;
+    if sk == 0 {
+        return None;
+    }
+    Some((
+        sk,
+        read(sk, offsets.sock_family)?,
+        read(sk, offsets.sock_protocol)?,
+    ))
 }
 
 /// Called from a data syscall's exit: stop following non-TCP sockets, and tell userspace

@@ -8,7 +8,7 @@ use aya::{
 };
 use thiserror::Error;
 use tracer_common::{
-    CaptureConfig, ConnControl, ConnId, ConnState, SockKey, CONTROL_NO_PAYLOAD,
+    CaptureConfig, ConnControl, ConnId, ConnState, KernelOffsets, SockKey, CONTROL_NO_PAYLOAD,
     CONTROL_NO_PLAINTEXT, COUNTERS, ROLE_CLIENT, ROLE_SERVER, SELECT_ALL, SELECT_LISTED,
 };
 
@@ -107,6 +107,8 @@ const fn syscall(
     }
 }
 
+const SOCK_LENGTH: &str = "sock_length";
+
 const ATTACHMENTS: &[Attachment] = &[
     syscall("exit_read", &[("syscalls", "sys_exit_read")]),
     syscall("exit_readv", &[("syscalls", "sys_exit_readv")]),
@@ -140,9 +142,11 @@ const ATTACHMENTS: &[Attachment] = &[
     syscall("process_exit", &[("sched", "sched_process_exit")]),
     syscall("process_exec", &[("sched", "sched_process_exec")]),
     syscall("process_fork", &[("task", "task_newtask")]),
-    // Linux ≥ 6.3. Without them, accepted sockets get their 4-tuple from /proc instead.
+    // Linux ≥ 6.3, and only where the kernel's BTF does not give the fd → sock walk's
+    // offsets (they fire for every socket call on the host). Without either, accepted
+    // sockets get their 4-tuple from /proc instead.
     Attachment {
-        program: "sock_length",
+        program: SOCK_LENGTH,
         tracepoints: &[("sock", "sock_send_length"), ("sock", "sock_recv_length")],
         required: false,
     },
@@ -173,9 +177,19 @@ impl KernelCapture {
             .map_max_entries("DATA_SCRATCH", cpus * tracer_common::SCRATCH_SLOTS_PER_CPU)
             .load(EBPF_OBJECT)
             .map_err(|e| CaptureError::Load(Box::new(e)))?;
-        configure(&mut ebpf, &options.selection)?;
+        // (A test runs as on a kernel with neither: sockets then learnt from /proc.)
+        let offsets = (!options.without_optional_tracepoints)
+            .then(super::btf::Btf::from_sys_fs)
+            .flatten()
+            .as_ref()
+            .and_then(super::btf::kernel_offsets)
+            .unwrap_or_default();
+        configure(&mut ebpf, &options.selection, offsets)?;
         let mut missing_optional = Vec::new();
         for attachment in ATTACHMENTS {
+            if attachment.program == SOCK_LENGTH && offsets.known() {
+                continue; // the data exits find each socket's sock themselves
+            }
             if options.without_optional_tracepoints && !attachment.required {
                 let names = attachment
                     .tracepoints
@@ -463,7 +477,11 @@ fn raise_memlock_limit() {
     }
 }
 
-fn configure(ebpf: &mut Ebpf, selection: &Selection) -> Result<(), CaptureError> {
+fn configure(
+    ebpf: &mut Ebpf,
+    selection: &Selection,
+    offsets: KernelOffsets,
+) -> Result<(), CaptureError> {
     let mode = match selection {
         Selection::All => SELECT_ALL,
         Selection::Pids(pids) => {
@@ -488,6 +506,7 @@ fn configure(ebpf: &mut Ebpf, selection: &Selection) -> Result<(), CaptureError>
     let value = CaptureConfig {
         self_tgid: std::process::id(),
         mode,
+        offsets,
     };
     config
         .set(0, value, 0)

@@ -1,5 +1,6 @@
 //! The kernel side seen from userspace: load and attach the eBPF programs, read their
 //! ring buffer, convert kernel time, and know which process and 4-tuple each socket is.
+mod btf;
 pub mod caps;
 mod clock;
 mod connections;

@@ -97,7 +97,8 @@ pub struct TestClock {
     #[cfg(feature = "test-clock")]
     #[arg(long, global = true)]
     test_clock_offset_file: Option<PathBuf>,
-    /// Testing only: run as on a kernel without the optional socket tracepoints.
+    /// Testing only: run as on a kernel without the optional socket tracepoints and
+    /// without BTF for the fd → sock walk.
     #[cfg(feature = "test-clock")]
     #[arg(long)]
     test_without_optional_tracepoints: bool,

@@ -141,11 +141,11 @@ fn emit_direct(
         _pad: 0,
     };
     if total <= 128 {
-        reserved::<128>(&event, args.buf, total as u32);
+        emit_reserved::<128>(&event, args.buf, total as u32);
     } else if total <= 512 {
-        reserved::<512>(&event, args.buf, total as u32);
+        emit_reserved::<512>(&event, args.buf, total as u32);
     } else if total <= 2048 {
-        reserved::<2048>(&event, args.buf, total as u32);
+        emit_reserved::<2048>(&event, args.buf, total as u32);
     } else {
         return false;
     }
@@ -153,7 +153,7 @@ fn emit_direct(
 }
 
 #[inline(always)]
-fn reserved<const N: usize>(event: &DataEvent, buf: u64, n: u32) {
+fn emit_reserved<const N: usize>(event: &DataEvent, buf: u64, n: u32) {
     let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
         count(COUNTER_RINGBUF_DATA_LOST);
         return;
@@ -164,7 +164,7 @@ fn reserved<const N: usize>(event: &DataEvent, buf: u64, n: u32) {
     let ret = unsafe {
         core::ptr::write(core::ptr::addr_of_mut!((*record).event), *event);
         let dst = core::ptr::addr_of_mut!((*record).payload).cast::<u8>();
-        probe_read_user_raw(dst as *mut _, n, event_buf(buf))
+        probe_read_user_raw(dst as *mut _, n, buf as *const c_void)
     };
     if ret < 0 {
         entry.discard(0);
@@ -173,11 +173,6 @@ fn reserved<const N: usize>(event: &DataEvent, buf: u64, n: u32) {
         entry.submit(BPF_RB_NO_WAKEUP);
         count(COUNTER_DATA_RECORDS);
     }
-}
-
-#[inline(always)]
-fn event_buf(buf: u64) -> *const c_void {
-    buf as *const c_void
 }
 
 #[repr(C)]

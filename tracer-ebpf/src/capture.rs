@@ -89,10 +89,6 @@ pub fn try_exit_data(ctx: &TracePointContext, syscall: u32, direction: u32) -> R
     if payload_off(key, conn.generation, CONTROL_NO_PAYLOAD) {
         return Ok(0);
     }
-    let single_buffer = !matches!(syscall, SYS_READV | SYS_WRITEV | SYS_RECVMSG | SYS_SENDMSG);
-    if single_buffer && emit_direct(&args, conn, id, direction, position, ret as u64) {
-        return Ok(0);
-    }
     emit_records(
         &args,
         conn,
@@ -103,76 +99,6 @@ pub fn try_exit_data(ctx: &TracePointContext, syscall: u32, direction: u32) -> R
         SCRATCH_SYSCALL,
     );
     Ok(0)
-}
-
-/// A data record reserved in the ring at its final size class: the header, then up to
-/// `N` payload bytes (`captured` says how many).
-#[repr(C)]
-struct Record<const N: usize> {
-    event: DataEvent,
-    payload: [u8; N],
-}
-
-/// One buffer of at most 2 KiB (nearly every call of a request/response protocol): read
-/// from user memory straight into a ring record of the smallest size class that holds it,
-/// with no scratch copy and no scratch slot to own. False when the call is larger (the
-/// scratch path takes it).
-#[inline(always)]
-fn emit_direct(
-    args: &SyscallArgs,
-    conn: ConnId,
-    id: u64,
-    direction: u32,
-    position: u64,
-    total: u64,
-) -> bool {
-    let event = DataEvent {
-        header: EventHeader {
-            kind: EVENT_DATA,
-            tid: id as u32,
-            ktime_ns: unsafe { bpf_ktime_get_ns() },
-            conn,
-        },
-        direction,
-        syscall: args.syscall,
-        position,
-        length: total,
-        captured: total as u32,
-        _pad: 0,
-    };
-    if total <= 128 {
-        emit_reserved::<128>(&event, args.buf, total as u32);
-    } else if total <= 512 {
-        emit_reserved::<512>(&event, args.buf, total as u32);
-    } else if total <= 2048 {
-        emit_reserved::<2048>(&event, args.buf, total as u32);
-    } else {
-        return false;
-    }
-    true
-}
-
-#[inline(always)]
-fn emit_reserved<const N: usize>(event: &DataEvent, buf: u64, n: u32) {
-    let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
-        count(COUNTER_RINGBUF_DATA_LOST);
-        return;
-    };
-    let record = entry.as_mut_ptr();
-    // The bound, for the verifier: `n` is at most N by the caller's size class.
-    let n = n.min(N as u32);
-    let ret = unsafe {
-        core::ptr::write(core::ptr::addr_of_mut!((*record).event), *event);
-        let dst = core::ptr::addr_of_mut!((*record).payload).cast::<u8>();
-        probe_read_user_raw(dst as *mut _, n, buf as *const c_void)
-    };
-    if ret < 0 {
-        entry.discard(0);
-        count(COUNTER_USER_READ_FAILED);
-    } else {
-        entry.submit(BPF_RB_NO_WAKEUP);
-        count(COUNTER_DATA_RECORDS);
-    }
 }
 
 #[repr(C)]

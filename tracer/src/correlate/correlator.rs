@@ -369,7 +369,7 @@ impl Correlator {
 
     /// Forgets a started exchange that will not become a span (telemetry export traffic).
     pub fn discard(&mut self, connection: &Connection, id: ExchangeId) {
-        self.discard_node((connection.id, id));
+        self.forget((connection.id, id));
     }
 
     /// Forgets the exchanges of a connection that will give no more spans (one found
@@ -382,12 +382,8 @@ impl Correlator {
             .map(|(id, _)| *id)
             .collect();
         for id in open {
-            self.discard_node(id);
+            self.forget(id);
         }
-    }
-
-    fn discard_node(&mut self, id: NodeId) {
-        self.forget(id);
     }
 
     /// Removes a span from the table and from every index that names it.
@@ -762,7 +758,7 @@ impl Correlator {
                 .collect();
             self.stats.evicted_unfinished += abandoned.len() as u64;
             for id in abandoned {
-                self.discard_node(id);
+                self.forget(id);
             }
         }
         self.forget_oldest_exported();

@@ -37,6 +37,10 @@ pub struct SyscallRegs {
 }
 
 const REGS_OFFSET: usize = 56;
+/// `cs` and `orig_ax` (the syscall number) in x86-64's `struct pt_regs`; `cs` of 64-bit user code.
+const CS_OFFSET: usize = 136;
+const ORIG_AX_OFFSET: usize = 120;
+const USER_CS: u64 = 0x33;
 
 impl SyscallRegs {
     /// The current thread's syscall arguments as it entered the kernel. The kernel keeps
@@ -48,6 +52,25 @@ impl SyscallRegs {
         // read with probe_read_kernel, which fails cleanly rather than faulting.
         let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) };
         if regs == 0 {
+            return None;
+        }
+        unsafe { bpf_probe_read_kernel((regs as usize + REGS_OFFSET) as *const SyscallRegs) }.ok()
+    }
+
+    /// The syscall number saved in the registers at `regs` (a `struct pt_regs *`, as
+    /// `raw_syscalls:sys_exit` passes it).
+    #[inline(always)]
+    pub fn number_at(regs: u64) -> Option<u64> {
+        // SAFETY: probe_read_kernel fails cleanly on a bad address.
+        unsafe { bpf_probe_read_kernel((regs as usize + ORIG_AX_OFFSET) as *const u64) }.ok()
+    }
+
+    /// The registers at `regs`, if the thread entered in 64-bit mode (user code segment
+    /// `__USER_CS`): a 32-bit task's syscall numbers mean other calls.
+    #[inline(always)]
+    pub fn native_at(regs: u64) -> Option<Self> {
+        let cs = unsafe { bpf_probe_read_kernel((regs as usize + CS_OFFSET) as *const u64) };
+        if cs.ok()? != USER_CS {
             return None;
         }
         unsafe { bpf_probe_read_kernel((regs as usize + REGS_OFFSET) as *const SyscallRegs) }.ok()

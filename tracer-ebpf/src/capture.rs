@@ -6,14 +6,15 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::{bpf_loop, bpf_probe_read_user as probe_read_user_raw},
     },
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use tracer_common::{
     ConnId, CopyCursor, DataEvent, DataScratch, EventHeader, SockKey, SyscallArgs,
     CONTROL_NO_PAYLOAD, COUNTER_DATA_RECORDS, COUNTER_GAP_RECORDS, COUNTER_RINGBUF_DATA_LOST,
-    COUNTER_SCRATCH_BUSY, COUNTER_USER_READ_FAILED, EVENT_DATA, MAX_IOVECS, MAX_RECORD,
-    MAX_RECORDS_PER_SYSCALL, SCRATCH_MASK, SCRATCH_SLOTS_PER_CPU, SCRATCH_SYSCALL, SYS_READV,
-    SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG, SYS_WRITEV,
+    COUNTER_SCRATCH_BUSY, COUNTER_USER_READ_FAILED, DIR_EGRESS, DIR_INGRESS, EVENT_DATA,
+    MAX_IOVECS, MAX_RECORD, MAX_RECORDS_PER_SYSCALL, SCRATCH_MASK, SCRATCH_SLOTS_PER_CPU,
+    SCRATCH_SYSCALL, SYS_READ, SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG, SYS_SENDTO,
+    SYS_WRITE, SYS_WRITEV,
 };
 
 use crate::{
@@ -39,13 +40,62 @@ pub fn try_exit_data(ctx: &TracePointContext, syscall: u32, direction: u32) -> R
         return Ok(0); // EOF, EAGAIN, errors: no bytes moved
     }
     let id = bpf_get_current_pid_tgid();
-    let tgid = (id >> 32) as u32;
-    if !is_traced(tgid) {
+    if !is_traced((id >> 32) as u32) {
         return Ok(0);
     }
     let Some(regs) = SyscallRegs::current() else {
         return Ok(0);
     };
+    exit_data(id, ret, &regs, syscall, direction)
+}
+
+/// The same at `raw_syscalls:sys_exit`, which runs for every syscall of the host: one
+/// program instead of eight, and no per-syscall trace record built before it runs. Only
+/// attached with `--data-hook raw-syscalls` (see the loader): measured, not the default.
+pub fn try_exit_any(ctx: &RawTracePointContext) -> Result<u32, u32> {
+    let ret: i64 = ctx.arg(1);
+    if ret <= 0 {
+        return Ok(0);
+    }
+    let regs: u64 = ctx.arg(0);
+    let Some((syscall, direction)) = SyscallRegs::number_at(regs).and_then(data_syscall) else {
+        return Ok(0);
+    };
+    let id = bpf_get_current_pid_tgid();
+    if !is_traced((id >> 32) as u32) {
+        return Ok(0);
+    }
+    let Some(regs) = SyscallRegs::native_at(regs) else {
+        return Ok(0); // a 32-bit syscall: other numbers (the syscall tracepoints skip them too)
+    };
+    exit_data(id, ret, &regs, syscall, direction)
+}
+
+/// x86-64 numbers of the data syscalls followed.
+#[inline(always)]
+fn data_syscall(number: u64) -> Option<(u32, u32)> {
+    Some(match number {
+        0 => (SYS_READ, DIR_INGRESS),
+        1 => (SYS_WRITE, DIR_EGRESS),
+        19 => (SYS_READV, DIR_INGRESS),
+        20 => (SYS_WRITEV, DIR_EGRESS),
+        44 => (SYS_SENDTO, DIR_EGRESS),
+        45 => (SYS_RECVFROM, DIR_INGRESS),
+        46 => (SYS_SENDMSG, DIR_EGRESS),
+        47 => (SYS_RECVMSG, DIR_INGRESS),
+        _ => return None,
+    })
+}
+
+#[inline(always)]
+fn exit_data(
+    id: u64,
+    ret: i64,
+    regs: &SyscallRegs,
+    syscall: u32,
+    direction: u32,
+) -> Result<u32, u32> {
+    let tgid = (id >> 32) as u32;
     let key = SockKey {
         tgid,
         fd: regs.arg(0) as u32,

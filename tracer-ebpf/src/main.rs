@@ -14,8 +14,8 @@ mod targets;
 mod tls;
 
 use aya_ebpf::{
-    macros::{tracepoint, uprobe, uretprobe},
-    programs::{ProbeContext, RetProbeContext, TracePointContext},
+    macros::{raw_tracepoint, tracepoint, uprobe, uretprobe},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
 use tracer_common::{
     DIR_EGRESS, DIR_INGRESS, SYS_READ, SYS_READV, SYS_RECVFROM, SYS_RECVMSG, SYS_SENDMSG,
@@ -48,6 +48,14 @@ data_syscall!(exit_write, SYS_WRITE, DIR_EGRESS);
 data_syscall!(exit_writev, SYS_WRITEV, DIR_EGRESS);
 data_syscall!(exit_sendto, SYS_SENDTO, DIR_EGRESS);
 data_syscall!(exit_sendmsg, SYS_SENDMSG, DIR_EGRESS);
+
+/// All eight at once, for `--data-hook raw-syscalls`.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn exit_data_any(ctx: RawTracePointContext) -> i32 {
+    match capture::try_exit_any(&ctx) {
+        Ok(r) | Err(r) => r as i32,
+    }
+}
 
 shim!(enter_connect, conn::try_enter_connect);
 shim!(exit_connect, conn::try_exit_connect);

@@ -52,7 +52,18 @@ fn assert_matches_report(captured: &Captured, report: &Value, role: &str, what: 
 
 #[test]
 fn every_syscall_family_is_reassembled_byte_for_byte() {
-    let capture = CaptureRun::start(&["--comm", "python3"]);
+    every_family_byte_for_byte(&["--comm", "python3"]);
+}
+
+/// The same through the other data hook: one program at `raw_syscalls:sys_exit` that
+/// tells the data syscalls by number (measured by `cargo xtask bench --only syscalls`).
+#[test]
+fn the_raw_syscalls_hook_reassembles_every_family_byte_for_byte() {
+    every_family_byte_for_byte(&["--comm", "python3", "--data-hook", "raw-syscalls"]);
+}
+
+fn every_family_byte_for_byte(capture_args: &[&str]) {
+    let capture = CaptureRun::start(capture_args);
     let reports: Vec<(&str, Value, Value)> = FAMILIES
         .iter()
         .map(|family| {

@@ -3,7 +3,7 @@ use std::{io, path::Path};
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{uprobe::UProbeScope, ProgramError, TracePoint, UProbe},
+    programs::{uprobe::UProbeScope, ProgramError, RawTracePoint, TracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
 use thiserror::Error;
@@ -41,6 +41,19 @@ pub struct CaptureOptions {
     /// Leave the optional tracepoints unattached, as on kernels that lack them (tests of
     /// the fallbacks).
     pub without_optional_tracepoints: bool,
+    pub data_hook: DataHook,
+}
+
+/// Where the data path's program runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataHook {
+    /// One program per data syscall's exit tracepoint (`syscalls:sys_exit_read`, …):
+    /// runs only for those eight syscalls.
+    #[default]
+    SyscallTracepoints,
+    /// One program at `raw_syscalls:sys_exit` for every syscall of the host, dispatching
+    /// on the syscall number: no per-syscall trace record, but a run for every syscall.
+    RawSyscalls,
 }
 
 impl Default for CaptureOptions {
@@ -50,6 +63,7 @@ impl Default for CaptureOptions {
             selection: Selection::All,
             tls: TlsOptions::default(),
             without_optional_tracepoints: false,
+            data_hook: DataHook::default(),
         }
     }
 }
@@ -108,6 +122,18 @@ const fn syscall(
 }
 
 const SOCK_LENGTH: &str = "sock_length";
+/// The data exits, and the one program that replaces them with `DataHook::RawSyscalls`.
+const DATA_EXITS: &[&str] = &[
+    "exit_read",
+    "exit_readv",
+    "exit_recvfrom",
+    "exit_recvmsg",
+    "exit_write",
+    "exit_writev",
+    "exit_sendto",
+    "exit_sendmsg",
+];
+const RAW_DATA_EXIT: &str = "exit_data_any";
 
 const ATTACHMENTS: &[Attachment] = &[
     syscall("exit_read", &[("syscalls", "sys_exit_read")]),
@@ -198,7 +224,15 @@ impl KernelCapture {
                 missing_optional.extend(names);
                 continue;
             }
+            if options.data_hook == DataHook::RawSyscalls
+                && DATA_EXITS.contains(&attachment.program)
+            {
+                continue;
+            }
             attach(&mut ebpf, attachment, &mut missing_optional)?;
+        }
+        if options.data_hook == DataHook::RawSyscalls {
+            attach_raw(&mut ebpf, RAW_DATA_EXIT, "sys_exit")?;
         }
         if options.tls.enabled {
             for program in UPROBE_PROGRAMS {
@@ -535,6 +569,20 @@ fn attach(
             missing.push(format!("{category}:{tracepoint}"));
         }
     }
+    Ok(())
+}
+
+fn attach_raw(ebpf: &mut Ebpf, name: &'static str, tracepoint: &str) -> Result<(), CaptureError> {
+    let program: &mut RawTracePoint = program(ebpf, name)?;
+    program.load().map_err(|e| refused(name, e))?;
+    program
+        .attach(tracepoint)
+        .map_err(|source| CaptureError::Attach {
+            program: name.into(),
+            category: "raw_syscalls".into(),
+            name: tracepoint.into(),
+            source: Box::new(source),
+        })?;
     Ok(())
 }
 

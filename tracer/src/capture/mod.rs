@@ -12,4 +12,4 @@ pub mod recording;
 pub use clock::{monotonic_ns as monotonic_now, KernelClock};
 pub use connections::{Connection, Connections};
 pub use events::{decode, ConnChange, DataRecord, Direction, KernelEvent, Role};
-pub use loader::{CaptureError, CaptureOptions, KernelCapture, Selection};
+pub use loader::{CaptureError, CaptureOptions, DataHook, KernelCapture, Selection};

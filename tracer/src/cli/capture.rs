@@ -11,7 +11,7 @@ use tracer_common::ConnId;
 
 use super::StopSignal;
 use crate::{
-    capture::{CaptureOptions, ConnChange, Connection, Selection},
+    capture::{CaptureOptions, ConnChange, Connection, DataHook, Selection},
     reassembly::{Limits, StreamEvent},
     session::{CaptureSession, SessionEvent},
 };
@@ -50,6 +50,11 @@ pub struct CaptureArgs {
     /// Do not hook TLS libraries: encrypted connections show only their encrypted bytes.
     #[arg(long)]
     no_tls: bool,
+    /// Where the data path's kernel program runs: `syscall-tracepoints` (one per data
+    /// syscall; the default) or `raw-syscalls` (one at raw_syscalls:sys_exit for every
+    /// syscall of the host; see README "Cost").
+    #[arg(long, value_enum, default_value_t = DataHook::SyscallTracepoints)]
+    data_hook: DataHook,
 }
 
 pub fn run(args: CaptureArgs) -> anyhow::Result<()> {
@@ -61,6 +66,7 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<()> {
             Selection::Pids(args.pids.clone())
         },
         tls: crate::config::TlsConfig::default().options(args.no_tls),
+        data_hook: args.data_hook,
         ..CaptureOptions::default()
     };
     let stop = StopSignal::install(args.duration.map(Duration::from_secs_f64))?;

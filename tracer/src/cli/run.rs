@@ -6,7 +6,7 @@ use clap::Args;
 use super::StopSignal;
 use crate::{
     agent::{Pipeline, Request, Stages},
-    capture::{monotonic_now, CaptureOptions, Selection},
+    capture::{monotonic_now, CaptureOptions, DataHook, Selection},
     config::Config,
     correlate::Correlator,
     export::{self, ExportQueues, ExportStats, ExportTarget, Services},
@@ -83,6 +83,11 @@ pub struct RunArgs {
     /// Do not hook TLS libraries (default: tls.enabled from the config, else on).
     #[arg(long)]
     pub no_tls: bool,
+    /// Where the data path's kernel program runs: `syscall-tracepoints` (one per data
+    /// syscall; the default) or `raw-syscalls` (one at raw_syscalls:sys_exit for every
+    /// syscall of the host; see README "Cost").
+    #[arg(long, value_enum, default_value_t = DataHook::SyscallTracepoints)]
+    data_hook: DataHook,
     #[command(flatten)]
     test_clock: TestClock,
 }
@@ -200,6 +205,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         tls: config.tls.options(args.no_tls),
         without_optional_tracepoints: args.test_clock.without_optional_tracepoints(),
+        data_hook: args.data_hook,
     };
     let mut events = Vec::new();
     let mut session = CaptureSession::start(&options, Limits::default(), &mut events)?;

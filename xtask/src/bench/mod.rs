@@ -7,6 +7,7 @@ mod corpus;
 mod https;
 mod idle;
 mod load;
+mod syscalls;
 
 use std::{
     fmt::Write as _,
@@ -43,7 +44,8 @@ pub struct BenchArgs {
     /// alternating with this build, and report both agents' CPU per request.
     #[arg(long)]
     baseline_tracer: Option<PathBuf>,
-    /// Run only these parts (comma-separated): http, loss, idle, chain, https, amqp, pipeline.
+    /// Run only these parts (comma-separated): http, loss, idle, chain, https, amqp,
+    /// syscalls, pipeline.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Record the pipeline bench's corpus from real programs (tracer capture) and stop.
@@ -193,6 +195,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if wanted("amqp") {
         amqp_overhead(&tracer, &out, &mut report)?;
+    }
+    if wanted("syscalls") {
+        syscalls::hooks(&args, &tracer, &out, &mut report)?;
     }
     if wanted("pipeline") {
         pipeline(&mut report)?;

@@ -22,6 +22,24 @@ impl Bodies {
     }
 }
 
+/// Whether `text` may hold the object key `key`: it does not when the key's text is absent
+/// and no `\u` escape could spell it otherwise. Lets a body that names none of a rule's
+/// keys go unparsed.
+pub fn may_hold(text: &str, key: &str) -> bool {
+    text.contains(key) || text.contains("\\u")
+}
+
+/// The key a JSON pointer ends in; empty (ruling nothing out) when it has escapes (`~1`
+/// for `/`, `~0` for `~`).
+pub fn last_segment(pointer: &str) -> &str {
+    let last = pointer.rsplit('/').next().unwrap_or(pointer);
+    if last.contains('~') {
+        ""
+    } else {
+        last
+    }
+}
+
 /// The value at a JSON pointer (`/order/id`).
 pub fn pointer_in(value: &Value, pointer: &str) -> Option<String> {
     scalar(value.pointer(pointer)?)
@@ -131,6 +149,20 @@ mod tests {
         assert_eq!(by_key(body, &keys(&["order_id"])), vec!["A-1", "A-2"]);
         assert_eq!(by_key(body, &keys(&["userId"])), vec!["77"]);
         assert_eq!(by_pointer(body, "/customer/userId").as_deref(), Some("77"));
+    }
+
+    #[test]
+    fn a_body_is_ruled_out_only_when_no_spelling_of_the_key_is_in_it() {
+        let body = r#"{"customer":{"userId":77}}"#;
+        assert!(may_hold(body, "userId"));
+        assert!(!may_hold(body, "order_id"));
+        // serde_json reads "order\u005fid" as order_id: an escape keeps the body in.
+        let escaped = r#"{"order\u005fid":"A-1"}"#;
+        assert!(may_hold(escaped, "order_id"));
+        assert_eq!(by_key(escaped, &keys(&["order_id"])), vec!["A-1"]);
+        assert_eq!(last_segment("/order/id"), "id");
+        assert_eq!(last_segment("/a~1b"), "");
+        assert!(may_hold(body, last_segment("/a~1b")));
     }
 
     #[test]

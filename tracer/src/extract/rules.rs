@@ -319,17 +319,20 @@ fn find(rule: &Rule, exchange: &Exchange, bodies: &mut json::Bodies, out: &mut V
             out.extend(template_value(text, parts, *separator));
         }
         How::AfterSegment(words) => out.extend(after_segment(text, words)),
-        How::Pointer(pointer) => out.extend(
+        How::Pointer(pointer) if json::may_hold(text, json::last_segment(pointer)) => out.extend(
             bodies
                 .parsed(name, text)
                 .and_then(|v| json::pointer_in(v, pointer)),
         ),
+        How::Pointer(_) => {}
         How::Keys(keys) => {
             let trimmed = text.trim_start();
             if !(trimmed.starts_with('{') || trimmed.starts_with('[')) {
                 if text.contains('=') {
                     form_values(text, keys, out)
                 }
+            } else if !keys.iter().any(|key| json::may_hold(text, key)) {
+                // None of the keys is in the text: no parse (most bodies name no id).
             } else if let Some(value) = bodies.parsed(name, text) {
                 out.extend(json::keys_in(value, keys))
             } else {

@@ -6,9 +6,10 @@
 //! with JSON bodies, AMQP through RabbitMQ, PostgreSQL clients) is replayed `LOOPS` times
 //! as new connections minutes apart, so the correlator evicts as a long-running agent
 //! does. Its baseline: `httparse` over the same HTTP heads plus `serde_json` over the same
-//! bodies. The recorded HTTP/2 and gRPC fixtures as a second corpus. Five alternating
-//! rounds; prints one JSON line with min/median/max of each figure (read by `cargo xtask
-//! bench`).
+//! bodies. The shop corpus again with the export stage on a second thread (spans per
+//! second of wall clock at 1 and 2 pipeline threads), and the recorded HTTP/2 and gRPC
+//! fixtures as a second corpus. Five alternating rounds; prints one JSON line with
+//! min/median/max of each figure (read by `cargo xtask bench`).
 use std::{path::Path, sync::Arc, time::Instant};
 
 use serde_json::{json, Value};
@@ -130,8 +131,9 @@ fn content_length(headers: &[httparse::Header]) -> usize {
         .unwrap_or(0)
 }
 
-/// The agent's userspace path over `records`; returns (spans, OTLP bytes).
-fn full_pipeline(records: &[Recorded], store: &Path) -> (usize, usize) {
+/// The agent's userspace path over `records`, with the export stage on a thread of its
+/// own or not (`--pipeline-threads 2` / 1); returns (spans, OTLP bytes).
+fn full_pipeline(records: &[Recorded], store: &Path, export_thread: bool) -> (usize, usize) {
     // The default setup with a key: pseudonymised, masked, allow-listed, journeys in
     // SQLite; every span kept (the default keeps 10 % of successes: this is the worst case).
     let mut config = Config::default();
@@ -163,6 +165,9 @@ fn full_pipeline(records: &[Recorded], store: &Path) -> (usize, usize) {
         SessionOptions::default(),
         stages,
     );
+    if export_thread {
+        pipeline = pipeline.with_export_thread();
+    }
     let clock = KernelClock::new();
     let mut replay = Replay::default();
     let mut reassembler = Reassembler::new(Limits::default());
@@ -231,19 +236,29 @@ struct Figures {
     mb_per_cpu_s: Vec<f64>,
     spans_per_cpu_s: Vec<f64>,
     mb_per_s: Vec<f64>,
+    spans_per_s: Vec<f64>,
 }
 
 struct Corpus {
     name: &'static str,
     records: Vec<Recorded>,
+    export_thread: bool,
 }
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let read = |path: &str| recording::read(&root.join(path)).unwrap();
+    let shop_records = replayed(&read("benches/corpus/shop.capture.jsonl"), LOOPS);
     let shop = Corpus {
         name: "shop",
-        records: replayed(&read("benches/corpus/shop.capture.jsonl"), LOOPS),
+        records: shop_records.clone(),
+        export_thread: false,
+    };
+    // The same with the export stage on a second thread.
+    let shop_2 = Corpus {
+        name: "shop_2_threads",
+        records: shop_records,
+        export_thread: true,
     };
     let mut h2 = read("src/protocols/http2/fixtures/node.capture.jsonl");
     h2.extend(read("src/protocols/http2/fixtures/grpc.capture.jsonl"));
@@ -251,27 +266,31 @@ fn main() {
     let http2 = Corpus {
         name: "http2",
         records: replayed(&h2, LOOPS * 2),
+        export_thread: false,
     };
+    let corpora = [&shop, &shop_2, &http2];
     let store = std::env::temp_dir().join(format!("tracer-bench-{}.sqlite", std::process::id()));
     let mut result = json!({ "rounds": ROUNDS });
     let (messages, http_bytes) = httparse_and_serde(&shop.records);
     result["baseline_messages"] = json!(messages);
     let mut baseline = Vec::new();
-    let mut figures: Vec<Figures> = [&shop, &http2].iter().map(|_| Figures::default()).collect();
-    full_pipeline(&shop.records[..shop.records.len() / LOOPS as usize], &store); // warm-up
+    let mut figures: Vec<Figures> = corpora.iter().map(|_| Figures::default()).collect();
+    let warm_up = &shop.records[..shop.records.len() / LOOPS as usize];
+    full_pipeline(warm_up, &store, false);
     for _ in 0..ROUNDS {
         let start = Instant::now();
         std::hint::black_box(httparse_and_serde(&shop.records));
         baseline.push(http_bytes as f64 / 1e6 / start.elapsed().as_secs_f64());
-        for (corpus, figure) in [&shop, &http2].into_iter().zip(figures.iter_mut()) {
+        for (corpus, figure) in corpora.into_iter().zip(figures.iter_mut()) {
             let (cpu, start) = (cpu_seconds(), Instant::now());
-            let (spans, encoded) = full_pipeline(&corpus.records, &store);
+            let (spans, encoded) = full_pipeline(&corpus.records, &store, corpus.export_thread);
             let (cpu, wall) = (cpu_seconds() - cpu, start.elapsed().as_secs_f64());
             assert!(spans > 0, "{}: the pipeline gave no spans", corpus.name);
             let mb = payload_bytes(&corpus.records) as f64 / 1e6;
             figure.mb_per_cpu_s.push(mb / cpu);
             figure.spans_per_cpu_s.push(spans as f64 / cpu);
             figure.mb_per_s.push(mb / wall);
+            figure.spans_per_s.push(spans as f64 / wall);
             result[corpus.name] = json!({
                 "bytes": payload_bytes(&corpus.records),
                 "spans": spans,
@@ -282,11 +301,12 @@ fn main() {
     let _ = std::fs::remove_file(&store);
     result["baseline_http_bytes"] = json!(http_bytes);
     result["baseline_mb_per_s"] = spread(baseline);
-    for (corpus, figure) in [&shop, &http2].into_iter().zip(figures) {
+    for (corpus, figure) in corpora.into_iter().zip(figures) {
         let name = corpus.name;
         result[name]["mb_per_cpu_s"] = spread(figure.mb_per_cpu_s);
         result[name]["spans_per_cpu_s"] = spread(figure.spans_per_cpu_s);
         result[name]["mb_per_s"] = spread(figure.mb_per_s);
+        result[name]["spans_per_s"] = spread(figure.spans_per_s);
     }
     println!("{result}");
 }

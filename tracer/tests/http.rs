@@ -21,11 +21,14 @@ const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
 /// curl → A (Python) → B (Node.js): four spans, one trace, the right parents.
-fn two_hop_chain(export: impl Fn(&Receiver) -> String) {
+fn two_hop_chain(export: impl Fn(&Receiver) -> String, extra: &[&str]) {
     let receiver = Receiver::start();
     let b = Service::node();
     let a = Service::python(&["--downstream", &format!("127.0.0.1:{}", b.port)]);
-    let agent = AgentRun::start(&["--export", &export(&receiver), "--settle-ms", "200"]);
+    let export = export(&receiver);
+    let mut args = vec!["--export", &export, "--settle-ms", "200"];
+    args.extend_from_slice(extra);
+    let agent = AgentRun::start(&args);
     let status = curl(&[
         "-H",
         &format!("traceparent: {TRACEPARENT}"),
@@ -118,12 +121,21 @@ fn two_hop_chain(export: impl Fn(&Receiver) -> String) {
 
 #[test]
 fn two_hop_chain_over_otlp_grpc() {
-    two_hop_chain(|r| format!("otlp-grpc={}", r.grpc_url()));
+    two_hop_chain(|r| format!("otlp-grpc={}", r.grpc_url()), &[]);
 }
 
 #[test]
 fn two_hop_chain_over_otlp_http() {
-    two_hop_chain(|r| format!("otlp-http={}", r.http_url()));
+    two_hop_chain(|r| format!("otlp-http={}", r.http_url()), &[]);
+}
+
+/// The same with sampling, privacy, journeys and encoding on a second thread.
+#[test]
+fn two_hop_chain_with_two_pipeline_threads() {
+    two_hop_chain(
+        |r| format!("otlp-grpc={}", r.grpc_url()),
+        &["--pipeline-threads", "2"],
+    );
 }
 
 #[test]

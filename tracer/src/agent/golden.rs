@@ -42,10 +42,25 @@ fn captures() -> Vec<PathBuf> {
     found
 }
 
+/// How the pipeline runs in a golden test.
+#[derive(Clone, Copy)]
+struct Run {
+    /// The export stage on its own thread (`--pipeline-threads 2`).
+    export_thread: bool,
+    /// Resolve and export every this many records, as the agent's ticks do (else all
+    /// at the end).
+    tick_every: Option<usize>,
+}
+
+const AT_THE_END: Run = Run {
+    export_thread: false,
+    tick_every: None,
+};
+
 /// The spans the pipeline exports for a capture, as JSON lines: ids replaced by the
 /// position of their trace and the name of their parent, times left out (they are the
 /// recording's), in start order.
-fn spans_of(capture: &Path) -> String {
+fn spans_of(capture: &Path, run: Run) -> String {
     let mut config = Config::default();
     config.sampling.success_ratio = 1.0;
     config.privacy.pseudonymise_ids = Some(true);
@@ -58,14 +73,21 @@ fn spans_of(capture: &Path) -> String {
         SessionOptions::default(),
         Stages::from_config(&config, key).unwrap(),
     );
+    if run.export_thread {
+        pipeline = pipeline.with_export_thread();
+    }
+    let clock = KernelClock::new();
     let mut replay = Replay::default();
     let mut requests = Vec::new();
-    for record in golden::capture(capture) {
+    for (n, record) in golden::capture(capture).into_iter().enumerate() {
         if let Some(event) = replay.event(&record) {
             pipeline.handle(event, record.time, &mut requests);
         }
+        if run.tick_every.is_some_and(|every| n % every == every - 1) {
+            pipeline.tick(record.time, &clock);
+        }
     }
-    pipeline.finish(&KernelClock::new());
+    pipeline.finish(&clock);
     let mut spans = Vec::new();
     for item in rx.drain() {
         spans.push((Services::name_of(&item.resource), item.decoded()));
@@ -133,7 +155,7 @@ fn recorded_conversations_become_the_expected_spans() {
         "the protocol folders hold their recorded conversations: {captures:?}"
     );
     for capture in captures {
-        let actual = spans_of(&capture);
+        let actual = spans_of(&capture, AT_THE_END);
         assert!(!actual.is_empty(), "{} gave no spans", capture.display());
         let stem = capture.to_string_lossy().replace(".capture.jsonl", "");
         let expected_path = PathBuf::from(format!("{stem}.spans.jsonl"));
@@ -148,6 +170,36 @@ fn recorded_conversations_become_the_expected_spans() {
                 "{}: spans differ from {}; see {actual_path}",
                 capture.display(),
                 expected_path.display()
+            );
+        }
+    }
+}
+
+/// With the export stage on its own thread the same spans leave, batch after batch.
+#[test]
+fn an_export_thread_exports_the_same_spans() {
+    for capture in captures() {
+        for tick_every in [None, Some(7)] {
+            let inline = spans_of(
+                &capture,
+                Run {
+                    export_thread: false,
+                    tick_every,
+                },
+            );
+            let threaded = spans_of(
+                &capture,
+                Run {
+                    export_thread: true,
+                    tick_every,
+                },
+            );
+            assert!(!inline.is_empty(), "{} gave no spans", capture.display());
+            assert_eq!(
+                inline,
+                threaded,
+                "{} (ticks every {tick_every:?} records)",
+                capture.display()
             );
         }
     }

@@ -1,4 +1,5 @@
 //! The running agent: capture → protocols → correlate → export, read top to bottom.
+mod export_stage;
 #[cfg(test)]
 mod golden;
 mod pipeline;

@@ -1,6 +1,9 @@
 //! Per-connection protocol sessions, and the hand-over of their exchanges to the
 //! correlator and of resolved spans to the export queues.
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
 
 use foldhash::HashMap;
 use tracer_common::ConnId;
@@ -9,10 +12,10 @@ use crate::{
     capture::{ConnChange, Connection, Direction, KernelClock},
     config::Config,
     correlate::{Correlator, CorrelatorStats, ResolvedSpan},
-    export::{encode_span, ExportQueues, Exported, Services},
+    export::{ExportQueues, Services},
     extract::{Extractor, ExtractorError},
-    journey::{JourneyHandle, JourneySpan},
-    privacy::{IdKey, Privacy, PrivacyOptions, Redactions},
+    journey::JourneyHandle,
+    privacy::{IdKey, Privacy, PrivacyOptions},
     protocols::{
         self, ExchangeEvent, ExchangeStatus, ProtocolSession, SessionContext, SessionOptions,
     },
@@ -20,6 +23,8 @@ use crate::{
     sample::Sampler,
     session::SessionEvent,
 };
+
+use super::export_stage::{ExportStage, ExportTally, Exporter};
 
 /// Bytes looked at to decide a connection's protocol.
 const MAX_SNIFF: usize = 256;
@@ -117,10 +122,12 @@ pub struct Pipeline {
     correlator: Correlator,
     /// Spans the correlator resolved at a tick, emptied by `export`.
     resolved: Vec<ResolvedSpan>,
-    services: Services,
-    queues: ExportQueues,
+    exporter: Exporter,
+    /// The export stage's counts (it may run on its own thread).
+    export_tally: Arc<Mutex<ExportTally>>,
+    extractor: Extractor,
+    untraced_executables: Vec<String>,
     options: SessionOptions,
-    stages: Stages,
     stats: PipelineStats,
     exchanges: Vec<ExchangeEvent>,
     /// Sessions that asked to be woken at a kernel time though no bytes come.
@@ -145,14 +152,25 @@ impl Pipeline {
         options: SessionOptions,
         stages: Stages,
     ) -> Self {
+        let export_tally = Arc::new(Mutex::new(ExportTally::default()));
+        let stage = ExportStage {
+            sampler: stages.sampler,
+            privacy: stages.privacy,
+            privacy_dry_run: stages.privacy_dry_run,
+            journey: stages.journey,
+            services,
+            queues,
+            tally: export_tally.clone(),
+        };
         Self {
             conns: HashMap::default(),
             correlator,
             resolved: Vec::new(),
-            services,
-            queues,
+            exporter: Exporter::Inline(Box::new(stage)),
+            export_tally,
+            extractor: stages.extractor,
+            untraced_executables: stages.untraced_executables,
             options,
-            stages,
             stats: PipelineStats::default(),
             exchanges: Vec::new(),
             timers: HashMap::default(),
@@ -160,9 +178,23 @@ impl Pipeline {
         }
     }
 
+    /// Runs the export stage (sampling, privacy, journeys, encoding) on a thread of its
+    /// own: a second core takes part of the work, spans leave in the same order.
+    pub fn with_export_thread(mut self) -> Self {
+        self.exporter = std::mem::replace(&mut self.exporter, Exporter::none()).into_thread();
+        self
+    }
+
     pub fn stats(&self) -> PipelineStats {
+        let tally = self
+            .export_tally
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         PipelineStats {
             correlator: self.correlator.stats(),
+            spans_sampled_out: tally.spans_sampled_out,
+            parents_ambiguous: tally.parents_ambiguous,
             ..self.stats.clone()
         }
     }
@@ -482,7 +514,6 @@ impl Pipeline {
         let process = &conn.process;
         let file_name = process.exe.rsplit('/').next().unwrap_or_default();
         let untraced = self
-            .stages
             .untraced_executables
             .iter()
             .any(|name| name == file_name || *name == process.comm);
@@ -506,7 +537,7 @@ impl Pipeline {
                 }
                 ExchangeEvent::Finished(mut exchange) => {
                     *self.stats.exchanges.entry(protocol).or_default() += 1;
-                    let extracted = self.stages.extractor.extract(&exchange);
+                    let extracted = self.extractor.extract(&exchange);
                     exchange.order_ids = extracted.order_ids;
                     exchange.business = extracted.attributes;
                     if let (Some(message), ExchangeStatus::Ok) = (extracted.error, &exchange.status)
@@ -523,85 +554,26 @@ impl Pipeline {
         }
     }
 
-    /// Sends spans whose parents are settled to the export queues.
+    /// Sends spans whose parents are settled to the export stage.
     pub fn tick(&mut self, now_ns: u64, clock: &KernelClock) {
         self.wake(now_ns);
         // Kept between ticks: a burst's vector is not grown again at every tick.
         let mut resolved = std::mem::take(&mut self.resolved);
         self.correlator.poll(now_ns, &mut resolved);
-        self.export(resolved.drain(..), clock);
+        self.exporter.export(&mut resolved, clock);
         self.resolved = resolved;
     }
 
-    /// At shutdown: export everything still settling. Requests still in flight are not
-    /// closed: the agent stopping says nothing about whether they will be answered.
+    /// At shutdown: export everything still settling, and wait until it is queued.
+    /// Requests still in flight are not closed: the agent stopping says nothing about
+    /// whether they will be answered.
     pub fn finish(&mut self, clock: &KernelClock) {
         let mut resolved = Vec::new();
         self.correlator.flush(&mut resolved);
-        self.export(resolved.into_iter(), clock);
-    }
-
-    fn export(&mut self, spans: impl ExactSizeIterator<Item = ResolvedSpan>, clock: &KernelClock) {
-        let mut batch = Vec::with_capacity(spans.len().min(HANDOVER));
-        let mut journey_spans = Vec::new();
-        for mut span in spans {
-            if span.parent_ambiguous {
-                let service = Services::name_of(&self.services.resource(&span.connection.process));
-                *self.stats.parents_ambiguous.entry(service).or_default() += 1;
-            }
-            let keep = self.stages.sampler.keep(&span);
-            // An order's journey must not depend on whether its trace was sampled.
-            let journey = self
-                .stages
-                .journey
-                .as_ref()
-                .filter(|_| keep || !span.exchange.order_ids.is_empty());
-            if !keep && journey.is_none() {
-                self.stats.spans_sampled_out += 1;
-                continue;
-            }
-            let explain = self.stages.privacy_dry_run;
-            let redactions = self.stages.privacy.apply(&mut span, explain);
-            let resource = self.services.resource(&span.connection.process);
-            if journey.is_some_and(|journey| journey.wants(&span)) {
-                let service = Services::name_of(&resource);
-                journey_spans.push(JourneySpan::from_resolved(service, &span, clock));
-            }
-            if !keep {
-                self.stats.spans_sampled_out += 1;
-                continue;
-            }
-            let exported = Exported {
-                resource,
-                span: encode_span(&span, clock),
-            };
-            if self.stages.privacy_dry_run {
-                print_dry_run(&exported, &redactions);
-                continue;
-            }
-            batch.push(Arc::new(exported));
-            // A burst hands over a chunk at a time: few wake-ups, and spans a full queue
-            // drops are freed at once rather than held until the burst is encoded.
-            if batch.len() >= HANDOVER {
-                self.queues.send_all(std::mem::take(&mut batch));
-            }
-            if journey_spans.len() >= HANDOVER {
-                self.offer_journeys(std::mem::take(&mut journey_spans));
-            }
-        }
-        self.queues.send_all(batch);
-        self.offer_journeys(journey_spans);
-    }
-
-    fn offer_journeys(&self, spans: Vec<JourneySpan>) {
-        if let Some(journey) = &self.stages.journey {
-            journey.offer_all(spans);
-        }
+        self.exporter.export(&mut resolved, clock);
+        self.exporter.finish();
     }
 }
-
-/// Spans handed to the exporters (and the journey thread) at a time.
-const HANDOVER: usize = 256;
 
 /// `{"http2.header_blocks_undecodable": 3}`: tuple keys as `protocol.event`.
 fn serialize_pairs<S: serde::Serializer>(
@@ -609,32 +581,4 @@ fn serialize_pairs<S: serde::Serializer>(
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     serializer.collect_map(map.iter().map(|((p, e), n)| (format!("{p}.{e}"), n)))
-}
-
-/// One JSON line per span as it would be exported; `why` names, per attribute, what the
-/// privacy stage did to it (dropped, templated, redacted, sanitised, masked, pseudonymised).
-fn print_dry_run(exported: &Exported, redactions: &Redactions) {
-    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-    let span = exported.decoded();
-    let attributes: BTreeMap<&str, String> = span
-        .attributes
-        .iter()
-        .map(|kv| {
-            (
-                kv.key.as_str(),
-                crate::export::value_text(kv.value.as_ref()),
-            )
-        })
-        .collect();
-    let kind = SpanKind::try_from(span.kind).unwrap_or(SpanKind::Unspecified);
-    let trace_id: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
-    let line = serde_json::json!({
-        "service": Services::name_of(&exported.resource),
-        "name": span.name,
-        "kind": crate::export::kind_name(kind),
-        "trace_id": trace_id,
-        "attributes": attributes,
-        "why": redactions,
-    });
-    println!("{line}");
 }

@@ -88,6 +88,11 @@ pub struct RunArgs {
     /// syscall of the host; see README "Cost").
     #[arg(long, value_enum, default_value_t = DataHook::SyscallTracepoints)]
     data_hook: DataHook,
+    /// Threads of the span pipeline: 1 (parsing, correlation and export on one), or 2
+    /// (sampling, privacy, journeys and encoding on a second: more spans per second on a
+    /// busy node, at more CPU per span; see README "Cost").
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pipeline_threads: u8,
     #[command(flatten)]
     test_clock: TestClock,
 }
@@ -227,6 +232,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         session_options,
         stages,
     );
+    if args.pipeline_threads == 2 {
+        pipeline = pipeline.with_export_thread();
+    }
     eprintln!(
         "tracer: agent started (pid {}); view spans in Jaeger (UI http://localhost:16686, OTLP on 4317/4318), search by service name",
         std::process::id()

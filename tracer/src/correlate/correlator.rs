@@ -440,6 +440,9 @@ impl Correlator {
 
     /// Resolves spans whose settle time has passed. `now_ns` is kernel time.
     pub fn poll(&mut self, now_ns: u64, out: &mut Vec<ResolvedSpan>) {
+        // Spans put back to wait for their parent rejoin the queue after this pass: with
+        // no settle time they would be ready again at once, and the pass would not end.
+        let mut waiting = Vec::new();
         while let Some(&(ready_at, id)) = self.settling.front() {
             if ready_at > now_ns {
                 break;
@@ -448,7 +451,7 @@ impl Correlator {
             if self.parent_unfinished(id, now_ns) {
                 // Its parent (e.g. the server span it was called from) may still name the
                 // order that decides the trace: wait for it, within reason.
-                self.settling.push_back((now_ns + self.settle_ns, id));
+                waiting.push((now_ns + self.settle_ns, id));
                 continue;
             }
             if let Some(span) = self.resolve(id) {
@@ -456,6 +459,7 @@ impl Correlator {
                 out.push(span);
             }
         }
+        self.settling.extend(waiting);
         self.check_deliveries(now_ns, out);
         self.evict(now_ns);
     }

@@ -519,6 +519,8 @@ fn pipeline(report: &mut String) -> anyhow::Result<()> {
     )?;
     let shop = &result["shop"];
     writeln!(report, "| recorded corpus (HTTP with bodies, AMQP with the broker's side, PostgreSQL clients; {:.1} MB, {} spans): reassembly → sessions → extraction → correlation with eviction → sampling → privacy → SQLite journeys → OTLP protobuf | **{}** | {} | ≥ 250 MB/s |", mb(&shop["bytes"]), shop["spans"], shown(&shop["mb_per_cpu_s"], 1), shown(&shop["spans_per_cpu_s"], 0))?;
+    let two = &result["shop_2_threads"];
+    writeln!(report, "| the same corpus, spans per second of wall clock: 1 pipeline thread (and the journey thread) → 2 (`--pipeline-threads 2`: sampling, privacy, journeys and encoding on the second) | {} → {} MB/s per CPU-second | **{} → {}** spans/s | |", shown(&shop["mb_per_cpu_s"], 1), shown(&two["mb_per_cpu_s"], 1), shown(&shop["spans_per_s"], 0), shown(&two["spans_per_s"], 0))?;
     let h2 = &result["http2"];
     writeln!(report, "| recorded HTTP/2 and gRPC fixtures (Node.js, grpcio; {:.1} MB, {} spans), the same path | {} | {} | |", mb(&h2["bytes"]), h2["spans"], shown(&h2["mb_per_cpu_s"], 1), shown(&h2["spans_per_cpu_s"], 0))?;
     Ok(())

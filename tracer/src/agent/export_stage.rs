@@ -163,9 +163,12 @@ impl Exporter {
             Self::Thread(ExportThread {
                 spans: Some(tx), ..
             }) if !spans.is_empty() => {
-                // The thread ends only when the sender is dropped, or by a panic, which
-                // the pipeline must not follow into a panic of its own.
-                let _ = tx.send((std::mem::take(spans), *clock));
+                // The thread ends only when the sender is dropped, or by a panic (a bug):
+                // then the agent stops, as it does when the stage panics inline, rather
+                // than drop every span from here on without a word.
+                if tx.send((std::mem::take(spans), *clock)).is_err() {
+                    panic!("the export stage's thread has ended (it panicked: see above)");
+                }
             }
             Self::Thread(_) => spans.clear(),
         }

@@ -108,6 +108,8 @@ struct Attachment {
     tracepoints: &'static [(&'static str, &'static str)],
     /// Optional tracepoints (newer kernels) only warn when missing.
     required: bool,
+    /// A data syscall's exit: replaced by `RAW_DATA_EXIT` with `DataHook::RawSyscalls`.
+    data_exit: bool,
 }
 
 const fn syscall(
@@ -118,32 +120,34 @@ const fn syscall(
         program,
         tracepoints,
         required: true,
+        data_exit: false,
+    }
+}
+
+/// A data syscall's exit program.
+const fn data_exit(
+    program: &'static str,
+    tracepoint: &'static [(&'static str, &'static str)],
+) -> Attachment {
+    Attachment {
+        data_exit: true,
+        ..syscall(program, tracepoint)
     }
 }
 
 const SOCK_LENGTH: &str = "sock_length";
-/// The data exits, and the one program that replaces them with `DataHook::RawSyscalls`.
-const DATA_EXITS: &[&str] = &[
-    "exit_read",
-    "exit_readv",
-    "exit_recvfrom",
-    "exit_recvmsg",
-    "exit_write",
-    "exit_writev",
-    "exit_sendto",
-    "exit_sendmsg",
-];
+/// The one program that replaces the data exits with `DataHook::RawSyscalls`.
 const RAW_DATA_EXIT: &str = "exit_data_any";
 
 const ATTACHMENTS: &[Attachment] = &[
-    syscall("exit_read", &[("syscalls", "sys_exit_read")]),
-    syscall("exit_readv", &[("syscalls", "sys_exit_readv")]),
-    syscall("exit_recvfrom", &[("syscalls", "sys_exit_recvfrom")]),
-    syscall("exit_recvmsg", &[("syscalls", "sys_exit_recvmsg")]),
-    syscall("exit_write", &[("syscalls", "sys_exit_write")]),
-    syscall("exit_writev", &[("syscalls", "sys_exit_writev")]),
-    syscall("exit_sendto", &[("syscalls", "sys_exit_sendto")]),
-    syscall("exit_sendmsg", &[("syscalls", "sys_exit_sendmsg")]),
+    data_exit("exit_read", &[("syscalls", "sys_exit_read")]),
+    data_exit("exit_readv", &[("syscalls", "sys_exit_readv")]),
+    data_exit("exit_recvfrom", &[("syscalls", "sys_exit_recvfrom")]),
+    data_exit("exit_recvmsg", &[("syscalls", "sys_exit_recvmsg")]),
+    data_exit("exit_write", &[("syscalls", "sys_exit_write")]),
+    data_exit("exit_writev", &[("syscalls", "sys_exit_writev")]),
+    data_exit("exit_sendto", &[("syscalls", "sys_exit_sendto")]),
+    data_exit("exit_sendmsg", &[("syscalls", "sys_exit_sendmsg")]),
     syscall("enter_connect", &[("syscalls", "sys_enter_connect")]),
     syscall("exit_connect", &[("syscalls", "sys_exit_connect")]),
     syscall(
@@ -175,6 +179,7 @@ const ATTACHMENTS: &[Attachment] = &[
         program: SOCK_LENGTH,
         tracepoints: &[("sock", "sock_send_length"), ("sock", "sock_recv_length")],
         required: false,
+        data_exit: false,
     },
 ];
 
@@ -224,9 +229,7 @@ impl KernelCapture {
                 missing_optional.extend(names);
                 continue;
             }
-            if options.data_hook == DataHook::RawSyscalls
-                && DATA_EXITS.contains(&attachment.program)
-            {
+            if options.data_hook == DataHook::RawSyscalls && attachment.data_exit {
                 continue;
             }
             attach(&mut ebpf, attachment, &mut missing_optional)?;

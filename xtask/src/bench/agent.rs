@@ -196,22 +196,10 @@ pub struct Sink {
 
 impl Sink {
     pub fn start(out: &Path) -> anyhow::Result<Self> {
-        crate::exec::exec(Command::new("cargo").args([
-            "build",
-            "--release",
-            "--quiet",
-            "--package",
-            "tracer",
-            "--example",
-            "otlp_sink",
-        ]))?;
+        let sink = super::example("otlp_sink")?;
         let port = free_port();
         let log = out.join("otlp-sink.log");
-        let process = Started::spawn(
-            "OTLP sink",
-            Command::new("target/release/examples/otlp_sink").arg(port.to_string()),
-            &log,
-        )?;
+        let process = Started::spawn("OTLP sink", Command::new(sink).arg(port.to_string()), &log)?;
         crate::infra::wait_for_port(port, "the OTLP sink", Duration::from_secs(10))?;
         Ok(Self { process, log, port })
     }

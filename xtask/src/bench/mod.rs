@@ -269,6 +269,20 @@ fn traced_round(
 }
 
 /// "1.23 (1.01–1.57)": median, min and max.
+/// Builds one of tracer's examples (`tracer/examples/<name>.rs`) and returns its path.
+fn example(name: &str) -> anyhow::Result<PathBuf> {
+    exec(Command::new("cargo").args([
+        "build",
+        "--release",
+        "--quiet",
+        "--package",
+        "tracer",
+        "--example",
+        name,
+    ]))?;
+    Ok(PathBuf::from("target/release/examples").join(name))
+}
+
 fn spread(values: impl IntoIterator<Item = f64>, decimals: usize) -> String {
     let mut values: Vec<f64> = values.into_iter().collect();
     values.sort_by(f64::total_cmp);

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{
     agent::{Agent, BpfStats},
-    spread, BenchArgs,
+    example, spread, BenchArgs,
 };
 
 const HOOKS: [&str; 2] = ["syscall-tracepoints", "raw-syscalls"];
@@ -23,9 +23,9 @@ const KINDS: [(&str, &str); 3] = [
     ("other", "`getppid` (no data)"),
 ];
 
-/// ns per syscall of each kind, from one run.
-fn measure() -> anyhow::Result<Value> {
-    let output = Command::new("target/release/examples/syscall_cost")
+/// ns per syscall of each kind, from one run of `program`.
+fn measure(program: &Path) -> anyhow::Result<Value> {
+    let output = Command::new(program)
         .arg("100000")
         .output()
         .context("running syscall_cost")?;
@@ -39,20 +39,12 @@ pub fn hooks(
     out: &Path,
     report: &mut String,
 ) -> anyhow::Result<()> {
-    crate::exec::exec(Command::new("cargo").args([
-        "build",
-        "--release",
-        "--quiet",
-        "--package",
-        "tracer",
-        "--example",
-        "syscall_cost",
-    ]))?;
+    let program = example("syscall_cost")?;
     let _stats = BpfStats::disable();
     let spans = out.join("spans-syscalls.jsonl");
     // [untraced, per hook] × runs
     let mut runs: Vec<Vec<Value>> = vec![Vec::new(); 1 + HOOKS.len()];
-    measure()?; // warm-up
+    measure(&program)?; // warm-up
     for round in 0..args.rounds as usize {
         eprintln!("bench: syscall cost round {} of {}", round + 1, args.rounds);
         for step in 0..runs.len() {
@@ -66,7 +58,7 @@ pub fn hooks(
                     &["--no-tls", "--data-hook", HOOKS[n - 1]],
                 )?),
             };
-            runs[setup].push(measure()?);
+            runs[setup].push(measure(&program)?);
             if let Some(agent) = agent {
                 agent.stop();
             }

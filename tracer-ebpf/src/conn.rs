@@ -577,22 +577,30 @@ fn emit(
     tuple: SockTuple,
     positions: [u64; 2],
 ) {
-    let event = ConnEvent {
-        header: EventHeader {
+    // Built in the ring's memory, not on the stack: a fork's callback emits these from a
+    // `bpf_loop` inside `bpf_for_each_map_elem`, where the verifier adds the stacks of
+    // every frame up to 512 bytes (a stack copy took the callback to 488).
+    let Some(mut entry) = CONN_EVENTS.reserve::<ConnEvent>(0) else {
+        count(COUNTER_RINGBUF_CONN_LOST);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: the entry is reserved for us and as large as a ConnEvent (no padding); every
+    // field is written before it is submitted.
+    unsafe {
+        (*event).header = EventHeader {
             kind,
             tid: id as u32,
             ktime_ns: now,
             conn,
-        },
-        role,
-        reason,
-        tuple,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        positions,
-    };
-    if CONN_EVENTS.output::<ConnEvent>(&event, 0).is_err() {
-        count(COUNTER_RINGBUF_CONN_LOST);
+        };
+        (*event).role = role;
+        (*event).reason = reason;
+        (*event).tuple = tuple;
+        (*event).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*event).positions = positions;
     }
+    entry.submit(0);
 }
 
 /// The remote address a client passed to `connect`, or None if it is not IPv4/IPv6.

@@ -246,6 +246,8 @@ struct Corpus {
 }
 
 fn main() {
+    // As the agent runs (see `src/main.rs`).
+    tracer::agent::memory::without_transparent_huge_pages();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let read = |path: &str| recording::read(&root.join(path)).unwrap();
     let shop_records = replayed(&read("benches/corpus/shop.capture.jsonl"), LOOPS);

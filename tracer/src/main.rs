@@ -45,6 +45,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     keep_freed_memory();
+    if !tracer::agent::memory::without_transparent_huge_pages() {
+        // Not fatal: only slower where the host enables them.
+        eprintln!("tracer: could not turn transparent huge pages off for the agent");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TRACER_LOG")

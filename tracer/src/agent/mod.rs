@@ -2,6 +2,7 @@
 mod export_stage;
 #[cfg(test)]
 mod golden;
+pub mod memory;
 mod pipeline;
 
 pub use pipeline::{Pipeline, PipelineStats, Request, Stages};

@@ -155,12 +155,13 @@ fn build(protocol: OtlpProtocol, endpoint: Option<String>) -> anyhow::Result<Cli
     }
 }
 
-/// A gRPC codec whose requests are already-encoded `ExportTraceServiceRequest` bytes.
+/// A gRPC codec whose requests are batches of already-encoded spans, written as one
+/// `ExportTraceServiceRequest` straight into the frame buffer.
 #[derive(Default)]
 struct Encoded;
 
 impl tonic::codec::Codec for Encoded {
-    type Encode = Vec<u8>;
+    type Encode = Vec<ExportItem>;
     type Decode = ExportTraceServiceResponse;
     type Encoder = Encoded;
     type Decoder = Encoded;
@@ -174,16 +175,17 @@ impl tonic::codec::Codec for Encoded {
 }
 
 impl tonic::codec::Encoder for Encoded {
-    type Item = Vec<u8>;
+    type Item = Vec<ExportItem>;
     type Error = tonic::Status;
 
     fn encode(
         &mut self,
-        item: Vec<u8>,
+        batch: Vec<ExportItem>,
         dst: &mut tonic::codec::EncodeBuf<'_>,
     ) -> Result<(), Self::Error> {
-        use bytes::BufMut as _;
-        dst.put_slice(&item);
+        let request = request::Protobuf::new(&batch);
+        dst.reserve(request.len());
+        request.write(dst);
         Ok(())
     }
 }
@@ -205,13 +207,14 @@ impl tonic::codec::Decoder for Encoded {
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 impl Client {
-    async fn export(&mut self, body: Vec<u8>) -> anyhow::Result<()> {
+    async fn export(&mut self, batch: &[ExportItem]) -> anyhow::Result<()> {
         match self {
             Client::Grpc { grpc, metadata } => {
                 grpc.ready()
                     .await
                     .map_err(|e| anyhow::anyhow!("OTLP/gRPC receiver unreachable: {e}"))?;
-                let mut request = tonic::Request::new(body);
+                // Shared spans: the batch is kept for a retry, its copy costs a pointer each.
+                let mut request = tonic::Request::new(batch.to_vec());
                 *request.metadata_mut() = metadata.clone();
                 let path = tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH);
                 grpc.unary(request, path, Encoded)
@@ -228,7 +231,7 @@ impl Client {
                     .post(url.as_str())
                     .headers(headers.clone())
                     .header("content-type", "application/x-protobuf")
-                    .body(body)
+                    .body(request::protobuf(batch))
                     .send()
                     .await?;
                 if !response.status().is_success() {
@@ -342,7 +345,7 @@ fn trim(held: &mut VecDeque<ExportItem>, max_held: usize, stats: &ExportStats) {
 
 /// One request for the whole batch, every resource in it.
 async fn export(client: &mut Client, batch: &[ExportItem]) -> anyhow::Result<()> {
-    client.export(request::protobuf(batch)).await
+    client.export(batch).await
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use prost::{
     Message as _,
 };
 
+use bytes::BufMut;
+
 use super::ExportItem;
 
 /// The spans of a batch per resource, in first-seen order.
@@ -47,7 +49,7 @@ fn scope() -> InstrumentationScope {
     }
 }
 
-fn delimited(tag: u32, length: usize, buf: &mut Vec<u8>) {
+fn delimited(tag: u32, length: usize, buf: &mut impl BufMut) {
     encode_key(tag, WireType::LengthDelimited, buf);
     encode_varint(length as u64, buf);
 }
@@ -55,33 +57,62 @@ fn delimited(tag: u32, length: usize, buf: &mut Vec<u8>) {
 /// `ExportTraceServiceRequest` in protobuf: `resource_spans` (1) of `resource` (1) and one
 /// `scope_spans` (2) holding `scope` (1) and its `spans` (2).
 pub fn protobuf(batch: &[ExportItem]) -> Vec<u8> {
-    let scope = scope();
-    let groups: Vec<_> = groups(batch)
-        .into_iter()
-        .map(|(resource_of, spans)| {
-            let resource = resource(resource_of);
-            let scope_spans = message::encoded_len(1, &scope)
-                + spans
-                    .iter()
-                    .map(|s| delimited_len(2, s.len()))
-                    .sum::<usize>();
-            let resource_spans = message::encoded_len(1, &resource) + delimited_len(2, scope_spans);
-            (resource, spans, scope_spans, resource_spans)
-        })
-        .collect();
-    let total = groups.iter().map(|g| delimited_len(1, g.3)).sum();
-    let mut buf = Vec::with_capacity(total);
-    for (resource, spans, scope_spans, resource_spans) in groups {
-        delimited(1, resource_spans, &mut buf);
-        message::encode(1, &resource, &mut buf);
-        delimited(2, scope_spans, &mut buf);
-        message::encode(1, &scope, &mut buf);
-        for span in spans {
-            delimited(2, span.len(), &mut buf);
-            buf.extend_from_slice(span);
+    let request = Protobuf::new(batch);
+    let mut buf = Vec::with_capacity(request.len());
+    request.write(&mut buf);
+    buf
+}
+
+/// A batch laid out as an `ExportTraceServiceRequest`, its length known before it is
+/// written: gRPC's frame buffer takes it directly (no request built apart and copied in).
+pub struct Protobuf<'a> {
+    scope: InstrumentationScope,
+    /// Per resource: its message, its spans, and the lengths of `scope_spans` and
+    /// `resource_spans`.
+    groups: Vec<(ProtoResource, Vec<&'a [u8]>, usize, usize)>,
+}
+
+impl<'a> Protobuf<'a> {
+    pub fn new(batch: &'a [ExportItem]) -> Self {
+        let scope = scope();
+        let groups = groups(batch)
+            .into_iter()
+            .map(|(resource_of, spans)| {
+                let resource = resource(resource_of);
+                let scope_spans = message::encoded_len(1, &scope)
+                    + spans
+                        .iter()
+                        .map(|s| delimited_len(2, s.len()))
+                        .sum::<usize>();
+                let resource_spans =
+                    message::encoded_len(1, &resource) + delimited_len(2, scope_spans);
+                (resource, spans, scope_spans, resource_spans)
+            })
+            .collect();
+        Self { scope, groups }
+    }
+
+    /// Encoded length in bytes.
+    pub fn len(&self) -> usize {
+        self.groups.iter().map(|g| delimited_len(1, g.3)).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    pub fn write(&self, buf: &mut impl BufMut) {
+        for (resource, spans, scope_spans, resource_spans) in &self.groups {
+            delimited(1, *resource_spans, buf);
+            message::encode(1, resource, buf);
+            delimited(2, *scope_spans, buf);
+            message::encode(1, &self.scope, buf);
+            for span in spans {
+                delimited(2, span.len(), buf);
+                buf.put_slice(span);
+            }
         }
     }
-    buf
 }
 
 fn delimited_len(tag: u32, length: usize) -> usize {

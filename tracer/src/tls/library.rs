@@ -132,8 +132,8 @@ impl Function {
 /// like `node` are ~100 MB and only their symbol tables are touched, in one pass.
 pub fn resolve(path: &Path, flavour: Option<Flavour>) -> Result<(Flavour, Vec<Function>), String> {
     let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let mapped = Mapped::new(&file).map_err(|e| format!("cannot map: {e}"))?;
-    let elf = object::File::parse(mapped.bytes()).map_err(|e| format!("not an ELF file: {e}"))?;
+    let contents = FileBytes::new(file).map_err(|e| format!("cannot read: {e}"))?;
+    let elf = object::File::parse(contents.bytes()).map_err(|e| format!("not an ELF file: {e}"))?;
     // Unnamed files are looked at for a statically linked OpenSSL.
     let kind = flavour.unwrap_or(Flavour::OpenSsl);
     let hooks = kind.hooks();
@@ -161,7 +161,7 @@ pub fn resolve(path: &Path, flavour: Option<Flavour>) -> Result<(Flavour, Vec<Fu
     if flavour.is_none() && !(exported("SSL_read") && exported("SSL_write")) {
         return Ok((kind, Vec::new()));
     }
-    let image = placement::Image::new(&elf, mapped.bytes());
+    let image = placement::Image::new(&elf, contents.bytes());
     let mut found = Vec::new();
     for (&(symbol, program), address) in hooks.iter().zip(addresses) {
         let Some((address, size)) = address else {
@@ -183,6 +183,40 @@ pub fn resolve(path: &Path, flavour: Option<Flavour>) -> Result<(Flavour, Vec<Fu
         placement::cheapen(&image, &mut found);
     }
     Ok((kind, found))
+}
+
+/// Files up to this size are read rather than mapped.
+const READ_LIMIT: u64 = 64 << 20;
+
+/// A whole file's bytes as they are on disk. The kernel writes the breakpoints of uprobes
+/// already registered on a file (another agent's, a debugger's) into every mapping of it
+/// that may execute, a read-only private one too: placement would decode `int3` where
+/// the code is, and keep the dearer hooks. Libraries are read; a larger file (a statically
+/// linked Node.js) is mapped, where a breakpoint only keeps the hooks on the exported
+/// functions.
+enum FileBytes {
+    Read(Vec<u8>),
+    Mapped(Mapped),
+}
+
+impl FileBytes {
+    fn new(mut file: File) -> std::io::Result<Self> {
+        use std::io::Read as _;
+        let len = file.metadata()?.len();
+        if len > READ_LIMIT {
+            return Mapped::new(&file).map(Self::Mapped);
+        }
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut bytes)?;
+        Ok(Self::Read(bytes))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Read(bytes) => bytes,
+            Self::Mapped(mapped) => mapped.bytes(),
+        }
+    }
 }
 
 /// A read-only private mapping of a whole file.
@@ -231,6 +265,8 @@ impl Drop for Mapped {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     #[test]
@@ -254,16 +290,81 @@ mod tests {
         }
     }
 
-    #[test]
-    fn libssl_functions_resolve_to_offsets_inside_the_file() {
-        let libssl = [
+    fn libssl() -> &'static Path {
+        [
             "/usr/lib/x86_64-linux-gnu/libssl.so.3",
             "/lib/x86_64-linux-gnu/libssl.so.3",
         ]
         .into_iter()
         .map(Path::new)
         .find(|p| p.exists())
-        .expect("libssl3 is installed by `cargo xtask setup` (Debian package libssl3)");
+        .expect("libssl3 is installed by `cargo xtask setup` (Debian package libssl3)")
+    }
+
+    /// A tracefs uprobe, enabled while alive (its breakpoint is in every mapping of the
+    /// file meanwhile).
+    struct TracefsUprobe(PathBuf);
+
+    impl TracefsUprobe {
+        const GROUP: &'static str = "tracer_placement_test";
+
+        fn enable(path: &Path, offset: u64) -> Self {
+            let tracing = PathBuf::from("/sys/kernel/tracing");
+            let definition = format!("p:{}/callee {}:{offset:#x}\n", Self::GROUP, path.display());
+            let events = tracing.join("uprobe_events");
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&events)
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{} (tracefs, root; `cargo xtask setup` mounts it): {e}",
+                        events.display()
+                    )
+                });
+            std::io::Write::write_all(&mut file, definition.as_bytes())
+                .expect("registering a tracefs uprobe");
+            let probe = Self(tracing);
+            std::fs::write(probe.enable_file(), "1").expect("enabling the tracefs uprobe");
+            probe
+        }
+
+        fn enable_file(&self) -> PathBuf {
+            self.0.join(format!("events/{}/callee/enable", Self::GROUP))
+        }
+    }
+
+    impl Drop for TracefsUprobe {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.enable_file(), "0");
+            let events = self.0.join("uprobe_events");
+            if let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(events) {
+                let _ = std::io::Write::write_all(
+                    &mut file,
+                    format!("-:{}/callee\n", Self::GROUP).as_bytes(),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_breakpoint_already_at_the_callee_does_not_change_the_placement() {
+        let (_, before) = resolve(libssl(), Some(Flavour::OpenSsl)).unwrap();
+        assert!(before[0].at_callee, "{:?}", before[0]);
+        // Another agent's (or a debugger's) uprobe where ours would go: the kernel puts
+        // its int3 into every mapping of libssl that may execute.
+        let _probe = TracefsUprobe::enable(libssl(), before[0].offset);
+        let (_, after) = resolve(libssl(), Some(Flavour::OpenSsl)).unwrap();
+        let describe = |f: &[Function]| f.iter().map(Function::describe).collect::<Vec<_>>();
+        assert_eq!(describe(&after), describe(&before));
+        assert_eq!(
+            after.iter().map(|f| f.offset).collect::<Vec<_>>(),
+            before.iter().map(|f| f.offset).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn libssl_functions_resolve_to_offsets_inside_the_file() {
+        let libssl = libssl();
         let (_, functions) = resolve(libssl, Some(Flavour::OpenSsl)).unwrap();
         let names: Vec<String> = functions.iter().map(Function::describe).collect();
         // Debian's libssl 3: the `_ex` functions wrap ssl_read_internal/ssl_write_internal,

@@ -184,7 +184,7 @@ impl tonic::codec::Encoder for Encoded {
         dst: &mut tonic::codec::EncodeBuf<'_>,
     ) -> Result<(), Self::Error> {
         let request = request::Protobuf::new(&batch);
-        dst.reserve(request.len());
+        dst.reserve(request.encoded_len());
         request.write(dst);
         Ok(())
     }

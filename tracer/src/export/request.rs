@@ -3,6 +3,7 @@
 //! OTLP/HTTP, JSON (the Collector's file format) for files. Nothing is cloned per span.
 use std::{io::Write, sync::Arc};
 
+use bytes::BufMut;
 use opentelemetry_proto::{
     tonic::{
         common::v1::InstrumentationScope, resource::v1::Resource as ProtoResource, trace::v1::Span,
@@ -14,8 +15,6 @@ use prost::{
     encoding::{encode_key, encode_varint, encoded_len_varint, key_len, message, WireType},
     Message as _,
 };
-
-use bytes::BufMut;
 
 use super::ExportItem;
 
@@ -58,7 +57,7 @@ fn delimited(tag: u32, length: usize, buf: &mut impl BufMut) {
 /// `scope_spans` (2) holding `scope` (1) and its `spans` (2).
 pub fn protobuf(batch: &[ExportItem]) -> Vec<u8> {
     let request = Protobuf::new(batch);
-    let mut buf = Vec::with_capacity(request.len());
+    let mut buf = Vec::with_capacity(request.encoded_len());
     request.write(&mut buf);
     buf
 }
@@ -92,13 +91,8 @@ impl<'a> Protobuf<'a> {
         Self { scope, groups }
     }
 
-    /// Encoded length in bytes.
-    pub fn len(&self) -> usize {
+    pub fn encoded_len(&self) -> usize {
         self.groups.iter().map(|g| delimited_len(1, g.3)).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
     }
 
     pub fn write(&self, buf: &mut impl BufMut) {

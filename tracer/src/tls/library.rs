@@ -265,9 +265,9 @@ impl Drop for Mapped {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
+
+    const TRACEFS: &str = "/sys/kernel/tracing";
 
     #[test]
     fn names_decide_the_flavour() {
@@ -303,46 +303,37 @@ mod tests {
 
     /// A tracefs uprobe, enabled while alive (its breakpoint is in every mapping of the
     /// file meanwhile).
-    struct TracefsUprobe(PathBuf);
+    struct TracefsUprobe;
 
     impl TracefsUprobe {
-        const GROUP: &'static str = "tracer_placement_test";
+        const NAME: &'static str = "tracer_placement_test/callee";
 
         fn enable(path: &Path, offset: u64) -> Self {
-            let tracing = PathBuf::from("/sys/kernel/tracing");
-            let definition = format!("p:{}/callee {}:{offset:#x}\n", Self::GROUP, path.display());
-            let events = tracing.join("uprobe_events");
-            let mut file = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&events)
+            Self::define(&format!("p:{} {}:{offset:#x}", Self::NAME, path.display()))
                 .unwrap_or_else(|e| {
-                    panic!(
-                        "{} (tracefs, root; `cargo xtask setup` mounts it): {e}",
-                        events.display()
-                    )
+                    panic!("registering a uprobe in {TRACEFS}/uprobe_events (tracefs, root; `cargo xtask setup` mounts it): {e}")
                 });
-            std::io::Write::write_all(&mut file, definition.as_bytes())
-                .expect("registering a tracefs uprobe");
-            let probe = Self(tracing);
-            std::fs::write(probe.enable_file(), "1").expect("enabling the tracefs uprobe");
-            probe
+            std::fs::write(Self::enable_file(), "1").expect("enabling the tracefs uprobe");
+            Self
         }
 
-        fn enable_file(&self) -> PathBuf {
-            self.0.join(format!("events/{}/callee/enable", Self::GROUP))
+        /// Appends one line to `uprobe_events` (a definition, or `-:name` to remove one).
+        fn define(line: &str) -> std::io::Result<()> {
+            let mut events = std::fs::OpenOptions::new()
+                .append(true)
+                .open(format!("{TRACEFS}/uprobe_events"))?;
+            std::io::Write::write_all(&mut events, format!("{line}\n").as_bytes())
+        }
+
+        fn enable_file() -> String {
+            format!("{TRACEFS}/events/{}/enable", Self::NAME)
         }
     }
 
     impl Drop for TracefsUprobe {
         fn drop(&mut self) {
-            let _ = std::fs::write(self.enable_file(), "0");
-            let events = self.0.join("uprobe_events");
-            if let Ok(mut file) = std::fs::OpenOptions::new().append(true).open(events) {
-                let _ = std::io::Write::write_all(
-                    &mut file,
-                    format!("-:{}/callee\n", Self::GROUP).as_bytes(),
-                );
-            }
+            let _ = std::fs::write(Self::enable_file(), "0");
+            let _ = Self::define(&format!("-:{}", Self::NAME));
         }
     }
 

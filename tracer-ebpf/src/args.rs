@@ -40,6 +40,9 @@ const REGS_OFFSET: usize = 56;
 /// `cs` and `orig_ax` (the syscall number) in x86-64's `struct pt_regs`; `cs` of 64-bit user code.
 const CS_OFFSET: usize = 136;
 const ORIG_AX_OFFSET: usize = 120;
+const DX_OFFSET: usize = 96;
+const SI_OFFSET: usize = 104;
+const DI_OFFSET: usize = 112;
 const USER_CS: u64 = 0x33;
 
 impl SyscallRegs {
@@ -54,7 +57,23 @@ impl SyscallRegs {
         if regs == 0 {
             return None;
         }
-        unsafe { bpf_probe_read_kernel((regs as usize + REGS_OFFSET) as *const SyscallRegs) }.ok()
+        // The helper returns a BTF-typed pointer: its members are read with plain loads,
+        // which the verifier checks against `struct pt_regs` and the JIT guards, instead
+        // of a probe_read_kernel call per syscall (a tenth of the data path's time).
+        let at = |offset: usize| unsafe {
+            core::ptr::read_volatile((regs as usize + offset) as *const u64)
+        };
+        Some(Self {
+            r10: at(REGS_OFFSET),
+            _r9: 0,
+            _r8: 0,
+            _ax: 0,
+            _cx: 0,
+            dx: at(DX_OFFSET),
+            si: at(SI_OFFSET),
+            di: at(DI_OFFSET),
+            number: at(ORIG_AX_OFFSET),
+        })
     }
 
     /// The syscall number saved in the registers at `regs` (a `struct pt_regs *`, as

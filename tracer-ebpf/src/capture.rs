@@ -213,6 +213,30 @@ pub fn emit_records(
     total: u64,
     slot: u32,
 ) {
+    let single_buffer = !matches!(
+        args.syscall,
+        SYS_READV | SYS_WRITEV | SYS_RECVMSG | SYS_SENDMSG
+    );
+    if single_buffer && total <= MAX_RECORD as u64 {
+        // Nearly every call: one buffer, one record, copied straight into the ring.
+        let record = Record {
+            conn,
+            tid: id as u32,
+            direction,
+            syscall: args.syscall,
+            position,
+            buf: args.buf,
+        };
+        let n = total as usize;
+        match n {
+            0..=256 => record.output::<256>(n),
+            257..=1024 => record.output::<1024>(n),
+            1025..=4096 => record.output::<4096>(n),
+            4097..=8192 => record.output::<8192>(n),
+            _ => record.output::<MAX_RECORD>(n),
+        }
+        return;
+    }
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let index = cpu * SCRATCH_SLOTS_PER_CPU + (slot & 1);
     let Some(scratch) = DATA_SCRATCH.get_ptr_mut(index) else {
@@ -228,6 +252,71 @@ pub fn emit_records(
     build_records(index, scratch, args, conn, id, direction, position, total);
     if unsafe { core::ptr::read_volatile(owner) } == id {
         unsafe { core::ptr::write_volatile(owner, 0) };
+    }
+}
+
+/// A record reserved in the ring with room for `N` payload bytes: the verifier needs the
+/// size of a reservation up front, so a call's bytes go into the smallest of a few sizes
+/// that holds them (the reader takes `captured` bytes). No scratch map, no second copy.
+#[repr(C)]
+struct InPlace<const N: usize> {
+    event: DataEvent,
+    payload: [u8; N],
+}
+
+/// What a record in place says about its bytes.
+struct Record {
+    conn: ConnId,
+    tid: u32,
+    direction: u32,
+    syscall: u32,
+    position: u64,
+    /// The user buffer the bytes are read from.
+    buf: u64,
+}
+
+impl Record {
+    /// Copies `n` (<= N) bytes from the user buffer into a reserved record and submits it.
+    #[inline(always)]
+    fn output<const N: usize>(&self, n: usize) {
+        let Some(mut entry) = EVENTS.reserve::<InPlace<N>>(0) else {
+            count(COUNTER_RINGBUF_DATA_LOST);
+            return;
+        };
+        let record = entry.as_mut_ptr();
+        // The mask bounds the copy for the verifier; n <= N <= MAX_RECORD, so it never
+        // changes the value.
+        let n = n & SCRATCH_MASK;
+        let n = if n > N { N } else { n };
+        // SAFETY: the entry is reserved for us and as large as an InPlace<N>; every header
+        // field is written before it is submitted, the payload up to `n`.
+        let ret = unsafe {
+            let dst = core::ptr::addr_of_mut!((*record).payload).cast::<u8>();
+            probe_read_user_raw(dst as *mut _, n as u32, self.buf as *const _)
+        };
+        if ret < 0 {
+            entry.discard(0);
+            count(COUNTER_USER_READ_FAILED);
+            return;
+        }
+        unsafe {
+            (*record).event = DataEvent {
+                header: EventHeader {
+                    kind: EVENT_DATA,
+                    tid: self.tid,
+                    ktime_ns: bpf_ktime_get_ns(),
+                    conn: self.conn,
+                },
+                direction: self.direction,
+                syscall: self.syscall,
+                position: self.position,
+                length: n as u64,
+                captured: n as u32,
+                _pad: 0,
+            };
+        }
+        entry.submit(BPF_RB_NO_WAKEUP);
+        count(COUNTER_DATA_RECORDS);
     }
 }
 
@@ -297,23 +386,18 @@ fn build_records(
             _pad: 0,
         };
     }
-    let single_buffer = !matches!(
-        args.syscall,
-        SYS_READV | SYS_WRITEV | SYS_RECVMSG | SYS_SENDMSG
-    );
-    if single_buffer && total <= MAX_RECORD as u64 {
-        // Nearly every call: one buffer, one record, no cursor and no loop.
-        let n = total as usize & SCRATCH_MASK;
-        let ret = unsafe {
-            let dst = core::ptr::addr_of_mut!((*scratch).payload).cast::<u8>();
-            probe_read_user_raw(dst as *mut _, n as u32, args.buf as *const _)
-        };
-        if ret < 0 {
-            count(COUNTER_USER_READ_FAILED);
-        } else if still_owner(scratch, id) {
-            output_record(scratch, n);
+    if matches!(args.syscall, SYS_READV | SYS_WRITEV) && total <= MAX_RECORD as u64 {
+        // Most vectored calls: a head and a body, both in one record, without the loop.
+        match copy_two_iovecs(scratch, args, total) {
+            TwoIovecs::Loop => {}
+            TwoIovecs::Failed => return,
+            TwoIovecs::Copied(n) => {
+                if still_owner(scratch, id) {
+                    output_record(scratch, n);
+                }
+                return;
+            }
         }
-        return;
     }
     let cursor = unsafe { core::ptr::addr_of_mut!((*scratch).cursor) };
     if !init_cursor(cursor, args, total) {
@@ -354,6 +438,64 @@ fn build_records(
             count(COUNTER_GAP_RECORDS);
         }
     }
+}
+
+/// What became of a vectored call offered to `copy_two_iovecs`.
+enum TwoIovecs {
+    /// More segments than two: the loop walks them.
+    Loop,
+    /// User memory was unreadable (counted).
+    Failed,
+    /// This many bytes are in the record.
+    Copied(usize),
+}
+
+/// A readv/writev of at most two segments whose `total` bytes fit one record: copied into
+/// the record with two reads, without the loop.
+#[inline(always)]
+fn copy_two_iovecs(scratch: *mut DataScratch, args: &SyscallArgs, total: u64) -> TwoIovecs {
+    if args.count == 0 || args.count > 2 {
+        return TwoIovecs::Loop;
+    }
+    let Ok(iovecs) = (unsafe { bpf_probe_read_user(args.buf as *const [Iovec; 2]) }) else {
+        count(COUNTER_USER_READ_FAILED);
+        return TwoIovecs::Failed;
+    };
+    let first = if iovecs[0].len < total {
+        iovecs[0].len
+    } else {
+        total
+    };
+    let second = total - first;
+    if second > 0 && (args.count < 2 || iovecs[1].len < second) {
+        return TwoIovecs::Loop; // not what the kernel moved: let the loop walk it
+    }
+    let payload = unsafe { core::ptr::addr_of_mut!((*scratch).payload).cast::<u8>() };
+    // The masks bound the copies for the verifier without changing the values: total fits
+    // one record, so when a second copy is made the first ended inside the record.
+    let n = first as usize & SCRATCH_MASK;
+    if n > 0
+        && unsafe { probe_read_user_raw(payload as *mut _, n as u32, iovecs[0].base as *const _) }
+            < 0
+    {
+        count(COUNTER_USER_READ_FAILED);
+        return TwoIovecs::Failed;
+    }
+    let offset = first as usize & (MAX_RECORD - 1);
+    let n = second as usize & SCRATCH_MASK;
+    if n > 0
+        && unsafe {
+            probe_read_user_raw(
+                payload.add(offset) as *mut _,
+                n as u32,
+                iovecs[1].base as *const _,
+            )
+        } < 0
+    {
+        count(COUNTER_USER_READ_FAILED);
+        return TwoIovecs::Failed;
+    }
+    TwoIovecs::Copied(total as usize)
 }
 
 /// One copy from the current segment into the record being built; sends the record when

@@ -5,12 +5,13 @@ mod support;
 use serde_json::Value;
 use support::{exchange, pattern, server, sha256_hex, CaptureRun, Captured, Peer};
 
-const FAMILIES: [&str; 5] = [
+const FAMILIES: [&str; 6] = [
     "write_read",
     "send_recv",
     "sendto_recvfrom",
     "sendmsg_recvmsg",
     "writev_readv",
+    "writev_readv_two",
 ];
 
 /// Both directions of the peer's connection equal, byte for byte, what the peer reports.

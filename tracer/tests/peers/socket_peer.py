@@ -41,6 +41,10 @@ def send_all(sock, data, family, chunk):
             elif family == "writev_readv":
                 third = max(1, len(part) // 3)
                 n = os.writev(sock.fileno(), [part[:third], part[third:2 * third], part[2 * third:]])
+            elif family == "writev_readv_two":
+                # A head and a body, as HTTP servers write (the kernel's two-segment path).
+                half = max(1, len(part) // 2)
+                n = os.writev(sock.fileno(), [part[:half], part[half:]])
             else:
                 raise SystemExit(f"unknown family {family}")
             part = part[n:]
@@ -61,6 +65,10 @@ def recv_all(sock, family, chunk):
             data = b"".join(bytes(b) for b in bufs)[:n]
         elif family == "writev_readv":
             bufs = [bytearray(max(1, chunk // 3)) for _ in range(3)]
+            n = os.readv(sock.fileno(), bufs)
+            data = b"".join(bytes(b) for b in bufs)[:n]
+        elif family == "writev_readv_two":
+            bufs = [bytearray(max(1, chunk // 2)) for _ in range(2)]
             n = os.readv(sock.fileno(), bufs)
             data = b"".join(bytes(b) for b in bufs)[:n]
         if not data:

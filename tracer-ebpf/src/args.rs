@@ -6,18 +6,29 @@ use aya_ebpf::{
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     programs::TracePointContext,
+    EbpfContext,
 };
 
 const ARGS_OFFSET: usize = 16;
 
+/// The trace record is the program's context: its fields are read with plain loads (the
+/// verifier bounds them by the record's size), not a probe_read helper call, on every data
+/// syscall of the host.
+#[inline(always)]
+fn record_u64(ctx: &TracePointContext, offset: usize) -> u64 {
+    // SAFETY: `offset` is 8-aligned and inside the syscall tracepoints' records (arguments
+    // up to six, or `ret`, from offset 16).
+    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(offset).cast::<u64>()) }
+}
+
 #[inline(always)]
 pub fn syscall_arg(ctx: &TracePointContext, index: usize) -> u64 {
-    unsafe { ctx.read_at::<u64>(ARGS_OFFSET + 8 * index) }.unwrap_or(0)
+    record_u64(ctx, ARGS_OFFSET + 8 * index)
 }
 
 #[inline(always)]
 pub fn syscall_ret(ctx: &TracePointContext) -> i64 {
-    unsafe { ctx.read_at::<i64>(ARGS_OFFSET) }.unwrap_or(-1)
+    record_u64(ctx, ARGS_OFFSET) as i64
 }
 
 /// The argument registers of x86-64's `struct pt_regs`, from `r10` (offset 56) to

@@ -183,6 +183,11 @@ pub struct ConnState {
     pub sk_protocol: u16,
     /// Next plaintext stream position per direction.
     pub tls_position: [u64; 2],
+    /// `CaptureConfig::control_epoch` + 1 when `control_flags` was read from
+    /// `CONN_CONTROL`; 0 until then. While it matches, the data path needs no lookup.
+    pub control_epoch: u32,
+    /// This connection's `CONN_CONTROL` flags as of `control_epoch`.
+    pub control_flags: u32,
 }
 
 /// Data syscalls without any sign of TLS after which a socket is no longer checked for
@@ -212,6 +217,10 @@ pub struct CaptureConfig {
     /// Where the fd → `struct sock` walk reads, from the kernel's BTF; all zero when
     /// unknown (then the `sock:sock_*_length` tracepoints tell the sock instead).
     pub offsets: KernelOffsets,
+    /// Counts userspace's changes to `CONN_CONTROL`: a connection's cached flags are
+    /// looked up again once it moves on.
+    pub control_epoch: u32,
+    pub _pad: u32,
 }
 
 /// Byte offsets of the members a data syscall's exit reads to find the `struct sock` of
@@ -416,7 +425,7 @@ mod tests {
         assert_eq!(size_of::<DataEvent>(), 64);
         assert_eq!(size_of::<SockTuple>(), 40);
         assert_eq!(size_of::<ConnEvent>(), 32 + 8 + 40 + 16 + 16);
-        assert_eq!(size_of::<ConnState>(), 64);
+        assert_eq!(size_of::<ConnState>(), 72);
         assert_eq!(size_of::<TlsCall>(), 32);
         assert_eq!(size_of::<TlsKey>(), 16);
         assert_eq!(size_of::<SockRef>(), 16);

@@ -136,7 +136,7 @@ fn exit_data(
         fd: key.fd,
         generation: state.generation,
     };
-    if payload_off(key, conn.generation, CONTROL_NO_PAYLOAD) {
+    if payload_off(key, state, CONTROL_NO_PAYLOAD) {
         return Ok(0);
     }
     emit_records(

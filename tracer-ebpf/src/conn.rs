@@ -224,6 +224,8 @@ fn open_connection(id: u64, fd: u32, role: u32, sk: u64, tuple: SockTuple) {
         sk_family: 0,
         sk_protocol: 0,
         tls_position: [0, 0],
+        control_epoch: 0,
+        control_flags: 0,
     };
     if SOCKETS.insert(SockKey { tgid, fd }, state, 0).is_err() {
         count(COUNTER_CONN_TABLE_FULL);

@@ -165,6 +165,7 @@ extern "C" fn hand_socket(i: u64, context: *mut c_void) -> i64 {
     state.position = [0, 0];
     state.tls_position = [0, 0];
     state.addr_sent = 0;
+    state.control_epoch = 0; // the parent's instructions are not the child's
     if SOCKETS
         .insert(
             SockKey {

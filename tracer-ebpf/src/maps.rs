@@ -105,12 +105,25 @@ pub fn count(index: u32) {
 }
 
 /// Whether userspace turned `flag` (`CONTROL_NO_PAYLOAD`, `CONTROL_NO_PLAINTEXT`) on for
-/// this connection (a reused fd with another generation does not inherit it).
+/// this connection (a reused fd with another generation does not inherit it). The answer
+/// is kept in the connection's state until userspace changes `CONN_CONTROL` again (its
+/// epoch moves), so a data syscall rarely pays the hash lookup.
 #[inline(always)]
-pub fn payload_off(key: SockKey, generation: u64, flag: u32) -> bool {
-    CONN_CONTROL.get_ptr(key).is_some_and(|control| {
-        // SAFETY: value pointer from a successful lookup.
-        let control = unsafe { *control };
-        control.generation == generation && control.flags & flag != 0
-    })
+pub fn payload_off(key: SockKey, state: &mut ConnState, flag: u32) -> bool {
+    let epoch = CAPTURE_CONFIG
+        .get(0)
+        .map_or(0, |config| config.control_epoch.wrapping_add(1));
+    if epoch == 0 || state.control_epoch != epoch {
+        state.control_flags = CONN_CONTROL.get_ptr(key).map_or(0, |control| {
+            // SAFETY: value pointer from a successful lookup.
+            let control = unsafe { *control };
+            if control.generation == state.generation {
+                control.flags
+            } else {
+                0
+            }
+        });
+        state.control_epoch = epoch;
+    }
+    state.control_flags & flag != 0
 }

@@ -74,7 +74,7 @@ pub fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
         fd: key.fd,
         generation: state.generation,
     };
-    if payload_off(key, conn.generation, CONTROL_NO_PLAINTEXT) {
+    if payload_off(key, state, CONTROL_NO_PLAINTEXT) {
         return Ok(0);
     }
     let args = SyscallArgs {

@@ -281,3 +281,58 @@ fn refuses_to_start_without_root_and_says_why() {
         "unclear error: {stderr}"
     );
 }
+
+/// A connection no protocol claims is given up: the kernel side stops copying its bytes
+/// (positions keep counting), so it costs its process a lookup per syscall, not a copy.
+#[test]
+fn an_unrecognised_connection_is_no_longer_copied_by_the_kernel() {
+    use std::io::Write;
+    use support::{agent::AgentRun, metrics};
+
+    const ROUNDS: u64 = 100;
+    let mut peer = Peer::spawn(&["unrecognised", "--rounds", &ROUNDS.to_string()]);
+    assert_eq!(peer.read_line(), "READY");
+    let pid = peer.pid().to_string();
+    let spans = std::env::temp_dir().join(format!("tracer-test-unrecognised-{pid}.jsonl"));
+    let export = format!("file:{}", spans.display());
+    let agent = AgentRun::start(&["--pid", &pid, "--export", &export]);
+    let mut go = |peer: &mut Peer| {
+        let stdin = peer.stdin.as_mut().unwrap();
+        writeln!(stdin).unwrap();
+        stdin.flush().unwrap();
+    };
+    go(&mut peer);
+    assert_eq!(peer.read_line(), "SNIFFED");
+    // Both ends were looked at and given up; /metrics is updated after the agent acted on it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let unrecognised = loop {
+        let scrape = metrics::scrape(&agent.metrics);
+        let found = metrics::try_value(
+            &scrape,
+            "tracer_connections_unparsed_total",
+            &[("reason", "unrecognised")],
+        )
+        .unwrap_or(0.0);
+        if found >= 2.0 || std::time::Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(unrecognised, 2.0, "both ends of the connection given up");
+    go(&mut peer);
+    assert_eq!(peer.read_line(), "DONE");
+    let stats = support::agent::final_stats(&agent.stop());
+    let _ = std::fs::remove_file(&spans);
+    let kernel = &stats["capture"]["kernel"];
+    let records = kernel
+        .as_array()
+        .and_then(|pairs| pairs.iter().find(|p| p[0] == "data_records"))
+        .and_then(|p| p[1].as_u64())
+        .unwrap_or_else(|| panic!("no data_records counter in {kernel}"));
+    // The 300-byte greetings each way (a record per call); none of the ROUNDS sends or
+    // receives after that.
+    assert!(
+        records < 10,
+        "{records} payload records: the {ROUNDS} round trips after the connection was given up were copied"
+    );
+}

@@ -191,6 +191,9 @@ pub struct KernelCapture {
     data_events: RingBuf<MapData>,
     /// Optional tracepoints that could not be attached, for `status` and logs.
     pub missing_optional: Vec<String>,
+    /// What `CAPTURE_CONFIG[0]` holds: rewritten with the next epoch whenever
+    /// `CONN_CONTROL` changes.
+    config: CaptureConfig,
 }
 
 impl KernelCapture {
@@ -215,7 +218,7 @@ impl KernelCapture {
             .as_ref()
             .and_then(super::btf::kernel_offsets)
             .unwrap_or_default();
-        configure(&mut ebpf, &options.selection, offsets)?;
+        let config = configure(&mut ebpf, &options.selection, offsets)?;
         let mut missing_optional = Vec::new();
         for attachment in ATTACHMENTS {
             if attachment.program == SOCK_LENGTH && offsets.known() {
@@ -251,6 +254,7 @@ impl KernelCapture {
             conn_events,
             data_events,
             missing_optional,
+            config,
         })
     }
 
@@ -295,6 +299,8 @@ impl KernelCapture {
             sk_family: 0,
             sk_protocol: 0,
             tls_position: [0, 0],
+            control_epoch: 0,
+            control_flags: 0,
         };
         let mut sockets = self.hash_map::<SockKey, ConnState>("SOCKETS")?;
         let inserted = sockets.insert(key, state, BPF_NOEXIST);
@@ -343,7 +349,21 @@ impl KernelCapture {
         };
         result
             .or_else(ignore_missing)
-            .map_err(|e| map_error("CONN_CONTROL", e))
+            .map_err(|e| map_error("CONN_CONTROL", e))?;
+        self.next_control_epoch()
+    }
+
+    /// Tells the data path that `CONN_CONTROL` changed: connections look their flags up
+    /// again (after the change, which is already in the map).
+    fn next_control_epoch(&mut self) -> Result<(), CaptureError> {
+        self.config.control_epoch = self.config.control_epoch.wrapping_add(1);
+        let map = self
+            .ebpf
+            .map_mut("CAPTURE_CONFIG")
+            .ok_or(CaptureError::MissingMap("CAPTURE_CONFIG"))?;
+        Array::<_, CaptureConfig>::try_from(map)
+            .and_then(|mut config| config.set(0, self.config, 0))
+            .map_err(|e| map_error("CAPTURE_CONFIG", e))
     }
 
     /// Drops kernel state for sockets of a process that exited without closing them.
@@ -518,7 +538,7 @@ fn configure(
     ebpf: &mut Ebpf,
     selection: &Selection,
     offsets: KernelOffsets,
-) -> Result<(), CaptureError> {
+) -> Result<CaptureConfig, CaptureError> {
     let mode = match selection {
         Selection::All => SELECT_ALL,
         Selection::Pids(pids) => {
@@ -544,10 +564,13 @@ fn configure(
         self_tgid: std::process::id(),
         mode,
         offsets,
+        control_epoch: 0,
+        _pad: 0,
     };
     config
         .set(0, value, 0)
-        .map_err(|e| map_error("CAPTURE_CONFIG", e))
+        .map_err(|e| map_error("CAPTURE_CONFIG", e))?;
+    Ok(value)
 }
 
 fn attach(

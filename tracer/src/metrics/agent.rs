@@ -47,6 +47,8 @@ pub struct AgentMetrics {
     spans_forgotten_early: Counter,
     export_errors: Counter,
     connections: Gauge,
+    connections_unparsed: Family<Reason, Counter>,
+    payload_records: Counter,
     tls_calls: Counter,
     tls_libraries: Family<Flavour, Gauge>,
     tls_processes: Gauge,
@@ -137,6 +139,16 @@ impl AgentMetrics {
             m.connections.clone(),
         );
         r.register(
+            "tracer_connections_unparsed",
+            "Connections whose bytes are not parsed, by reason (unrecognised: no protocol tracer parses, its payload no longer copied; encrypted; untraced: its executable is never traced; telemetry_export: OTLP exports to a collector; not_tcp)",
+            m.connections_unparsed.clone(),
+        );
+        r.register(
+            "tracer_payload_records",
+            "Records of socket bytes or TLS plaintext the kernel side copied into the ring buffer",
+            m.payload_records.clone(),
+        );
+        r.register(
             "tracer_tls_calls",
             "TLS library reads and writes whose plaintext was captured",
             m.tls_calls.clone(),
@@ -177,6 +189,10 @@ impl AgentMetrics {
                 "scratch_busy" => "scratch_slot_busy",
                 "tls_calls" => {
                     set(&self.tls_calls, *value);
+                    continue;
+                }
+                "data_records" => {
+                    set(&self.payload_records, *value);
                     continue;
                 }
                 _ => continue,
@@ -237,6 +253,18 @@ impl AgentMetrics {
         );
         set(&self.export_errors, load(&export.export_errors));
         self.connections.set(capture.connections as i64);
+        for (reason, count) in [
+            ("unrecognised", pipeline.connections_unrecognised),
+            ("encrypted", pipeline.connections_encrypted),
+            ("untraced", pipeline.connections_untraced),
+            ("telemetry_export", pipeline.connections_telemetry_export),
+            ("not_tcp", pipeline.connections_not_tcp),
+        ] {
+            let reason = Reason {
+                reason: reason.to_owned(),
+            };
+            set(&self.connections_unparsed.get_or_create(&reason), count);
+        }
         let mut by_flavour = std::collections::BTreeMap::<&str, i64>::new();
         for library in &capture.tls_libraries {
             *by_flavour.entry(library.flavour.name()).or_default() += 1;

@@ -98,7 +98,7 @@ def report(sock, addresses, sent, received):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("role", choices=["server", "client", "files"])
+    p.add_argument("role", choices=["server", "client", "files", "unrecognised"])
     p.add_argument("--family", default="send_recv")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--send", type=int, default=1000)
@@ -120,6 +120,27 @@ def main():
         os.write(w, b"through a pipe" * 100)
         os.read(r, 100_000)
         print(json.dumps({"pid": os.getpid()}), flush=True)
+        return
+
+    if a.role == "unrecognised":
+        # Both ends of a connection that speaks no protocol tracer parses, in this one
+        # process; each phase starts on a stdin line, so the test can wait for the agent.
+        print("READY", flush=True)
+        sys.stdin.readline()
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        for sender, receiver in [(client, server), (server, client)]:
+            sender.sendall(b"\xff" * 300)
+            receiver.recv(4096)
+        print("SNIFFED", flush=True)
+        sys.stdin.readline()
+        for _ in range(a.rounds):
+            client.sendall(b"\xfe" * 100)
+            server.recv(4096)
+        print("DONE", flush=True)
         return
 
     if a.role == "server":

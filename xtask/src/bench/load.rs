@@ -17,7 +17,11 @@ pub struct Sent {
 }
 
 fn one(stream: &mut TcpStream, path: &str, buffer: &mut Vec<u8>) -> std::io::Result<()> {
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+    // One write per request, as an HTTP client does (`write!` on the socket itself would
+    // make a syscall and a packet of each piece of the format).
+    buffer.clear();
+    write!(buffer, "GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+    stream.write_all(buffer)?;
     buffer.clear();
     let mut chunk = [0u8; 4096];
     loop {

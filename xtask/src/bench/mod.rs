@@ -268,6 +268,44 @@ fn traced_round(
     })
 }
 
+/// The load of a busy host rather than a saturated one: the agent's cost per request when
+/// the CPUs are not also fought over by a client and server running flat out.
+const STEADY_RATE: u32 = 5_000;
+
+/// A traced round at `STEADY_RATE` requests/s: requests sent, spans exported, agent CPU.
+struct Steady {
+    requests: f64,
+    spans: f64,
+    cpu_s: f64,
+}
+
+fn steady_round(
+    tracer: &Path,
+    out: &Path,
+    port: u16,
+    seconds: u32,
+    sink: &agent::Sink,
+    round: u32,
+) -> anyhow::Result<Steady> {
+    let agent = Agent::start_as(tracer, out, &agent::Setup::Default { sink }, &[])?;
+    let before = agent::exported(|| sink.spans(), Duration::from_secs(30))?;
+    let cpu0 = agent.cpu_seconds();
+    // Words, not numbers, in paths: the privacy stage templates segments with digits.
+    let prefix = format!(
+        "/steady-round-{}/",
+        ["a", "b", "c", "d", "e"][round as usize % 5]
+    );
+    let sent = load::paced(port, &prefix, STEADY_RATE, seconds as f64, 8);
+    let after = agent::exported(|| sink.spans(), Duration::from_secs(120))?;
+    let cpu_s = agent.cpu_seconds() - cpu0;
+    agent.stop();
+    Ok(Steady {
+        requests: sent.requests.max(1) as f64,
+        spans: (after - before) as f64,
+        cpu_s,
+    })
+}
+
 /// "1.23 (1.01–1.57)": median, min and max.
 /// Builds one of tracer's examples (`tracer/examples/<name>.rs`) and returns its path.
 fn example(name: &str) -> anyhow::Result<PathBuf> {
@@ -303,6 +341,7 @@ fn http_overhead(
     let (mut untraced, mut default, mut filed) = (Vec::new(), Vec::new(), Vec::new());
     let mut sampled = Vec::new();
     let (mut server_cpu, mut before) = (Vec::new(), Vec::new());
+    let mut steady = Vec::new();
     wrk(port, 1)?; // warm-up
     for round in 0..args.rounds {
         eprintln!("bench: HTTP round {} of {}", round + 1, args.rounds);
@@ -320,6 +359,7 @@ fn http_overhead(
             let setup = agent::Setup::Default { sink: &sink };
             before.push(traced_round(baseline, out, port, args.seconds, &setup)?);
         }
+        steady.push(steady_round(tracer, out, port, args.seconds, &sink, round)?);
     }
     sink.stop();
     let rounds = || untraced.iter().zip(&default);
@@ -370,6 +410,12 @@ fn http_overhead(
         "| agent CPU per 100k HTTP requests, as shipped with its sampling too (all errors, 10 % of successes: {} spans per request exported) | | {} CPU-s | | |",
         spread(sampled.iter().map(Cost::spans_per_request), 2),
         spread(sampled.iter().map(Cost::per_100k_requests), 2)
+    )?;
+    writeln!(
+        report,
+        "| agent CPU per 100k HTTP requests, as shipped, at a steady {STEADY_RATE} requests/s (paced client, 8 connections; {} spans per request) | | {} CPU-s | | |",
+        spread(steady.iter().map(|s: &Steady| s.spans / s.requests), 2),
+        spread(steady.iter().map(|s| s.cpu_s / s.requests * 1e5), 2)
     )?;
     writeln!(
         report,

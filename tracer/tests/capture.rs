@@ -296,7 +296,7 @@ fn an_unrecognised_connection_is_no_longer_copied_by_the_kernel() {
     let spans = std::env::temp_dir().join(format!("tracer-test-unrecognised-{pid}.jsonl"));
     let export = format!("file:{}", spans.display());
     let agent = AgentRun::start(&["--pid", &pid, "--export", &export]);
-    let mut go = |peer: &mut Peer| {
+    let go = |peer: &mut Peer| {
         let stdin = peer.stdin.as_mut().unwrap();
         writeln!(stdin).unwrap();
         stdin.flush().unwrap();

@@ -213,11 +213,8 @@ pub fn emit_records(
     total: u64,
     slot: u32,
 ) {
-    let single_buffer = !matches!(
-        args.syscall,
-        SYS_READV | SYS_WRITEV | SYS_RECVMSG | SYS_SENDMSG
-    );
-    if single_buffer && total <= MAX_RECORD as u64 {
+    let single_buffer = is_single_buffer(args.syscall);
+    if single_buffer && total <= IN_PLACE_MAX as u64 {
         // Nearly every call: one buffer, one record, copied straight into the ring.
         let record = Record {
             conn,
@@ -228,12 +225,21 @@ pub fn emit_records(
             buf: args.buf,
         };
         let n = total as usize;
+        // Sizes at most half apart: at most a third of a record's ring space is unused, a
+        // sixth on average (one size for all would take 4 KiB for a 100-byte request).
         match n {
-            0..=256 => record.output::<256>(n),
-            257..=1024 => record.output::<1024>(n),
-            1025..=4096 => record.output::<4096>(n),
-            4097..=8192 => record.output::<8192>(n),
-            _ => record.output::<MAX_RECORD>(n),
+            0..=64 => record.output::<64>(n),
+            65..=128 => record.output::<128>(n),
+            129..=192 => record.output::<192>(n),
+            193..=256 => record.output::<256>(n),
+            257..=384 => record.output::<384>(n),
+            385..=512 => record.output::<512>(n),
+            513..=768 => record.output::<768>(n),
+            769..=1024 => record.output::<1024>(n),
+            1025..=1536 => record.output::<1536>(n),
+            1537..=2048 => record.output::<2048>(n),
+            2049..=3072 => record.output::<3072>(n),
+            _ => record.output::<IN_PLACE_MAX>(n),
         }
         return;
     }
@@ -254,6 +260,16 @@ pub fn emit_records(
         unsafe { core::ptr::write_volatile(owner, 0) };
     }
 }
+
+/// One buffer, not an iovec array (readv/writev) or a msghdr (recvmsg/sendmsg).
+#[inline(always)]
+fn is_single_buffer(syscall: u32) -> bool {
+    !matches!(syscall, SYS_READV | SYS_WRITEV | SYS_RECVMSG | SYS_SENDMSG)
+}
+
+/// The largest call copied straight into a ring record; larger ones go through the scratch
+/// slot and are sent at their exact size (a size class wastes most ring space there).
+const IN_PLACE_MAX: usize = 4096;
 
 /// A record reserved in the ring with room for `N` payload bytes: the verifier needs the
 /// size of a reservation up front, so a call's bytes go into the smallest of a few sizes
@@ -385,6 +401,21 @@ fn build_records(
             captured: 0,
             _pad: 0,
         };
+    }
+    let single_buffer = is_single_buffer(args.syscall);
+    if single_buffer && total <= MAX_RECORD as u64 {
+        // A larger single buffer: copied at its exact size, through the scratch slot.
+        let n = total as usize & SCRATCH_MASK;
+        let ret = unsafe {
+            let dst = core::ptr::addr_of_mut!((*scratch).payload).cast::<u8>();
+            probe_read_user_raw(dst as *mut _, n as u32, args.buf as *const _)
+        };
+        if ret < 0 {
+            count(COUNTER_USER_READ_FAILED);
+        } else if still_owner(scratch, id) {
+            output_record(scratch, n);
+        }
+        return;
     }
     if matches!(args.syscall, SYS_READV | SYS_WRITEV) && total <= MAX_RECORD as u64 {
         // Most vectored calls: a head and a body, both in one record, without the loop.

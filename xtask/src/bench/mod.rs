@@ -437,6 +437,20 @@ fn http_overhead(
                 2
             )
         )?;
+        let bpf_per_request = |c: &Cost| c.bpf_ns / c.wrk.requests / 1e3;
+        writeln!(
+            report,
+            "| in-kernel BPF time per HTTP request, `--baseline-tracer` (before) → this build, alternating rounds | {} µs | {} µs | {} | |",
+            spread(before.iter().map(bpf_per_request), 2),
+            spread(default.iter().map(bpf_per_request), 2),
+            spread(
+                default
+                    .iter()
+                    .zip(&before)
+                    .map(|(now, then)| bpf_per_request(now) / bpf_per_request(then)),
+                2
+            )
+        )?;
         writeln!(
             report,
             "| HTTP throughput traced/untraced, `--baseline-tracer` (before) → this build | {} | {} | | |",

@@ -225,8 +225,9 @@ pub fn emit_records(
             buf: args.buf,
         };
         let n = total as usize;
-        // Sizes at most half apart: at most a third of a record's ring space is unused, a
-        // sixth on average (one size for all would take 4 KiB for a 100-byte request).
+        // Sizes half apart from 128 on: with the 64-byte header, at most a third of a
+        // record's ring space is unused, a sixth on average (one size for all would take
+        // 4 KiB for a 100-byte request).
         match n {
             0..=64 => record.output::<64>(n),
             65..=128 => record.output::<128>(n),

@@ -213,17 +213,16 @@ pub fn emit_records(
     total: u64,
     slot: u32,
 ) {
-    let single_buffer = is_single_buffer(args.syscall);
-    if single_buffer && total <= IN_PLACE_MAX as u64 {
+    let record = Record {
+        conn,
+        tid: id as u32,
+        direction,
+        syscall: args.syscall,
+        position,
+        buf: args.buf,
+    };
+    if is_single_buffer(args.syscall) && total <= IN_PLACE_MAX as u64 {
         // Nearly every call: one buffer, one record, copied straight into the ring.
-        let record = Record {
-            conn,
-            tid: id as u32,
-            direction,
-            syscall: args.syscall,
-            position,
-            buf: args.buf,
-        };
         let n = total as usize;
         // Sizes half apart from 128 on: with the 64-byte header, at most a third of a
         // record's ring space is unused, a sixth on average (one size for all would take
@@ -256,7 +255,7 @@ pub fn emit_records(
         return;
     }
     unsafe { core::ptr::write_volatile(owner, id) };
-    build_records(index, scratch, args, conn, id, direction, position, total);
+    build_records(index, scratch, args, &record, id, total);
     if unsafe { core::ptr::read_volatile(owner) } == id {
         unsafe { core::ptr::write_volatile(owner, 0) };
     }
@@ -316,24 +315,28 @@ impl Record {
             count(COUNTER_USER_READ_FAILED);
             return;
         }
-        unsafe {
-            (*record).event = DataEvent {
-                header: EventHeader {
-                    kind: EVENT_DATA,
-                    tid: self.tid,
-                    ktime_ns: bpf_ktime_get_ns(),
-                    conn: self.conn,
-                },
-                direction: self.direction,
-                syscall: self.syscall,
-                position: self.position,
-                length: n as u64,
-                captured: n as u32,
-                _pad: 0,
-            };
-        }
+        unsafe { (*record).event = self.event(n) };
         entry.submit(BPF_RB_NO_WAKEUP);
         count(COUNTER_DATA_RECORDS);
+    }
+
+    /// The record's header, stamped now, for `captured` bytes that follow it.
+    #[inline(always)]
+    fn event(&self, captured: usize) -> DataEvent {
+        DataEvent {
+            header: EventHeader {
+                kind: EVENT_DATA,
+                tid: self.tid,
+                ktime_ns: unsafe { bpf_ktime_get_ns() },
+                conn: self.conn,
+            },
+            direction: self.direction,
+            syscall: self.syscall,
+            position: self.position,
+            length: captured as u64,
+            captured: captured as u32,
+            _pad: 0,
+        }
     }
 }
 
@@ -380,31 +383,13 @@ fn build_records(
     index: u32,
     scratch: *mut DataScratch,
     args: &SyscallArgs,
-    conn: ConnId,
+    record: &Record,
     id: u64,
-    direction: u32,
-    position: u64,
     total: u64,
 ) {
-    let tid = id as u32;
-    unsafe {
-        (*scratch).event = DataEvent {
-            header: EventHeader {
-                kind: EVENT_DATA,
-                tid,
-                ktime_ns: bpf_ktime_get_ns(),
-                conn,
-            },
-            direction,
-            syscall: args.syscall,
-            position,
-            length: 0,
-            captured: 0,
-            _pad: 0,
-        };
-    }
-    let single_buffer = is_single_buffer(args.syscall);
-    if single_buffer && total <= MAX_RECORD as u64 {
+    // Length and captured bytes are set as each record is sent (`output_record`).
+    unsafe { (*scratch).event = record.event(0) };
+    if is_single_buffer(args.syscall) && total <= MAX_RECORD as u64 {
         // A larger single buffer: copied at its exact size, through the scratch slot.
         let n = total as usize & SCRATCH_MASK;
         let ret = unsafe {

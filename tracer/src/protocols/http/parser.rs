@@ -36,6 +36,9 @@ impl Head {
     }
 }
 
+/// The response fields a session reads: the body's framing.
+const FRAMING_FIELDS: [&str; 2] = ["content-length", "transfer-encoding"];
+
 /// How the body after a head is framed (decided by the session for responses, which
 /// depend on the request).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -273,7 +276,11 @@ impl Parser {
                                 target: String::new(),
                                 status: res.code.unwrap_or(0),
                                 version: res.version.unwrap_or(1),
-                                headers: Headers::from_parsed(res.headers),
+                                // Only what frames the body: nothing else of a
+                                // response is read (its fields cost a third of parsing).
+                                headers: Headers::from_parsed_where(res.headers, |name| {
+                                    FRAMING_FIELDS.iter().any(|f| name.eq_ignore_ascii_case(f))
+                                }),
                             },
                         )),
                         Status::Partial => None,

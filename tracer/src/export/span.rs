@@ -89,8 +89,6 @@ fn any_value_len(value: Value) -> usize {
 fn attribute(tag: u32, key: &str, value: Value, buf: &mut Vec<u8>) {
     let value_len = any_value_len(value);
     let len = string_len(1, key) + key_len(2) + encoded_len_varint(value_len as u64) + value_len;
-    // Room for the whole field at once: the pushes below never grow the buffer.
-    buf.reserve(len + 2 * key_len(tag) + 2);
     put_key(tag, WireType::LengthDelimited, buf);
     put_varint(len as u64, buf);
     string(1, key, buf);

@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use crate::{
     capture::KernelClock,
     correlate::ResolvedSpan,
-    export::{encode_span, ExportQueues, Exported, Services},
+    export::{ExportQueues, Exported, Services, SpanEncoder},
     journey::{JourneyHandle, JourneySpan},
     privacy::{Privacy, Redactions},
     sample::Sampler,
@@ -45,6 +45,7 @@ pub struct ExportStage {
     pub services: Services,
     pub queues: ExportQueues,
     pub tally: Arc<Mutex<ExportTally>>,
+    pub encoder: SpanEncoder,
 }
 
 impl ExportStage {
@@ -84,7 +85,7 @@ impl ExportStage {
             }
             let exported = Exported {
                 resource,
-                span: encode_span(&span, clock),
+                span: self.encoder.encode(&span, clock),
             };
             if self.privacy_dry_run {
                 print_dry_run(&exported, &redactions);

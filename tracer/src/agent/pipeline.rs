@@ -161,6 +161,7 @@ impl Pipeline {
             services,
             queues,
             tally: export_tally.clone(),
+            encoder: Default::default(),
         };
         Self {
             conns: HashMap::default(),

@@ -8,10 +8,12 @@ use std::{
     ops::Range,
 };
 
+use foldhash::HashMap;
 use prost::encoding::{encoded_len_varint, key_len, WireType};
+use tracer_common::ConnId;
 
 use crate::{
-    capture::KernelClock,
+    capture::{Connection, KernelClock},
     correlate::ResolvedSpan,
     protocols::{AttrValue, ExchangeKind, ExchangeStatus},
 };
@@ -143,20 +145,115 @@ fn kind(kind: ExchangeKind) -> u64 {
 
 /// The span as an encoded OTLP `Span` message.
 pub fn encode(span: &ResolvedSpan, clock: &KernelClock) -> Vec<u8> {
-    let exchange = &span.exchange;
-    let connection = &span.connection;
-    let mut buf = Vec::with_capacity(768);
-    bytes(1, &span.trace_id.to_bytes(), &mut buf);
-    bytes(2, &span.span_id.to_bytes(), &mut buf);
-    if let Some(parent) = span.parent_span_id {
-        bytes(4, &parent.to_bytes(), &mut buf);
+    Encoder::default().encode(span, clock)
+}
+
+/// Connections whose network attributes were encoded, at most this many (then forgotten
+/// at once: a host with more connections than this re-encodes them, nothing else).
+const MAX_CONNECTIONS: usize = 4096;
+
+/// Encodes spans, keeping each connection's network attributes (addresses and ports under
+/// their keys, transport, TLS; 8 of the ~18 attributes of an HTTP span) encoded once for all
+/// of its spans: a keep-alive connection carries many.
+#[derive(Default)]
+pub struct Encoder {
+    network: HashMap<(ConnId, bool, u8), NetworkBlock>,
+}
+
+struct NetworkBlock {
+    local: Option<SocketAddr>,
+    remote: Option<SocketAddr>,
+    bytes: Vec<u8>,
+}
+
+impl Encoder {
+    /// The span as an encoded OTLP `Span` message.
+    pub fn encode(&mut self, span: &ResolvedSpan, clock: &KernelClock) -> Vec<u8> {
+        let exchange = &span.exchange;
+        let connection = &span.connection;
+        let mut buf = Vec::with_capacity(768);
+        bytes(1, &span.trace_id.to_bytes(), &mut buf);
+        bytes(2, &span.span_id.to_bytes(), &mut buf);
+        if let Some(parent) = span.parent_span_id {
+            bytes(4, &parent.to_bytes(), &mut buf);
+        }
+        string(5, &exchange.name, &mut buf);
+        varint(6, kind(exchange.kind), &mut buf);
+        let unix_ns = |ktime: u64| super::unix_nanos(clock.wall_time(ktime));
+        fixed64(7, unix_ns(exchange.start_ktime_ns), &mut buf);
+        let end = exchange.end_ktime_ns.max(exchange.start_ktime_ns);
+        fixed64(8, unix_ns(end), &mut buf);
+        for (key, value) in &exchange.attributes {
+            match value {
+                AttrValue::Str(s) => attribute(9, key, Value::Str(s), &mut buf),
+                AttrValue::Int(i) => attribute(9, key, Value::Int(*i), &mut buf),
+            }
+        }
+        buf.extend_from_slice(self.network(connection, exchange.kind));
+        if let Some(source) = span.parent_source {
+            attribute(9, "tracer.parent.source", Value::Str(source), &mut buf);
+        }
+        if span.parent_ambiguous {
+            // Made while several requests of its process were open, none shown to be its.
+            attribute(9, "tracer.parent.ambiguous", Value::Bool(true), &mut buf);
+        }
+        for (key, value) in &exchange.business {
+            attribute(9, key, Value::Str(value), &mut buf);
+        }
+        if let ExchangeStatus::Error { error_type, .. } = &exchange.status {
+            attribute(9, "error.type", Value::Str(error_type), &mut buf);
+        }
+        for (trace_id, span_id) in &span.links {
+            link(trace_id.to_bytes(), span_id.to_bytes(), &mut buf);
+        }
+        if let ExchangeStatus::Error { message, .. } = &exchange.status {
+            // Status: message 2, code 3.
+            let len = string_len(2, message) + key_len(3) + 1;
+            put_key(15, WireType::LengthDelimited, &mut buf);
+            put_varint(len as u64, &mut buf);
+            string(2, message, &mut buf);
+            varint(3, STATUS_ERROR, &mut buf);
+        }
+        let remote = if span.parent_is_remote { REMOTE } else { 0 };
+        fixed32(16, FLAGS | remote, &mut buf);
+        buf
     }
-    string(5, &exchange.name, &mut buf);
-    varint(6, kind(exchange.kind), &mut buf);
-    let unix_ns = |ktime: u64| super::unix_nanos(clock.wall_time(ktime));
-    fixed64(7, unix_ns(exchange.start_ktime_ns), &mut buf);
-    let end = exchange.end_ktime_ns.max(exchange.start_ktime_ns);
-    fixed64(8, unix_ns(end), &mut buf);
+
+    /// The connection's network attributes for a span of `kind`, encoded.
+    fn network(&mut self, connection: &Connection, kind: ExchangeKind) -> &[u8] {
+        let key = (connection.id, connection.tls, network_side(kind));
+        let current = |block: &NetworkBlock| {
+            block.local == connection.local && block.remote == connection.remote
+        };
+        if !self.network.get(&key).is_some_and(current) {
+            if self.network.len() >= MAX_CONNECTIONS {
+                self.network.clear();
+            }
+            let mut bytes = Vec::with_capacity(256);
+            network_attributes(connection, kind, &mut bytes);
+            let block = NetworkBlock {
+                local: connection.local,
+                remote: connection.remote,
+                bytes,
+            };
+            self.network.insert(key, block);
+        }
+        &self.network[&key].bytes
+    }
+}
+
+/// Which end is the server for a span of `kind`: 0 the local one (SERVER), 1 the remote
+/// one (calls and messages), 2 neither (INTERNAL).
+fn network_side(kind: ExchangeKind) -> u8 {
+    match kind {
+        ExchangeKind::Server => 0,
+        ExchangeKind::Internal => 2,
+        _ => 1,
+    }
+}
+
+/// Peer and local address and port, transport, TLS, and client/server address and port.
+fn network_attributes(connection: &Connection, kind: ExchangeKind, buf: &mut Vec<u8>) {
     let attr = |buf: &mut Vec<u8>, key: &str, value: Value| attribute(9, key, value, buf);
     // Each end's address as text once (it is written under two keys), both in one buffer.
     let mut texts = String::with_capacity(96);
@@ -172,46 +269,20 @@ pub fn encode(span: &ResolvedSpan, clock: &KernelClock) -> Vec<u8> {
         attr(buf, ip_key, Value::Str(&texts[at.0.clone()]));
         attr(buf, port_key, Value::Int(i64::from(at.1)));
     };
-    for (key, value) in &exchange.attributes {
-        match value {
-            AttrValue::Str(s) => attr(&mut buf, key, Value::Str(s)),
-            AttrValue::Int(i) => attr(&mut buf, key, Value::Int(*i)),
-        }
-    }
     if let Some(remote) = &remote {
-        address(
-            &mut buf,
-            "network.peer.address",
-            "network.peer.port",
-            remote,
-        );
+        address(buf, "network.peer.address", "network.peer.port", remote);
     }
     if let Some(local) = &local {
-        address(
-            &mut buf,
-            "network.local.address",
-            "network.local.port",
-            local,
-        );
+        address(buf, "network.local.address", "network.local.port", local);
     }
-    attr(&mut buf, "network.transport", Value::Str("tcp"));
-    if let Some(source) = span.parent_source {
-        attr(&mut buf, "tracer.parent.source", Value::Str(source));
-    }
-    if span.parent_ambiguous {
-        // Made while several requests of its process were open, none shown to be its.
-        attr(&mut buf, "tracer.parent.ambiguous", Value::Bool(true));
-    }
+    attr(buf, "network.transport", Value::Str("tcp"));
     if connection.tls {
-        attr(&mut buf, "tls.established", Value::Bool(true));
+        attr(buf, "tls.established", Value::Bool(true));
     }
-    for (key, value) in &exchange.business {
-        attr(&mut buf, key, Value::Str(value));
-    }
-    let server = match exchange.kind {
+    let server = match kind {
         ExchangeKind::Server => {
             if let Some(remote) = &remote {
-                address(&mut buf, "client.address", "client.port", remote);
+                address(buf, "client.address", "client.port", remote);
             }
             local.as_ref()
         }
@@ -219,25 +290,8 @@ pub fn encode(span: &ResolvedSpan, clock: &KernelClock) -> Vec<u8> {
         _ => remote.as_ref(),
     };
     if let Some(server) = server {
-        address(&mut buf, "server.address", "server.port", server);
+        address(buf, "server.address", "server.port", server);
     }
-    if let ExchangeStatus::Error { error_type, .. } = &exchange.status {
-        attr(&mut buf, "error.type", Value::Str(error_type));
-    }
-    for (trace_id, span_id) in &span.links {
-        link(trace_id.to_bytes(), span_id.to_bytes(), &mut buf);
-    }
-    if let ExchangeStatus::Error { message, .. } = &exchange.status {
-        // Status: message 2, code 3.
-        let len = string_len(2, message) + key_len(3) + 1;
-        put_key(15, WireType::LengthDelimited, &mut buf);
-        put_varint(len as u64, &mut buf);
-        string(2, message, &mut buf);
-        varint(3, STATUS_ERROR, &mut buf);
-    }
-    let remote = if span.parent_is_remote { REMOTE } else { 0 };
-    fixed32(16, FLAGS | remote, &mut buf);
-    buf
 }
 
 #[cfg(test)]
@@ -310,6 +364,46 @@ mod tests {
             parent_source: Some("traceparent"),
             parent_ambiguous: true,
         }
+    }
+
+    #[test]
+    fn a_connections_network_attributes_follow_its_addresses_and_the_spans_kind() {
+        let clock = KernelClock::new();
+        let mut encoder = Encoder::default();
+        let attr = |bytes: Vec<u8>, key: &str| {
+            Span::decode(&bytes[..])
+                .unwrap()
+                .attributes
+                .into_iter()
+                .find(|kv| kv.key == key)
+                .and_then(|kv| kv.value?.value)
+        };
+        let mut span = resolved();
+        assert_eq!(
+            attr(encoder.encode(&span, &clock), "server.port"),
+            Some(Any::IntValue(8080))
+        );
+        // Encoded again from the connection's block: the same.
+        let again = encoder.encode(&span, &clock);
+        assert_eq!(again, encode(&span, &clock));
+        assert_eq!(attr(again, "server.port"), Some(Any::IntValue(8080)));
+        // A call on the same connection: the server is the other end.
+        span.exchange.kind = ExchangeKind::Client;
+        assert_eq!(
+            attr(encoder.encode(&span, &clock), "server.port"),
+            Some(Any::IntValue(50000))
+        );
+        // The connection's peer learnt later (from /proc): the new address is written.
+        span.connection.remote = Some("10.0.0.3:50001".parse().unwrap());
+        assert_eq!(
+            attr(encoder.encode(&span, &clock), "network.peer.address"),
+            Some(Any::StringValue("10.0.0.3".into()))
+        );
+        span.connection.tls = true;
+        assert_eq!(
+            attr(encoder.encode(&span, &clock), "tls.established"),
+            Some(Any::BoolValue(true))
+        );
     }
 
     #[test]

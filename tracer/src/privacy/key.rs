@@ -33,8 +33,9 @@ const USER_KEY_LABEL: &[u8] = b"tracer user pseudonym v1";
 
 #[derive(Clone)]
 pub struct IdKey {
-    key: Vec<u8>,
-    user_key: Vec<u8>,
+    /// Keyed once: each id then costs the message's blocks, not the key's two as well.
+    key: Hmac<Sha256>,
+    user_key: Hmac<Sha256>,
     /// False for the built-in default key.
     secret: bool,
 }
@@ -81,7 +82,8 @@ impl IdKey {
     }
 
     fn new(key: Vec<u8>, secret: bool) -> Self {
-        let user_key = hmac(&key, USER_KEY_LABEL).to_vec();
+        let key = keyed(&key);
+        let user_key = keyed(&hmac(&key, USER_KEY_LABEL));
         Self {
             key,
             user_key,
@@ -120,8 +122,12 @@ impl IdKey {
     }
 }
 
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+fn keyed(key: &[u8]) -> Hmac<Sha256> {
+    Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length")
+}
+
+fn hmac(key: &Hmac<Sha256>, data: &[u8]) -> [u8; 32] {
+    let mut mac = key.clone();
     mac.update(data);
     mac.finalize().into_bytes().into()
 }
@@ -161,7 +167,7 @@ mod tests {
         assert_eq!(
             user,
             hex(&hmac(
-                &hmac(b"Jefe", USER_KEY_LABEL),
+                &keyed(&hmac(&keyed(b"Jefe"), USER_KEY_LABEL)),
                 b"what do ya want for nothing?"
             )[..16])
         );

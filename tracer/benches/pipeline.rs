@@ -133,6 +133,8 @@ fn content_length(headers: &[httparse::Header]) -> usize {
 
 /// The agent's userspace path over `records`, with the export stage on a thread of its
 /// own or not (`--pipeline-threads 2` / 1); returns (spans, OTLP bytes).
+// Never inlined: `cargo xtask bench` counts the instructions run inside it (callgrind).
+#[inline(never)]
 fn full_pipeline(records: &[Recorded], store: &Path, export_thread: bool) -> (usize, usize) {
     // The default setup with a key: pseudonymised, masked, allow-listed, journeys in
     // SQLite; every span kept (the default keeps 10 % of successes: this is the worst case).
@@ -245,9 +247,30 @@ struct Corpus {
     export_thread: bool,
 }
 
+/// `PIPELINE_INSTRUCTIONS=<loops>`: one pass over the shop corpus replayed `loops` times,
+/// no timing; prints `{"spans": …}`. `cargo xtask bench` runs it under callgrind at two loop
+/// counts and divides the difference in instructions by the difference in spans: the
+/// instructions per span of the whole path, start-up costs (regex compilation, the SQLite
+/// schema) cancelled out, and repeatable on a busy host where CPU time is not.
+fn instructions_pass(loops: u64, store: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let records = recording::read(&root.join("benches/corpus/shop.capture.jsonl")).unwrap();
+    let records = replayed(&records, loops);
+    let (spans, _) = full_pipeline(&records, store, false);
+    let _ = std::fs::remove_file(store);
+    println!("{}", json!({ "spans": spans }));
+}
+
 fn main() {
     // As the agent runs (see `src/main.rs`).
     tracer::agent::memory::without_transparent_huge_pages();
+    let store = std::env::temp_dir().join(format!("tracer-bench-{}.sqlite", std::process::id()));
+    if let Ok(loops) = std::env::var("PIPELINE_INSTRUCTIONS") {
+        return instructions_pass(
+            loops.parse().expect("PIPELINE_INSTRUCTIONS=<loops>"),
+            &store,
+        );
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let read = |path: &str| recording::read(&root.join(path)).unwrap();
     let shop_records = replayed(&read("benches/corpus/shop.capture.jsonl"), LOOPS);
@@ -271,7 +294,6 @@ fn main() {
         export_thread: false,
     };
     let corpora = [&shop, &shop_2, &http2];
-    let store = std::env::temp_dir().join(format!("tracer-bench-{}.sqlite", std::process::id()));
     let mut result = json!({ "rounds": ROUNDS });
     let (messages, http_bytes) = httparse_and_serde(&shop.records);
     result["baseline_messages"] = json!(messages);

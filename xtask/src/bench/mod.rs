@@ -6,6 +6,7 @@ mod causality;
 mod corpus;
 mod https;
 mod idle;
+mod instructions;
 mod load;
 mod syscalls;
 
@@ -201,6 +202,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if wanted("pipeline") {
         pipeline(&mut report)?;
+        instructions::per_span(&out, &mut report)?;
     }
     fs::write(out.join("report.md"), &report)?;
     println!("{report}");

@@ -1,5 +1,8 @@
 //! Finding values in JSON bodies that may be cut short (we keep only a prefix): parse when
 //! possible, else scan the text for `"key": value`.
+use std::borrow::Cow;
+
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 /// Bodies of one exchange, each parsed at most once however many rules read it.
@@ -45,27 +48,126 @@ pub fn pointer_in(value: &Value, pointer: &str) -> Option<String> {
     scalar(value.pointer(pointer)?)
 }
 
-/// Values of `key` at any depth, in document order.
-pub fn keys_in(value: &Value, keys: &[String]) -> Vec<String> {
+/// Values of `keys` at any depth, in document order, read in one pass over the text
+/// without building the document (no map, no string but the values found); `None` when
+/// `text` is not one complete JSON value (a cut prefix: see `scan`).
+pub fn keys_in(text: &str, keys: &[String]) -> Option<Vec<String>> {
     let mut found = Vec::new();
-    walk(value, keys, &mut found);
-    found
+    let mut reader = serde_json::Deserializer::from_str(text);
+    Walk {
+        keys,
+        found: &mut found,
+        wanted: false,
+    }
+    .deserialize(&mut reader)
+    .ok()?;
+    reader.end().ok()?;
+    Some(found)
 }
 
-fn walk(value: &Value, keys: &[String], found: &mut Vec<String>) {
-    match value {
-        Value::Object(map) => {
-            for (k, v) in map {
-                if keys.iter().any(|key| key == k) {
-                    if let Some(s) = scalar(v) {
-                        found.push(s);
-                    }
-                }
-                walk(v, keys, found);
+/// A value being read: `wanted` when its key is one of `keys` (a string or number is then
+/// a value found); objects and arrays are walked either way.
+struct Walk<'a> {
+    keys: &'a [String],
+    found: &'a mut Vec<String>,
+    wanted: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Walk<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, reader: D) -> Result<(), D::Error> {
+        reader.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Walk<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<(), E> {
+        if self.wanted && !value.is_empty() {
+            self.found.push(value.to_owned());
+        }
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<(), E> {
+        if self.wanted {
+            self.found.push(value.to_string());
+        }
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<(), E> {
+        if self.wanted {
+            self.found.push(value.to_string());
+        }
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<(), E> {
+        // Written as serde_json writes a number it read.
+        if let Some(number) = serde_json::Number::from_f64(value).filter(|_| self.wanted) {
+            self.found.push(number.to_string());
+        }
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(Key(key)) = map.next_key()? {
+            let wanted = self.keys.iter().any(|k| *k == key);
+            map.next_value_seed(Walk {
+                keys: self.keys,
+                found: &mut *self.found,
+                wanted,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+        while items
+            .next_element_seed(Walk {
+                keys: self.keys,
+                found: &mut *self.found,
+                wanted: false,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the text unless it has escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(reader: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(key)))
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(key.to_owned())))
             }
         }
-        Value::Array(items) => items.iter().for_each(|v| walk(v, keys, found)),
-        _ => {}
+        reader.deserialize_str(KeyVisitor)
     }
 }
 
@@ -133,10 +235,7 @@ mod tests {
     }
 
     fn by_key(body: &str, keys: &[String]) -> Vec<String> {
-        match serde_json::from_str::<Value>(body) {
-            Ok(value) => keys_in(&value, keys),
-            Err(_) => scan(body, keys),
-        }
+        keys_in(body, keys).unwrap_or_else(|| scan(body, keys))
     }
 
     fn keys(k: &[&str]) -> Vec<String> {
@@ -163,6 +262,20 @@ mod tests {
         assert_eq!(last_segment("/order/id"), "id");
         assert_eq!(last_segment("/a~1b"), "");
         assert!(may_hold(body, last_segment("/a~1b")));
+    }
+
+    #[test]
+    fn keys_are_found_in_document_order_with_every_duplicate_and_numbers_as_read() {
+        let body = r#"{"status":"PAID","order":{"status":"NEW","id":[1,{"status":2.5}]},
+            "status":"" ,"x":{"status":{"status":-3}},"status":true,"status":1e3}"#;
+        assert_eq!(
+            keys_in(body, &keys(&["status"])).unwrap(),
+            vec!["PAID", "NEW", "2.5", "-3", "1000.0"]
+        );
+        // Not one complete value: left to `scan`.
+        assert_eq!(keys_in(r#"{"status":"PAID""#, &keys(&["status"])), None);
+        assert_eq!(keys_in(r#"{"a":1} {"b":2}"#, &keys(&["a"])), None);
+        assert_eq!(keys_in("[]", &keys(&["a"])), Some(vec![]));
     }
 
     #[test]

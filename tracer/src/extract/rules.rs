@@ -333,8 +333,8 @@ fn find(rule: &Rule, exchange: &Exchange, bodies: &mut json::Bodies, out: &mut V
                 }
             } else if !keys.iter().any(|key| json::may_hold(text, key)) {
                 // None of the keys is in the text: no parse (most bodies name no id).
-            } else if let Some(value) = bodies.parsed(name, text) {
-                out.extend(json::keys_in(value, keys))
+            } else if let Some(values) = json::keys_in(text, keys) {
+                out.extend(values)
             } else {
                 out.extend(json::scan(text, keys))
             }

@@ -5,13 +5,46 @@ use std::borrow::Cow;
 use serde::de::{Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-/// Bodies of one exchange, each parsed at most once however many rules read it.
+/// Bodies of one exchange, each parsed at most once however many rules read it: as a
+/// document for pointers, and in one streaming pass for the keys of every key rule.
 #[derive(Default)]
 pub struct Bodies {
     parsed: Vec<(&'static str, Option<Value>)>,
+    /// Per source: (key, value) of every key wanted by any rule, in document order; `None`
+    /// when the body is not one complete JSON value.
+    keyed: Vec<(&'static str, KeyedValues)>,
 }
 
+type KeyedValues = Option<Vec<(usize, String)>>;
+
 impl Bodies {
+    /// Values of `keys` (a subset of `all_keys`, every key any rule looks for in
+    /// `source`) in `text`, in document order; the body is read once for all of them.
+    /// `None` when `text` is not one complete JSON value.
+    pub fn values_of(
+        &mut self,
+        source: &'static str,
+        text: &str,
+        all_keys: &[String],
+        keys: &[String],
+    ) -> Option<Vec<String>> {
+        let index = match self.keyed.iter().position(|(s, _)| *s == source) {
+            Some(index) => index,
+            None => {
+                self.keyed.push((source, keyed_values(text, all_keys)));
+                self.keyed.len() - 1
+            }
+        };
+        let pairs = self.keyed[index].1.as_ref()?;
+        Some(
+            pairs
+                .iter()
+                .filter(|(key, _)| keys.contains(&all_keys[*key]))
+                .map(|(_, value)| value.clone())
+                .collect(),
+        )
+    }
+
     /// The parsed body of `source`, or None if it is not (complete) JSON.
     pub fn parsed(&mut self, source: &'static str, text: &str) -> Option<&Value> {
         let index = match self.parsed.iter().position(|(s, _)| *s == source) {
@@ -48,16 +81,24 @@ pub fn pointer_in(value: &Value, pointer: &str) -> Option<String> {
     scalar(value.pointer(pointer)?)
 }
 
-/// Values of `keys` at any depth, in document order, read in one pass over the text
-/// without building the document (no map, no string but the values found); `None` when
-/// `text` is not one complete JSON value (a cut prefix: see `scan`).
+/// Values of `keys` at any depth, in document order; `None` when `text` is not one
+/// complete JSON value (a cut prefix: see `scan`).
+#[cfg(test)]
 pub fn keys_in(text: &str, keys: &[String]) -> Option<Vec<String>> {
+    let pairs = keyed_values(text, keys)?;
+    Some(pairs.into_iter().map(|(_, value)| value).collect())
+}
+
+/// (index in `keys`, value) of every string or number under one of `keys`, at any depth,
+/// in document order: read in one pass over the text without building the document (no
+/// map, no string but the values found).
+fn keyed_values(text: &str, keys: &[String]) -> KeyedValues {
     let mut found = Vec::new();
     let mut reader = serde_json::Deserializer::from_str(text);
     Walk {
         keys,
         found: &mut found,
-        wanted: false,
+        wanted: None,
     }
     .deserialize(&mut reader)
     .ok()?;
@@ -66,11 +107,21 @@ pub fn keys_in(text: &str, keys: &[String]) -> Option<Vec<String>> {
 }
 
 /// A value being read: `wanted` when its key is one of `keys` (a string or number is then
-/// a value found); objects and arrays are walked either way.
+/// a value found under that key); objects and arrays are walked either way.
 struct Walk<'a> {
     keys: &'a [String],
-    found: &'a mut Vec<String>,
-    wanted: bool,
+    found: &'a mut Vec<(usize, String)>,
+    wanted: Option<usize>,
+}
+
+impl Walk<'_> {
+    fn found(self, value: impl FnOnce() -> Option<String>) {
+        if let Some(key) = self.wanted {
+            if let Some(value) = value() {
+                self.found.push((key, value));
+            }
+        }
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for Walk<'_> {
@@ -88,31 +139,23 @@ impl<'de> Visitor<'de> for Walk<'_> {
     }
 
     fn visit_str<E>(self, value: &str) -> Result<(), E> {
-        if self.wanted && !value.is_empty() {
-            self.found.push(value.to_owned());
-        }
+        self.found(|| Some(value.to_owned()).filter(|v| !v.is_empty()));
         Ok(())
     }
 
     fn visit_u64<E>(self, value: u64) -> Result<(), E> {
-        if self.wanted {
-            self.found.push(value.to_string());
-        }
+        self.found(|| Some(value.to_string()));
         Ok(())
     }
 
     fn visit_i64<E>(self, value: i64) -> Result<(), E> {
-        if self.wanted {
-            self.found.push(value.to_string());
-        }
+        self.found(|| Some(value.to_string()));
         Ok(())
     }
 
     fn visit_f64<E>(self, value: f64) -> Result<(), E> {
         // Written as serde_json writes a number it read.
-        if let Some(number) = serde_json::Number::from_f64(value).filter(|_| self.wanted) {
-            self.found.push(number.to_string());
-        }
+        self.found(|| serde_json::Number::from_f64(value).map(|n| n.to_string()));
         Ok(())
     }
 
@@ -126,7 +169,7 @@ impl<'de> Visitor<'de> for Walk<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(Key(key)) = map.next_key()? {
-            let wanted = self.keys.iter().any(|k| *k == key);
+            let wanted = self.keys.iter().position(|k| *k == key);
             map.next_value_seed(Walk {
                 keys: self.keys,
                 found: &mut *self.found,
@@ -141,7 +184,7 @@ impl<'de> Visitor<'de> for Walk<'_> {
             .next_element_seed(Walk {
                 keys: self.keys,
                 found: &mut *self.found,
-                wanted: false,
+                wanted: None,
             })?
             .is_some()
         {}

@@ -67,6 +67,8 @@ pub struct Extractor {
     /// Per protocol (by name): the rules whose source its records offer, in rule order.
     /// An exchange is read only by those (an HTTP exchange is never asked for a routing key).
     by_protocol: Vec<(&'static str, Vec<usize>)>,
+    /// Per source: every key the key rules look for in it (a body is read once for all).
+    body_keys: Vec<(&'static str, Vec<String>)>,
 }
 
 impl Extractor {
@@ -108,10 +110,30 @@ impl Extractor {
                 (protocol.name(), indices)
             })
             .collect();
+        let mut body_keys: Vec<(&'static str, Vec<String>)> = Vec::new();
+        for rule in rules.iter().chain(errors.iter().map(|(rule, _)| rule)) {
+            if let How::Keys(keys) = &rule.how {
+                let name = rule.source.name;
+                let index = match body_keys.iter().position(|(s, _)| *s == name) {
+                    Some(index) => index,
+                    None => {
+                        body_keys.push((name, Vec::new()));
+                        body_keys.len() - 1
+                    }
+                };
+                let all = &mut body_keys[index].1;
+                for key in keys {
+                    if !all.contains(key) {
+                        all.push(key.clone());
+                    }
+                }
+            }
+        }
         Ok(Self {
             rules,
             errors,
             by_protocol,
+            body_keys,
         })
     }
 
@@ -133,7 +155,7 @@ impl Extractor {
         let mut bodies = json::Bodies::default();
         let mut values = Vec::new();
         for rule in self.rules_for(exchange.protocol) {
-            find(rule, exchange, &mut bodies, &mut values);
+            find(rule, exchange, &self.body_keys, &mut bodies, &mut values);
             for value in values.drain(..) {
                 if !found
                     .iter()
@@ -171,7 +193,7 @@ impl Extractor {
             .iter()
             .filter(|(_, kind)| kind.is_none_or(|k| k == exchange.kind))
             .find_map(|(rule, _)| {
-                find(rule, exchange, &mut bodies, &mut values);
+                find(rule, exchange, &self.body_keys, &mut bodies, &mut values);
                 let first = (!values.is_empty()).then(|| values.swap_remove(0));
                 values.clear();
                 first
@@ -293,7 +315,13 @@ fn defaults() -> Vec<Rule> {
 }
 
 /// Adds the values `rule` finds in `exchange` to `out`.
-fn find(rule: &Rule, exchange: &Exchange, bodies: &mut json::Bodies, out: &mut Vec<String>) {
+fn find(
+    rule: &Rule,
+    exchange: &Exchange,
+    body_keys: &[(&'static str, Vec<String>)],
+    bodies: &mut json::Bodies,
+    out: &mut Vec<String>,
+) {
     let record = &exchange.record;
     let name = rule.source.name;
     if let (How::Names(names), SourceShape::Named { .. }) = (&rule.how, rule.source.shape) {
@@ -333,7 +361,11 @@ fn find(rule: &Rule, exchange: &Exchange, bodies: &mut json::Bodies, out: &mut V
                 }
             } else if !keys.iter().any(|key| json::may_hold(text, key)) {
                 // None of the keys is in the text: no parse (most bodies name no id).
-            } else if let Some(values) = json::keys_in(text, keys) {
+            } else if let Some(values) = body_keys
+                .iter()
+                .find(|(s, _)| *s == name)
+                .and_then(|(_, all)| bodies.values_of(name, text, all, keys))
+            {
                 out.extend(values)
             } else {
                 out.extend(json::scan(text, keys))

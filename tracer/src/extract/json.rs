@@ -2,44 +2,121 @@
 //! possible, else scan the text for `"key": value`.
 use std::borrow::Cow;
 
+use memchr::memmem;
 use serde::de::{Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
+
+/// Every key the key rules look for in one source, each with a searcher made once (SIMD
+/// `memmem`), to tell which of them (or a `\u` escape, which could spell any) a body
+/// contains.
+pub struct KeyFinder {
+    keys: Vec<String>,
+    finders: Vec<memmem::Finder<'static>>,
+}
+
+/// The bit of "a `\u` escape is in the text" in `KeyFinder::present`.
+const ESCAPE: u64 = 1 << 63;
+
+impl KeyFinder {
+    pub fn new(keys: Vec<String>) -> Self {
+        let finders = keys
+            .iter()
+            .map(String::as_str)
+            .chain(["\\u"])
+            .map(|key| memmem::Finder::new(key).into_owned())
+            .collect();
+        Self { keys, finders }
+    }
+
+    /// Bit `i` for `keys[i]` found in `text` (every bit beyond 63 keys), `ESCAPE` for `\u`.
+    fn present(&self, text: &str) -> u64 {
+        if self.keys.len() >= 63 {
+            return u64::MAX;
+        }
+        let escape = self.keys.len();
+        let mut bits = 0;
+        for (index, finder) in self.finders.iter().enumerate() {
+            if finder.find(text.as_bytes()).is_some() {
+                bits |= if index == escape { ESCAPE } else { 1 << index };
+            }
+        }
+        bits
+    }
+
+    fn index(&self, key: &str) -> Option<usize> {
+        self.keys.iter().position(|k| k == key)
+    }
+}
+
+/// What one read of a body found: the keys it contains, and (key, value) of every key
+/// wanted by any rule in document order (`None` when it is not one complete JSON value;
+/// read only once a rule's key is present).
+struct Keyed {
+    present: u64,
+    values: Option<Option<Vec<(usize, String)>>>,
+}
 
 /// Bodies of one exchange, each parsed at most once however many rules read it: as a
 /// document for pointers, and in one streaming pass for the keys of every key rule.
 #[derive(Default)]
 pub struct Bodies {
     parsed: Vec<(&'static str, Option<Value>)>,
-    /// Per source: (key, value) of every key wanted by any rule, in document order; `None`
-    /// when the body is not one complete JSON value.
-    keyed: Vec<(&'static str, KeyedValues)>,
+    keyed: Vec<(&'static str, Keyed)>,
 }
 
-type KeyedValues = Option<Vec<(usize, String)>>;
-
 impl Bodies {
-    /// Values of `keys` (a subset of `all_keys`, every key any rule looks for in
-    /// `source`) in `text`, in document order; the body is read once for all of them.
-    /// `None` when `text` is not one complete JSON value.
+    fn keyed(&mut self, source: &'static str, text: &str, finder: &KeyFinder) -> &mut Keyed {
+        let index = match self.keyed.iter().position(|(s, _)| *s == source) {
+            Some(index) => index,
+            None => {
+                let present = finder.present(text);
+                let keyed = Keyed {
+                    present,
+                    values: None,
+                };
+                self.keyed.push((source, keyed));
+                self.keyed.len() - 1
+            }
+        };
+        &mut self.keyed[index].1
+    }
+
+    /// Whether `text` may hold one of `keys` (see `may_hold`); the body is searched once
+    /// for every key of its source.
+    pub fn may_hold_any(
+        &mut self,
+        source: &'static str,
+        text: &str,
+        finder: &KeyFinder,
+        keys: &[String],
+    ) -> bool {
+        let present = self.keyed(source, text, finder).present;
+        present & ESCAPE != 0
+            || keys.iter().any(|key| {
+                finder
+                    .index(key)
+                    .is_none_or(|i| present & (1 << i.min(62)) != 0)
+            })
+    }
+
+    /// Values of `keys` (among `finder`'s) in `text`, in document order; the body is read
+    /// once for all of its source's keys. `None` when `text` is not one complete JSON value.
     pub fn values_of(
         &mut self,
         source: &'static str,
         text: &str,
-        all_keys: &[String],
+        finder: &KeyFinder,
         keys: &[String],
     ) -> Option<Vec<String>> {
-        let index = match self.keyed.iter().position(|(s, _)| *s == source) {
-            Some(index) => index,
-            None => {
-                self.keyed.push((source, keyed_values(text, all_keys)));
-                self.keyed.len() - 1
-            }
-        };
-        let pairs = self.keyed[index].1.as_ref()?;
+        let keyed = self.keyed(source, text, finder);
+        let pairs = keyed
+            .values
+            .get_or_insert_with(|| keyed_values(text, &finder.keys))
+            .as_ref()?;
         Some(
             pairs
                 .iter()
-                .filter(|(key, _)| keys.contains(&all_keys[*key]))
+                .filter(|(key, _)| keys.contains(&finder.keys[*key]))
                 .map(|(_, value)| value.clone())
                 .collect(),
         )
@@ -92,7 +169,7 @@ pub fn keys_in(text: &str, keys: &[String]) -> Option<Vec<String>> {
 /// (index in `keys`, value) of every string or number under one of `keys`, at any depth,
 /// in document order: read in one pass over the text without building the document (no
 /// map, no string but the values found).
-fn keyed_values(text: &str, keys: &[String]) -> KeyedValues {
+fn keyed_values(text: &str, keys: &[String]) -> Option<Vec<(usize, String)>> {
     let mut found = Vec::new();
     let mut reader = serde_json::Deserializer::from_str(text);
     Walk {
@@ -319,6 +396,31 @@ mod tests {
         assert_eq!(keys_in(r#"{"status":"PAID""#, &keys(&["status"])), None);
         assert_eq!(keys_in(r#"{"a":1} {"b":2}"#, &keys(&["a"])), None);
         assert_eq!(keys_in("[]", &keys(&["a"])), Some(vec![]));
+    }
+
+    #[test]
+    fn one_search_tells_which_keys_a_body_may_hold() {
+        let finder = KeyFinder::new(keys(&["order_id", "status", "order_status"]));
+        let mut bodies = Bodies::default();
+        // "order_status" holds "status" too: both are found (overlapping matches).
+        let body = r#"{"order_status":"PAID"}"#;
+        assert!(bodies.may_hold_any("b", body, &finder, &keys(&["status"])));
+        assert!(!bodies.may_hold_any("b", body, &finder, &keys(&["order_id"])));
+        assert_eq!(
+            bodies.values_of("b", body, &finder, &keys(&["order_status"])),
+            Some(vec!["PAID".to_owned()])
+        );
+        assert_eq!(
+            bodies.values_of("b", body, &finder, &keys(&["status"])),
+            Some(vec![])
+        );
+        // An escape could spell any key: the body stays in.
+        let escaped = r#"{"order\u005fid":"A-1"}"#;
+        assert!(bodies.may_hold_any("e", escaped, &finder, &keys(&["order_id"])));
+        assert_eq!(
+            bodies.values_of("e", escaped, &finder, &keys(&["order_id"])),
+            Some(vec!["A-1".to_owned()])
+        );
     }
 
     #[test]

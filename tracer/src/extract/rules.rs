@@ -68,7 +68,7 @@ pub struct Extractor {
     /// An exchange is read only by those (an HTTP exchange is never asked for a routing key).
     by_protocol: Vec<(&'static str, Vec<usize>)>,
     /// Per source: every key the key rules look for in it (a body is read once for all).
-    body_keys: Vec<(&'static str, Vec<String>)>,
+    body_keys: Vec<(&'static str, json::KeyFinder)>,
 }
 
 impl Extractor {
@@ -129,6 +129,10 @@ impl Extractor {
                 }
             }
         }
+        let body_keys = body_keys
+            .into_iter()
+            .map(|(source, keys)| (source, json::KeyFinder::new(keys)))
+            .collect();
         Ok(Self {
             rules,
             errors,
@@ -318,7 +322,7 @@ fn defaults() -> Vec<Rule> {
 fn find(
     rule: &Rule,
     exchange: &Exchange,
-    body_keys: &[(&'static str, Vec<String>)],
+    body_keys: &[(&'static str, json::KeyFinder)],
     bodies: &mut json::Bodies,
     out: &mut Vec<String>,
 ) {
@@ -359,16 +363,14 @@ fn find(
                 if text.contains('=') {
                     form_values(text, keys, out)
                 }
-            } else if !keys.iter().any(|key| json::may_hold(text, key)) {
-                // None of the keys is in the text: no parse (most bodies name no id).
-            } else if let Some(values) = body_keys
-                .iter()
-                .find(|(s, _)| *s == name)
-                .and_then(|(_, all)| bodies.values_of(name, text, all, keys))
-            {
-                out.extend(values)
-            } else {
-                out.extend(json::scan(text, keys))
+            } else if let Some((_, finder)) = body_keys.iter().find(|(s, _)| *s == name) {
+                if !bodies.may_hold_any(name, text, finder, keys) {
+                    // None of the keys is in the text: no parse (most bodies name no id).
+                } else if let Some(values) = bodies.values_of(name, text, finder, keys) {
+                    out.extend(values)
+                } else {
+                    out.extend(json::scan(text, keys))
+                }
             }
         }
         How::Whole => out.push(text.to_owned()),

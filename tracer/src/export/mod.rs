@@ -24,7 +24,7 @@ use opentelemetry_sdk::{trace::SpanData, Resource};
 pub use otlp::{resolve as resolve_otlp, run_otlp_export, OtlpProtocol};
 use prost::Message as _;
 pub use service::Services;
-pub use span::{encode as encode_span, Encoder as SpanEncoder};
+pub use span::Encoder as SpanEncoder;
 use tokio::sync::mpsc;
 
 /// A span as exported, an encoded OTLP protobuf `Span` message, and the resource (service)

@@ -143,11 +143,6 @@ fn kind(kind: ExchangeKind) -> u64 {
     }
 }
 
-/// The span as an encoded OTLP `Span` message.
-pub fn encode(span: &ResolvedSpan, clock: &KernelClock) -> Vec<u8> {
-    Encoder::default().encode(span, clock)
-}
-
 /// Connections whose network attributes were encoded, at most this many (then forgotten
 /// at once: a host with more connections than this re-encodes them, nothing else).
 const MAX_CONNECTIONS: usize = 4096;
@@ -307,10 +302,15 @@ mod tests {
 
     use super::*;
     use crate::{
-        capture::{procfs::ProcessInfo, Connection, Role},
+        capture::{procfs::ProcessInfo, Role},
         correlate::KnownIds,
         protocols::{Exchange, ExchangeId},
     };
+
+    /// The span encoded by an encoder of its own (no connection seen before).
+    fn encode(span: &ResolvedSpan, clock: &KernelClock) -> Vec<u8> {
+        Encoder::default().encode(span, clock)
+    }
 
     fn resolved() -> ResolvedSpan {
         let process = Arc::new(ProcessInfo {

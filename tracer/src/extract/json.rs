@@ -64,21 +64,28 @@ pub struct Bodies {
     keyed: Vec<(&'static str, Keyed)>,
 }
 
+/// The entry of `source` in a short list kept by source, made by `make` if it has none.
+pub fn by_source<'a, T>(
+    list: &'a mut Vec<(&'static str, T)>,
+    source: &'static str,
+    make: impl FnOnce() -> T,
+) -> &'a mut T {
+    let index = match list.iter().position(|(s, _)| *s == source) {
+        Some(index) => index,
+        None => {
+            list.push((source, make()));
+            list.len() - 1
+        }
+    };
+    &mut list[index].1
+}
+
 impl Bodies {
     fn keyed(&mut self, source: &'static str, text: &str, finder: &KeyFinder) -> &mut Keyed {
-        let index = match self.keyed.iter().position(|(s, _)| *s == source) {
-            Some(index) => index,
-            None => {
-                let present = finder.present(text);
-                let keyed = Keyed {
-                    present,
-                    values: None,
-                };
-                self.keyed.push((source, keyed));
-                self.keyed.len() - 1
-            }
-        };
-        &mut self.keyed[index].1
+        by_source(&mut self.keyed, source, || Keyed {
+            present: finder.present(text),
+            values: None,
+        })
     }
 
     /// Whether `text` may hold one of `keys` (see `may_hold`); the body is searched once
@@ -124,14 +131,7 @@ impl Bodies {
 
     /// The parsed body of `source`, or None if it is not (complete) JSON.
     pub fn parsed(&mut self, source: &'static str, text: &str) -> Option<&Value> {
-        let index = match self.parsed.iter().position(|(s, _)| *s == source) {
-            Some(index) => index,
-            None => {
-                self.parsed.push((source, serde_json::from_str(text).ok()));
-                self.parsed.len() - 1
-            }
-        };
-        self.parsed[index].1.as_ref()
+        by_source(&mut self.parsed, source, || serde_json::from_str(text).ok()).as_ref()
     }
 }
 
@@ -156,14 +156,6 @@ pub fn last_segment(pointer: &str) -> &str {
 /// The value at a JSON pointer (`/order/id`).
 pub fn pointer_in(value: &Value, pointer: &str) -> Option<String> {
     scalar(value.pointer(pointer)?)
-}
-
-/// Values of `keys` at any depth, in document order; `None` when `text` is not one
-/// complete JSON value (a cut prefix: see `scan`).
-#[cfg(test)]
-pub fn keys_in(text: &str, keys: &[String]) -> Option<Vec<String>> {
-    let pairs = keyed_values(text, keys)?;
-    Some(pairs.into_iter().map(|(_, value)| value).collect())
 }
 
 /// (index in `keys`, value) of every string or number under one of `keys`, at any depth,
@@ -352,6 +344,13 @@ mod tests {
 
     fn by_pointer(body: &str, pointer: &str) -> Option<String> {
         pointer_in(&serde_json::from_str(body).ok()?, pointer)
+    }
+
+    /// Values of `keys` at any depth, in document order; `None` when `text` is not one
+    /// complete JSON value (a cut prefix: see `scan`).
+    fn keys_in(text: &str, keys: &[String]) -> Option<Vec<String>> {
+        let pairs = keyed_values(text, keys)?;
+        Some(pairs.into_iter().map(|(_, value)| value).collect())
     }
 
     fn by_key(body: &str, keys: &[String]) -> Vec<String> {

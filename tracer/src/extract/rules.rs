@@ -113,15 +113,7 @@ impl Extractor {
         let mut body_keys: Vec<(&'static str, Vec<String>)> = Vec::new();
         for rule in rules.iter().chain(errors.iter().map(|(rule, _)| rule)) {
             if let How::Keys(keys) = &rule.how {
-                let name = rule.source.name;
-                let index = match body_keys.iter().position(|(s, _)| *s == name) {
-                    Some(index) => index,
-                    None => {
-                        body_keys.push((name, Vec::new()));
-                        body_keys.len() - 1
-                    }
-                };
-                let all = &mut body_keys[index].1;
+                let all = json::by_source(&mut body_keys, rule.source.name, Vec::new);
                 for key in keys {
                     if !all.contains(key) {
                         all.push(key.clone());
@@ -363,14 +355,18 @@ fn find(
                 if text.contains('=') {
                     form_values(text, keys, out)
                 }
-            } else if let Some((_, finder)) = body_keys.iter().find(|(s, _)| *s == name) {
-                if !bodies.may_hold_any(name, text, finder, keys) {
-                    // None of the keys is in the text: no parse (most bodies name no id).
-                } else if let Some(values) = bodies.values_of(name, text, finder, keys) {
-                    out.extend(values)
-                } else {
-                    out.extend(json::scan(text, keys))
-                }
+                return;
+            }
+            let (_, finder) = body_keys
+                .iter()
+                .find(|(s, _)| *s == name)
+                .expect("every key rule's source has its finder (Extractor::new)");
+            if !bodies.may_hold_any(name, text, finder, keys) {
+                return; // none of the keys is in the text: no parse (most bodies name no id)
+            }
+            match bodies.values_of(name, text, finder, keys) {
+                Some(values) => out.extend(values),
+                None => out.extend(json::scan(text, keys)),
             }
         }
         How::Whole => out.push(text.to_owned()),

@@ -5,10 +5,9 @@
 //! `full_pipeline` and the journey thread) are counted, and the difference between the two
 //! runs divided by the difference in spans is the cost of one more span: start-up work
 //! (regex compilation, the SQLite schema, reading the corpus) cancels out.
-use std::{fmt::Write as _, fs, path::Path, process::Command};
+use std::{fmt::Write as _, fs, path::Path};
 
 use anyhow::{bail, Context};
-use serde_json::Value;
 
 use crate::setup;
 
@@ -27,23 +26,14 @@ fn run(loops: u64, out: &Path) -> anyhow::Result<(u64, u64)> {
     for function in COUNTED {
         write!(runner, " --toggle-collect={function}")?;
     }
-    let output = Command::new("cargo")
-        .args(["bench", "--quiet", "-p", "tracer", "--bench", "pipeline"])
-        .env("PIPELINE_INSTRUCTIONS", loops.to_string())
-        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", runner)
-        .output()
-        .context("running the pipeline bench under callgrind")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let spans = text
-        .lines()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
-        .and_then(|v| v["spans"].as_u64());
-    let Some(spans) = spans.filter(|_| output.status.success()) else {
-        bail!(
-            "the pipeline bench under callgrind gave no span count:\n{text}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
+    let result = super::pipeline_bench(&[
+        ("PIPELINE_INSTRUCTIONS", loops.to_string()),
+        ("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", runner),
+    ])
+    .context("the pipeline bench under callgrind")?;
+    let spans = result["spans"]
+        .as_u64()
+        .with_context(|| format!("no span count in {result}"))?;
     let counts =
         fs::read_to_string(&profile).with_context(|| format!("reading {}", profile.display()))?;
     let totals = counts

@@ -556,21 +556,29 @@ fn amqp_overhead(tracer: &Path, out: &Path, report: &mut String) -> anyhow::Resu
     Ok(())
 }
 
-fn pipeline(report: &mut String) -> anyhow::Result<()> {
-    eprintln!("bench: userspace pipeline on the recorded corpus");
+/// Runs the pipeline bench (`tracer/benches/pipeline.rs`) with `env`; its JSON line.
+fn pipeline_bench(env: &[(&str, String)]) -> anyhow::Result<Value> {
     let output = Command::new("cargo")
         .args(["bench", "--quiet", "-p", "tracer", "--bench", "pipeline"])
-        .output()?;
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .context("running the pipeline bench")?;
     let text = String::from_utf8_lossy(&output.stdout);
-    let Some(result) = text
+    let result = text
         .lines()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
-    else {
-        bail!(
+        .find_map(|l| serde_json::from_str::<Value>(l).ok());
+    match result.filter(|_| output.status.success()) {
+        Some(result) => Ok(result),
+        None => bail!(
             "the pipeline bench printed no result:\n{text}{}",
             String::from_utf8_lossy(&output.stderr)
-        );
-    };
+        ),
+    }
+}
+
+fn pipeline(report: &mut String) -> anyhow::Result<()> {
+    eprintln!("bench: userspace pipeline on the recorded corpus");
+    let result = pipeline_bench(&[])?;
     let shown = |figure: &Value, decimals: usize| -> String {
         let v = |i: usize| figure[i].as_f64().unwrap_or_default();
         format!(

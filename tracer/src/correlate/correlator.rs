@@ -30,6 +30,7 @@ use tracer_common::ConnId;
 
 mod causality;
 mod messages;
+mod order_traces;
 
 use super::TraceParent;
 use crate::privacy::IdKey;
@@ -182,7 +183,7 @@ pub struct Correlator {
     max_kept: usize,
     ids: RandomIdGenerator,
     /// Order id → trace id (HMAC), the same on every agent sharing the key.
-    orders: IdKey,
+    orders: order_traces::OrderTraces,
     stats: CorrelatorStats,
 }
 
@@ -223,7 +224,7 @@ impl Correlator {
             last_eviction_ns: 0,
             max_kept: MAX_KEPT,
             ids: RandomIdGenerator::default(),
-            orders,
+            orders: order_traces::OrderTraces::new(orders),
             stats: CorrelatorStats::default(),
         }
     }
@@ -515,9 +516,9 @@ impl Correlator {
         };
         // Every order the span names beyond the one that decided its trace is linked.
         for order in &exchange.order_ids {
-            let order_trace = self.orders.order_trace(order);
+            let (order_trace, anchor) = self.orders.of(order);
             if order_trace != trace_id {
-                links.push((order_trace, self.orders.order_anchor(order)));
+                links.push((order_trace, anchor));
             }
         }
         if let Some(producer) = self.nodes.get(&id).and_then(|n| n.producer) {
@@ -594,7 +595,7 @@ impl Correlator {
                 break (TraceId::from_bytes(tp.trace_id), false);
             }
             if let Some(order) = node.order_ids.first() {
-                break (self.orders.order_trace(order), true);
+                break (self.orders.trace(order), true);
             }
             if chain.len() > 64 {
                 break (self.ids.new_trace_id(), false); // a cycle cannot happen, but never loop forever

@@ -16,16 +16,17 @@ fn http(
     request: &str,
     response: &str,
 ) -> Exchange {
-    let record = HttpRecord {
-        path: path.to_owned(),
-        query: query.to_owned(),
-        headers: headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect(),
-        request_body: Some(request.to_owned()),
-        response_body: Some(response.to_owned()),
+    let target = match query {
+        "" => path.to_owned(),
+        query => format!("{path}?{query}"),
     };
+    let mut record = HttpRecord::with_target(target);
+    record.headers = headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    record.request_body = Some(request.to_owned());
+    record.response_body = Some(response.to_owned());
     Exchange {
         protocol: "http",
         id: ExchangeId::Sequence(0),

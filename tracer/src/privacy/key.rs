@@ -110,6 +110,15 @@ impl IdKey {
         SpanId::from_bytes(self.mac(order_id)[16..24].try_into().expect("8 bytes"))
     }
 
+    /// Both of the above from one HMAC.
+    pub fn order_trace_and_anchor(&self, order_id: &str) -> (TraceId, SpanId) {
+        let mac = self.mac(order_id);
+        (
+            TraceId::from_bytes(mac[..16].try_into().expect("16 bytes")),
+            SpanId::from_bytes(mac[16..24].try_into().expect("8 bytes")),
+        )
+    }
+
     /// The pseudonym exported instead of an order id: its trace id as hex, so support
     /// staff can paste it into Jaeger directly.
     pub fn pseudonym(&self, order_id: &str) -> String {

@@ -11,7 +11,9 @@ mod mask;
 mod message;
 mod policy;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::HashMap;
 
 pub use ids::{replace_ids, KnownId};
 pub use key::{IdKey, KeyError, KEY_ENV};
@@ -103,7 +105,7 @@ impl Privacy {
         Self {
             key,
             options,
-            pseudonyms: HashMap::new(),
+            pseudonyms: HashMap::default(),
             memo: Default::default(),
         }
     }

@@ -40,9 +40,10 @@ fn child_span() -> ResolvedSpan {
             message: "Key (email)=(anna@example.com) already exists for user +4915112345678".into(),
         },
         traceparent: None,
-        record: std::sync::Arc::new(crate::protocols::http::record::HttpRecord {
-            headers: [("cookie", "s=1")].into_iter().collect(),
-            ..Default::default()
+        record: std::sync::Arc::new({
+            let mut record = crate::protocols::http::record::HttpRecord::default();
+            record.headers = [("cookie", "s=1")].into_iter().collect();
+            record
         }),
         order_ids: Vec::new(),
         business: Vec::new(),

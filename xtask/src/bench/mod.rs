@@ -459,6 +459,12 @@ fn http_overhead(
             spread(rounds().zip(&before).map(|((u, _), b)| b.wrk.requests_per_s / u.requests_per_s), 3),
             spread(rounds().map(|(u, t)| t.wrk.requests_per_s / u.requests_per_s), 3)
         )?;
+        writeln!(
+            report,
+            "| HTTP p99 latency traced − untraced, `--baseline-tracer` (before) → this build | +{} µs | +{} µs | | |",
+            spread(rounds().zip(&before).map(|((u, _), b)| b.wrk.p99_us - u.p99_us), 0),
+            spread(rounds().map(|(u, t)| t.wrk.p99_us - u.p99_us), 0)
+        )?;
     }
     Ok(())
 }

@@ -193,10 +193,10 @@ impl HttpSession {
         } = request;
         let traceparent = head.header("traceparent").map(str::to_owned);
         let method = std::mem::take(&mut head.method);
-        let (path, query) = head
-            .target
-            .split_once('?')
-            .unwrap_or((head.target.as_str(), ""));
+        let (request_body_len, request_prefix) = body.unwrap_or_default();
+        let mut record = HttpRecord::with_target(std::mem::take(&mut head.target));
+        record.request_body = Some(text(request_prefix));
+        let (path, query) = (record.path(), record.query());
         let route = match route::match_template(path, &self.route_templates) {
             Some(configured) => configured.to_owned(),
             None => route::template(path),
@@ -227,15 +227,8 @@ impl HttpSession {
             attributes.push(("http.request.header.host", host.into()));
         }
         attributes.push(("url.scheme", AttrValue::fixed(self.scheme)));
-        let (request_body_len, request_prefix) = body.unwrap_or_default();
         attributes.push(("http.request.body.size", (request_body_len as i64).into()));
-        let mut record = HttpRecord {
-            path: path.to_owned(),
-            query: query.to_owned(),
-            headers: head.headers,
-            request_body: Some(text(request_prefix)),
-            response_body: None,
-        };
+        record.headers = head.headers;
         let status = match response {
             Some((response, body_len, prefix, lossy)) => {
                 attributes.push((

@@ -156,8 +156,7 @@ pub fn build(
             if grpc::is_grpc(headers) {
                 grpc_call = grpc::Call::from_path(path);
             }
-            record.path = path.to_owned();
-            record.query = query.to_owned();
+            record = HttpRecord::with_target(target.to_owned());
             record.headers = headers
                 .iter()
                 .filter(|(n, _)| !n.starts_with(':'))

@@ -15,22 +15,52 @@ const MAX_LEN: usize = 64;
 /// which request is meant.
 const MIN_NUMBER_DIGITS: usize = 5;
 
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+/// What a byte is to the token scanner: outside tokens, or a letter (or `-`, `_`), a
+/// digit or a `.` inside one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Separator,
+    Letter,
+    Digit,
+    Dot,
 }
+
+const CLASSES: [Class; 256] = {
+    let mut table = [Class::Separator; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        table[b] = if byte.is_ascii_digit() {
+            Class::Digit
+        } else if byte.is_ascii_alphabetic() || byte == b'-' || byte == b'_' {
+            Class::Letter
+        } else if byte == b'.' {
+            Class::Dot
+        } else {
+            Class::Separator
+        };
+        b += 1;
+    }
+    table
+};
 
 /// Whether a token can identify one request: 4 to 64 bytes with a digit, and not a short
 /// number. Words without digits (`orders`, `price`, `application`) never are.
-pub fn is_identifier(token: &[u8]) -> bool {
-    if !(MIN_LEN..=MAX_LEN).contains(&token.len()) {
-        return false;
-    }
-    let digits = token.iter().filter(|b| b.is_ascii_digit()).count();
-    if digits == 0 {
-        return false;
-    }
-    let numeric = token.iter().all(|b| b.is_ascii_digit() || *b == b'.');
-    !(numeric && digits < MIN_NUMBER_DIGITS)
+#[cfg(test)]
+fn is_identifier(token: &[u8]) -> bool {
+    let class = |wanted| {
+        token
+            .iter()
+            .filter(|b| CLASSES[usize::from(**b)] == wanted)
+            .count()
+    };
+    identifies(token.len(), class(Class::Digit), class(Class::Letter))
+}
+
+/// The rule of [`is_identifier`] on a token's length and its digits and letters.
+fn identifies(len: usize, digits: usize, letters: usize) -> bool {
+    let numeric = letters == 0;
+    (MIN_LEN..=MAX_LEN).contains(&len) && digits > 0 && !(numeric && digits < MIN_NUMBER_DIGITS)
 }
 
 /// FNV-1a: the same token hashes the same on every connection and every run.
@@ -41,17 +71,30 @@ fn hash(token: &[u8]) -> Identifier {
 }
 
 /// Adds the identifiers found in `text` to `out` (each once, at most
-/// [`MAX_PER_EXCHANGE`] in all).
+/// [`MAX_PER_EXCHANGE`] in all). One pass over the bytes: each token's length, digits and
+/// whether it is all number are known when it ends, so only identifiers are looked at
+/// again (to hash them).
 pub fn collect(text: &[u8], out: &mut Vec<Identifier>) {
-    for token in text.split(|b| !is_token_byte(*b)) {
-        if out.len() >= MAX_PER_EXCHANGE {
-            return;
-        }
-        let token = token.trim_ascii_start();
-        if is_identifier(token) {
-            let h = hash(token);
-            if !out.contains(&h) {
-                out.push(h);
+    let mut start = 0;
+    let (mut digits, mut letters) = (0usize, 0usize);
+    for at in 0..=text.len() {
+        let byte = text.get(at).copied().unwrap_or(b' ');
+        match CLASSES[usize::from(byte)] {
+            Class::Digit => digits += 1,
+            Class::Letter => letters += 1,
+            Class::Dot => {}
+            Class::Separator => {
+                if identifies(at - start, digits, letters) {
+                    if out.len() >= MAX_PER_EXCHANGE {
+                        return;
+                    }
+                    let h = hash(&text[start..at]);
+                    if !out.contains(&h) {
+                        out.push(h);
+                    }
+                }
+                start = at + 1;
+                (digits, letters) = (0, 0);
             }
         }
     }
@@ -149,6 +192,49 @@ mod tests {
         collect(b"/work/T-0042", &mut a);
         collect(br#"{"item_id":"T-0042"}"#, &mut b);
         assert_eq!(a, b, "the same id hashes the same wherever it is");
+    }
+
+    /// The rule written plainly (split into tokens, test each): the one-pass scanner
+    /// must find the same identifiers in the same order.
+    fn by_tokens(text: &[u8]) -> Vec<Identifier> {
+        let mut out = Vec::new();
+        let token_byte = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+        for token in text.split(|b| !token_byte(b)) {
+            if is_identifier(token) && !out.contains(&hash(token)) && out.len() < MAX_PER_EXCHANGE {
+                out.push(hash(token));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_one_pass_scanner_finds_what_the_token_rule_finds() {
+        let long = "A1".repeat(32);
+        let many: String = (0..40).map(|n| format!("id-{n:04} ")).collect();
+        for text in [
+            "",
+            "ORD-17",
+            "/orders/ORD-17",
+            "ORD-17/",
+            "..12345..",
+            "12345",
+            "1234",
+            "1.2.3.4.5",
+            "3.11",
+            "a1b2",
+            "a1b",
+            long.as_str(),
+            &format!("{long}x"),
+            &format!("/{long}/{long}x/"),
+            r#"{"order":"REQ-5821-07","n":123456,"v":"1.2"}"#,
+            r"\u00e9T-0042\u00e9",
+            many.as_str(),
+            r"ünïcödé-123 ID_9\xff99",
+        ] {
+            let mut found = Vec::new();
+            collect(text.as_bytes(), &mut found);
+            assert_eq!(found, by_tokens(text.as_bytes()), "{text:?}");
+        }
     }
 
     #[test]

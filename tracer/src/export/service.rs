@@ -1,7 +1,9 @@
 //! Service identity: `service.name` from config rules (executable, command line, port),
 //! else the Kubernetes container's name, else the executable's name; plus process, host
 //! and Kubernetes resource attributes.
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
+
+use foldhash::HashMap;
 
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
@@ -47,7 +49,7 @@ impl Services {
             rules,
             host_name,
             extra,
-            by_pid: HashMap::new(),
+            by_pid: HashMap::default(),
             kubernetes: Kubernetes::new(LogDirs::default()),
         }
     }

@@ -2,9 +2,11 @@
 //! detection. The agent (`tracer run`) and the journey service (`tracer journey`) both run
 //! exactly this.
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, VecDeque},
     time::Duration,
 };
+
+use foldhash::{HashMap, HashSet};
 
 use super::{
     clock::human, diagnose::QUEUE_PREFIX, labels::LabelBudget, Clock, JourneyMetrics, JourneySpan,
@@ -73,7 +75,7 @@ impl Journeys {
             config,
             store,
             orders,
-            recent: HashSet::new(),
+            recent: HashSet::default(),
             recent_order: VecDeque::new(),
             metrics,
             clock,

@@ -3,7 +3,7 @@
 //! the broker.
 use std::{
     collections::BTreeMap,
-    hash::{DefaultHasher, Hash, Hasher},
+    hash::{BuildHasher, Hash, Hasher},
 };
 
 use amq_protocol::{
@@ -31,6 +31,10 @@ pub enum Carrier {
     },
 }
 
+/// The seed of message fingerprints (any fixed value: they are compared only inside one
+/// agent, never stored or exported).
+const FINGERPRINT_SEED: u64 = 0x7472_6163_6572;
+
 #[derive(Clone, Debug)]
 pub struct Message {
     pub carrier: Carrier,
@@ -52,8 +56,8 @@ const FINGERPRINT_PREFIX: usize = 256;
 impl Message {
     /// What the broker passes on unchanged from publish to delivery.
     pub fn fingerprint(&self) -> u64 {
-        // DefaultHasher::new() has fixed keys: the same message hashes the same on both sides.
-        let mut h = DefaultHasher::new();
+        // A fixed seed: the same message hashes the same on every socket it crosses.
+        let mut h = foldhash::fast::FixedState::with_seed(FINGERPRINT_SEED).build_hasher();
         self.exchange.hash(&mut h);
         self.routing_key.hash(&mut h);
         self.message_id.hash(&mut h);

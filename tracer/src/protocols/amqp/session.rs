@@ -2,7 +2,9 @@
 //! spans from publish to the broker's confirm, CONSUMER spans from delivery to the
 //! client's ack/nack/reject. On the broker's own sockets: when each message entered and
 //! left the broker, for queue residence and stuck-message detection.
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use foldhash::HashMap;
 
 use amq_protocol::{
     frame::AMQPFrame,
@@ -79,9 +81,9 @@ impl AmqpSession {
             ingress: FrameReader::new(mid_stream),
             egress_content: Assembler::new(options.body_prefix_bytes),
             ingress_content: Assembler::new(options.body_prefix_bytes),
-            channels: HashMap::new(),
-            consumers: HashMap::new(),
-            held: HashMap::new(),
+            channels: HashMap::default(),
+            consumers: HashMap::default(),
+            held: HashMap::default(),
             returns_unverified: 0,
             returns_unmatched: 0,
             next_sequence: 0,

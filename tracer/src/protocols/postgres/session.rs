@@ -2,7 +2,9 @@
 //! ended by its CommandComplete or ErrorResponse (or by ReadyForQuery). CLIENT spans on
 //! the client's end, SERVER spans on the server's (the same statements, as the database
 //! saw them).
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 
 use super::{
     backend::{Backend, BackendReader},
@@ -58,8 +60,8 @@ impl PostgresSession {
             frontend: FrontendReader::new(mid_stream),
             backend: BackendReader::new(mid_stream),
             database: None,
-            statements: HashMap::new(),
-            portals: HashMap::new(),
+            statements: HashMap::default(),
+            portals: HashMap::default(),
             pending: VecDeque::new(),
             awaiting_encryption_answer: false,
             encrypted: false,

@@ -11,7 +11,11 @@ const FRAME_BODY: u8 = 3;
 const PROTOCOL_HEADER: &[u8] = b"AMQP\x00\x00\x09\x01";
 
 pub struct FrameReader {
+    /// Bytes read; those before `start` are consumed. Frames are taken by moving `start`,
+    /// not by moving the rest of the buffer to its front after each one (a read holding
+    /// many frames, a publisher's burst, cost that move per frame).
     buf: Vec<u8>,
+    start: usize,
     resync: bool,
     /// Inside a body frame: (channel, payload bytes still to come). Body payload is handed
     /// on as it arrives, so a frame larger than what was captured still counts exactly.
@@ -52,6 +56,7 @@ impl FrameReader {
     pub fn new(mid_stream: bool) -> Self {
         Self {
             buf: Vec::new(),
+            start: 0,
             resync: mid_stream,
             body: None,
             skipped: 0,
@@ -66,17 +71,33 @@ impl FrameReader {
     }
 
     pub fn push(&mut self, bytes: &[u8], ktime_ns: u64, tid: u32) {
-        if self.buf.is_empty() {
+        if self.pending().is_empty() {
             self.first_ktime_ns = ktime_ns;
         }
         self.last_ktime_ns = ktime_ns;
         self.tid = tid;
+        // What is left of earlier reads (the start of a frame, at most) moves once.
+        self.buf.drain(..self.start);
+        self.start = 0;
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// The bytes not consumed yet.
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.buf.len());
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
     }
 
     /// `length` bytes are missing at the current position.
     pub fn gap(&mut self, length: u64) -> GapOutcome {
-        if let (Some((channel, remaining)), true) = (self.body, self.buf.is_empty()) {
+        if let (Some((channel, remaining)), true) = (self.body, self.pending().is_empty()) {
             if length <= remaining {
                 self.body = Some((channel, remaining - length));
                 return GapOutcome::BodySkipped {
@@ -93,8 +114,9 @@ impl FrameReader {
                 };
             }
         }
-        self.skipped += self.buf.len() as u64;
+        self.skipped += self.pending().len() as u64;
         self.buf.clear();
+        self.start = 0;
         self.body = None;
         self.resync = true;
         GapOutcome::Lost
@@ -104,11 +126,12 @@ impl FrameReader {
         loop {
             if let Some((channel, remaining)) = self.body {
                 if remaining > 0 {
-                    if self.buf.is_empty() {
+                    if self.pending().is_empty() {
                         return None;
                     }
-                    let take = (remaining as usize).min(self.buf.len());
-                    let bytes: Vec<u8> = self.buf.drain(..take).collect();
+                    let take = (remaining as usize).min(self.pending().len());
+                    let bytes = self.pending()[..take].to_vec();
+                    self.consume(take);
                     self.body = Some((channel, remaining - take as u64));
                     return Some(Read::Body {
                         channel,
@@ -116,20 +139,20 @@ impl FrameReader {
                         ktime_ns: self.first_ktime_ns,
                     });
                 }
-                if self.buf.is_empty() {
+                if self.pending().is_empty() {
                     return None;
                 }
                 self.body = None;
-                if self.buf[0] != FRAME_END {
+                if self.pending()[0] != FRAME_END {
                     self.resync = true;
                     continue;
                 }
-                self.buf.drain(..1);
+                self.consume(1);
                 self.first_ktime_ns = self.last_ktime_ns;
                 continue;
             }
             if self.resync {
-                match scan(&self.buf) {
+                match scan(self.pending()) {
                     Scan::Frame(at) => {
                         self.drop_front(at);
                         self.resync = false;
@@ -140,25 +163,26 @@ impl FrameReader {
                     }
                     Scan::Nothing => {
                         // Keep a tail that may be the start of a frame header.
-                        self.drop_front(self.buf.len().saturating_sub(7));
+                        self.drop_front(self.pending().len().saturating_sub(7));
                         return None;
                     }
                 }
             }
-            if self.buf.starts_with(PROTOCOL_HEADER) {
-                let frame = parse_frame(&self.buf[..PROTOCOL_HEADER.len()])
+            if self.pending().starts_with(PROTOCOL_HEADER) {
+                let frame = parse_frame(&self.pending()[..PROTOCOL_HEADER.len()])
                     .ok()
                     .map(|(_, f)| f);
-                self.buf.drain(..PROTOCOL_HEADER.len());
+                self.consume(PROTOCOL_HEADER.len());
                 if let Some(frame) = frame {
                     return Some(Read::Frame(Box::new(self.timed(frame))));
                 }
                 continue;
             }
-            let size = frame_size(&self.buf)?;
-            if self.buf[0] == FRAME_BODY && size <= MAX_FRAME {
-                let channel = u16::from_be_bytes([self.buf[1], self.buf[2]]);
-                self.buf.drain(..7);
+            let size = frame_size(self.pending())?;
+            let header = self.pending();
+            if header[0] == FRAME_BODY && size <= MAX_FRAME {
+                let channel = u16::from_be_bytes([header[1], header[2]]);
+                self.consume(7);
                 self.body = Some((channel, (size - 8) as u64));
                 continue;
             }
@@ -167,12 +191,12 @@ impl FrameReader {
                 self.resync = true;
                 continue;
             }
-            if self.buf.len() < size {
+            if self.pending().len() < size {
                 return None;
             }
-            match parse_frame(&self.buf[..size]) {
+            match parse_frame(&self.pending()[..size]) {
                 Ok((_, frame)) => {
-                    self.buf.drain(..size);
+                    self.consume(size);
                     let timed = self.timed(frame);
                     self.first_ktime_ns = self.last_ktime_ns;
                     return Some(Read::Frame(Box::new(timed)));
@@ -195,8 +219,8 @@ impl FrameReader {
     }
 
     fn drop_front(&mut self, n: usize) {
-        let n = n.min(self.buf.len());
-        self.buf.drain(..n);
+        let n = n.min(self.pending().len());
+        self.consume(n);
         self.skipped += n as u64;
     }
 }

@@ -254,7 +254,14 @@ struct Corpus {
 /// schema) cancelled out, and repeatable on a busy host where CPU time is not.
 fn instructions_pass(loops: u64, store: &Path) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let records = recording::read(&root.join("benches/corpus/shop.capture.jsonl")).unwrap();
+    let records = recording::read(
+        &root.join(
+            std::env::var("PIPELINE_CORPUS")
+                .as_deref()
+                .unwrap_or("benches/corpus/shop.capture.jsonl"),
+        ),
+    )
+    .unwrap();
     let records = replayed(&records, loops);
     let (spans, _) = full_pipeline(&records, store, false);
     let _ = std::fs::remove_file(store);

@@ -148,9 +148,10 @@ pub struct Correlator {
     /// CLIENT spans by connection (local, remote), for rule 1.
     clients_by_tuple: HashMap<(SocketAddr, SocketAddr), VecDeque<NodeId>>,
     /// SERVER and CONSUMER spans of each process open now, and the last ones closed (a
-    /// call's start may be read just after the end of a request it overlapped), for rule 3.
-    open_by_pid: HashMap<u32, Vec<NodeId>>,
-    closed_by_pid: HashMap<u32, VecDeque<NodeId>>,
+    /// call's start may be read just after the end of a request it overlapped), for rule 3;
+    /// with their start (and end) times, so weighing them for a call reads no node.
+    open_by_pid: HashMap<u32, Vec<(NodeId, u64)>>,
+    closed_by_pid: HashMap<u32, VecDeque<causality::Closed>>,
     /// CLIENT and PRODUCER spans whose parent is not decided yet: a request they overlap
     /// may still be reported (the connection's events come through another ring).
     /// By start time: a request reported late is weighed for the calls that started after
@@ -296,7 +297,10 @@ impl Correlator {
                 }
             }
             ExchangeKind::Server | ExchangeKind::Consumer => {
-                self.open_by_pid.entry(node.pid).or_default().push(id);
+                self.open_by_pid
+                    .entry(node.pid)
+                    .or_default()
+                    .push((id, node.start_ns));
                 self.late_request(id, node.pid, node.start_ns);
             }
             ExchangeKind::Producer | ExchangeKind::Internal => {}
@@ -342,8 +346,8 @@ impl Correlator {
         }
         let node = self.nodes.get_mut(&id).expect("inserted above");
         if matches!(node.kind, ExchangeKind::Server | ExchangeKind::Consumer) {
-            let pid = node.pid;
-            self.close_request(pid, id);
+            let (pid, start_ns) = (node.pid, node.start_ns);
+            self.close_request(pid, id, (start_ns, exchange.end_ktime_ns));
         }
         let node = self.nodes.get_mut(&id).expect("inserted above");
         if node.message_out.is_some() {
@@ -410,14 +414,14 @@ impl Correlator {
             ExchangeKind::Server | ExchangeKind::Consumer => {
                 if node.end_ns.is_none() {
                     if let Some(open) = self.open_by_pid.get_mut(&node.pid) {
-                        open.retain(|other| *other != id);
+                        open.retain(|(other, _)| *other != id);
                         if open.is_empty() {
                             self.open_by_pid.remove(&node.pid);
                         }
                     }
                 }
                 if let Some(closed) = self.closed_by_pid.get_mut(&node.pid) {
-                    closed.retain(|other| *other != id);
+                    closed.retain(|other| other.id != id);
                     if closed.is_empty() {
                         self.closed_by_pid.remove(&node.pid);
                     }

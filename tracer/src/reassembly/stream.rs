@@ -95,6 +95,9 @@ type StreamKey = (ConnId, Direction);
 pub struct Reassembler {
     limits: Limits,
     streams: HashMap<StreamKey, Stream>,
+    /// Bytes held out of order in all streams (the sum of their `pending_bytes`), kept as
+    /// they change: summing the streams on every record walked every followed connection.
+    pending_total: usize,
     stats: ReassemblyStats,
 }
 
@@ -103,13 +106,14 @@ impl Reassembler {
         Self {
             limits,
             streams: HashMap::default(),
+            pending_total: 0,
             stats: ReassemblyStats::default(),
         }
     }
 
     pub fn stats(&self) -> ReassemblyStats {
         ReassemblyStats {
-            pending_bytes: self.streams.values().map(|s| s.pending_bytes).sum(),
+            pending_bytes: self.pending_total,
             ..self.stats
         }
     }
@@ -119,6 +123,7 @@ impl Reassembler {
         self.stats.records += 1;
         let key = (record.conn, record.direction);
         let stream = self.streams.entry(key).or_default();
+        let held_before = stream.pending_bytes;
         stream.last_ktime_ns = stream.last_ktime_ns.max(record.ktime_ns);
         let mut piece = Piece {
             length: record.length,
@@ -152,13 +157,15 @@ impl Reassembler {
             deliver(key, stream, position, piece, out);
             drain_contiguous(key, stream, out);
         }
-        if self.pending_total() > self.limits.max_pending_total {
+        self.pending_total = self.pending_total + stream.pending_bytes - held_before;
+        if self.pending_total > self.limits.max_pending_total {
             self.stats.memory_cap_hits += 1;
             for (key, stream) in self.streams.iter_mut() {
                 while !stream.pending.is_empty() {
                     give_up_hole(*key, stream, GapReason::MemoryCap, &mut self.stats, out);
                 }
             }
+            self.pending_total = 0;
         }
     }
 
@@ -167,12 +174,14 @@ impl Reassembler {
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<StreamEvent>) {
         let window = self.limits.reorder_window_ns;
         for (key, stream) in self.streams.iter_mut() {
+            let held_before = stream.pending_bytes;
             while let Some((_, oldest)) = stream.pending.first_key_value() {
                 if now_ns.saturating_sub(oldest.ktime_ns) < window {
                     break;
                 }
                 give_up_hole(*key, stream, GapReason::Lost, &mut self.stats, out);
             }
+            self.pending_total -= held_before - stream.pending_bytes;
         }
         let idle = self.limits.idle_timeout_ns;
         let before = self.streams.len();
@@ -188,7 +197,9 @@ impl Reassembler {
     /// encrypted, and its plaintext starts a new stream at position 0.
     pub fn restart(&mut self, conn: ConnId) {
         for direction in [Direction::Egress, Direction::Ingress] {
-            self.streams.remove(&(conn, direction));
+            if let Some(stream) = self.streams.remove(&(conn, direction)) {
+                self.pending_total -= stream.pending_bytes;
+            }
         }
     }
 
@@ -202,6 +213,7 @@ impl Reassembler {
             let key = (conn, direction);
             // A stream whose every record was lost has no entry yet: it starts at 0.
             let mut stream = self.streams.remove(&key).unwrap_or_default();
+            self.pending_total -= stream.pending_bytes;
             while !stream.pending.is_empty() {
                 give_up_hole(key, &mut stream, GapReason::Lost, &mut self.stats, out);
             }
@@ -231,8 +243,15 @@ impl Reassembler {
         self.streams.is_empty()
     }
 
-    fn pending_total(&self) -> usize {
-        self.streams.values().map(|s| s.pending_bytes).sum()
+    /// The running total of held bytes against a walk over every stream (tests).
+    #[cfg(test)]
+    pub(crate) fn pending_total_is_consistent(&self) -> bool {
+        self.pending_total
+            == self
+                .streams
+                .values()
+                .map(|s| s.pending_bytes)
+                .sum::<usize>()
     }
 }
 

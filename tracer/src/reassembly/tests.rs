@@ -154,3 +154,45 @@ fn idle_streams_expire() {
     assert!(r.is_empty());
     assert_eq!(r.stats().idle_expired, 1);
 }
+
+#[test]
+fn the_cap_on_all_streams_counts_what_every_connection_holds() {
+    let limits = Limits {
+        max_pending_total: 12,
+        ..Limits::default()
+    };
+    let mut r = Reassembler::new(limits);
+    let mut out = Vec::new();
+    let on = |fd: u32, position: u64, payload: &[u8]| DataRecord {
+        conn: ConnId { fd, ..CONN },
+        ..record(position, payload, payload.len() as u64, 1)
+    };
+    // Three connections hold 5 bytes each out of order: the third passes the cap of 12.
+    r.push(on(4, 10, b"aaaaa"), &mut out);
+    r.push(on(5, 10, b"bbbbb"), &mut out);
+    assert!(r.pending_total_is_consistent());
+    assert_eq!(
+        (r.stats().pending_bytes, r.stats().memory_cap_hits),
+        (10, 0)
+    );
+    r.push(on(6, 10, b"ccccc"), &mut out);
+    assert_eq!((r.stats().pending_bytes, r.stats().memory_cap_hits), (0, 1));
+    let given_up = render(&out);
+    for held in ["<gap 10>aaaaa", "<gap 10>bbbbb", "<gap 10>ccccc"] {
+        assert!(given_up.contains(held), "{given_up}");
+    }
+    // Held bytes leave the total wherever they go: delivered, closed, restarted, expired.
+    r.push(on(4, 20, b"dd"), &mut out);
+    r.push(on(5, 20, b"ee"), &mut out);
+    r.push(on(6, 20, b"ff"), &mut out);
+    r.push(on(7, 3, b"gg"), &mut out);
+    assert_eq!(r.stats().pending_bytes, 8);
+    r.push(on(4, 15, b"xxxxx"), &mut out);
+    r.close(ConnId { fd: 5, ..CONN }, None, &mut out);
+    r.restart(ConnId { fd: 6, ..CONN });
+    assert!(r.pending_total_is_consistent());
+    assert_eq!(r.stats().pending_bytes, 2);
+    r.expire(u64::MAX, &mut out);
+    assert!(r.pending_total_is_consistent());
+    assert_eq!(r.stats().pending_bytes, 0);
+}

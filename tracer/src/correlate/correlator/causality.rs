@@ -45,6 +45,13 @@ const MAX_CANDIDATES: usize = 256;
 /// after its end.
 const RECENTLY_CLOSED: usize = 64;
 
+/// A request of the process that closed recently, with its times.
+pub(super) struct Closed {
+    pub id: NodeId,
+    start_ns: u64,
+    end_ns: u64,
+}
+
 enum Vote {
     None,
     One(NodeId),
@@ -57,16 +64,14 @@ impl Correlator {
     /// parent of a call starting then.
     pub(super) fn open_requests(&self, pid: u32, start_ns: u64) -> Vec<NodeId> {
         let open = self.open_by_pid.get(&pid).into_iter().flatten();
+        let open = open
+            .filter(|(_, start)| *start <= start_ns)
+            .map(|(id, _)| *id);
         let closed = self.closed_by_pid.get(&pid).into_iter().flatten();
-        open.chain(closed)
-            .filter(|id| {
-                self.nodes.get(id).is_some_and(|n| {
-                    n.start_ns <= start_ns && n.end_ns.is_none_or(|end| end >= start_ns)
-                })
-            })
-            .take(MAX_CANDIDATES + 1)
-            .copied()
-            .collect()
+        let closed = closed
+            .filter(|c| c.start_ns <= start_ns && c.end_ns >= start_ns)
+            .map(|c| c.id);
+        open.chain(closed).take(MAX_CANDIDATES + 1).collect()
     }
 
     /// A SERVER or CONSUMER span reported after calls of its process that started later
@@ -101,15 +106,19 @@ impl Correlator {
     }
 
     /// A SERVER or CONSUMER span finished: calls starting from now on are not its.
-    pub(super) fn close_request(&mut self, pid: u32, id: NodeId) {
+    pub(super) fn close_request(&mut self, pid: u32, id: NodeId, (start_ns, end_ns): (u64, u64)) {
         if let Some(open) = self.open_by_pid.get_mut(&pid) {
-            open.retain(|other| *other != id);
+            open.retain(|(other, _)| *other != id);
             if open.is_empty() {
                 self.open_by_pid.remove(&pid);
             }
         }
         let closed = self.closed_by_pid.entry(pid).or_default();
-        closed.push_back(id);
+        closed.push_back(Closed {
+            id,
+            start_ns,
+            end_ns,
+        });
         if closed.len() > RECENTLY_CLOSED {
             closed.pop_front();
         }

@@ -216,17 +216,18 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     let Some(mut rest) = name.strip_prefix(first) else {
         return false;
     };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
+    let Some(mut last) = parts.next() else {
         return rest.is_empty();
     };
-    for part in middle {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
+    // Every part between two stars, in order, after what matched so far; nothing collected.
+    for next in parts {
+        match rest.find(last) {
+            Some(at) => rest = &rest[at + last.len()..],
             None => return false,
         }
+        last = next;
     }
-    rest.len() >= last.len() && rest.ends_with(last)
+    rest.ends_with(last)
 }
 
 #[cfg(test)]
@@ -245,6 +246,11 @@ mod tests {
         assert!(!glob_match("publish", "publish orders"));
         assert!(glob_match("*", ""));
         assert!(!glob_match("a*a", "a"));
+        assert!(glob_match("a*b*c", "a-b-c"));
+        assert!(!glob_match("a*b*c", "a-c-b"));
+        assert!(glob_match("*x*x", "xx"));
+        assert!(!glob_match("*x*x", "x"));
+        assert!(glob_match("**", "anything"));
     }
 
     #[test]

@@ -205,11 +205,20 @@ impl Correlator {
 
     /// The one candidate that every identifier held by exactly one candidate points at.
     fn vote(&self, identifiers: &[Identifier], candidates: &[NodeId]) -> Vote {
+        if identifiers.is_empty() {
+            return Vote::None;
+        }
+        // Each candidate's identifiers looked up once, not once per identifier weighed.
+        let held: Vec<(&NodeId, &[Identifier])> = candidates
+            .iter()
+            .map(|c| (c, self.nodes[c].identifiers.as_slice()))
+            .collect();
         let mut chosen = None;
         for identifier in identifiers {
-            let mut holders = candidates
+            let mut holders = held
                 .iter()
-                .filter(|c| self.nodes[c].identifiers.contains(identifier));
+                .filter(|(_, ids)| ids.contains(identifier))
+                .map(|(c, _)| *c);
             let (Some(holder), None) = (holders.next(), holders.next()) else {
                 continue; // in none, or in several: says nothing
             };

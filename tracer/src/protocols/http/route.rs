@@ -100,14 +100,17 @@ fn is_placeholder(segment: &str) -> bool {
 /// Matches `path` against configured templates (`/orders/{order_id}/items`); the first
 /// whose literal segments match wins.
 pub fn match_template<'a>(path: &str, templates: &'a [String]) -> Option<&'a str> {
-    let segments: Vec<&str> = path.split('/').collect();
     templates.iter().map(String::as_str).find(|template| {
-        let parts: Vec<&str> = template.split('/').collect();
-        parts.len() == segments.len()
-            && parts
-                .iter()
-                .zip(&segments)
-                .all(|(p, s)| (p.starts_with('{') && p.ends_with('}') && !s.is_empty()) || p == s)
+        // Segment by segment, as many on both sides; nothing collected.
+        let (mut parts, mut segments) = (template.split('/'), path.split('/'));
+        loop {
+            match (parts.next(), segments.next()) {
+                (None, None) => return true,
+                (Some(p), Some(s))
+                    if (p.starts_with('{') && p.ends_with('}') && !s.is_empty()) || p == s => {}
+                _ => return false,
+            }
+        }
     })
 }
 
@@ -202,6 +205,12 @@ mod tests {
             Some("/orders/{order_id}")
         );
         assert_eq!(match_template("/customers/1", &templates), None);
+        // Segment counts must agree; a placeholder takes no empty segment.
+        assert_eq!(match_template("/orders/A-17/files", &templates), None);
+        assert_eq!(match_template("/orders/A-17/", &templates), None);
+        assert_eq!(match_template("/orders/", &templates), None);
+        assert_eq!(match_template("/orders/A-17/files/x/y", &templates), None);
+        assert_eq!(match_template("/orders/A-17", &[]), None);
     }
 
     #[test]

@@ -247,23 +247,16 @@ struct Corpus {
     export_thread: bool,
 }
 
-/// `PIPELINE_INSTRUCTIONS=<loops>`: one pass over the shop corpus replayed `loops` times,
-/// no timing; prints `{"spans": …}`. `cargo xtask bench` runs it under callgrind at two loop
+/// The bench's corpus: recorded from real programs by `cargo xtask bench --record-corpus`.
+const SHOP_CORPUS: &str = "benches/corpus/shop.capture.jsonl";
+
+/// `PIPELINE_INSTRUCTIONS=<loops>`: one pass over `records` replayed `loops` times, no
+/// timing; prints `{"spans": …}`. `cargo xtask bench` runs it under callgrind at two loop
 /// counts and divides the difference in instructions by the difference in spans: the
 /// instructions per span of the whole path, start-up costs (regex compilation, the SQLite
 /// schema) cancelled out, and repeatable on a busy host where CPU time is not.
-fn instructions_pass(loops: u64, store: &Path) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let records = recording::read(
-        &root.join(
-            std::env::var("PIPELINE_CORPUS")
-                .as_deref()
-                .unwrap_or("benches/corpus/shop.capture.jsonl"),
-        ),
-    )
-    .unwrap();
-    let records = replayed(&records, loops);
-    let (spans, _) = full_pipeline(&records, store, false);
+fn instructions_pass(records: &[Recorded], loops: u64, store: &Path) {
+    let (spans, _) = full_pipeline(&replayed(records, loops), store, false);
     let _ = std::fs::remove_file(store);
     println!("{}", json!({ "spans": spans }));
 }
@@ -272,15 +265,15 @@ fn main() {
     // As the agent runs (see `src/main.rs`).
     tracer::agent::memory::without_transparent_huge_pages();
     let store = std::env::temp_dir().join(format!("tracer-bench-{}.sqlite", std::process::id()));
-    if let Ok(loops) = std::env::var("PIPELINE_INSTRUCTIONS") {
-        return instructions_pass(
-            loops.parse().expect("PIPELINE_INSTRUCTIONS=<loops>"),
-            &store,
-        );
-    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let read = |path: &str| recording::read(&root.join(path)).unwrap();
-    let shop_records = replayed(&read("benches/corpus/shop.capture.jsonl"), LOOPS);
+    if let Ok(loops) = std::env::var("PIPELINE_INSTRUCTIONS") {
+        // `PIPELINE_CORPUS=<file>`: another recording than the shop corpus.
+        let corpus = std::env::var("PIPELINE_CORPUS").unwrap_or_else(|_| SHOP_CORPUS.into());
+        let loops = loops.parse().expect("PIPELINE_INSTRUCTIONS=<loops>");
+        return instructions_pass(&read(&corpus), loops, &store);
+    }
+    let shop_records = replayed(&read(SHOP_CORPUS), LOOPS);
     let shop = Corpus {
         name: "shop",
         records: shop_records.clone(),

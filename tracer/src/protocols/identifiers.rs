@@ -44,20 +44,9 @@ const CLASSES: [Class; 256] = {
     table
 };
 
-/// Whether a token can identify one request: 4 to 64 bytes with a digit, and not a short
-/// number. Words without digits (`orders`, `price`, `application`) never are.
-#[cfg(test)]
-fn is_identifier(token: &[u8]) -> bool {
-    let class = |wanted| {
-        token
-            .iter()
-            .filter(|b| CLASSES[usize::from(**b)] == wanted)
-            .count()
-    };
-    identifies(token.len(), class(Class::Digit), class(Class::Letter))
-}
-
-/// The rule of [`is_identifier`] on a token's length and its digits and letters.
+/// Whether a token of `len` bytes, `digits` of them digits and `letters` letters (or `-`,
+/// `_`), can identify one request: 4 to 64 bytes with a digit, and not a short number.
+/// Words without digits (`orders`, `price`, `application`) never are.
 fn identifies(len: usize, digits: usize, letters: usize) -> bool {
     let numeric = letters == 0;
     (MIN_LEN..=MAX_LEN).contains(&len) && digits > 0 && !(numeric && digits < MIN_NUMBER_DIGITS)
@@ -148,6 +137,17 @@ pub fn header_is_evidence(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rule on a whole token.
+    fn is_identifier(token: &[u8]) -> bool {
+        let class = |wanted| {
+            token
+                .iter()
+                .filter(|b| CLASSES[usize::from(**b)] == wanted)
+                .count()
+        };
+        identifies(token.len(), class(Class::Digit), class(Class::Letter))
+    }
 
     fn found(text: &str) -> usize {
         let mut out = Vec::new();

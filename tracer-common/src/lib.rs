@@ -286,6 +286,9 @@ pub struct TlsCall {
     /// `DIR_EGRESS` for writes, `DIR_INGRESS` for reads.
     pub direction: u32,
     pub _pad: u32,
+    /// `bpf_ktime_get_ns()` at the call's entry: a write's bytes are stamped with it (see
+    /// `tls::try_return`).
+    pub enter_ns: u64,
 }
 
 /// A TLS connection object within a process (`TLS_SOCKETS` key).

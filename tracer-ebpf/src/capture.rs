@@ -146,6 +146,7 @@ fn exit_data(
         direction,
         position,
         ret as u64,
+        unsafe { bpf_ktime_get_ns() },
         SCRATCH_SYSCALL,
     );
     Ok(0)
@@ -211,9 +212,11 @@ pub fn emit_records(
     direction: u32,
     position: u64,
     total: u64,
+    ktime_ns: u64,
     slot: u32,
 ) {
     let record = Record {
+        ktime_ns,
         conn,
         tid: id as u32,
         direction,
@@ -282,6 +285,8 @@ struct InPlace<const N: usize> {
 
 /// What a record in place says about its bytes.
 struct Record {
+    /// When the bytes moved (`bpf_ktime_get_ns()`).
+    ktime_ns: u64,
     conn: ConnId,
     tid: u32,
     direction: u32,
@@ -320,14 +325,14 @@ impl Record {
         count(COUNTER_DATA_RECORDS);
     }
 
-    /// The record's header, stamped now, for `captured` bytes that follow it.
+    /// The record's header, for `captured` bytes that follow it.
     #[inline(always)]
     fn event(&self, captured: usize) -> DataEvent {
         DataEvent {
             header: EventHeader {
                 kind: EVENT_DATA,
                 tid: self.tid,
-                ktime_ns: unsafe { bpf_ktime_get_ns() },
+                ktime_ns: self.ktime_ns,
                 conn: self.conn,
             },
             direction: self.direction,

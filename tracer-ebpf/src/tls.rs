@@ -2,7 +2,7 @@
 //! uretprobe copies the bytes the call actually moved, as records of the connection whose
 //! socket the library uses (see `TLS_SOCKETS`), with the same limits as socket bytes.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     programs::{ProbeContext, RetProbeContext},
 };
 use tracer_common::{
@@ -31,6 +31,7 @@ pub fn try_enter(ctx: &ProbeContext, direction: u32, ex: bool) -> Result<u32, u3
         count_out: if ex { ctx.arg(3).ok_or(0u32)? } else { 0 },
         direction,
         _pad: 0,
+        enter_ns: unsafe { bpf_ktime_get_ns() },
     };
     // Nested calls (a wrapper calling SSL_read) overwrite: the innermost one copies.
     if TLS_CALLS.insert(id, call, 0).is_err() {
@@ -92,6 +93,16 @@ pub fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
         sk_protocol: 0,
     };
     count(COUNTER_TLS_CALLS);
+    // A write is stamped when the application handed its bytes to the library: its
+    // return comes after the socket write, after the return to user mode where the thread
+    // may be preempted, so the peer may have read, served and answered the bytes before
+    // the return is seen (a call would start after the request it made was served). A
+    // read is stamped at its return, when the bytes were the application's.
+    let ktime_ns = if call.direction == DIR_EGRESS {
+        call.enter_ns
+    } else {
+        unsafe { bpf_ktime_get_ns() }
+    };
     emit_records(
         &args,
         conn,
@@ -99,6 +110,7 @@ pub fn try_return(ctx: &RetProbeContext) -> Result<u32, u32> {
         call.direction,
         position,
         bytes,
+        ktime_ns,
         SCRATCH_TLS,
     );
     Ok(0)

@@ -302,6 +302,13 @@ fn node_http2_and_curl_over_h2c_and_tls_with_large_bodies_resets_and_order_ids()
             assert_eq!(span.attr("tls.established"), "true", "{span:#?}");
         }
         assert_eq!(server.resource["process.pid"], tls.pid().to_string());
+        // A TLS write is stamped when the application hands its bytes to the library,
+        // before they reach the socket: the call starts before it is served, whenever
+        // the client thread is scheduled again after its write.
+        assert!(
+            client.start_unix_nano <= server.start_unix_nano,
+            "{order}: the call starts before it is served: {client:#?} {server:#?}"
+        );
     }
     let (_, curl_tls) = pair(&spans, "ORD-T1");
     assert_eq!(curl_tls.service, "curl");

@@ -684,8 +684,10 @@ impl Correlator {
         let clients = self.clients_by_tuple.get(&(remote, local))?;
         // Newest first: on a busy keep-alive connection the match is among the last ones.
         // Both ends are on this host (one kernel clock): the call starts before its serving
-        // ends. (A start is stamped when its syscall returns: over loopback the server may
-        // have read a request before the client's long write of many streams returned.)
+        // ends. (A socket write is stamped when its syscall returns: over loopback the
+        // server may have read a request before the client's long write of many streams
+        // returned. A TLS write is stamped at the library call's entry, before its bytes
+        // reach the socket.)
         let served_until = node.end_ns.unwrap_or(node.start_ns).max(node.start_ns);
         let started_before = |client: &NodeId| {
             self.nodes

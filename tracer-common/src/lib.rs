@@ -429,7 +429,7 @@ mod tests {
         assert_eq!(size_of::<SockTuple>(), 40);
         assert_eq!(size_of::<ConnEvent>(), 32 + 8 + 40 + 16 + 16);
         assert_eq!(size_of::<ConnState>(), 72);
-        assert_eq!(size_of::<TlsCall>(), 32);
+        assert_eq!(size_of::<TlsCall>(), 40);
         assert_eq!(size_of::<TlsKey>(), 16);
         assert_eq!(size_of::<SockRef>(), 16);
     }

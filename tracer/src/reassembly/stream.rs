@@ -3,7 +3,7 @@
 //! anything missing for longer than the reorder window becomes an explicit gap.
 use std::collections::BTreeMap;
 
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 use serde::Serialize;
 use tracer_common::ConnId;
 
@@ -98,6 +98,12 @@ pub struct Reassembler {
     /// Bytes held out of order in all streams (the sum of their `pending_bytes`), kept as
     /// they change: summing the streams on every record walked every followed connection.
     pending_total: usize,
+    /// Streams that held bytes out of order when last seen: `expire` visits these, not
+    /// every followed stream (10,000 idle keep-alive connections cost a walk of 20,000
+    /// streams at every check). May name streams that have caught up or are gone since.
+    holding: HashSet<StreamKey>,
+    /// When idle streams were last looked for (kernel time).
+    last_idle_sweep_ns: u64,
     stats: ReassemblyStats,
 }
 
@@ -107,6 +113,8 @@ impl Reassembler {
             limits,
             streams: HashMap::default(),
             pending_total: 0,
+            holding: HashSet::default(),
+            last_idle_sweep_ns: 0,
             stats: ReassemblyStats::default(),
         }
     }
@@ -149,6 +157,7 @@ impl Reassembler {
             self.stats.reordered += 1;
             stream.pending_bytes += piece.payload.len();
             stream.pending.insert(position, piece);
+            self.holding.insert(key);
             if stream.pending_bytes > self.limits.max_pending_per_stream {
                 self.stats.memory_cap_hits += 1;
                 give_up_hole(key, stream, GapReason::MemoryCap, &mut self.stats, out);
@@ -169,21 +178,33 @@ impl Reassembler {
         }
     }
 
-    /// Declares holes older than the reorder window as gaps and forgets idle streams.
+    /// Declares holes older than the reorder window as gaps and forgets idle streams
+    /// (looked for every eighth of the idle timeout).
     /// `now_ns` is kernel time.
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<StreamEvent>) {
         let window = self.limits.reorder_window_ns;
-        for (key, stream) in self.streams.iter_mut() {
+        let streams = &mut self.streams;
+        let (stats, pending_total) = (&mut self.stats, &mut self.pending_total);
+        self.holding.retain(|key| {
+            let Some(stream) = streams.get_mut(key) else {
+                return false;
+            };
             let held_before = stream.pending_bytes;
             while let Some((_, oldest)) = stream.pending.first_key_value() {
                 if now_ns.saturating_sub(oldest.ktime_ns) < window {
                     break;
                 }
-                give_up_hole(*key, stream, GapReason::Lost, &mut self.stats, out);
+                give_up_hole(*key, stream, GapReason::Lost, stats, out);
             }
-            self.pending_total -= held_before - stream.pending_bytes;
-        }
+            *pending_total -= held_before - stream.pending_bytes;
+            !stream.pending.is_empty()
+        });
         let idle = self.limits.idle_timeout_ns;
+        // Forgetting idle streams is a walk of all of them: a few times per idle timeout.
+        if now_ns.saturating_sub(self.last_idle_sweep_ns) < idle / 8 {
+            return;
+        }
+        self.last_idle_sweep_ns = now_ns;
         let before = self.streams.len();
         self.streams
             .retain(|_, s| now_ns.saturating_sub(s.last_ktime_ns) < idle || !s.pending.is_empty());

@@ -196,3 +196,42 @@ fn the_cap_on_all_streams_counts_what_every_connection_holds() {
     assert!(r.pending_total_is_consistent());
     assert_eq!(r.stats().pending_bytes, 0);
 }
+
+#[test]
+fn a_stream_that_holds_again_after_catching_up_still_has_its_hole_given_up() {
+    let limits = Limits {
+        reorder_window_ns: 100,
+        ..Limits::default()
+    };
+    let mut r = Reassembler::new(limits);
+    let mut out = Vec::new();
+    r.push(record(2, b"b", 1, 0), &mut out);
+    r.push(record(0, b"aa", 2, 1), &mut out);
+    // Caught up: the next check forgets that it held anything.
+    r.expire(10, &mut out);
+    assert_eq!(render(&out), "aab");
+    // A second hole on the same stream, found by a later check.
+    r.push(record(5, b"e", 1, 20), &mut out);
+    r.expire(50, &mut out);
+    assert_eq!(render(&out), "aab", "still inside the window");
+    r.expire(200, &mut out);
+    assert_eq!(render(&out), "aab<gap 2>e");
+    assert!(r.pending_total_is_consistent());
+}
+
+#[test]
+fn idle_streams_are_looked_for_a_few_times_per_idle_timeout() {
+    let limits = Limits {
+        idle_timeout_ns: 800,
+        ..Limits::default()
+    };
+    let mut r = Reassembler::new(limits);
+    let mut out = Vec::new();
+    r.push(record(0, b"x", 1, 0), &mut out);
+    r.expire(750, &mut out); // a sweep (every 100): nothing idle yet
+    r.expire(820, &mut out); // idle by now, but the next sweep is not due before 850
+    assert_eq!(r.len(), 1);
+    r.expire(850, &mut out);
+    assert!(r.is_empty());
+    assert_eq!(r.stats().idle_expired, 1);
+}

@@ -147,6 +147,7 @@ impl CaptureSession {
             self.clock.refresh();
             self.reassembler.expire(now, &mut self.scratch);
             self.flush_stream_events(out);
+            self.conns.forget_old_tables();
         }
         n
     }

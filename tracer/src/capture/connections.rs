@@ -6,6 +6,7 @@ use tracer_common::ConnId;
 
 use super::{
     procfs::{self, ExistingConnection, ProcessInfo},
+    tcp_tables::{self, Lookup, TcpTables},
     ConnChange, Role,
 };
 
@@ -20,8 +21,8 @@ pub struct Connection {
     pub seeded: bool,
     /// Its stream is TLS plaintext from the library's uprobes.
     pub tls: bool,
-    /// True once we asked `/proc` for missing addresses, so we ask at most once.
-    proc_lookup_done: bool,
+    /// Lookups of missing addresses in `/proc` still allowed (see `TcpTables`).
+    proc_lookups_left: u8,
     /// Not an IPv4/IPv6 TCP socket (a UNIX or UDP socket the kernel side could not rule
     /// out without its socket tracepoints): never parsed.
     pub not_tcp: bool,
@@ -46,7 +47,7 @@ impl Connection {
             process,
             seeded: false,
             tls: false,
-            proc_lookup_done: true,
+            proc_lookups_left: 0,
             not_tcp: false,
             tcp_checked: true,
         }
@@ -61,6 +62,8 @@ pub struct Connections {
     /// The kernel side cannot tell a socket's family (its socket tracepoints are
     /// missing): check each new connection in `/proc` before its bytes are parsed.
     pub check_tcp_in_proc: bool,
+    /// The fallback lookup of addresses the kernel side did not learn.
+    tcp_tables: TcpTables,
 }
 
 impl Connections {
@@ -115,19 +118,27 @@ impl Connections {
     }
 
     /// The connection a data record belongs to. Unknown connections (their open event was
-    /// lost) are created; missing addresses are looked up in `/proc` once.
+    /// lost) are created; missing addresses are looked up in `/proc` (a few times at most:
+    /// a socket accepted after the table was read is in a later read).
     pub fn for_data(&mut self, conn: ConnId) -> &Connection {
         self.check_tcp(conn);
         let entry = self.entry(conn);
-        if entry.local.is_none() && !entry.proc_lookup_done {
-            entry.proc_lookup_done = true;
-            if let Some(found) = procfs::resolve_socket(conn.tgid, conn.fd) {
+        if entry.local.is_some() || entry.proc_lookups_left == 0 {
+            return self.entry(conn);
+        }
+        entry.proc_lookups_left -= 1;
+        let lookup = self.tcp_tables.resolve(conn.tgid, conn.fd);
+        let entry = self.entry(conn);
+        match lookup {
+            Lookup::Found(found) => {
                 entry.local = Some(found.local);
                 entry.remote = Some(found.remote);
                 if entry.role == Role::Unknown {
                     entry.role = found.role;
                 }
             }
+            Lookup::NotASocket => entry.proc_lookups_left = 0,
+            Lookup::NotInTable => {}
         }
         entry
     }
@@ -144,6 +155,11 @@ impl Connections {
         }
     }
 
+    /// Lets go of `/proc` tables no lookup needs any more.
+    pub fn forget_old_tables(&mut self) {
+        self.tcp_tables.forget_old();
+    }
+
     pub fn get(&self, conn: &ConnId) -> Option<&Connection> {
         self.conns.get(conn)
     }
@@ -154,7 +170,7 @@ impl Connections {
         entry.role = existing.role;
         entry.local = Some(existing.local);
         entry.remote = Some(existing.remote);
-        entry.proc_lookup_done = true;
+        entry.proc_lookups_left = 0;
         entry.seeded = true;
         entry.clone()
     }
@@ -262,7 +278,7 @@ impl Connections {
                     process,
                     seeded: false,
                     tls: false,
-                    proc_lookup_done: false,
+                    proc_lookups_left: tcp_tables::ATTEMPTS,
                     not_tcp: false,
                     tcp_checked: false,
                 },

@@ -74,7 +74,7 @@ fn status_field(pid: u32, field: &str) -> Option<u32> {
 
 /// TCP socket states as printed in `/proc/net/tcp` (`st` column).
 const TCP_ESTABLISHED: u8 = 0x01;
-const TCP_LISTEN: u8 = 0x0A;
+pub(super) const TCP_LISTEN: u8 = 0x0A;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TcpEntry {
@@ -172,7 +172,7 @@ pub struct ExistingConnection {
 
 /// Role of an established socket: server if its local port is listened on in the same
 /// network namespace, else client.
-fn role_of(entry: &TcpEntry, listening_ports: &HashSet<u16>) -> Role {
+pub(super) fn role_of(entry: &TcpEntry, listening_ports: &HashSet<u16>) -> Role {
     if listening_ports.contains(&entry.local.port()) {
         Role::Server
     } else {
@@ -232,34 +232,6 @@ pub fn is_tcp_socket(pid: u32, fd: u32) -> Option<bool> {
         return Some(false); // a file, a pipe: not a socket at all
     };
     Some(tcp_table_of(pid).iter().any(|e| e.inode == inode))
-}
-
-/// Addresses and role of one socket, looked up in `/proc` (the fallback when the kernel
-/// could not tell us).
-pub fn resolve_socket(pid: u32, fd: u32) -> Option<ExistingConnection> {
-    let target = fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
-    let inode: u64 = target
-        .to_str()?
-        .strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()?;
-    let table = tcp_table_of(pid);
-    let listening: HashSet<u16> = table
-        .iter()
-        .filter(|e| e.state == TCP_LISTEN)
-        .map(|e| e.local.port())
-        .collect();
-    let entry = table
-        .iter()
-        .find(|e| e.inode == inode && e.state != TCP_LISTEN)?;
-    Some(ExistingConnection {
-        pid,
-        fd,
-        role: role_of(entry, &listening),
-        local: entry.local,
-        remote: entry.remote,
-    })
 }
 
 /// TCP ports the process listens on.

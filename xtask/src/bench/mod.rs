@@ -199,7 +199,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         server.stop(Duration::from_secs(5));
     }
     if wanted("idle") {
-        idle::rss(&tracer, &out, &mut report)?;
+        idle::rss(&tracer, "this build", &out, &mut report)?;
+        if let Some(baseline) = &args.baseline_tracer {
+            idle::rss(baseline, "--baseline-tracer", &out, &mut report)?;
+        }
     }
     if wanted("chain") {
         causality::chain(&args, &tracer, &out, &mut report)?;

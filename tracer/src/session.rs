@@ -38,6 +38,10 @@ pub struct SessionStats {
     pub tls_libraries: Vec<TlsStatus>,
     pub tls_processes: usize,
     pub tls_attach_errors: u64,
+    /// Sockets whose 4-tuple the kernel side did not tell, found in `/proc/<pid>/net/tcp`.
+    pub addresses_from_proc: u64,
+    /// Reads of those tables.
+    pub proc_table_reads: u64,
 }
 
 pub struct CaptureSession {
@@ -51,6 +55,21 @@ pub struct CaptureSession {
     tls: TlsProbes,
     /// When the reassembler next gives up holes and forgets idle streams (kernel time).
     next_expiry_ns: u64,
+    /// Closes and exits read after the data of a poll, handled after the next one's.
+    late_endings: Vec<Decoded>,
+}
+
+type Decoded = Result<KernelEvent, capture::DecodeError>;
+
+/// A connection's close or a process's exit: handled after the data read before it.
+fn ends(event: &Decoded) -> bool {
+    matches!(
+        event,
+        Ok(KernelEvent::Conn {
+            change: ConnChange::Close { .. },
+            ..
+        }) | Ok(KernelEvent::ProcessExit { .. })
+    )
 }
 
 /// How often held holes are checked against the reorder window (100 ms by default).
@@ -81,6 +100,7 @@ impl CaptureSession {
             scratch: Vec::new(),
             tls,
             next_expiry_ns: 0,
+            late_endings: Vec::new(),
         };
         session.seed_existing(options, out)?;
         Ok(session)
@@ -112,23 +132,29 @@ impl CaptureSession {
     /// Reads everything the kernel has produced and expires old holes. Returns the number
     /// of ring-buffer records read.
     pub fn poll(&mut self, out: &mut Vec<SessionEvent>) -> usize {
-        let (mut conn_events, mut data_events) = (Vec::new(), Vec::new());
+        let (mut conn_events, mut data_events, mut late_events) =
+            (Vec::new(), Vec::new(), Vec::new());
         let n = self.kernel.drain(
             |bytes| conn_events.push(capture::decode(bytes)),
             |bytes| data_events.push(capture::decode(bytes)),
+            |bytes| late_events.push(capture::decode(bytes)),
         );
         self.records_read += n as u64;
-        // Closes and exits wait until the data read in the same drain has been handled.
-        let (endings, beginnings): (Vec<_>, Vec<_>) = conn_events.into_iter().partition(|e| {
-            matches!(
-                e,
-                Ok(KernelEvent::Conn {
-                    change: ConnChange::Close { .. },
-                    ..
-                }) | Ok(KernelEvent::ProcessExit { .. })
-            )
-        });
-        for event in beginnings.into_iter().chain(data_events).chain(endings) {
+        // Opens and tuples come before the data (theirs may be in it, also when they were
+        // emitted while the data was read). Closes and exits come after the data read
+        // before them: those read after the data wait for the next poll, whose data read
+        // holds the rest of their connection's bytes.
+        let (endings, beginnings): (Vec<_>, Vec<_>) = conn_events.into_iter().partition(ends);
+        let (late_endings, late_beginnings): (Vec<_>, Vec<_>) =
+            late_events.into_iter().partition(ends);
+        let earlier_endings = std::mem::replace(&mut self.late_endings, late_endings);
+        for event in beginnings
+            .into_iter()
+            .chain(late_beginnings)
+            .chain(data_events)
+            .chain(earlier_endings)
+            .chain(endings)
+        {
             match event {
                 Ok(event) => self.handle(event, out),
                 Err(error) => {
@@ -257,6 +283,8 @@ impl CaptureSession {
             tls_libraries: self.tls.status(),
             tls_processes: self.tls.covered_processes(),
             tls_attach_errors: self.tls.attach_errors,
+            addresses_from_proc: self.conns.addresses_from_proc().0,
+            proc_table_reads: self.conns.addresses_from_proc().1,
         }
     }
 

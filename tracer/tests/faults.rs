@@ -1,7 +1,7 @@
 //! Faults around the agent, with real processes: the agent SIGKILLed mid-traffic (the
 //! traced service must not notice; a restarted agent picks its connections up again),
-//! 10,000 idle connections (agent memory stays bounded), and a traced process that dies
-//! mid-request. (The OTLP receiver going away and coming back is in tests/http.rs.)
+//! 10,000 idle connections (agent memory stays bounded), a burst of pooled connections,
+//! and a traced process that dies mid-request. (The OTLP receiver going away and coming back is in tests/http.rs.)
 mod support;
 
 use std::{
@@ -138,6 +138,93 @@ fn ten_thousand_idle_connections_keep_agent_memory_bounded() {
     assert!(growth < 64 << 20, "the agent grew by {} MiB", growth >> 20);
     let stderr = agent.stop();
     assert!(stderr.contains("tracer: stats"), "{stderr}");
+}
+
+/// A pool opening thousands of connections at once (after a restart, say): the agent must
+/// keep up, take every socket's 4-tuple from the kernel side (a fallback read of
+/// `/proc/<pid>/net/tcp` per connection walked the whole table each time: minutes for
+/// 10,000, with nothing exported meanwhile), and link both ends of every request.
+#[test]
+fn a_burst_of_pooled_connections_gets_its_addresses_from_the_kernel_and_every_span_out() {
+    const CONNECTIONS: usize = 10_000;
+    let receiver = Receiver::start();
+    // The 20,000 spans settle within moments of each other: a queue that holds them all,
+    // so that what is checked is the agent keeping up, not the receiver (the shipped
+    // queue of 10,000 drops, and counts, what a slow receiver has not taken yet).
+    let export = format!("otlp-grpc={}", receiver.grpc_url());
+    let agent = AgentRun::start(&[
+        "--export",
+        &export,
+        "--settle-ms",
+        "200",
+        "--queue-spans",
+        "40000",
+    ]);
+    let mut holder = Command::new("python3")
+        .arg(format!("{PEERS}/idle_connections.py"))
+        .args([
+            "--count",
+            &CONNECTIONS.to_string(),
+            "--seconds",
+            "90",
+            "--request",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    let open = lines.next().expect("the holder's first line").unwrap();
+    assert_eq!(open, format!("OPEN {CONNECTIONS}"));
+    let is_pool = |s: &support::otlp::ReceivedSpan| s.attr("url.path") == "/pool";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let spans = loop {
+        let spans = receiver.spans();
+        let pooled = spans.iter().filter(|s| is_pool(s)).count();
+        if pooled >= 2 * CONNECTIONS {
+            break spans;
+        }
+        if Instant::now() > deadline {
+            let _ = holder.kill();
+            let stderr = agent.stop();
+            panic!(
+                "{pooled} of {} spans of the pooled connections within 60 s; agent log:\n{stderr}",
+                2 * CONNECTIONS
+            );
+        }
+        thread::sleep(Duration::from_millis(250));
+    };
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let pool: Vec<_> = spans.iter().filter(|s| is_pool(s)).collect();
+    let servers: Vec<_> = pool.iter().filter(|s| s.kind == SERVER).collect();
+    let clients: std::collections::HashMap<&str, _> = pool
+        .iter()
+        .filter(|s| s.kind == CLIENT)
+        .map(|s| (s.span_id.as_str(), s))
+        .collect();
+    assert_eq!((servers.len(), clients.len()), (CONNECTIONS, CONNECTIONS));
+    for server in &servers {
+        let client = clients
+            .get(server.parent_span_id.as_str())
+            .unwrap_or_else(|| panic!("a SERVER span without its CLIENT parent: {server:#?}"));
+        assert_eq!(
+            server.attr("client.port"),
+            client.attr("network.local.port")
+        );
+        assert_eq!(
+            server.attr("network.local.port"),
+            client.attr("server.port")
+        );
+    }
+    let metrics = scrape(&agent.metrics);
+    let from_proc = value(&metrics, "tracer_connection_addresses_from_proc_total", &[]);
+    let reads = value(&metrics, "tracer_proc_tcp_table_reads_total", &[]);
+    assert_eq!(
+        (from_proc, reads),
+        (0.0, 0.0),
+        "every 4-tuple from the kernel side, no /proc table read"
+    );
+    agent.stop();
 }
 
 #[test]

@@ -155,6 +155,11 @@ impl Connections {
         }
     }
 
+    /// Sockets whose addresses came from `/proc`, and reads of its tables for them.
+    pub fn addresses_from_proc(&self) -> (u64, u64) {
+        (self.tcp_tables.found, self.tcp_tables.reads)
+    }
+
     /// Lets go of `/proc` tables no lookup needs any more.
     pub fn forget_old_tables(&mut self) {
         self.tcp_tables.forget_old();

@@ -262,7 +262,16 @@ impl KernelCapture {
     /// Hands every connection record, then every data record, to the two handlers; returns
     /// how many records there were. Draining connection events first guarantees that a
     /// data record committed before a close was read is handed over in the same call.
-    pub fn drain(&mut self, mut conn: impl FnMut(&[u8]), mut data: impl FnMut(&[u8])) -> usize {
+    /// Reads both rings: connection events, then data, then the connection events
+    /// emitted while the data was read (`late`): a socket's open and 4-tuple are emitted
+    /// before its first bytes, so every open or tuple a data record read here depends on
+    /// is in one of the two connection reads.
+    pub fn drain(
+        &mut self,
+        mut conn: impl FnMut(&[u8]),
+        mut data: impl FnMut(&[u8]),
+        mut late: impl FnMut(&[u8]),
+    ) -> usize {
         let mut n = 0;
         while let Some(item) = self.conn_events.next() {
             conn(&item);
@@ -270,6 +279,10 @@ impl KernelCapture {
         }
         while let Some(item) = self.data_events.next() {
             data(&item);
+            n += 1;
+        }
+        while let Some(item) = self.conn_events.next() {
+            late(&item);
             n += 1;
         }
         n

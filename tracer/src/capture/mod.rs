@@ -12,6 +12,6 @@ mod tcp_tables;
 
 pub use clock::{monotonic_ns as monotonic_now, KernelClock};
 pub use connections::{Connection, Connections};
-pub use events::{decode, ConnChange, DataRecord, Direction, KernelEvent, Role};
+pub use events::{decode, ConnChange, DataRecord, DecodeError, Direction, KernelEvent, Role};
 pub use loader::{CaptureError, CaptureOptions, DataHook, KernelCapture, Selection};
 pub use tcp_tables::TcpTables;

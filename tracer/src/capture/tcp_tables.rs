@@ -60,8 +60,10 @@ impl Table {
 #[derive(Default)]
 pub struct TcpTables {
     by_netns: HashMap<u64, Table>,
-    /// Reads of a table so far (tests and stats).
+    /// Reads of a table so far.
     pub reads: u64,
+    /// Sockets whose addresses a table gave.
+    pub found: u64,
 }
 
 impl TcpTables {
@@ -83,13 +85,16 @@ impl TcpTables {
         }
         let table = &self.by_netns[&netns];
         match table.by_inode.get(&inode) {
-            Some(entry) => Lookup::Found(ExistingConnection {
-                pid,
-                fd,
-                role: procfs::role_of(entry, &table.listening),
-                local: entry.local,
-                remote: entry.remote,
-            }),
+            Some(entry) => {
+                self.found += 1;
+                Lookup::Found(ExistingConnection {
+                    pid,
+                    fd,
+                    role: procfs::role_of(entry, &table.listening),
+                    local: entry.local,
+                    remote: entry.remote,
+                })
+            }
             None => Lookup::NotInTable,
         }
     }

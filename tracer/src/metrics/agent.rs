@@ -53,6 +53,8 @@ pub struct AgentMetrics {
     tls_libraries: Family<Flavour, Gauge>,
     tls_processes: Gauge,
     tls_attach_errors: Counter,
+    addresses_from_proc: Counter,
+    proc_table_reads: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -168,6 +170,16 @@ impl AgentMetrics {
             "TLS functions that could not be hooked (see the agent log)",
             m.tls_attach_errors.clone(),
         );
+        r.register(
+            "tracer_connection_addresses_from_proc",
+            "Sockets whose 4-tuple the kernel side did not learn, found in /proc/<pid>/net/tcp instead",
+            m.addresses_from_proc.clone(),
+        );
+        r.register(
+            "tracer_proc_tcp_table_reads",
+            "Reads of /proc/<pid>/net/tcp{,6} for those (each walks every TCP socket of a network namespace)",
+            m.proc_table_reads.clone(),
+        );
         m
     }
 
@@ -277,5 +289,7 @@ impl AgentMetrics {
         }
         self.tls_processes.set(capture.tls_processes as i64);
         set(&self.tls_attach_errors, capture.tls_attach_errors);
+        set(&self.addresses_from_proc, capture.addresses_from_proc);
+        set(&self.proc_table_reads, capture.proc_table_reads);
     }
 }

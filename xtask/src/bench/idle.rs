@@ -45,6 +45,8 @@ struct Held {
     cpu: f64,
     followed: f64,
     lost: f64,
+    /// Spans exported (of the two per connection with a request) when CPU was read.
+    exported: f64,
 }
 
 /// Starts an agent, reads it quiet, opens `CONNECTIONS` (after one request each with
@@ -90,10 +92,8 @@ fn hold(tracer: &Path, out: &Path, request: bool) -> anyhow::Result<Held> {
         std::thread::sleep(Duration::from_millis(250));
         followed = followed_now();
     }
+    // Read as it stands: an agent still busy with the connections' spans shows it here.
     let exported = agent.metric("tracer_spans_exported");
-    if exported < spans {
-        bail!("idle bench: {exported} of {spans} spans of the pooled connections exported within 40 s");
-    }
     let cpu = quiet_cpu_ms_per_s(&agent);
     let rss = rss_bytes(agent.pid());
     let lost = agent.metric("tracer_events_lost_total");
@@ -108,6 +108,7 @@ fn hold(tracer: &Path, out: &Path, request: bool) -> anyhow::Result<Held> {
         cpu,
         followed: followed - base,
         lost,
+        exported,
     })
 }
 
@@ -119,12 +120,14 @@ pub fn rss(tracer: &Path, label: &str, out: &Path, report: &mut String) -> anyho
     let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
     writeln!(
         report,
-        "\n| agent ({label}), as shipped, {CONNECTIONS} connections | nothing open | idle ({} of {} sockets followed, {} kernel events lost) | idle after one request each ({} followed, {} lost) | target |\n|---|---|---|---|---|\n| resident set (VmRSS) | {:.0} MiB | **{:.0} MiB** | {:.0} MiB | ≤ 150 MiB idle |\n| CPU while they sit idle | {:.1} ms/s | {:.1} ms/s | **{:.1} ms/s** | |",
+        "\n| agent ({label}), as shipped, {CONNECTIONS} connections | nothing open | idle ({} of {} sockets followed, {} kernel events lost) | idle after one request each ({} followed, {} lost, {} of {} spans exported by then) | target |\n|---|---|---|---|---|\n| resident set (VmRSS) | {:.0} MiB | **{:.0} MiB** | {:.0} MiB | ≤ 150 MiB idle |\n| CPU while they sit idle | {:.1} ms/s | {:.1} ms/s | **{:.1} ms/s** | |",
         idle.followed,
         2 * CONNECTIONS,
         idle.lost,
         pooled.followed,
         pooled.lost,
+        pooled.exported,
+        2 * CONNECTIONS,
         mib(idle.rss_before),
         mib(idle.rss),
         mib(pooled.rss),

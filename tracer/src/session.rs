@@ -166,9 +166,8 @@ impl CaptureSession {
         self.tls.tick(&mut self.kernel);
         let now = capture::monotonic_now();
         if now >= self.next_expiry_ns {
-            // A walk of every followed stream: a few times per reorder window, not at
-            // every read of the ring (hundreds a second under load, 10,000 streams on a
-            // busy host).
+            // Held holes, idle streams, the wall clock and `/proc` tables: a few times
+            // per reorder window, not at every read of the ring (hundreds a second).
             self.next_expiry_ns = now + EXPIRE_EVERY_NS;
             self.clock.refresh();
             self.reassembler.expire(now, &mut self.scratch);

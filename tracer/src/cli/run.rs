@@ -219,7 +219,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut session = CaptureSession::start(&options, Limits::default(), &mut events)?;
     let session_options = SessionOptions {
         body_prefix_bytes: config.http.body_prefix_bytes,
-        route_templates: config.http.routes.clone(),
+        route_templates: config.http.routes.clone().into(),
     };
     let mut pipeline = Pipeline::new(
         Correlator::new(

@@ -61,15 +61,16 @@ impl SessionContext {
 pub struct SessionOptions {
     /// Body bytes kept per message for business rules (order ids, …).
     pub body_prefix_bytes: usize,
-    /// Configured route templates (`/orders/{order_id}`), tried before automatic templating.
-    pub route_templates: Vec<String>,
+    /// Configured route templates (`/orders/{order_id}`), tried before automatic templating;
+    /// shared by every session (a copy per connection was a copy per followed socket).
+    pub route_templates: std::sync::Arc<[String]>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
         Self {
             body_prefix_bytes: 4096,
-            route_templates: Vec::new(),
+            route_templates: std::sync::Arc::default(),
         }
     }
 }

@@ -47,7 +47,7 @@ pub struct HttpSession {
     response: Option<(Head, u64)>,
     next_sequence: u64,
     tunnel: bool,
-    route_templates: Vec<String>,
+    route_templates: Arc<[String]>,
     /// `url.scheme`: `https` for TLS plaintext.
     scheme: &'static str,
 }

@@ -68,7 +68,7 @@ impl Stream {
 
 pub struct Options {
     pub body_prefix_bytes: usize,
-    pub route_templates: Vec<String>,
+    pub route_templates: std::sync::Arc<[String]>,
     pub scheme: &'static str,
 }
 

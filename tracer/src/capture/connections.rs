@@ -182,7 +182,11 @@ impl Connections {
 
     /// Forgets a process and its connections; returns the connections it had.
     pub fn process_exited(&mut self, tgid: u32) -> Vec<Connection> {
-        self.processes.remove(&tgid);
+        // Every followed connection's process has an entry (see `entry`): an exit of any
+        // other process on the host costs no walk of the connections.
+        if self.processes.remove(&tgid).is_none() {
+            return Vec::new();
+        }
         let gone: Vec<ConnId> = self
             .conns
             .keys()
@@ -248,6 +252,9 @@ impl Connections {
     /// A process ran a new program: read its identity again (executable, command line,
     /// cgroup) for it and its connections (sockets survive an exec).
     pub fn process_exec(&mut self, pid: u32) {
+        if !self.processes.contains_key(&pid) {
+            return; // nothing known to correct: read when it opens a connection
+        }
         let info = Arc::new(ProcessInfo::read(pid));
         self.processes.insert(pid, info.clone());
         for conn in self.conns.values_mut().filter(|c| c.id.tgid == pid) {
@@ -390,5 +397,44 @@ mod tests {
             (gone as u32, &own.exe, &own.cmdline),
             "a child already gone is still known by its parent"
         );
+    }
+}
+
+#[cfg(test)]
+mod other_processes {
+    use super::*;
+
+    fn open(connections: &mut Connections, tgid: u32, fd: u32) -> ConnId {
+        let conn = ConnId {
+            tgid,
+            fd,
+            generation: 1,
+        };
+        let open = ConnChange::Open {
+            role: Role::Client,
+            local: None,
+            remote: None,
+            mid_stream: false,
+            forked_by: None,
+        };
+        connections.apply(conn, &open, "x");
+        conn
+    }
+
+    #[test]
+    fn the_exit_or_exec_of_a_process_without_connections_touches_nothing() {
+        let mut connections = Connections::new();
+        let me = std::process::id();
+        let kept = open(&mut connections, me, 5);
+        let gone = open(&mut connections, me + 1_000_000, 6); // no such process
+                                                              // Another process of the host execs and exits: nothing read, nothing removed.
+        connections.process_exec(me + 2_000_000);
+        assert!(!connections.processes.contains_key(&(me + 2_000_000)));
+        assert!(connections.process_exited(me + 2_000_000).is_empty());
+        assert_eq!(connections.conns.len(), 2);
+        // A process with connections: its own go, the others stay.
+        let closed = connections.process_exited(me + 1_000_000);
+        assert_eq!(closed.iter().map(|c| c.id).collect::<Vec<_>>(), [gone]);
+        assert!(connections.get(&kept).is_some() && connections.get(&gone).is_none());
     }
 }

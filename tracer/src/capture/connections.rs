@@ -122,23 +122,20 @@ impl Connections {
     /// a socket accepted after the table was read is in a later read).
     pub fn for_data(&mut self, conn: ConnId) -> &Connection {
         self.check_tcp(conn);
-        let entry = self.entry(conn);
-        if entry.local.is_some() || entry.proc_lookups_left == 0 {
-            return self.entry(conn);
-        }
-        entry.proc_lookups_left -= 1;
-        let lookup = self.tcp_tables.resolve(conn.tgid, conn.fd);
-        let entry = self.entry(conn);
-        match lookup {
-            Lookup::Found(found) => {
-                entry.local = Some(found.local);
-                entry.remote = Some(found.remote);
-                if entry.role == Role::Unknown {
-                    entry.role = found.role;
+        let entry = entry_in(&mut self.conns, &mut self.processes, conn);
+        if entry.local.is_none() && entry.proc_lookups_left > 0 {
+            entry.proc_lookups_left -= 1;
+            match self.tcp_tables.resolve(conn.tgid, conn.fd) {
+                Lookup::Found(found) => {
+                    entry.local = Some(found.local);
+                    entry.remote = Some(found.remote);
+                    if entry.role == Role::Unknown {
+                        entry.role = found.role;
+                    }
                 }
+                Lookup::NotASocket => entry.proc_lookups_left = 0,
+                Lookup::NotInTable => {}
             }
-            Lookup::NotASocket => entry.proc_lookups_left = 0,
-            Lookup::NotInTable => {}
         }
         entry
     }
@@ -278,26 +275,32 @@ impl Connections {
     }
 
     fn entry(&mut self, conn: ConnId) -> &mut Connection {
-        if !self.conns.contains_key(&conn) {
-            let process = self.process(conn.tgid);
-            self.conns.insert(
-                conn,
-                Connection {
-                    id: conn,
-                    role: Role::Unknown,
-                    local: None,
-                    remote: None,
-                    process,
-                    seeded: false,
-                    tls: false,
-                    proc_lookups_left: tcp_tables::ATTEMPTS,
-                    not_tcp: false,
-                    tcp_checked: false,
-                },
-            );
-        }
-        self.conns.get_mut(&conn).expect("inserted above")
+        entry_in(&mut self.conns, &mut self.processes, conn)
     }
+}
+
+/// The connection `conn`, created (with its process's identity) when unknown; over the
+/// tables rather than `self`, so that a caller can use the other fields beside it.
+fn entry_in<'a>(
+    conns: &'a mut HashMap<ConnId, Connection>,
+    processes: &mut HashMap<u32, Arc<ProcessInfo>>,
+    conn: ConnId,
+) -> &'a mut Connection {
+    conns.entry(conn).or_insert_with(|| Connection {
+        id: conn,
+        role: Role::Unknown,
+        local: None,
+        remote: None,
+        process: processes
+            .entry(conn.tgid)
+            .or_insert_with(|| Arc::new(ProcessInfo::read(conn.tgid)))
+            .clone(),
+        seeded: false,
+        tls: false,
+        proc_lookups_left: tcp_tables::ATTEMPTS,
+        not_tcp: false,
+        tcp_checked: false,
+    })
 }
 
 #[cfg(test)]

@@ -28,8 +28,15 @@ fn unix_ns() -> u64 {
 }
 
 fn agent(receiver: &Receiver) -> AgentRun {
+    agent_with(receiver, &[])
+}
+
+/// The agent exporting to `receiver`, with `extra` arguments.
+fn agent_with(receiver: &Receiver, extra: &[&str]) -> AgentRun {
     let export = format!("otlp-grpc={}", receiver.grpc_url());
-    AgentRun::start(&["--export", &export, "--settle-ms", "200"])
+    let mut args = vec!["--export", &export, "--settle-ms", "200"];
+    args.extend_from_slice(extra);
+    AgentRun::start(&args)
 }
 
 #[test]
@@ -151,15 +158,7 @@ fn a_burst_of_pooled_connections_gets_its_addresses_from_the_kernel_and_every_sp
     // The 20,000 spans settle within moments of each other: a queue that holds them all,
     // so that what is checked is the agent keeping up, not the receiver (the shipped
     // queue of 10,000 drops, and counts, what a slow receiver has not taken yet).
-    let export = format!("otlp-grpc={}", receiver.grpc_url());
-    let agent = AgentRun::start(&[
-        "--export",
-        &export,
-        "--settle-ms",
-        "200",
-        "--queue-spans",
-        "40000",
-    ]);
+    let agent = agent_with(&receiver, &["--queue-spans", "40000"]);
     let mut holder = Command::new("python3")
         .arg(format!("{PEERS}/idle_connections.py"))
         .args([
@@ -299,14 +298,7 @@ fn without_its_socket_tracepoints_the_agent_still_parses_tcp_only() {
         .unwrap();
     let mut lines = BufReader::new(peer.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
-    let export = format!("otlp-grpc={}", receiver.grpc_url());
-    let agent = AgentRun::start(&[
-        "--export",
-        &export,
-        "--settle-ms",
-        "200",
-        "--test-without-optional-tracepoints",
-    ]);
+    let agent = agent_with(&receiver, &["--test-without-optional-tracepoints"]);
     let mut stdin = peer.stdin.take().unwrap();
     std::io::Write::write_all(&mut stdin, b"go\n").unwrap();
     assert_eq!(

@@ -180,6 +180,22 @@ pub(super) fn role_of(entry: &TcpEntry, listening_ports: &HashSet<u16>) -> Role 
     }
 }
 
+/// A namespace's TCP table by socket inode (listening sockets left out), and the ports
+/// listened on (which tell a connection's role).
+pub(super) fn index(entries: Vec<TcpEntry>) -> (HashMap<u64, TcpEntry>, HashSet<u16>) {
+    let listening = entries
+        .iter()
+        .filter(|e| e.state == TCP_LISTEN)
+        .map(|e| e.local.port())
+        .collect();
+    let by_inode = entries
+        .into_iter()
+        .filter(|e| e.state != TCP_LISTEN)
+        .map(|e| (e.inode, e))
+        .collect();
+    (by_inode, listening)
+}
+
 /// Established TCP connections of the processes `wanted` accepts.
 pub fn existing_connections(wanted: impl Fn(u32) -> bool) -> Vec<ExistingConnection> {
     let mut tables: HashMap<u64, (HashMap<u64, TcpEntry>, HashSet<u16>)> = HashMap::new();
@@ -190,22 +206,11 @@ pub fn existing_connections(wanted: impl Fn(u32) -> bool) -> Vec<ExistingConnect
             continue;
         }
         let netns = netns_of(pid);
-        let (by_inode, listening) = tables.entry(netns).or_insert_with(|| {
-            let table = tcp_table_of(pid);
-            let listening = table
-                .iter()
-                .filter(|e| e.state == TCP_LISTEN)
-                .map(|e| e.local.port())
-                .collect();
-            let by_inode = table
-                .into_iter()
-                .filter(|e| e.state == TCP_ESTABLISHED)
-                .map(|e| (e.inode, e))
-                .collect();
-            (by_inode, listening)
-        });
+        let (by_inode, listening) = tables
+            .entry(netns)
+            .or_insert_with(|| index(tcp_table_of(pid)));
         for (fd, inode) in sockets {
-            if let Some(entry) = by_inode.get(&inode) {
+            if let Some(entry) = by_inode.get(&inode).filter(|e| e.state == TCP_ESTABLISHED) {
                 found.push(ExistingConnection {
                     pid,
                     fd,
@@ -257,7 +262,7 @@ pub fn all_pids() -> Vec<u32> {
         .unwrap_or_default()
 }
 
-fn netns_of(pid: u32) -> u64 {
+pub(super) fn netns_of(pid: u32) -> u64 {
     use std::os::unix::fs::MetadataExt;
     fs::metadata(Path::new(&format!("/proc/{pid}/ns/net")))
         .map(|m| m.ino())

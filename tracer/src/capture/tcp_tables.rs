@@ -7,11 +7,10 @@
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    os::unix::fs::MetadataExt,
     time::{Duration, Instant},
 };
 
-use super::procfs::{self, ExistingConnection, TcpEntry, TCP_LISTEN};
+use super::procfs::{self, ExistingConnection, TcpEntry};
 
 /// How long a table read answers lookups before a miss reads it again.
 const FRESH: Duration = Duration::from_millis(20);
@@ -37,17 +36,7 @@ struct Table {
 
 impl Table {
     fn read(pid: u32) -> Self {
-        let entries = procfs::tcp_table_of(pid);
-        let listening = entries
-            .iter()
-            .filter(|e| e.state == TCP_LISTEN)
-            .map(|e| e.local.port())
-            .collect();
-        let by_inode = entries
-            .into_iter()
-            .filter(|e| e.state != TCP_LISTEN)
-            .map(|e| (e.inode, e))
-            .collect();
+        let (by_inode, listening) = procfs::index(procfs::tcp_table_of(pid));
         Self {
             read_at: Instant::now(),
             by_inode,
@@ -72,9 +61,7 @@ impl TcpTables {
         let Some(inode) = socket_inode(pid, fd) else {
             return Lookup::NotASocket;
         };
-        let netns = fs::metadata(format!("/proc/{pid}/ns/net"))
-            .map(|m| m.ino())
-            .unwrap_or(0);
+        let netns = procfs::netns_of(pid);
         let stale = self
             .by_netns
             .get(&netns)

@@ -42,6 +42,9 @@ pub struct SessionStats {
     pub addresses_from_proc: u64,
     /// Reads of those tables.
     pub proc_table_reads: u64,
+    /// How long before the last read of the ring its oldest data record was written: how
+    /// far behind the traced syscalls the agent is.
+    pub backlog_ns: u64,
 }
 
 pub struct CaptureSession {
@@ -51,6 +54,8 @@ pub struct CaptureSession {
     pub clock: KernelClock,
     records_read: u64,
     decode_errors: u64,
+    /// See [`SessionStats::backlog_ns`].
+    backlog_ns: u64,
     scratch: Vec<StreamEvent>,
     tls: TlsProbes,
     /// When the reassembler next gives up holes and forgets idle streams (kernel time).
@@ -96,6 +101,7 @@ impl CaptureSession {
             reassembler: Reassembler::new(limits),
             clock: KernelClock::new(),
             records_read: 0,
+            backlog_ns: 0,
             decode_errors: 0,
             scratch: Vec::new(),
             tls,
@@ -140,6 +146,13 @@ impl CaptureSession {
             |bytes| late_events.push(capture::decode(bytes)),
         );
         self.records_read += n as u64;
+        let oldest = data_events
+            .iter()
+            .filter_map(|event| match event {
+                Ok(KernelEvent::Data(record)) => Some(record.ktime_ns),
+                _ => None,
+            })
+            .min();
         // Opens and tuples come before the data (theirs may be in it, also when they were
         // emitted while the data was read). Closes and exits come after the data read
         // before them: those read after the data wait for the next poll, whose data read
@@ -165,6 +178,7 @@ impl CaptureSession {
         }
         self.tls.tick(&mut self.kernel);
         let now = capture::monotonic_now();
+        self.backlog_ns = oldest.map_or(0, |oldest| now.saturating_sub(oldest));
         if now >= self.next_expiry_ns {
             // Held holes, idle streams, the wall clock and `/proc` tables: a few times
             // per reorder window, not at every read of the ring (hundreds a second).
@@ -284,7 +298,13 @@ impl CaptureSession {
             tls_attach_errors: self.tls.attach_errors,
             addresses_from_proc: self.conns.addresses_from_proc().0,
             proc_table_reads: self.conns.addresses_from_proc().1,
+            backlog_ns: self.backlog_ns,
         }
+    }
+
+    /// See [`SessionStats::backlog_ns`].
+    pub fn backlog_ns(&self) -> u64 {
+        self.backlog_ns
     }
 
     pub fn missing_optional_tracepoints(&self) -> &[String] {

@@ -216,7 +216,8 @@ fn the_daemonset_and_journey_configs_pass_tracer_config_check() {
             "SYS_RESOURCE",
             "SYS_PTRACE",
             "DAC_READ_SEARCH",
-            "SYS_ADMIN"
+            "SYS_ADMIN",
+            "SYS_NICE"
         ]
     );
     assert_eq!(container["securityContext"]["privileged"], false);
@@ -904,6 +905,10 @@ fn the_agent_works_with_exactly_the_daemonsets_capabilities_and_names_a_missing_
     assert!(
         !log.contains("cannot hook"),
         "every TLS hook attached:\n{log}"
+    );
+    assert!(
+        !log.contains("cannot run at idle CPU priority"),
+        "idle CPU priority, and back while behind:\n{log}"
     );
 
     // One capability fewer: the agent refuses to start and names it.

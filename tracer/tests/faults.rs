@@ -353,3 +353,81 @@ fn without_its_socket_tracepoints_the_agent_still_parses_tcp_only() {
         "not TCP: {in_proc} found in /proc (expected 2), {at_socket} skipped at socket() (expected 2)"
     );
 }
+
+/// The scheduling policy of each thread of `pid` (field 41 of /proc/<pid>/task/<tid>/stat).
+fn thread_policies(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+        .filter_map(|stat| {
+            // After the command name in parentheses, fields from the third on.
+            let after = &stat[stat.rfind(')')? + 2..];
+            after.split(' ').nth(41 - 3)?.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn an_agent_at_idle_priority_on_a_busy_host_catches_up_and_loses_nothing() {
+    const SCHED_IDLE: u32 = 5;
+    const REQUESTS: usize = 3_000;
+    let receiver = Receiver::start();
+    let agent = agent_with(&receiver, &["--queue-spans", "20000"]);
+    let policies = thread_policies(agent.pid());
+    assert!(
+        !policies.is_empty() && policies.iter().all(|p| *p == SCHED_IDLE),
+        "every thread of the agent at SCHED_IDLE by default: {policies:?}"
+    );
+    let service = Service::node();
+    // Every core kept busy at normal priority: an idle-priority agent gets next to no CPU
+    // time and falls behind the traffic below until it catches up at normal priority.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cores = thread::available_parallelism().map_or(2, |n| n.get());
+    let hogs: Vec<_> = (0..cores)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let output = Command::new("python3")
+        .arg(format!("{PEERS}/http_load.py"))
+        .args(["--port", &service.port.to_string(), "--path", "/busy/"])
+        .args(["--count", &REQUESTS.to_string()])
+        .output()
+        .expect("python3");
+    assert!(output.status.success(), "{output:?}");
+    let is_busy = |s: &support::otlp::ReceivedSpan| s.attr("url.path").starts_with("/busy/");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let exported = loop {
+        let exported = receiver.spans().iter().filter(|s| is_busy(s)).count();
+        if exported >= 2 * REQUESTS || Instant::now() > deadline {
+            break exported;
+        }
+        thread::sleep(Duration::from_millis(250));
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for hog in hogs {
+        hog.join().unwrap();
+    }
+    let metrics = scrape(&agent.metrics);
+    let catch_ups = value(&metrics, "tracer_cpu_priority_catch_ups_total", &[]);
+    let lost: f64 = ["data_ring_full", "connection_ring_full"]
+        .iter()
+        .map(|reason| value(&metrics, "tracer_events_lost_total", &[("reason", reason)]))
+        .sum();
+    let stderr = agent.stop();
+    assert_eq!(
+        exported,
+        2 * REQUESTS,
+        "spans of {REQUESTS} requests made beside {cores} busy loops within 90 s; agent log:\n{stderr}"
+    );
+    assert!(
+        catch_ups >= 1.0,
+        "the agent never fell behind at idle priority beside {cores} busy loops (catch-ups: {catch_ups})"
+    );
+    assert_eq!(lost, 0.0, "kernel events lost");
+}

@@ -4,5 +4,6 @@ mod export_stage;
 mod golden;
 pub mod memory;
 mod pipeline;
+pub mod priority;
 
 pub use pipeline::{Pipeline, PipelineStats, Request, Stages};

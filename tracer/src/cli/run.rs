@@ -5,7 +5,10 @@ use clap::Args;
 
 use super::StopSignal;
 use crate::{
-    agent::{Pipeline, Request, Stages},
+    agent::{
+        priority::{CpuPriority, Priority},
+        Pipeline, Request, Stages,
+    },
     capture::{monotonic_now, CaptureOptions, DataHook, Selection},
     config::Config,
     correlate::Correlator,
@@ -93,6 +96,12 @@ pub struct RunArgs {
     /// busy node, at more CPU per span; see README "Cost").
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
     pipeline_threads: u8,
+    /// `idle`: the agent's threads run on CPU time the traced applications leave unused
+    /// (SCHED_IDLE), at normal priority only while the agent is behind (its oldest unread
+    /// record older than 100 ms, or an export or journey queue half full). `normal`: always
+    /// at normal priority. See README "Cost".
+    #[arg(long, value_enum, default_value_t = CpuPriority::Idle)]
+    cpu_priority: CpuPriority,
     #[command(flatten)]
     test_clock: TestClock,
 }
@@ -192,6 +201,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         ));
     }
     let queues = ExportQueues::new(senders, stats.clone());
+    let export_queues = queues.clone();
     let journey = journey::start(
         &config.journey,
         &journey_store,
@@ -200,6 +210,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(queues.clone()),
     )?;
     stages.journey = journey.as_ref().map(|j| j.handle.clone());
+    let journey_queue = stages.journey.clone();
     if let metrics::Listen(Some(addr)) = args.metrics_listen {
         let bound = metrics::serve(addr, Arc::new(registry), health.clone(), runtime.handle())?;
         eprintln!("tracer: metrics on http://{bound}/metrics (health: /healthz, /readyz)");
@@ -242,6 +253,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "tracer: agent started (pid {}); view spans in Jaeger (UI http://localhost:16686, OTLP on 4317/4318), search by service name",
         std::process::id()
     );
+    // Every thread is started (the exporters', the journey thread, the metrics server's).
+    let mut priority = Priority::start(args.cpu_priority);
     health.ready();
     let mut requests = Vec::new();
     let mut last_stats = std::time::Instant::now();
@@ -252,6 +265,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         if last_metrics.elapsed() >= Duration::from_secs(1) {
             last_metrics = std::time::Instant::now();
             agent_metrics.update(&session.stats(), &pipeline.stats(), &stats);
+            agent_metrics.update_priority(&priority);
         }
         let now = monotonic_now();
         for event in events.drain(..) {
@@ -278,10 +292,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             last_stats = std::time::Instant::now();
             log_stats(&session, &pipeline, &stats);
         }
-        if session.poll(&mut events) == 0 && events.is_empty() {
+        let read = session.poll(&mut events);
+        let queue_share = journey_queue
+            .as_ref()
+            .map_or(0.0, |j| j.queue_share())
+            .max(export_queues.fullest_share());
+        priority.observe(session.backlog_ns(), queue_share);
+        if read == 0 && events.is_empty() {
             std::thread::sleep(Duration::from_millis(args.poll_ms));
         }
     }
+    // The queues' senders: the journey thread and the exporters end when the last is gone.
+    drop((journey_queue, export_queues));
     session.poll(&mut events);
     let now = monotonic_now();
     for event in events.drain(..) {

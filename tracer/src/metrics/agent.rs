@@ -8,7 +8,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{agent::PipelineStats, export::ExportStats, session::SessionStats};
+use crate::{
+    agent::{priority::Priority, PipelineStats},
+    export::ExportStats,
+    session::SessionStats,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
@@ -55,6 +59,9 @@ pub struct AgentMetrics {
     tls_attach_errors: Counter,
     addresses_from_proc: Counter,
     proc_table_reads: Counter,
+    backlog_seconds: Gauge<f64, AtomicU64>,
+    idle_priority: Gauge,
+    catch_ups: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -180,11 +187,32 @@ impl AgentMetrics {
             "Reads of /proc/<pid>/net/tcp{,6} for those (each walks every TCP socket of a network namespace)",
             m.proc_table_reads.clone(),
         );
+        r.register(
+            "tracer_backlog_seconds",
+            "How long before the agent's last read of the kernel ring its oldest record was written (how far behind the traced syscalls the agent is)",
+            m.backlog_seconds.clone(),
+        );
+        r.register(
+            "tracer_cpu_priority_idle",
+            "1 while the agent's threads run at idle CPU priority (SCHED_IDLE: only on CPU time the traced applications leave unused), 0 at normal priority",
+            m.idle_priority.clone(),
+        );
+        r.register(
+            "tracer_cpu_priority_catch_ups",
+            "Times the agent fell behind (backlog over 100 ms, or a queue half full) and caught up at normal CPU priority",
+            m.catch_ups.clone(),
+        );
         m
+    }
+
+    pub fn update_priority(&self, priority: &Priority) {
+        self.idle_priority.set(i64::from(priority.is_idle()));
+        set(&self.catch_ups, priority.catch_ups);
     }
 
     pub fn update(&self, capture: &SessionStats, pipeline: &PipelineStats, export: &ExportStats) {
         set(&self.events_read, capture.records_read);
+        self.backlog_seconds.set(capture.backlog_ns as f64 / 1e9);
         let lost = |reason: &str| {
             self.events_lost.get_or_create(&Reason {
                 reason: reason.to_owned(),

@@ -42,8 +42,9 @@ pub struct SessionStats {
     pub addresses_from_proc: u64,
     /// Reads of those tables.
     pub proc_table_reads: u64,
-    /// How long before the last read of the ring its oldest data record was written: how
-    /// far behind the traced syscalls the agent is.
+    /// How long before the last read of the rings its oldest record (bytes, or a
+    /// connection's open, address or close) was written: how far behind the traced
+    /// syscalls the agent is.
     pub backlog_ns: u64,
 }
 
@@ -146,10 +147,12 @@ impl CaptureSession {
             |bytes| late_events.push(capture::decode(bytes)),
         );
         self.records_read += n as u64;
-        let oldest = data_events
+        let oldest = conn_events
             .iter()
+            .chain(&data_events)
             .filter_map(|event| match event {
                 Ok(KernelEvent::Data(record)) => Some(record.ktime_ns),
+                Ok(KernelEvent::Conn { ktime_ns, .. }) => Some(*ktime_ns),
                 _ => None,
             })
             .min();

@@ -1,30 +1,46 @@
-//! The agent's CPU priority. By default its threads run under `SCHED_IDLE`: on CPU time
-//! the traced applications leave unused, so that they are never preempted by the agent's
-//! work (on two saturated cores, the agent's bursts of parsing delayed the services'
-//! answers by milliseconds at p99). When the agent falls behind — its oldest unread record
-//! older than [`BEHIND_NS`], or an export or journey queue half full — it catches up at
-//! normal priority, and goes back once it is within [`CAUGHT_UP_NS`]: the kernel ring
-//! buffer holds seconds of traffic, so yielding never costs an event.
-use std::io;
+//! The agent's CPU priority. By default the thread that reads the kernel rings and parses
+//! what it reads — nearly all of the agent's CPU — runs under `SCHED_IDLE`: on CPU time the
+//! traced applications leave unused, so that the agent's bursts of parsing never preempt
+//! them (on two saturated cores they delayed the services' answers by milliseconds at
+//! p99). A watchdog thread at normal priority, awake every [`WATCH_EVERY`], puts it back at
+//! normal priority while it is behind — its last read of the rings found a record older
+//! than [`BEHIND_NS`], or it has not finished a read for [`STALLED_NS`] (a busy host leaves
+//! an idle thread next to no time) — and idle again once a read is within
+//! [`CAUGHT_UP_NS`]. The rings are never left unread for long, so yielding costs no event.
+//! The export, journey and metrics threads stay at normal priority: they wake for a batch
+//! and sleep again.
+use std::{
+    io,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread,
+    time::Duration,
+};
 
 use clap::ValueEnum;
 
+use crate::capture::monotonic_now;
+
 /// Behind by more than this: catch up at normal priority.
 pub const BEHIND_NS: u64 = 100_000_000;
-/// Back to idle priority once the oldest record read is younger than this.
+/// No read of the rings finished for this long: catch up too.
+pub const STALLED_NS: u64 = 50_000_000;
+/// Back to idle priority once the oldest record of a read is younger than this.
 pub const CAUGHT_UP_NS: u64 = 10_000_000;
-/// A queue to the export or journey threads this full also means catching up.
-pub const QUEUE_SHARE_BEHIND: f64 = 0.5;
+/// How often the watchdog looks.
+pub const WATCH_EVERY: Duration = Duration::from_millis(20);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum CpuPriority {
-    /// `SCHED_IDLE`, at normal priority while behind (see README "Cost").
+    /// The reading thread at `SCHED_IDLE`, at normal priority while behind (README "Cost").
     Idle,
     /// Normal priority (`SCHED_OTHER`) all the time.
     Normal,
 }
 
-/// What the agent's threads run at now.
+/// A scheduling policy the reading thread runs under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Policy {
     Idle,
@@ -40,104 +56,134 @@ impl Policy {
     }
 }
 
-/// Decides, after each read of the ring, whether the agent runs idle or catches up.
+/// What the reading thread tells the watchdog, and what the watchdog did.
+#[derive(Default)]
+struct Shared {
+    /// When the last read of the rings finished (kernel monotonic ns).
+    polled_ns: AtomicU64,
+    /// The age of the oldest record of that read.
+    backlog_ns: AtomicU64,
+    idle: AtomicBool,
+    catch_ups: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// The reading thread's side; stops the watchdog when dropped.
 pub struct Priority {
-    mode: CpuPriority,
-    now: Policy,
-    /// Times the agent fell behind and caught up at normal priority.
-    pub catch_ups: u64,
-    /// Changes of policy that failed (after the first, the agent stays at normal).
-    pub errors: u64,
+    shared: Arc<Shared>,
+    watchdog: Option<thread::JoinHandle<()>>,
 }
 
 impl Priority {
-    /// Puts every thread of the agent at idle priority if `mode` asks for it and the
-    /// agent may come back from it (`CAP_SYS_NICE`); else everything stays normal, said
-    /// in the log.
+    /// Called on the reading thread. In `Idle` mode puts it at idle priority and starts
+    /// the watchdog, if the thread may come back from idle (`CAP_SYS_NICE`); else it stays
+    /// at normal priority, said in the log.
     pub fn start(mode: CpuPriority) -> Self {
+        let shared = Arc::new(Shared::default());
+        shared.polled_ns.store(monotonic_now(), Ordering::Relaxed);
         let mut priority = Self {
-            mode,
-            now: Policy::Normal,
-            catch_ups: 0,
-            errors: 0,
+            shared: shared.clone(),
+            watchdog: None,
         };
-        if mode == CpuPriority::Idle {
-            // Try the way back first on this thread alone: without it, idle would be for good.
-            let can_return =
-                set_thread(0, Policy::Idle).and_then(|()| set_thread(0, Policy::Normal));
-            match can_return.and_then(|()| set_all(Policy::Idle)) {
-                Ok(()) => priority.now = Policy::Idle,
-                Err(error) => {
-                    priority.errors += 1;
-                    let _ = set_all(Policy::Normal);
-                    tracing::warn!(%error, "cannot run at idle CPU priority (SCHED_IDLE and back need CAP_SYS_NICE); running at normal priority");
+        if mode == CpuPriority::Normal {
+            return priority;
+        }
+        // SAFETY: plain syscall.
+        let tid = unsafe { libc::gettid() };
+        // Try the way back first: without it, idle would be for good.
+        let can_return = set(tid, Policy::Idle).and_then(|()| set(tid, Policy::Normal));
+        if let Err(error) = can_return {
+            let _ = set(tid, Policy::Normal);
+            tracing::warn!(%error, "cannot run at idle CPU priority (leaving SCHED_IDLE needs CAP_SYS_NICE); running at normal priority");
+            return priority;
+        }
+        // Started at normal priority (a thread inherits its creator's policy).
+        let watchdog = thread::Builder::new()
+            .name("priority".into())
+            .spawn(move || watch(tid, &shared));
+        match watchdog {
+            Ok(handle) => {
+                priority.watchdog = Some(handle);
+                if set(tid, Policy::Idle).is_ok() {
+                    priority.shared.idle.store(true, Ordering::Relaxed);
                 }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "no priority watchdog; running at normal priority")
             }
         }
         priority
     }
 
-    /// Whether the agent runs at idle priority now.
-    pub fn is_idle(&self) -> bool {
-        self.now == Policy::Idle
+    /// After each read of the rings: the age of its oldest record (0 if it read none).
+    pub fn polled(&self, backlog_ns: u64) {
+        self.shared.backlog_ns.store(backlog_ns, Ordering::Relaxed);
+        self.shared
+            .polled_ns
+            .store(monotonic_now(), Ordering::Release);
     }
 
-    /// After a read of the ring: `backlog_ns` is the age of the oldest record it held,
-    /// `queue_share` how full the fullest queue to the export and journey threads is.
-    pub fn observe(&mut self, backlog_ns: u64, queue_share: f64) {
-        if self.mode != CpuPriority::Idle || self.errors > 0 {
-            return;
+    /// Whether the reading thread runs at idle priority now.
+    pub fn is_idle(&self) -> bool {
+        self.shared.idle.load(Ordering::Relaxed)
+    }
+
+    /// Times it fell behind and caught up at normal priority.
+    pub fn catch_ups(&self) -> u64 {
+        self.shared.catch_ups.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Priority {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(watchdog) = self.watchdog.take() {
+            let _ = watchdog.join();
         }
-        let wanted = match self.now {
-            Policy::Idle if backlog_ns > BEHIND_NS || queue_share >= QUEUE_SHARE_BEHIND => {
-                Policy::Normal
-            }
-            Policy::Normal
-                if backlog_ns < CAUGHT_UP_NS && queue_share < QUEUE_SHARE_BEHIND / 2.0 =>
-            {
-                Policy::Idle
-            }
-            now => now,
+    }
+}
+
+/// The policy the reading thread should have now, if it should change.
+fn decide(idle: bool, now_ns: u64, polled_ns: u64, backlog_ns: u64) -> Option<Policy> {
+    let since_poll = now_ns.saturating_sub(polled_ns);
+    if idle && (backlog_ns > BEHIND_NS || since_poll > STALLED_NS) {
+        return Some(Policy::Normal);
+    }
+    if !idle && backlog_ns < CAUGHT_UP_NS && since_poll <= STALLED_NS {
+        return Some(Policy::Idle);
+    }
+    None
+}
+
+/// The watchdog: until stopped, moves thread `tid` between idle and normal priority.
+fn watch(tid: libc::pid_t, shared: &Shared) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        thread::sleep(WATCH_EVERY);
+        let idle = shared.idle.load(Ordering::Relaxed);
+        let polled_ns = shared.polled_ns.load(Ordering::Acquire);
+        let backlog_ns = shared.backlog_ns.load(Ordering::Relaxed);
+        let Some(policy) = decide(idle, monotonic_now(), polled_ns, backlog_ns) else {
+            continue;
         };
-        if wanted == self.now {
-            return;
-        }
-        if let Err(error) = set_all(wanted) {
-            self.errors += 1;
-            let _ = set_all(Policy::Normal);
-            self.now = Policy::Normal;
+        if let Err(error) = set(tid, policy) {
+            let _ = set(tid, Policy::Normal);
+            shared.idle.store(false, Ordering::Relaxed);
             tracing::warn!(%error, "changing the agent's CPU priority failed; staying at normal priority");
             return;
         }
-        if wanted == Policy::Normal {
-            self.catch_ups += 1;
+        shared.idle.store(policy == Policy::Idle, Ordering::Relaxed);
+        if policy == Policy::Normal {
+            shared.catch_ups.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
                 backlog_ms = backlog_ns / 1_000_000,
-                queue_share,
+                since_read_ms = monotonic_now().saturating_sub(polled_ns) / 1_000_000,
                 "behind: catching up at normal CPU priority"
             );
         }
-        self.now = wanted;
     }
 }
 
-/// Every thread of the agent (threads started later inherit their creator's policy).
-fn set_all(policy: Policy) -> io::Result<()> {
-    for entry in std::fs::read_dir("/proc/self/task")? {
-        let Some(tid) = entry?.file_name().to_str().and_then(|t| t.parse().ok()) else {
-            continue;
-        };
-        match set_thread(tid, policy) {
-            // A thread that ended since the directory was read.
-            Err(error) if error.raw_os_error() == Some(libc::ESRCH) => {}
-            other => other?,
-        }
-    }
-    Ok(())
-}
-
-/// One thread (`0`: the calling one).
-fn set_thread(tid: libc::pid_t, policy: Policy) -> io::Result<()> {
+fn set(tid: libc::pid_t, policy: Policy) -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: a plain syscall on a thread id with a valid parameter block.
     if unsafe { libc::sched_setscheduler(tid, policy.sched(), &param) } != 0 {
@@ -150,8 +196,33 @@ fn set_thread(tid: libc::pid_t, policy: Policy) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    /// The policy is set for every thread of the process: one test at a time.
-    static PROCESS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn behind_or_stalled_catches_up_and_caught_up_goes_back() {
+        let now = 10_000 * MS;
+        assert_eq!(decide(true, now, now - MS, BEHIND_NS / 2), None);
+        assert_eq!(
+            decide(true, now, now - MS, BEHIND_NS + 1),
+            Some(Policy::Normal)
+        );
+        assert_eq!(
+            decide(true, now, now - STALLED_NS - 1, 0),
+            Some(Policy::Normal),
+            "no read finished for too long"
+        );
+        assert_eq!(
+            decide(false, now, now - MS, CAUGHT_UP_NS * 2),
+            None,
+            "normal until within CAUGHT_UP_NS"
+        );
+        assert_eq!(
+            decide(false, now, now - STALLED_NS - 1, 0),
+            None,
+            "a read still going on"
+        );
+        assert_eq!(decide(false, now, now - MS, 0), Some(Policy::Idle));
+    }
 
     /// The calling thread's policy.
     fn policy_of_this_thread() -> libc::c_int {
@@ -160,40 +231,36 @@ mod tests {
     }
 
     #[test]
-    fn falls_behind_catches_up_and_goes_back_to_idle() {
-        // Runs on a thread of its own: the policy is per thread (set for every thread of
-        // the process, so the other tests are idle meanwhile, which changes nothing).
-        let _one = PROCESS.lock().unwrap();
-        std::thread::spawn(|| {
-            let mut priority = Priority::start(CpuPriority::Idle);
-            assert_eq!(
-                priority.errors, 0,
-                "tests run as root: SCHED_IDLE must be allowed"
-            );
-            assert!(priority.is_idle());
-            assert_eq!(policy_of_this_thread(), libc::SCHED_IDLE);
-            priority.observe(BEHIND_NS / 2, 0.0);
-            assert!(priority.is_idle(), "half the threshold is not behind");
-            priority.observe(BEHIND_NS + 1, 0.0);
-            assert!(!priority.is_idle());
-            assert_eq!(policy_of_this_thread(), libc::SCHED_OTHER);
-            assert_eq!(priority.catch_ups, 1);
-            priority.observe(CAUGHT_UP_NS * 2, 0.0);
+    fn the_watchdog_moves_the_reading_thread_between_idle_and_normal() {
+        thread::spawn(|| {
+            let priority = Priority::start(CpuPriority::Idle);
             assert!(
-                !priority.is_idle(),
-                "stays normal until within CAUGHT_UP_NS"
+                priority.is_idle(),
+                "tests run as root: SCHED_IDLE and back are allowed"
             );
-            priority.observe(0, 0.0);
-            assert!(priority.is_idle());
-            priority.observe(0, QUEUE_SHARE_BEHIND);
-            assert!(!priority.is_idle(), "a half-full queue is behind too");
-            assert_eq!(priority.catch_ups, 2);
-            priority.observe(0, QUEUE_SHARE_BEHIND / 2.0);
-            assert!(!priority.is_idle(), "until the queue is below a quarter");
-            priority.observe(0, 0.0);
-            assert!(priority.is_idle());
-            // Leave the process as the other tests expect it.
-            set_all(Policy::Normal).unwrap();
+            assert_eq!(policy_of_this_thread(), libc::SCHED_IDLE);
+            let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while !done() {
+                    assert!(std::time::Instant::now() < deadline, "{what}");
+                    thread::sleep(Duration::from_millis(5));
+                }
+            };
+            priority.polled(BEHIND_NS + 1);
+            wait_for("a backlog over BEHIND_NS catches up", &|| {
+                policy_of_this_thread() == libc::SCHED_OTHER
+            });
+            assert!(!priority.is_idle());
+            assert_eq!(priority.catch_ups(), 1);
+            wait_for("caught up goes back to idle", &|| {
+                priority.polled(0);
+                policy_of_this_thread() == libc::SCHED_IDLE
+            });
+            // No read for longer than STALLED_NS: the watchdog catches up by itself.
+            wait_for("a stalled reader catches up", &|| {
+                policy_of_this_thread() == libc::SCHED_OTHER
+            });
+            assert_eq!(priority.catch_ups(), 2);
         })
         .join()
         .unwrap();
@@ -201,13 +268,12 @@ mod tests {
 
     #[test]
     fn normal_mode_never_changes_the_policy() {
-        let _one = PROCESS.lock().unwrap();
-        std::thread::spawn(|| {
-            let mut priority = Priority::start(CpuPriority::Normal);
-            priority.observe(BEHIND_NS * 10, 1.0);
-            priority.observe(0, 0.0);
+        thread::spawn(|| {
+            let priority = Priority::start(CpuPriority::Normal);
+            priority.polled(BEHIND_NS * 10);
+            thread::sleep(WATCH_EVERY * 3);
             assert!(!priority.is_idle());
-            assert_eq!(priority.catch_ups, 0);
+            assert_eq!(priority.catch_ups(), 0);
             assert_eq!(policy_of_this_thread(), libc::SCHED_OTHER);
         })
         .join()

@@ -96,10 +96,10 @@ pub struct RunArgs {
     /// busy node, at more CPU per span; see README "Cost").
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
     pipeline_threads: u8,
-    /// `idle`: the agent's threads run on CPU time the traced applications leave unused
-    /// (SCHED_IDLE), at normal priority only while the agent is behind (its oldest unread
-    /// record older than 100 ms, or an export or journey queue half full). `normal`: always
-    /// at normal priority. See README "Cost".
+    /// `idle`: the thread that reads and parses what the kernel captured runs on CPU time
+    /// the traced applications leave unused (SCHED_IDLE), at normal priority only while it
+    /// is behind (a record older than 100 ms in its last read, or no read finished for
+    /// 50 ms). `normal`: always at normal priority. See README "Cost".
     #[arg(long, value_enum, default_value_t = CpuPriority::Idle)]
     cpu_priority: CpuPriority,
     #[command(flatten)]
@@ -201,7 +201,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         ));
     }
     let queues = ExportQueues::new(senders, stats.clone());
-    let export_queues = queues.clone();
     let journey = journey::start(
         &config.journey,
         &journey_store,
@@ -210,7 +209,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(queues.clone()),
     )?;
     stages.journey = journey.as_ref().map(|j| j.handle.clone());
-    let journey_queue = stages.journey.clone();
     if let metrics::Listen(Some(addr)) = args.metrics_listen {
         let bound = metrics::serve(addr, Arc::new(registry), health.clone(), runtime.handle())?;
         eprintln!("tracer: metrics on http://{bound}/metrics (health: /healthz, /readyz)");
@@ -253,8 +251,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "tracer: agent started (pid {}); view spans in Jaeger (UI http://localhost:16686, OTLP on 4317/4318), search by service name",
         std::process::id()
     );
-    // Every thread is started (the exporters', the journey thread, the metrics server's).
-    let mut priority = Priority::start(args.cpu_priority);
+    let priority = Priority::start(args.cpu_priority);
     health.ready();
     let mut requests = Vec::new();
     let mut last_stats = std::time::Instant::now();
@@ -293,17 +290,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             log_stats(&session, &pipeline, &stats);
         }
         let read = session.poll(&mut events);
-        let queue_share = journey_queue
-            .as_ref()
-            .map_or(0.0, |j| j.queue_share())
-            .max(export_queues.fullest_share());
-        priority.observe(session.backlog_ns(), queue_share);
+        priority.polled(session.backlog_ns());
         if read == 0 && events.is_empty() {
             std::thread::sleep(Duration::from_millis(args.poll_ms));
         }
     }
-    // The queues' senders: the journey thread and the exporters end when the last is gone.
-    drop((journey_queue, export_queues));
     session.poll(&mut events);
     let now = monotonic_now();
     for event in events.drain(..) {

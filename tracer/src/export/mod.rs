@@ -144,15 +144,13 @@ impl ExportStats {
 pub fn queue(max_spans: usize) -> (QueueSender, QueueReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
     let held = Arc::new(AtomicUsize::new(0));
-    let buffered = Arc::new(AtomicUsize::new(0));
     (
         QueueSender {
             tx,
             held: held.clone(),
-            buffered: buffered.clone(),
             max: max_spans,
         },
-        QueueReceiver { rx, held, buffered },
+        QueueReceiver { rx, held },
     )
 }
 
@@ -160,8 +158,6 @@ pub fn queue(max_spans: usize) -> (QueueSender, QueueReceiver) {
 pub struct QueueSender {
     tx: mpsc::UnboundedSender<Vec<ExportItem>>,
     held: Arc<AtomicUsize>,
-    /// Spans the exporter took from the queue and holds for its next request or a retry.
-    buffered: Arc<AtomicUsize>,
     max: usize,
 }
 
@@ -186,7 +182,6 @@ impl QueueSender {
 pub struct QueueReceiver {
     rx: mpsc::UnboundedReceiver<Vec<ExportItem>>,
     held: Arc<AtomicUsize>,
-    buffered: Arc<AtomicUsize>,
 }
 
 impl QueueReceiver {
@@ -195,11 +190,6 @@ impl QueueReceiver {
         let batch = self.rx.recv().await?;
         self.held.fetch_sub(batch.len(), Ordering::AcqRel);
         Some(batch)
-    }
-
-    /// Says how many spans the exporter holds beside the queue (for [`ExportQueues::fullest_share`]).
-    pub fn buffered(&self, spans: usize) {
-        self.buffered.store(spans, Ordering::Relaxed);
     }
 
     /// Every span queued now, without waiting.
@@ -225,18 +215,6 @@ pub struct ExportQueues {
 impl ExportQueues {
     pub fn new(senders: Vec<QueueSender>, stats: Arc<ExportStats>) -> Self {
         Self { senders, stats }
-    }
-
-    /// How full the fullest target is (0 to 1): its queue and what its exporter holds for
-    /// the next request or a retry, against the spans it may hold.
-    pub fn fullest_share(&self) -> f64 {
-        self.senders
-            .iter()
-            .map(|s| {
-                let spans = s.held.load(Ordering::Relaxed) + s.buffered.load(Ordering::Relaxed);
-                spans as f64 / s.max.max(1) as f64
-            })
-            .fold(0.0, f64::max)
     }
 
     pub fn send(&self, item: ExportItem) {

@@ -272,7 +272,6 @@ pub async fn run_otlp_export(
             },
             _ = tokio::time::sleep_until(due), if !held.is_empty() => {}
         }
-        rx.buffered(held.len());
         let now = Instant::now();
         let ready = held.len() >= BATCH || now >= last_flush + FLUSH_EVERY || !open;
         if held.is_empty() || now < next_attempt || !ready {
@@ -289,10 +288,7 @@ pub async fn run_otlp_export(
                 tokio::select! {
                     result = &mut in_flight => break result,
                     items = rx.recv(), if open => match items {
-                        Some(items) => {
-                            hold(&mut held, items, max_held, &stats);
-                            rx.buffered(held.len() + batch.len());
-                        }
+                        Some(items) => hold(&mut held, items, max_held, &stats),
                         None => open = false,
                     },
                 }
@@ -324,7 +320,6 @@ pub async fn run_otlp_export(
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
-        rx.buffered(held.len());
     }
     Ok(())
 }

@@ -49,11 +49,6 @@ impl JourneyHandle {
         teaches(&self.slas, &span.exchange)
     }
 
-    /// How full the queue to the journey thread is (0 to 1).
-    pub fn queue_share(&self) -> f64 {
-        self.held.load(Ordering::Relaxed) as f64 / QUEUE as f64
-    }
-
     /// Never blocks: spans beyond a full queue are dropped and counted. False if any was.
     pub fn offer_all(&self, mut spans: Vec<JourneySpan>) -> bool {
         let n = spans.len();

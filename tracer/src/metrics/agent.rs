@@ -194,12 +194,12 @@ impl AgentMetrics {
         );
         r.register(
             "tracer_cpu_priority_idle",
-            "1 while the agent's threads run at idle CPU priority (SCHED_IDLE: only on CPU time the traced applications leave unused), 0 at normal priority",
+            "1 while the agent's reading thread runs at idle CPU priority (SCHED_IDLE: only on CPU time the traced applications leave unused), 0 at normal priority",
             m.idle_priority.clone(),
         );
         r.register(
             "tracer_cpu_priority_catch_ups",
-            "Times the agent fell behind (backlog over 100 ms, or a queue half full) and caught up at normal CPU priority",
+            "Times the agent's reading thread fell behind (a record over 100 ms old, or no read of the rings for 50 ms) and caught up at normal CPU priority",
             m.catch_ups.clone(),
         );
         m
@@ -207,7 +207,7 @@ impl AgentMetrics {
 
     pub fn update_priority(&self, priority: &Priority) {
         self.idle_priority.set(i64::from(priority.is_idle()));
-        set(&self.catch_ups, priority.catch_ups);
+        set(&self.catch_ups, priority.catch_ups());
     }
 
     pub fn update(&self, capture: &SessionStats, pipeline: &PipelineStats, export: &ExportStats) {

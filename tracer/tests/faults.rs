@@ -379,10 +379,21 @@ fn an_agent_at_idle_priority_on_a_busy_host_catches_up_and_loses_nothing() {
     let agent = agent_with(&receiver, &["--queue-spans", "20000"]);
     // The main thread reads the rings and parses: idle priority; the others (export,
     // journey, metrics, the priority watchdog) wake for a batch and stay normal.
-    let policies = thread_policies(agent.pid());
-    let main = policies.iter().find(|(tid, _)| *tid == agent.pid());
+    // (Set just after the agent says it started: waited for.)
+    let main_policy = |policies: &[(u32, u32)]| {
+        policies
+            .iter()
+            .find(|(tid, _)| *tid == agent.pid())
+            .map(|(_, p)| *p)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut policies = thread_policies(agent.pid());
+    while main_policy(&policies) != Some(SCHED_IDLE) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+        policies = thread_policies(agent.pid());
+    }
     assert_eq!(
-        main.map(|(_, p)| *p),
+        main_policy(&policies),
         Some(SCHED_IDLE),
         "the reading thread at SCHED_IDLE by default: {policies:?}"
     );
@@ -427,7 +438,16 @@ fn an_agent_at_idle_priority_on_a_busy_host_catches_up_and_loses_nothing() {
     for hog in hogs {
         hog.join().unwrap();
     }
-    let metrics = scrape(&agent.metrics);
+    // The agent copies its counters into /metrics once a second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let metrics = scrape(&agent.metrics);
+        let caught_up = value(&metrics, "tracer_cpu_priority_catch_ups_total", &[]) >= 1.0;
+        if caught_up || Instant::now() > deadline {
+            break metrics;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
     let catch_ups = value(&metrics, "tracer_cpu_priority_catch_ups_total", &[]);
     let lost: f64 = ["data_ring_full", "connection_ring_full"]
         .iter()

@@ -147,9 +147,10 @@ impl CaptureSession {
             |bytes| late_events.push(capture::decode(bytes)),
         );
         self.records_read += n as u64;
-        let oldest = conn_events
-            .iter()
-            .chain(&data_events)
+        // Each ring is read in the order its records were written: its first is its oldest.
+        let oldest = [conn_events.first(), data_events.first()]
+            .into_iter()
+            .flatten()
             .filter_map(|event| match event {
                 Ok(KernelEvent::Data(record)) => Some(record.ktime_ns),
                 Ok(KernelEvent::Conn { ktime_ns, .. }) => Some(*ktime_ns),

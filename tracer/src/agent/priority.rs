@@ -40,14 +40,8 @@ pub enum CpuPriority {
     Normal,
 }
 
-/// A scheduling policy the reading thread runs under.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Policy {
-    Idle,
-    Normal,
-}
-
-impl Policy {
+impl CpuPriority {
+    /// The scheduling policy (also what the reading thread runs under now).
     fn sched(self) -> libc::c_int {
         match self {
             Self::Idle => libc::SCHED_IDLE,
@@ -91,9 +85,9 @@ impl Priority {
         // SAFETY: plain syscall.
         let tid = unsafe { libc::gettid() };
         // Try the way back first: without it, idle would be for good.
-        let can_return = set(tid, Policy::Idle).and_then(|()| set(tid, Policy::Normal));
+        let can_return = set(tid, CpuPriority::Idle).and_then(|()| set(tid, CpuPriority::Normal));
         if let Err(error) = can_return {
-            let _ = set(tid, Policy::Normal);
+            let _ = set(tid, CpuPriority::Normal);
             tracing::warn!(%error, "cannot run at idle CPU priority (leaving SCHED_IDLE needs CAP_SYS_NICE); running at normal priority");
             return priority;
         }
@@ -104,7 +98,7 @@ impl Priority {
         match watchdog {
             Ok(handle) => {
                 priority.watchdog = Some(handle);
-                if set(tid, Policy::Idle).is_ok() {
+                if set(tid, CpuPriority::Idle).is_ok() {
                     priority.shared.idle.store(true, Ordering::Relaxed);
                 }
             }
@@ -144,13 +138,13 @@ impl Drop for Priority {
 }
 
 /// The policy the reading thread should have now, if it should change.
-fn decide(idle: bool, now_ns: u64, polled_ns: u64, backlog_ns: u64) -> Option<Policy> {
+fn decide(idle: bool, now_ns: u64, polled_ns: u64, backlog_ns: u64) -> Option<CpuPriority> {
     let since_poll = now_ns.saturating_sub(polled_ns);
     if idle && (backlog_ns > BEHIND_NS || since_poll > STALLED_NS) {
-        return Some(Policy::Normal);
+        return Some(CpuPriority::Normal);
     }
     if !idle && backlog_ns < CAUGHT_UP_NS && since_poll <= STALLED_NS {
-        return Some(Policy::Idle);
+        return Some(CpuPriority::Idle);
     }
     None
 }
@@ -166,13 +160,15 @@ fn watch(tid: libc::pid_t, shared: &Shared) {
             continue;
         };
         if let Err(error) = set(tid, policy) {
-            let _ = set(tid, Policy::Normal);
+            let _ = set(tid, CpuPriority::Normal);
             shared.idle.store(false, Ordering::Relaxed);
             tracing::warn!(%error, "changing the agent's CPU priority failed; staying at normal priority");
             return;
         }
-        shared.idle.store(policy == Policy::Idle, Ordering::Relaxed);
-        if policy == Policy::Normal {
+        shared
+            .idle
+            .store(policy == CpuPriority::Idle, Ordering::Relaxed);
+        if policy == CpuPriority::Normal {
             shared.catch_ups.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
                 backlog_ms = backlog_ns / 1_000_000,
@@ -183,7 +179,7 @@ fn watch(tid: libc::pid_t, shared: &Shared) {
     }
 }
 
-fn set(tid: libc::pid_t, policy: Policy) -> io::Result<()> {
+fn set(tid: libc::pid_t, policy: CpuPriority) -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: a plain syscall on a thread id with a valid parameter block.
     if unsafe { libc::sched_setscheduler(tid, policy.sched(), &param) } != 0 {
@@ -204,11 +200,11 @@ mod tests {
         assert_eq!(decide(true, now, now - MS, BEHIND_NS / 2), None);
         assert_eq!(
             decide(true, now, now - MS, BEHIND_NS + 1),
-            Some(Policy::Normal)
+            Some(CpuPriority::Normal)
         );
         assert_eq!(
             decide(true, now, now - STALLED_NS - 1, 0),
-            Some(Policy::Normal),
+            Some(CpuPriority::Normal),
             "no read finished for too long"
         );
         assert_eq!(
@@ -221,7 +217,7 @@ mod tests {
             None,
             "a read still going on"
         );
-        assert_eq!(decide(false, now, now - MS, 0), Some(Policy::Idle));
+        assert_eq!(decide(false, now, now - MS, 0), Some(CpuPriority::Idle));
     }
 
     /// The calling thread's policy.

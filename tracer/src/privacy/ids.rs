@@ -7,6 +7,33 @@
 pub struct KnownId {
     pub raw: String,
     pub pseudonym: String,
+    /// The id as it appears in a URL, where that differs from `raw` (made once per span,
+    /// not once per attribute looked at).
+    encoded: Option<String>,
+}
+
+impl KnownId {
+    pub fn new(raw: String, pseudonym: String) -> Self {
+        let encoded = Some(percent_encode(&raw)).filter(|e| *e != raw);
+        Self {
+            raw,
+            pseudonym,
+            encoded,
+        }
+    }
+
+    /// The forms the id can take in a string: as is, and percent-encoded.
+    fn forms(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.raw.as_str()).chain(self.encoded.as_deref())
+    }
+}
+
+/// Whether any form of any of `ids` occurs in `value` at all (bounded or not): when none
+/// does, `replace_ids` leaves it alone, and cleaning it depends on the value only.
+pub fn any_in(value: &str, ids: &[KnownId]) -> bool {
+    ids.iter()
+        .filter(|id| !id.raw.is_empty())
+        .any(|id| id.forms().any(|form| value.contains(form)))
 }
 
 /// Replaces every bounded occurrence of each id (and of its percent-encoded form) in
@@ -18,10 +45,8 @@ pub fn replace_ids(value: &mut String, ids: &[KnownId]) -> bool {
         if id.raw.is_empty() {
             continue;
         }
-        changed |= replace_bounded(value, &id.raw, &id.pseudonym);
-        let encoded = percent_encode(&id.raw);
-        if encoded != id.raw {
-            changed |= replace_bounded(value, &encoded, &id.pseudonym);
+        for form in id.forms() {
+            changed |= replace_bounded(value, form, &id.pseudonym);
         }
     }
     changed
@@ -87,10 +112,7 @@ mod tests {
     use super::*;
 
     fn id(raw: &str, pseudonym: &str) -> KnownId {
-        KnownId {
-            raw: raw.into(),
-            pseudonym: pseudonym.into(),
-        }
+        KnownId::new(raw.into(), pseudonym.into())
     }
 
     #[test]

@@ -147,10 +147,7 @@ impl Privacy {
             .collect();
         let mut ids: Vec<KnownId> = raw
             .into_iter()
-            .map(|(raw, user)| KnownId {
-                pseudonym: self.pseudonym(&raw, user),
-                raw,
-            })
+            .map(|(raw, user)| KnownId::new(raw.clone(), self.pseudonym(&raw, user)))
             .collect();
         ids.sort_by(|a, b| b.raw.len().cmp(&a.raw.len()).then(a.raw.cmp(&b.raw)));
         ids.dedup_by(|a, b| a.raw == b.raw);
@@ -215,7 +212,8 @@ impl Privacy {
     }
 
     /// `clean_by` through the memo where its result depends on the value alone: no known id
-    /// to replace, and no explanation asked for.
+    /// of the span occurs in it (most attributes of an order's spans name no id), and no
+    /// explanation asked for.
     fn memoised(
         &mut self,
         slot: usize,
@@ -224,7 +222,7 @@ impl Privacy {
         why: &mut Redactions,
         clean: impl FnOnce(&mut Self, &mut String, &mut Redactions),
     ) {
-        if !ids.is_empty() || why.1 {
+        if why.1 || ids::any_in(value, ids) {
             return clean(self, value, why);
         }
         if let Some(cleaned) = self.memo[slot].get(value.as_str()) {

@@ -235,3 +235,38 @@ fn remembered_values_never_stand_in_for_a_known_id() {
         .flat_map(|m| m.values())
         .all(|v| !v.contains(&pseudonym)));
 }
+
+/// Spans of an order's trace use the memo too, for values that hold none of the trace's
+/// ids in any form; a value holding one, as is or percent-encoded, is cleaned afresh and
+/// never remembered.
+#[test]
+fn values_naming_no_known_id_are_remembered_on_spans_of_an_order_too() {
+    let mut p = privacy(true);
+    let with_host = |host: &str| {
+        let mut span = child_span();
+        span.exchange
+            .attributes
+            .push(("http.request.header.host", host.into()));
+        span
+    };
+    let mut span = with_host("api.shop.example");
+    p.apply(&mut span, false);
+    assert_eq!(attr(&span, "http.request.header.host"), "api.shop.example");
+    assert_eq!(
+        p.memo[3].get("api.shop.example").map(String::as_str),
+        Some("api.shop.example"),
+        "a value naming no id is remembered although the span names ORD-7"
+    );
+    // The user id percent-encoded (`+` → `%2B`): replaced by its pseudonym, not
+    // remembered; nor is a path naming the order.
+    let encoded = "u-%2B4915112345678.shop.example";
+    let mut span = with_host(encoded);
+    p.apply(&mut span, false);
+    let pseudonym = key().user_pseudonym("+4915112345678");
+    assert_eq!(
+        attr(&span, "http.request.header.host"),
+        format!("u-{pseudonym}.shop.example")
+    );
+    assert!(!p.memo[3].contains_key(encoded));
+    assert!(!p.memo[0].contains_key("/orders/ORD-7/price"));
+}

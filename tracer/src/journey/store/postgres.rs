@@ -52,7 +52,7 @@ fn redact_password(url: &str) -> String {
     }
 }
 
-impl ToSql for Value {
+impl ToSql for Value<'_> {
     fn to_sql(
         &self,
         ty: &Type,
@@ -60,7 +60,7 @@ impl ToSql for Value {
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         match self {
             Value::Int(i) => i.to_sql(ty, out),
-            Value::Text(s) => s.to_sql(ty, out),
+            Value::Text(s) => s.as_ref().to_sql(ty, out),
             Value::Null => Ok(IsNull::Yes),
         }
     }
@@ -72,7 +72,7 @@ impl ToSql for Value {
     to_sql_checked!();
 }
 
-fn refs(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+fn refs<'a>(values: &'a [Value<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
     values.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
 
@@ -81,12 +81,16 @@ impl Db for PgDb {
         Ok(self.client.batch_execute(sql)?)
     }
 
-    fn execute(&mut self, sql: &str, values: &[Value]) -> anyhow::Result<u64> {
+    fn execute(&mut self, sql: &str, values: &[Value<'_>]) -> anyhow::Result<u64> {
         let statement = self.statement(sql)?;
         Ok(self.client.execute(&statement, &refs(values))?)
     }
 
-    fn query(&mut self, sql: &str, values: &[Value]) -> anyhow::Result<Vec<Vec<Value>>> {
+    fn query(
+        &mut self,
+        sql: &str,
+        values: &[Value<'_>],
+    ) -> anyhow::Result<Vec<Vec<Value<'static>>>> {
         let statement = self.statement(sql)?;
         let rows = self.client.query(&statement, &refs(values))?;
         rows.iter()
@@ -99,7 +103,7 @@ impl Db for PgDb {
                                 .map_or(Value::Null, Value::Int),
                             _ => row
                                 .try_get::<_, Option<String>>(i)?
-                                .map_or(Value::Null, Value::Text),
+                                .map_or(Value::Null, |s| Value::Text(s.into())),
                         })
                     })
                     .collect()

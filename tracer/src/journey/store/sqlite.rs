@@ -43,7 +43,7 @@ impl SqliteDb {
 }
 
 /// Parameters are bound from the store's values as they are, text without a copy.
-struct Param<'a>(&'a Value);
+struct Param<'a>(&'a Value<'a>);
 
 impl ToSql for Param<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -55,7 +55,7 @@ impl ToSql for Param<'_> {
     }
 }
 
-fn params(values: &[Value]) -> impl rusqlite::Params + '_ {
+fn params<'a>(values: &'a [Value<'a>]) -> impl rusqlite::Params + 'a {
     rusqlite::params_from_iter(values.iter().map(Param))
 }
 
@@ -64,13 +64,17 @@ impl Db for SqliteDb {
         Ok(self.0.execute_batch(sql)?)
     }
 
-    fn execute(&mut self, sql: &str, values: &[Value]) -> anyhow::Result<u64> {
+    fn execute(&mut self, sql: &str, values: &[Value<'_>]) -> anyhow::Result<u64> {
         let mut statement = self.0.prepare_cached(sql)?;
         let changed = statement.execute(params(values))?;
         Ok(changed as u64)
     }
 
-    fn query(&mut self, sql: &str, values: &[Value]) -> anyhow::Result<Vec<Vec<Value>>> {
+    fn query(
+        &mut self,
+        sql: &str,
+        values: &[Value<'_>],
+    ) -> anyhow::Result<Vec<Vec<Value<'static>>>> {
         let mut statement = self.0.prepare_cached(sql)?;
         let columns = statement.column_count();
         let mut rows = statement.query(params(values))?;
@@ -80,7 +84,9 @@ impl Db for SqliteDb {
             for i in 0..columns {
                 values.push(match row.get_ref(i)? {
                     ValueRef::Integer(i) => Value::Int(i),
-                    ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                    ValueRef::Text(t) => {
+                        Value::Text(String::from_utf8_lossy(t).into_owned().into())
+                    }
                     _ => Value::Null,
                 });
             }

@@ -2,6 +2,8 @@
 //! its pseudonym. Ids may begin or end with punctuation (`+4915112345678`, `#1001`), so
 //! a match needs a boundary only where the id itself has a word character at its edge.
 
+use std::sync::Arc;
+
 /// An id and what stands for it in exports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KnownId {
@@ -30,7 +32,7 @@ impl KnownId {
 
 /// Whether any form of any of `ids` occurs in `value` at all (bounded or not): when none
 /// does, `replace_ids` leaves it alone, and cleaning it depends on the value only.
-pub fn any_in(value: &str, ids: &[KnownId]) -> bool {
+pub fn any_in(value: &str, ids: &[Arc<KnownId>]) -> bool {
     ids.iter()
         .filter(|id| !id.raw.is_empty())
         .any(|id| id.forms().any(|form| value.contains(form)))
@@ -39,7 +41,7 @@ pub fn any_in(value: &str, ids: &[KnownId]) -> bool {
 /// Replaces every bounded occurrence of each id (and of its percent-encoded form) in
 /// `value`; longer ids first, so an id inside another is not split. Returns whether
 /// anything changed.
-pub fn replace_ids(value: &mut String, ids: &[KnownId]) -> bool {
+pub fn replace_ids(value: &mut String, ids: &[Arc<KnownId>]) -> bool {
     let mut changed = false;
     for id in ids {
         if id.raw.is_empty() {
@@ -111,8 +113,8 @@ fn percent_encode(id: &str) -> String {
 mod tests {
     use super::*;
 
-    fn id(raw: &str, pseudonym: &str) -> KnownId {
-        KnownId::new(raw.into(), pseudonym.into())
+    fn id(raw: &str, pseudonym: &str) -> Arc<KnownId> {
+        Arc::new(KnownId::new(raw.into(), pseudonym.into()))
     }
 
     #[test]

@@ -11,7 +11,10 @@ mod mask;
 mod message;
 mod policy;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use foldhash::HashMap;
 
@@ -39,9 +42,10 @@ pub struct PrivacyOptions {
 pub struct Privacy {
     key: IdKey,
     options: PrivacyOptions,
-    /// (is a user id, id) → pseudonym: an HMAC per occurrence would cost more than the
-    /// rest of the stage.
-    pseudonyms: HashMap<(bool, String), String>,
+    /// Order ids, and user ids, with their pseudonyms (and URL forms): an HMAC per
+    /// occurrence would cost more than the rest of the stage. Looked up by `&str`, shared
+    /// by every span naming them.
+    pseudonyms: [HashMap<String, Arc<KnownId>>; 2],
     /// Cleaned paths, routing keys, names and hosts, and span names, by value, for spans
     /// naming no known id (the result then depends on the value alone): a host's traffic
     /// repeats them, and cleaning one costs several times a lookup.
@@ -105,13 +109,15 @@ impl Privacy {
         Self {
             key,
             options,
-            pseudonyms: HashMap::default(),
+            pseudonyms: Default::default(),
             memo: Default::default(),
         }
     }
 
-    fn pseudonym(&mut self, id: &str, user: bool) -> String {
-        if let Some(known) = self.pseudonyms.get(&(user, id.to_owned())) {
+    /// The id with its pseudonym, made once and then shared.
+    fn known(&mut self, id: &str, user: bool) -> Arc<KnownId> {
+        let cache = &mut self.pseudonyms[usize::from(user)];
+        if let Some(known) = cache.get(id) {
             return known.clone();
         }
         let pseudonym = if user {
@@ -119,17 +125,17 @@ impl Privacy {
         } else {
             self.key.pseudonym(id)
         };
-        if self.pseudonyms.len() >= MAX_CACHED_PSEUDONYMS {
-            self.pseudonyms.clear();
+        if cache.len() >= MAX_CACHED_PSEUDONYMS {
+            cache.clear();
         }
-        self.pseudonyms
-            .insert((user, id.to_owned()), pseudonym.clone());
-        pseudonym
+        let known = Arc::new(KnownId::new(id.to_owned(), pseudonym));
+        cache.insert(id.to_owned(), known.clone());
+        known
     }
 
     /// The ids of the span's trace with their pseudonyms (none when pseudonymisation is
     /// off), longest first so an id inside another is not split.
-    fn known_ids(&mut self, span: &ResolvedSpan) -> Vec<KnownId> {
+    fn known_ids(&mut self, span: &ResolvedSpan) -> Vec<Arc<KnownId>> {
         if !self.options.pseudonymise_ids {
             return Vec::new();
         }
@@ -141,14 +147,11 @@ impl Privacy {
             .map(|(_, v)| v);
         let orders = span.known_ids.orders.iter().chain(&exchange.order_ids);
         let users = span.known_ids.users.iter().chain(own_users);
-        let raw: Vec<(String, bool)> = orders
-            .map(|id| (id.clone(), false))
-            .chain(users.map(|id| (id.clone(), true)))
-            .collect();
-        let mut ids: Vec<KnownId> = raw
-            .into_iter()
-            .map(|(raw, user)| KnownId::new(raw.clone(), self.pseudonym(&raw, user)))
-            .collect();
+        let mut ids: Vec<Arc<KnownId>> = orders.map(|id| self.known(id, false)).collect();
+        for id in users {
+            let known = self.known(id, true);
+            ids.push(known);
+        }
         ids.sort_by(|a, b| b.raw.len().cmp(&a.raw.len()).then(a.raw.cmp(&b.raw)));
         ids.dedup_by(|a, b| a.raw == b.raw);
         ids
@@ -205,7 +208,7 @@ impl Privacy {
             let order_ids = std::mem::take(&mut exchange.order_ids);
             exchange.order_ids = order_ids
                 .iter()
-                .map(|id| self.pseudonym(id, false))
+                .map(|id| self.known(id, false).pseudonym.clone())
                 .collect();
         }
         why
@@ -218,7 +221,7 @@ impl Privacy {
         &mut self,
         slot: usize,
         value: &mut String,
-        ids: &[KnownId],
+        ids: &[Arc<KnownId>],
         why: &mut Redactions,
         clean: impl FnOnce(&mut Self, &mut String, &mut Redactions),
     ) {
@@ -243,7 +246,7 @@ impl Privacy {
         policy: Policy,
         key: &str,
         value: &mut String,
-        ids: &[KnownId],
+        ids: &[Arc<KnownId>],
         why: &mut Redactions,
     ) {
         match memo_slot(policy) {
@@ -259,7 +262,7 @@ impl Privacy {
         policy: Policy,
         key: &str,
         value: &mut String,
-        ids: &[KnownId],
+        ids: &[Arc<KnownId>],
         why: &mut Redactions,
     ) {
         match policy {
@@ -290,7 +293,7 @@ impl Privacy {
 
     /// An `app.order.id` / `app.user.id`: its pseudonym, or the id with personal data
     /// masked (a user id that is an e-mail address).
-    fn id(&self, key: &str, value: &mut String, ids: &[KnownId], why: &mut Redactions) {
+    fn id(&self, key: &str, value: &mut String, ids: &[Arc<KnownId>], why: &mut Redactions) {
         if self.options.pseudonymise_ids {
             let known = ids.iter().find(|id| id.raw == *value);
             *value = match known {
@@ -309,7 +312,7 @@ impl Privacy {
         &self,
         key: &str,
         value: &mut String,
-        ids: &[KnownId],
+        ids: &[Arc<KnownId>],
         why: &mut Redactions,
         template: impl Fn(&str) -> String,
     ) {
@@ -324,7 +327,7 @@ impl Privacy {
         }
     }
 
-    fn free_text(&self, key: &str, value: &mut String, ids: &[KnownId], why: &mut Redactions) {
+    fn free_text(&self, key: &str, value: &mut String, ids: &[Arc<KnownId>], why: &mut Redactions) {
         let sanitised = sanitize_message(value);
         if sanitised != *value {
             *value = sanitised;
@@ -337,7 +340,7 @@ impl Privacy {
         &self,
         key: &str,
         value: &mut String,
-        ids: &[KnownId],
+        ids: &[Arc<KnownId>],
         why: &mut Redactions,
     ) {
         self.replace(key, value, ids, why);
@@ -355,7 +358,7 @@ impl Privacy {
         }
     }
 
-    fn replace(&self, key: &str, value: &mut String, ids: &[KnownId], why: &mut Redactions) {
+    fn replace(&self, key: &str, value: &mut String, ids: &[Arc<KnownId>], why: &mut Redactions) {
         if replace_ids(value, ids) {
             why.note(key, PSEUDONYMISED);
         }
@@ -363,7 +366,7 @@ impl Privacy {
 
     /// A span name keeps its words: `GET /orders/{id}`, `publish orders`, `SELECT
     /// orders_2024`; paths are templated like `url.path`, other words like object names.
-    fn span_name(&self, name: &str, ids: &[KnownId], why: &mut Redactions) -> String {
+    fn span_name(&self, name: &str, ids: &[Arc<KnownId>], why: &mut Redactions) -> String {
         let mut out = name.to_owned();
         self.replace("name", &mut out, ids, why);
         let mut templated = String::with_capacity(out.len());

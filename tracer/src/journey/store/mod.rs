@@ -147,33 +147,58 @@ DROP INDEX IF EXISTS journey_steps_time;
 
 const ORDER_COLUMNS: &str = "order_id, first_seen_ns, last_seen_ns, last_service, last_trace_id, last_span_id, errors, user_id, stuck_status";
 
-const UPSERT_ORDER: &str = "INSERT INTO journey_orders (order_id, first_seen_ns, last_seen_ns, last_service, last_trace_id, last_span_id, errors, user_id, stuck_status)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-ON CONFLICT (order_id) DO UPDATE SET first_seen_ns = excluded.first_seen_ns, last_seen_ns = excluded.last_seen_ns,
-    last_service = excluded.last_service, last_trace_id = excluded.last_trace_id, last_span_id = excluded.last_span_id,
-    errors = excluded.errors, user_id = excluded.user_id, stuck_status = excluded.stuck_status";
-
 const STEP_COLUMNS: &str =
     "order_id, span_id, trace_id, start_ns, end_ns, service, operation, kind, status, status_at_ns, error, synthesized";
-/// Columns of a step, the parameters of one row.
-const STEP_PARAMS: usize = 12;
-/// Steps written by one statement where a save has that many: one statement run per 32
+
+/// Rows written by one statement where a save has that many: one statement run per 32
 /// rows instead of one per row (the run, not the row, was most of SQLite's cost).
-const STEPS_PER_INSERT: usize = 32;
+const ROWS_PER_STATEMENT: usize = 32;
+/// Columns of an order and of a step: the parameters of one row.
+const ORDER_PARAMS: usize = 9;
+const STEP_PARAMS: usize = 12;
+
+/// `(?1, …, ?n), (?n+1, …)`: the values of `rows` rows of `columns` parameters each.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let row = |r: usize| {
+        let numbers: Vec<String> = (1..=columns)
+            .map(|c| format!("?{}", r * columns + c))
+            .collect();
+        format!("({})", numbers.join(", "))
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+}
+
+/// `INSERT` of `rows` orders, each replacing what was stored of it.
+fn upsert_orders(rows: usize) -> String {
+    format!(
+        "INSERT INTO journey_orders ({ORDER_COLUMNS}) VALUES {}
+ON CONFLICT (order_id) DO UPDATE SET first_seen_ns = excluded.first_seen_ns, last_seen_ns = excluded.last_seen_ns,
+    last_service = excluded.last_service, last_trace_id = excluded.last_trace_id, last_span_id = excluded.last_span_id,
+    errors = excluded.errors, user_id = excluded.user_id, stuck_status = excluded.stuck_status",
+        placeholders(rows, ORDER_PARAMS)
+    )
+}
 
 /// `INSERT` of `rows` steps, a step already stored (same order and span) left as it is.
 fn insert_steps(rows: usize) -> String {
-    let mut sql = format!("INSERT INTO journey_steps ({STEP_COLUMNS}) VALUES ");
-    for row in 0..rows {
-        sql.push_str(if row == 0 { "(" } else { ", (" });
-        for column in 0..STEP_PARAMS {
-            let separator = if column == 0 { "" } else { ", " };
-            sql.push_str(&format!("{separator}?{}", row * STEP_PARAMS + column + 1));
-        }
-        sql.push(')');
-    }
-    sql.push_str(" ON CONFLICT (order_id, span_id) DO NOTHING");
-    sql
+    format!(
+        "INSERT INTO journey_steps ({STEP_COLUMNS}) VALUES {} ON CONFLICT (order_id, span_id) DO NOTHING",
+        placeholders(rows, STEP_PARAMS)
+    )
+}
+
+fn order_params<'a>(order: &&'a Order, out: &mut Vec<Value<'a>>) {
+    out.extend([
+        order.id.as_str().into(),
+        order.first_seen_ns.into(),
+        order.last_seen_ns.into(),
+        order.last_service.as_str().into(),
+        order.last_trace_id.as_str().into(),
+        order.last_span_id.as_str().into(),
+        order.errors.into(),
+        order.user_id.as_ref().into(),
+        order.stuck_status.as_ref().into(),
+    ]);
 }
 
 fn step_params<'a>(step: &'a Step, out: &mut Vec<Value<'a>>) {
@@ -195,7 +220,9 @@ fn step_params<'a>(step: &'a Step, out: &mut Vec<Value<'a>>) {
 
 pub struct Store {
     db: Box<dyn Db>,
-    /// The SQL of one step, and of `STEPS_PER_INSERT` steps.
+    /// The SQL of one row, and of `ROWS_PER_STATEMENT` rows, of orders and of steps.
+    upsert_order: String,
+    upsert_orders: String,
     insert_step: String,
     insert_steps: String,
 }
@@ -210,8 +237,10 @@ impl Store {
         };
         let mut store = Self {
             db,
+            upsert_order: upsert_orders(1),
+            upsert_orders: upsert_orders(ROWS_PER_STATEMENT),
             insert_step: insert_steps(1),
-            insert_steps: insert_steps(STEPS_PER_INSERT),
+            insert_steps: insert_steps(ROWS_PER_STATEMENT),
         };
         store
             .db
@@ -311,6 +340,8 @@ impl Store {
     }
 
     /// Writes orders and new steps in one transaction (steps already stored are kept).
+    /// `orders` names each order once: one statement writes many, and PostgreSQL refuses
+    /// an upsert that touches a row twice.
     pub fn save(&mut self, orders: &[&Order], steps: &[Step]) -> anyhow::Result<()> {
         self.db.batch("BEGIN")?;
         let result = self.write(orders, steps);
@@ -324,37 +355,11 @@ impl Store {
     }
 
     fn write(&mut self, orders: &[&Order], steps: &[Step]) -> anyhow::Result<()> {
-        for order in orders {
-            self.db.execute(
-                UPSERT_ORDER,
-                &[
-                    order.id.as_str().into(),
-                    order.first_seen_ns.into(),
-                    order.last_seen_ns.into(),
-                    order.last_service.as_str().into(),
-                    order.last_trace_id.as_str().into(),
-                    order.last_span_id.as_str().into(),
-                    order.errors.into(),
-                    order.user_id.as_ref().into(),
-                    order.stuck_status.as_ref().into(),
-                ],
-            )?;
-        }
-        let mut params = Vec::with_capacity(STEPS_PER_INSERT * STEP_PARAMS);
-        for chunk in steps.chunks(STEPS_PER_INSERT) {
-            if chunk.len() == STEPS_PER_INSERT {
-                params.clear();
-                chunk.iter().for_each(|step| step_params(step, &mut params));
-                self.db.execute(&self.insert_steps, &params)?;
-                continue;
-            }
-            for step in chunk {
-                params.clear();
-                step_params(step, &mut params);
-                self.db.execute(&self.insert_step, &params)?;
-            }
-        }
-        Ok(())
+        let db = self.db.as_mut();
+        let orders_sql = (self.upsert_order.as_str(), self.upsert_orders.as_str());
+        write_rows(db, orders, orders_sql, order_params)?;
+        let steps_sql = (self.insert_step.as_str(), self.insert_steps.as_str());
+        write_rows(db, steps, steps_sql, step_params)
     }
 
     /// Applies retention: orders last seen before `before_ns` are forgotten, except those
@@ -458,6 +463,31 @@ fn step_from_row(row: &[Value<'_>]) -> Step {
     }
 }
 
+/// Writes `rows` with `sql` = (one row, `ROWS_PER_STATEMENT` rows): full statements of
+/// many rows, the rest one by one.
+fn write_rows<'a, T>(
+    db: &mut dyn Db,
+    rows: &'a [T],
+    (one, many): (&str, &str),
+    params: fn(&'a T, &mut Vec<Value<'a>>),
+) -> anyhow::Result<()> {
+    let mut values = Vec::new();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        if chunk.len() == ROWS_PER_STATEMENT {
+            values.clear();
+            chunk.iter().for_each(|row| params(row, &mut values));
+            db.execute(many, &values)?;
+            continue;
+        }
+        for row in chunk {
+            values.clear();
+            params(row, &mut values);
+            db.execute(one, &values)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -559,11 +589,11 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
-    /// A save of more steps than one statement writes: full statements of
-    /// `STEPS_PER_INSERT` rows, the rest one by one; a step saved twice (in one statement,
-    /// or again later) is stored once.
+    /// A save of more orders and steps than one statement writes: full statements of
+    /// `ROWS_PER_STATEMENT` rows, the rest one by one; a step saved twice (in one statement,
+    /// or again later) is stored once, an order saved again is updated.
     #[test]
-    fn many_steps_are_saved_in_statements_of_many_rows_each_once() {
+    fn many_orders_and_steps_are_saved_in_statements_of_many_rows_each_once() {
         let (mut store, path) = fresh_store("many");
         let step = |n: i64| Step {
             order_id: "B-2".into(),
@@ -579,7 +609,7 @@ mod tests {
             error: (n % 5 == 0).then(|| "boom".into()),
             synthesized: n % 2 == 0,
         };
-        let mut steps: Vec<Step> = (0..2 * STEPS_PER_INSERT as i64 + 5).map(step).collect();
+        let mut steps: Vec<Step> = (0..2 * ROWS_PER_STATEMENT as i64 + 5).map(step).collect();
         steps[3] = step(1); // the same step twice inside one statement
         let order = Order {
             id: "B-2".into(),
@@ -597,8 +627,38 @@ mod tests {
         };
         store.save(&[&order], &steps).unwrap();
         store
-            .save(&[&order], &steps[..STEPS_PER_INSERT + 2])
+            .save(&[&order], &steps[..ROWS_PER_STATEMENT + 2])
             .unwrap();
+        // Orders: a full statement and a few more; saved again with a later last_seen.
+        let others: Vec<Order> = (0..ROWS_PER_STATEMENT as i64 + 3)
+            .map(|n| Order {
+                id: format!("C-{n}"),
+                last_seen_ns: 200 + n,
+                user_id: (n % 3 == 0).then(|| format!("u-{n}")),
+                ..order.clone()
+            })
+            .collect();
+        let refs: Vec<&Order> = others.iter().collect();
+        store.save(&refs, &[]).unwrap();
+        let later: Vec<Order> = others
+            .iter()
+            .map(|o| Order {
+                last_seen_ns: o.last_seen_ns + 1_000,
+                ..o.clone()
+            })
+            .collect();
+        store.save(&later.iter().collect::<Vec<_>>(), &[]).unwrap();
+        let mut loaded = store.load(1_000).unwrap();
+        loaded.sort_by_key(|o| o.last_seen_ns);
+        let ids: Vec<(&str, i64, Option<&str>)> = loaded
+            .iter()
+            .map(|o| (o.id.as_str(), o.last_seen_ns, o.user_id.as_deref()))
+            .collect();
+        let expected_orders: Vec<(&str, i64, Option<&str>)> = later
+            .iter()
+            .map(|o| (o.id.as_str(), o.last_seen_ns, o.user_id.as_deref()))
+            .collect();
+        assert_eq!(ids, expected_orders);
         let mut saved = store.steps("B-2").unwrap();
         saved.sort_by_key(|s| s.start_ns);
         let mut expected = steps.clone();

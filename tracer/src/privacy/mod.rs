@@ -46,9 +46,9 @@ pub struct Privacy {
     /// occurrence would cost more than the rest of the stage. Looked up by `&str`, shared
     /// by every span naming them.
     pseudonyms: [HashMap<String, Arc<KnownId>>; 2],
-    /// Cleaned paths, routing keys, names and hosts, and span names, by value, for spans
-    /// naming no known id (the result then depends on the value alone): a host's traffic
-    /// repeats them, and cleaning one costs several times a lookup.
+    /// Cleaned paths, routing keys, names and hosts, and span names, by value, for values
+    /// holding none of their span's known ids (the result then depends on the value
+    /// alone): a host's traffic repeats them, and cleaning one costs several times a lookup.
     memo: [HashMap<String, String>; MEMO_SLOTS],
 }
 

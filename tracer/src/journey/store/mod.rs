@@ -58,7 +58,7 @@ pub struct Step {
 }
 
 /// A SQL value: the tables use only BIGINT and TEXT. Text to write is borrowed from the
-/// step or order (a copy per column per row was a tenth of the journey thread).
+/// step or order, not copied per column and row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Value<'a> {
     Int(i64),
@@ -150,8 +150,8 @@ const ORDER_COLUMNS: &str = "order_id, first_seen_ns, last_seen_ns, last_service
 const STEP_COLUMNS: &str =
     "order_id, span_id, trace_id, start_ns, end_ns, service, operation, kind, status, status_at_ns, error, synthesized";
 
-/// Rows written by one statement where a save has that many: one statement run per 32
-/// rows instead of one per row (the run, not the row, was most of SQLite's cost).
+/// Rows written by one statement where a save has that many: one statement run (cache
+/// lookup, reset, start) per 32 rows instead of one per row.
 const ROWS_PER_STATEMENT: usize = 32;
 /// Columns of an order and of a step: the parameters of one row.
 const ORDER_PARAMS: usize = 9;

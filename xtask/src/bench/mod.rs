@@ -359,7 +359,7 @@ fn http_overhead(
     let (mut untraced, mut default, mut filed) = (Vec::new(), Vec::new(), Vec::new());
     let mut sampled = Vec::new();
     let (mut server_cpu, mut before) = (Vec::new(), Vec::new());
-    let mut steady = Vec::new();
+    let (mut steady, mut steady_before) = (Vec::new(), Vec::new());
     wrk(port, 1)?; // warm-up
     for round in 0..args.rounds {
         eprintln!("bench: HTTP round {} of {}", round + 1, args.rounds);
@@ -380,6 +380,16 @@ fn http_overhead(
             before.push(traced_round(baseline, out, port, args.seconds, &setup)?);
         }
         steady.push(steady_round(tracer, out, port, args.seconds, &sink, round)?);
+        if let Some(baseline) = &args.baseline_tracer {
+            steady_before.push(steady_round(
+                baseline,
+                out,
+                port,
+                args.seconds,
+                &sink,
+                round,
+            )?);
+        }
     }
     sink.stop();
     let rounds = || untraced.iter().zip(&default);
@@ -442,6 +452,22 @@ fn http_overhead(
         "| in-kernel BPF time per HTTP request (all programs, `bpf_stats`) | | **{} µs** | | ≤ 2.0 µs |",
         spread(default.iter().map(|c| c.bpf_ns / c.wrk.requests / 1e3), 2)
     )?;
+    if !steady_before.is_empty() {
+        let per_request = |s: &Steady| s.cpu_s / s.requests * 1e5;
+        writeln!(
+            report,
+            "| agent CPU per 100k HTTP requests at a steady {STEADY_RATE} requests/s, `--baseline-tracer` (before) → this build, alternating rounds | {} CPU-s | {} CPU-s | {} | |",
+            spread(steady_before.iter().map(per_request), 2),
+            spread(steady.iter().map(per_request), 2),
+            spread(
+                steady
+                    .iter()
+                    .zip(&steady_before)
+                    .map(|(now, then)| per_request(now) / per_request(then)),
+                2
+            )
+        )?;
+    }
     if !before.is_empty() {
         let per_request = |costs: &[Cost]| spread(costs.iter().map(Cost::per_100k_requests), 2);
         writeln!(

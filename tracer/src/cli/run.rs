@@ -142,8 +142,6 @@ impl TestClock {
 
 /// How often settled spans are resolved and handed to the export stage (kernel time).
 const TICK_EVERY_NS: u64 = 20_000_000;
-/// A read of fewer ring records than this means the agent is not behind (see the loop).
-const SMALL_READ_RECORDS: usize = 64;
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut config = match &args.config {
@@ -259,7 +257,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut last_stats = std::time::Instant::now();
     let mut last_metrics = std::time::Instant::now();
     let mut next_tick_ns = 0;
-    let mut pause = false;
     loop {
         health.beat();
         if last_metrics.elapsed() >= Duration::from_secs(1) {
@@ -292,16 +289,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             last_stats = std::time::Instant::now();
             log_stats(&session, &pipeline, &stats);
         }
-        if pause {
-            std::thread::sleep(Duration::from_millis(args.poll_ms));
-        }
         let read = session.poll(&mut events);
         priority.polled(session.backlog_ns());
-        // A small read found the agent caught up: the next waits `poll_ms`, so a steady
-        // load is read in batches. (Reading again at once found the few records written
-        // meanwhile: at 5,000 requests/s the agent read a handful at a time and spent
-        // nearly twice as much per request as at saturation.) A large read goes on at once.
-        pause = read < SMALL_READ_RECORDS;
+        if read == 0 && events.is_empty() {
+            std::thread::sleep(Duration::from_millis(args.poll_ms));
+        }
     }
     session.poll(&mut events);
     let now = monotonic_now();

@@ -347,6 +347,26 @@ fn spread(values: impl IntoIterator<Item = f64>, decimals: usize) -> String {
     format!("{median:.decimals$} ({min:.decimals$}–{max:.decimals$})")
 }
 
+/// A row of `what` for the `--baseline-tracer` build and this one, measured in the same
+/// alternating rounds: each side's spread, and the spread of the per-round ratios.
+fn before_and_after(
+    report: &mut String,
+    what: &str,
+    unit: &str,
+    then: Vec<f64>,
+    now: Vec<f64>,
+) -> anyhow::Result<()> {
+    let ratios: Vec<f64> = now.iter().zip(&then).map(|(n, t)| n / t).collect();
+    writeln!(
+        report,
+        "| {what} `--baseline-tracer` (before) → this build, alternating rounds | {} {unit} | {} {unit} | {} | |",
+        spread(then, 2),
+        spread(now, 2),
+        spread(ratios, 2)
+    )?;
+    Ok(())
+}
+
 fn http_overhead(
     args: &BenchArgs,
     tracer: &Path,
@@ -454,48 +474,36 @@ fn http_overhead(
     )?;
     if !steady_before.is_empty() {
         let per_request = |s: &Steady| s.cpu_s / s.requests * 1e5;
-        writeln!(
-            report,
-            "| agent CPU per 100k HTTP requests at a steady {STEADY_RATE} requests/s, `--baseline-tracer` (before) → this build, alternating rounds | {} CPU-s | {} CPU-s | {} | |",
-            spread(steady_before.iter().map(per_request), 2),
-            spread(steady.iter().map(per_request), 2),
-            spread(
-                steady
-                    .iter()
-                    .zip(&steady_before)
-                    .map(|(now, then)| per_request(now) / per_request(then)),
-                2
-            )
-        )?;
+        let (then, now) = (
+            steady_before.iter().map(per_request),
+            steady.iter().map(per_request),
+        );
+        let what =
+            format!("agent CPU per 100k HTTP requests at a steady {STEADY_RATE} requests/s,");
+        before_and_after(report, &what, "CPU-s", then.collect(), now.collect())?;
     }
     if !before.is_empty() {
-        let per_request = |costs: &[Cost]| spread(costs.iter().map(Cost::per_100k_requests), 2);
-        writeln!(
+        let per_request = |costs: &[Cost]| costs.iter().map(Cost::per_100k_requests).collect();
+        let what = "agent CPU per 100k HTTP requests, as shipped:";
+        before_and_after(
             report,
-            "| agent CPU per 100k HTTP requests, as shipped: `--baseline-tracer` (before) → this build, alternating rounds | {} CPU-s | {} CPU-s | {} | |",
+            what,
+            "CPU-s",
             per_request(&before),
             per_request(&default),
-            spread(
-                default
-                    .iter()
-                    .zip(&before)
-                    .map(|(now, then)| now.per_100k_requests() / then.per_100k_requests()),
-                2
-            )
         )?;
-        let bpf_per_request = |c: &Cost| c.bpf_ns / c.wrk.requests / 1e3;
-        writeln!(
+        let bpf_per_request = |costs: &[Cost]| {
+            (costs.iter())
+                .map(|c| c.bpf_ns / c.wrk.requests / 1e3)
+                .collect()
+        };
+        let what = "in-kernel BPF time per HTTP request,";
+        before_and_after(
             report,
-            "| in-kernel BPF time per HTTP request, `--baseline-tracer` (before) → this build, alternating rounds | {} µs | {} µs | {} | |",
-            spread(before.iter().map(bpf_per_request), 2),
-            spread(default.iter().map(bpf_per_request), 2),
-            spread(
-                default
-                    .iter()
-                    .zip(&before)
-                    .map(|(now, then)| bpf_per_request(now) / bpf_per_request(then)),
-                2
-            )
+            what,
+            "µs",
+            bpf_per_request(&before),
+            bpf_per_request(&default),
         )?;
         writeln!(
             report,

@@ -76,7 +76,7 @@ impl Value<'_> {
 
     fn text(&self) -> Option<String> {
         match self {
-            Value::Text(s) => Some(s.clone().into_owned()),
+            Value::Text(s) => Some(s.to_string()),
             _ => None,
         }
     }

@@ -211,23 +211,24 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Does `name` match `pattern`, where `*` stands for any run of characters?
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = name.strip_prefix(first) else {
+    let Some((first, rest)) = pattern.split_once('*') else {
+        return pattern == name;
+    };
+    // The fixed ends first: nearly every span name fails there (it runs per span, for
+    // every SLA rule), before any part between two stars is searched for.
+    let (middle, last) = rest.rsplit_once('*').unwrap_or(("", rest));
+    if name.len() < first.len() + last.len() || !name.starts_with(first) || !name.ends_with(last) {
         return false;
-    };
-    let Some(mut last) = parts.next() else {
-        return rest.is_empty();
-    };
-    // Every part between two stars, in order, after what matched so far; nothing collected.
-    for next in parts {
-        match rest.find(last) {
-            Some(at) => rest = &rest[at + last.len()..],
+    }
+    // Every part between two stars, in order, in what the ends leave; nothing collected.
+    let mut inner = &name[first.len()..name.len() - last.len()];
+    for part in middle.split('*') {
+        match inner.find(part) {
+            Some(at) => inner = &inner[at + part.len()..],
             None => return false,
         }
-        last = next;
     }
-    rest.ends_with(last)
+    true
 }
 
 #[cfg(test)]
@@ -251,6 +252,12 @@ mod tests {
         assert!(glob_match("*x*x", "xx"));
         assert!(!glob_match("*x*x", "x"));
         assert!(glob_match("**", "anything"));
+        // The fixed ends may not overlap, and parts are found between them only.
+        assert!(!glob_match("ab*ba", "aba"));
+        assert!(glob_match("ab*ba", "abba"));
+        assert!(!glob_match("a*b*a", "aba*"));
+        assert!(!glob_match("x*b*y", "xy"));
+        assert!(glob_match("é*ü", "éü"));
     }
 
     #[test]

@@ -321,13 +321,7 @@ fn find(
     let record = &exchange.record;
     let name = rule.source.name;
     if let (How::Names(names), SourceShape::Named { .. }) = (&rule.how, rule.source.shape) {
-        out.extend(
-            names
-                .iter()
-                .filter_map(|n| record.named(name, n))
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned),
-        );
+        record.named_values(name, names, out);
         return;
     }
     let Some(text) = record.text(name) else {

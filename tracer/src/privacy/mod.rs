@@ -90,10 +90,10 @@ impl Redactions {
 
 const DROPPED: &str = "dropped: not on the allow-list";
 
-/// Whether an attribute is on the allow-list (else it is noted as dropped).
-fn listed(key: &str, why: &mut Redactions) -> bool {
-    let listed = policy(key).is_some();
-    if !listed {
+/// An attribute's policy when it is on the allow-list (else it is noted as dropped).
+fn listed(key: &str, why: &mut Redactions) -> Option<Policy> {
+    let listed = policy(key);
+    if listed.is_none() {
         why.note(key, DROPPED);
     }
     listed
@@ -174,8 +174,6 @@ impl Privacy {
                     .push((ORDER_FROM_TRACE, AttrValue::fixed("true")));
             }
         }
-        exchange.attributes.retain(|(key, _)| listed(key, &mut why));
-        exchange.business.retain(|(key, _)| listed(key, &mut why));
         let mut name = std::mem::take(&mut exchange.name);
         self.memoised(
             SPAN_NAMES,
@@ -185,19 +183,26 @@ impl Privacy {
             |privacy, name, why| *name = privacy.span_name(name, &ids, why),
         );
         exchange.name = name;
-        for (key, value) in exchange.attributes.iter_mut() {
-            match (policy(key), value) {
-                (None | Some(Policy::Keep), _) | (_, AttrValue::Int(_)) => {}
-                (Some(policy), AttrValue::Str(text)) => {
-                    self.clean(policy, key, text.to_mut(), &ids, &mut why)
-                }
+        // One policy lookup per attribute: unlisted ones dropped, the others cleaned.
+        exchange.attributes.retain_mut(|(key, value)| {
+            let Some(policy) = listed(key, &mut why) else {
+                return false;
+            };
+            if let (Policy::Keep, _) | (_, AttrValue::Int(_)) = (policy, &value) {
+                return true;
             }
-        }
-        for (key, value) in exchange.business.iter_mut() {
-            if let Some(policy) = policy(key) {
-                self.clean(policy, key, value, &ids, &mut why);
+            if let AttrValue::Str(text) = value {
+                self.clean(policy, key, text.to_mut(), &ids, &mut why);
             }
-        }
+            true
+        });
+        exchange.business.retain_mut(|(key, value)| {
+            let Some(policy) = listed(key, &mut why) else {
+                return false;
+            };
+            self.clean(policy, key, value, &ids, &mut why);
+            true
+        });
         if let ExchangeStatus::Error { message, .. } = &mut exchange.status {
             self.free_text("status.message", message, &ids, &mut why);
         }

@@ -44,6 +44,18 @@ pub trait Record: Send + Sync + Debug {
     fn text(&self, source: &str) -> Option<&str>;
     /// A value of a Named source.
     fn named(&self, source: &str, name: &str) -> Option<&str>;
+    /// The first value of each of `names` in `source` that is not empty, in the order of
+    /// `names`, added to `out`. Records whose named values sit in one list override it
+    /// with a single pass over the list (a rule asks for four names, every exchange).
+    fn named_values(&self, source: &str, names: &[String], out: &mut Vec<String>) {
+        out.extend(
+            names
+                .iter()
+                .filter_map(|n| self.named(source, n))
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned),
+        );
+    }
     /// Telemetry export traffic (OTLP to a collector): never a span. Tracing it would
     /// report the agent's own exports, each export adding a span to the next one.
     fn is_telemetry_export(&self) -> bool {

@@ -65,6 +65,27 @@ impl Headers {
         self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
 
+    /// The first value of each of `names` (ASCII case ignored) that is not empty, in the
+    /// order of `names`, added to `out`: one pass over the fields for all of them.
+    pub fn first_values(&self, names: &[String], out: &mut Vec<String>) {
+        const AT_ONCE: usize = 8;
+        if names.len() > AT_ONCE {
+            let (head, rest) = names.split_at(AT_ONCE);
+            self.first_values(head, out);
+            return self.first_values(rest, out);
+        }
+        let mut first: [Option<&str>; AT_ONCE] = [None; AT_ONCE];
+        for (field, value) in self.iter() {
+            for (name, slot) in names.iter().zip(first.iter_mut()) {
+                if slot.is_none() && field.eq_ignore_ascii_case(name) {
+                    *slot = Some(value);
+                }
+            }
+        }
+        let found = first.iter().take(names.len()).flatten();
+        out.extend(found.filter(|v| !v.is_empty()).map(|v| (*v).to_owned()));
+    }
+
     /// The first value of `name`, ASCII case ignored.
     pub fn get_ignore_case(&self, name: &str) -> Option<&str> {
         self.iter()
@@ -124,5 +145,41 @@ mod tests {
         let built: Headers = [("Host", "a")].into_iter().collect();
         assert_eq!(built.get_ignore_case("host"), Some("a"));
         assert!(Headers::default().iter().next().is_none());
+    }
+
+    #[test]
+    fn first_values_are_what_a_lookup_per_name_finds_in_the_order_of_the_names() {
+        let headers: Headers = [
+            ("Host", "shop"),
+            ("X-User-Id", ""),
+            ("Order-Id", "A1"),
+            ("x-user-id", "u2"),
+            ("order-id", "A3"),
+            ("User_Id", "u4"),
+        ]
+        .into_iter()
+        .collect();
+        let names: Vec<String> = ["user_id", "x-user-id", "order-id", "missing", "host"]
+            .map(String::from)
+            .to_vec();
+        let one_by_one: Vec<String> = names
+            .iter()
+            .filter_map(|n| headers.get_ignore_case(n))
+            .filter(|v| !v.is_empty())
+            .map(String::from)
+            .collect();
+        // The first x-user-id is empty: no value, as a lookup of the name says.
+        assert_eq!(one_by_one, ["u4", "A1", "shop"]);
+        let mut out = Vec::new();
+        headers.first_values(&names, &mut out);
+        assert_eq!(out, one_by_one);
+        // More names than one pass holds: the same answer, in order.
+        let many: Vec<String> = (0..10)
+            .map(|i| format!("n{i}"))
+            .chain(names.iter().cloned())
+            .collect();
+        out.clear();
+        headers.first_values(&many, &mut out);
+        assert_eq!(out, one_by_one);
     }
 }

@@ -90,6 +90,12 @@ impl Record for HttpRecord {
             .flatten()
     }
 
+    fn named_values(&self, source: &str, names: &[String], out: &mut Vec<String>) {
+        if source == "http_header" {
+            self.headers.first_values(names, out);
+        }
+    }
+
     fn is_telemetry_export(&self) -> bool {
         self.is_otlp()
     }

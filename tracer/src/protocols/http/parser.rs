@@ -1,7 +1,7 @@
 //! One direction of an HTTP/1.x connection: heads parsed with `httparse`, bodies framed by
 //! Content-Length, chunked encoding or connection close, with resynchronisation at the
 //! next request or status line after garbage or a gap.
-use std::mem::MaybeUninit;
+use std::{borrow::Cow, mem::MaybeUninit};
 
 use httparse::Status;
 
@@ -19,15 +19,60 @@ pub enum Side {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Head {
-    /// Request method, or empty for responses.
-    pub method: String,
+    /// Request method, or empty for responses (the standard ones without an allocation).
+    pub method: Cow<'static, str>,
     /// Request target, or empty for responses.
     pub target: String,
     /// Response status, or 0 for requests.
     pub status: u16,
     pub version: u8,
-    /// Header names lower-cased, in order.
+    /// Request header fields, names lower-cased, in order. Empty for responses: of their
+    /// fields only the framing is read (`body`), and keeping them was two allocations per
+    /// response.
     pub headers: Headers,
+    /// What the fields say about the body's framing.
+    pub body: BodyFields,
+}
+
+/// A request method as text: a standard method borrows its name, another is copied.
+fn method_text(method: &str) -> Cow<'static, str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    match STANDARD.iter().find(|m| **m == method) {
+        Some(m) => Cow::Borrowed(m),
+        None => Cow::Owned(method.to_owned()),
+    }
+}
+
+/// What a head's fields say about how its body is framed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BodyFields {
+    /// The first `transfer-encoding` field names `chunked` (any case).
+    pub chunked: bool,
+    /// The first `content-length` field, when it is a number.
+    pub length: Option<u64>,
+}
+
+impl BodyFields {
+    fn of(fields: &[httparse::Header<'_>]) -> Self {
+        let first = |name: &str| {
+            fields
+                .iter()
+                .find(|f| f.name.eq_ignore_ascii_case(name))
+                .map(|f| f.value)
+        };
+        Self {
+            chunked: first("transfer-encoding").is_some_and(|value| {
+                value
+                    .windows(b"chunked".len())
+                    .any(|w| w.eq_ignore_ascii_case(b"chunked"))
+            }),
+            length: first("content-length")
+                .and_then(|value| std::str::from_utf8(value).ok())
+                .and_then(|value| value.trim().parse().ok()),
+        }
+    }
 }
 
 impl Head {
@@ -35,9 +80,6 @@ impl Head {
         self.headers.get(name)
     }
 }
-
-/// The response fields a session reads: the body's framing.
-const FRAMING_FIELDS: [&str; 2] = ["content-length", "transfer-encoding"];
 
 /// How the body after a head is framed (decided by the session for responses, which
 /// depend on the request).
@@ -254,11 +296,12 @@ impl Parser {
                         Status::Complete(n) => Some((
                             n,
                             Head {
-                                method: req.method.unwrap_or_default().to_owned(),
+                                method: method_text(req.method.unwrap_or_default()),
                                 target: req.path.unwrap_or_default().to_owned(),
                                 status: 0,
                                 version: req.version.unwrap_or(1),
                                 headers: Headers::from_parsed(req.headers),
+                                body: BodyFields::of(req.headers),
                             },
                         )),
                         Status::Partial => None,
@@ -272,15 +315,12 @@ impl Parser {
                         Status::Complete(n) => Some((
                             n,
                             Head {
-                                method: String::new(),
+                                method: Cow::Borrowed(""),
                                 target: String::new(),
                                 status: res.code.unwrap_or(0),
                                 version: res.version.unwrap_or(1),
-                                // Only what frames the body: nothing else of a
-                                // response is read (its fields cost a third of parsing).
-                                headers: Headers::from_parsed_where(res.headers, |name| {
-                                    FRAMING_FIELDS.iter().any(|f| name.eq_ignore_ascii_case(f))
-                                }),
+                                headers: Headers::default(),
+                                body: BodyFields::of(res.headers),
                             },
                         )),
                         Status::Partial => None,
@@ -484,4 +524,45 @@ pub fn find_start_line(buf: &[u8], side: Side) -> Option<usize> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod head_fields {
+    use std::borrow::Cow;
+
+    use super::{method_text, BodyFields};
+
+    #[test]
+    fn standard_methods_are_borrowed_and_others_copied_as_sent() {
+        assert!(matches!(method_text("GET"), Cow::Borrowed("GET")));
+        assert!(matches!(method_text("OPTIONS"), Cow::Borrowed("OPTIONS")));
+        assert!(matches!(method_text("PROPFIND"), Cow::Owned(m) if m == "PROPFIND"));
+        assert!(matches!(method_text("get"), Cow::Owned(m) if m == "get"));
+    }
+
+    fn of(fields: &[(&str, &[u8])]) -> BodyFields {
+        let fields: Vec<httparse::Header<'_>> = fields
+            .iter()
+            .map(|&(name, value)| httparse::Header { name, value })
+            .collect();
+        BodyFields::of(&fields)
+    }
+
+    #[test]
+    fn framing_is_read_from_the_first_field_of_each_name_in_any_case() {
+        assert_eq!(of(&[]), BodyFields::default());
+        let chunked = of(&[("Transfer-Encoding", b"gzip, Chunked")]);
+        assert!(chunked.chunked);
+        assert_eq!(chunked.length, None);
+        let length = of(&[("Host", b"a"), ("CONTENT-LENGTH", b" 42 ")]);
+        assert_eq!((length.chunked, length.length), (false, Some(42)));
+        // The first content-length decides, even when it is not a number.
+        assert_eq!(
+            of(&[("content-length", b"x"), ("content-length", b"7")]).length,
+            None
+        );
+        assert_eq!(of(&[("content-length", b"\xff1")]).length, None);
+        assert!(!of(&[("transfer-encoding", b"gzip")]).chunked);
+        assert!(!of(&[("x-transfer-encoding", b"chunked")]).chunked);
+    }
 }

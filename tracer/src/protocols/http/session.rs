@@ -143,7 +143,7 @@ impl HttpSession {
         while let Some(event) = self.responses.next() {
             match event {
                 Event::Head { head, ktime_ns, .. } => {
-                    let request_method = self.pending.front().map(|r| r.head.method.as_str());
+                    let request_method = self.pending.front().map(|r| r.head.method.as_ref());
                     let framing = response_framing(&head, request_method);
                     self.responses.set_framing(framing);
                     if framing == Framing::Tunnel {
@@ -211,7 +211,7 @@ impl HttpSession {
         };
         let mut attributes: Vec<(&'static str, AttrValue)> = Vec::with_capacity(14);
         attributes.extend([
-            ("http.request.method", method.into()),
+            ("http.request.method", AttrValue::Str(method)),
             ("url.path", path.into()),
             ("http.route", route.into()),
             ("network.protocol.name", AttrValue::fixed("http")),
@@ -315,13 +315,10 @@ fn response_framing(head: &Head, request_method: Option<&str>) -> Framing {
 
 /// Chunked if Transfer-Encoding says so, else Content-Length, else `otherwise`.
 fn content_framing(head: &Head, otherwise: Framing) -> Framing {
-    if head
-        .header("transfer-encoding")
-        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
-    {
+    if head.body.chunked {
         return Framing::Chunked;
     }
-    match head.header("content-length").and_then(|v| v.parse().ok()) {
+    match head.body.length {
         Some(n) => Framing::Length(n),
         None => otherwise,
     }

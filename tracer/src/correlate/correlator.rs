@@ -415,9 +415,6 @@ impl Correlator {
                 if node.end_ns.is_none() {
                     if let Some(open) = self.open_by_pid.get_mut(&node.pid) {
                         open.retain(|(other, _)| *other != id);
-                        if open.is_empty() {
-                            self.open_by_pid.remove(&node.pid);
-                        }
                     }
                 }
                 // Its entry in `closed_by_pid` (if 64 more have not closed since) goes at
@@ -581,7 +578,8 @@ impl Correlator {
 
     /// The trace of a node: its parent's, recursively, or a new one for a root.
     fn trace_of(&mut self, id: NodeId) -> TraceId {
-        let mut chain = Vec::new();
+        // How many nodes up from `id` have no trace yet: they all get the one found.
+        let mut walked = 0;
         let mut current = id;
         let trace = loop {
             let Some(node) = self.nodes.get(&current) else {
@@ -590,7 +588,7 @@ impl Correlator {
             if let Some(trace) = node.trace_id {
                 break (trace, node.order_trace);
             }
-            chain.push(current);
+            walked += 1;
             // An explicit traceparent wins for the span it arrived with; then its order.
             if let Some(tp) = node.traceparent {
                 break (TraceId::from_bytes(tp.trace_id), false);
@@ -598,7 +596,7 @@ impl Correlator {
             if let Some(order) = node.order_ids.first() {
                 break (self.orders.trace(order), true);
             }
-            if chain.len() > 64 {
+            if walked > 64 {
                 break (self.ids.new_trace_id(), false); // a cycle cannot happen, but never loop forever
             }
             match self.parent_of(current) {
@@ -608,10 +606,17 @@ impl Correlator {
             }
         };
         let (trace, from_order) = trace;
-        for node in chain {
-            if let Some(node) = self.nodes.get_mut(&node) {
-                node.trace_id = Some(trace);
-                node.order_trace = from_order;
+        // The same nodes again, by the parents just decided (no list of them allocated).
+        let mut current = id;
+        for _ in 0..walked {
+            let Some(node) = self.nodes.get_mut(&current) else {
+                break;
+            };
+            node.trace_id = Some(trace);
+            node.order_trace = from_order;
+            match node.parent {
+                Some(Parent::Local(parent)) => current = parent,
+                _ => break,
             }
         }
         trace
@@ -770,7 +775,9 @@ impl Correlator {
             }
         }
         self.forget_oldest_exported();
-        // Recently closed requests that were forgotten since (see `forget`).
+        // Processes with no request open any more, and recently closed requests that were
+        // forgotten since (see `forget`).
+        self.open_by_pid.retain(|_, open| !open.is_empty());
         let nodes = &self.nodes;
         self.closed_by_pid.retain(|_, closed| {
             closed.retain(|c| nodes.contains_key(&c.id));

@@ -108,10 +108,9 @@ impl Correlator {
     /// A SERVER or CONSUMER span finished: calls starting from now on are not its.
     pub(super) fn close_request(&mut self, pid: u32, id: NodeId, (start_ns, end_ns): (u64, u64)) {
         if let Some(open) = self.open_by_pid.get_mut(&pid) {
+            // An emptied list stays until the next eviction: a process serving one
+            // request at a time would otherwise free and allocate it per request.
             open.retain(|(other, _)| *other != id);
-            if open.is_empty() {
-                self.open_by_pid.remove(&pid);
-            }
         }
         let closed = self.closed_by_pid.entry(pid).or_default();
         closed.push_back(Closed {

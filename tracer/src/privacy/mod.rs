@@ -188,11 +188,10 @@ impl Privacy {
             let Some(policy) = listed(key, &mut why) else {
                 return false;
             };
-            if let (Policy::Keep, _) | (_, AttrValue::Int(_)) = (policy, &value) {
-                return true;
-            }
             if let AttrValue::Str(text) = value {
-                self.clean(policy, key, text.to_mut(), &ids, &mut why);
+                if policy != Policy::Keep {
+                    self.clean(policy, key, text.to_mut(), &ids, &mut why);
+                }
             }
             true
         });

@@ -14,17 +14,12 @@ pub struct Headers {
 impl Headers {
     /// Fields parsed by httparse: names lower-cased, values trimmed, invalid UTF-8 replaced.
     pub fn from_parsed(fields: &[httparse::Header<'_>]) -> Self {
-        Self::from_parsed_where(fields, |_| true)
-    }
-
-    /// The same, keeping only the fields whose name `keep` accepts (as sent, any case).
-    pub fn from_parsed_where(fields: &[httparse::Header<'_>], keep: impl Fn(&str) -> bool) -> Self {
         let size = fields.iter().map(|f| f.name.len() + f.value.len()).sum();
         let mut headers = Self {
             text: String::with_capacity(size),
             places: Vec::with_capacity(fields.len()),
         };
-        for field in fields.iter().filter(|f| keep(f.name)) {
+        for field in fields {
             let start = headers.text.len();
             headers.text.push_str(field.name);
             headers.text[start..].make_ascii_lowercase();
@@ -137,11 +132,6 @@ mod tests {
         assert_eq!(headers.get("Content-Type"), None);
         assert_eq!(headers.get_ignore_case("X-ORDER-ID"), Some("A\u{fffd}B"));
         assert_eq!(headers.iter().count(), 3);
-        let framing = Headers::from_parsed_where(&fields, |n| n.eq_ignore_ascii_case("X-ORDER-ID"));
-        assert_eq!(
-            framing.iter().collect::<Vec<_>>(),
-            [("x-order-id", "A\u{fffd}B")]
-        );
         let built: Headers = [("Host", "a")].into_iter().collect();
         assert_eq!(built.get_ignore_case("host"), Some("a"));
         assert!(Headers::default().iter().next().is_none());

@@ -91,6 +91,26 @@ fn any_value_len(value: Value) -> usize {
 fn attribute(tag: u32, key: &str, value: Value, buf: &mut Vec<u8>) {
     let value_len = any_value_len(value);
     let len = string_len(1, key) + key_len(2) + encoded_len_varint(value_len as u64) + value_len;
+    if tag < 16 && len < 128 {
+        // Nearly every attribute: its tags and lengths are one byte each (every length
+        // inside is below `len`), so each run of them is one fixed-size write rather than a
+        // push per byte.
+        let field = (tag << 3) as u8 | WireType::LengthDelimited as u8;
+        buf.extend_from_slice(&[field, len as u8, 0x0a, key.len() as u8]);
+        buf.extend_from_slice(key.as_bytes());
+        match value {
+            Value::Str(s) => {
+                buf.extend_from_slice(&[0x12, value_len as u8, 0x0a, s.len() as u8]);
+                buf.extend_from_slice(s.as_bytes());
+            }
+            Value::Bool(b) => buf.extend_from_slice(&[0x12, value_len as u8, 0x10, u8::from(b)]),
+            Value::Int(i) => {
+                buf.extend_from_slice(&[0x12, value_len as u8, 0x18]);
+                put_varint(i as u64, buf);
+            }
+        }
+        return;
+    }
     put_key(tag, WireType::LengthDelimited, buf);
     put_varint(len as u64, buf);
     string(1, key, buf);
@@ -404,6 +424,45 @@ mod tests {
             attr(encoder.encode(&span, &clock), "tls.established"),
             Some(Any::BoolValue(true))
         );
+    }
+
+    #[test]
+    fn attributes_are_the_bytes_prost_writes_for_a_key_value() {
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+        let long = "x".repeat(200);
+        let cases = [
+            ("http.request.method", Value::Str("GET")),
+            ("url.path", Value::Str("")),
+            ("url.path", Value::Str(&long)),
+            (long.as_str(), Value::Str("v")),
+            ("a", Value::Str(&long[..110])), // the pair just over one length byte
+            ("a", Value::Str(&long[..109])), // and just under it
+            ("http.response.status_code", Value::Int(200)),
+            ("n", Value::Int(-1)), // a ten-byte varint
+            ("n", Value::Int(i64::MAX)),
+            ("n", Value::Int(0)),
+            ("tls.established", Value::Bool(true)),
+            ("flag", Value::Bool(false)),
+        ];
+        for tag in [9, 4, 16] {
+            for (key, value) in cases {
+                let mut ours = Vec::new();
+                attribute(tag, key, value, &mut ours);
+                let value = match value {
+                    Value::Str(s) => Any::StringValue(s.into()),
+                    Value::Int(i) => Any::IntValue(i),
+                    Value::Bool(b) => Any::BoolValue(b),
+                };
+                let reference = KeyValue {
+                    key: key.into(),
+                    value: Some(AnyValue { value: Some(value) }),
+                    ..Default::default()
+                };
+                let mut theirs = Vec::new();
+                prost::encoding::message::encode(tag, &reference, &mut theirs);
+                assert_eq!(ours, theirs, "tag {tag}, key of {} bytes", key.len());
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use thiserror::Error;
 use super::json;
 use crate::{
     config::{ExtractConfig, ExtractRule},
-    protocols::{self, Exchange, ExchangeKind, Source, SourceShape},
+    protocols::{self, Exchange, ExchangeKind, Record, Source, SourceShape},
 };
 
 pub const ORDER_ID: &str = "app.order.id";
@@ -49,6 +49,19 @@ struct Rule {
     how: How,
 }
 
+impl Rule {
+    /// Looks values up by name in a Named source (headers), not in one text.
+    fn reads_names(&self) -> bool {
+        matches!(
+            (&self.how, self.source.shape),
+            (How::Names(_), SourceShape::Named { .. })
+        )
+    }
+}
+
+/// Sources one protocol offers at most (HTTP offers five).
+const MAX_SOURCES: usize = 8;
+
 /// What was found in one exchange.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Extracted {
@@ -64,9 +77,10 @@ pub struct Extractor {
     rules: Vec<Rule>,
     /// `[[extract.error]]`: the lookup, and the span kind it applies to.
     errors: Vec<(Rule, Option<ExchangeKind>)>,
-    /// Per protocol (by name): the rules whose source its records offer, in rule order.
-    /// An exchange is read only by those (an HTTP exchange is never asked for a routing key).
-    by_protocol: Vec<(&'static str, Vec<usize>)>,
+    /// Per protocol (by name): the rules whose source its records offer, in rule order,
+    /// each with its source's place among the protocol's sources. An exchange is read only
+    /// by those (an HTTP exchange is never asked for a routing key).
+    by_protocol: Vec<(&'static str, Vec<(usize, usize)>)>,
     /// Per source: every key the key rules look for in it (a body is read once for all).
     body_keys: Vec<(&'static str, json::KeyFinder)>,
 }
@@ -104,8 +118,15 @@ impl Extractor {
             .iter()
             .map(|protocol| {
                 let offered = protocol.sources();
+                assert!(
+                    offered.len() <= MAX_SOURCES,
+                    "a protocol offers at most {MAX_SOURCES} sources"
+                );
                 let indices = (0..rules.len())
-                    .filter(|&i| offered.iter().any(|s| s.name == rules[i].source.name))
+                    .filter_map(|i| {
+                        let slot = offered.iter().position(|s| s.name == rules[i].source.name);
+                        slot.map(|slot| (i, slot))
+                    })
                     .collect();
                 (protocol.name(), indices)
             })
@@ -133,31 +154,48 @@ impl Extractor {
         })
     }
 
-    /// The rules that can read an exchange of `protocol` (every rule for one no protocol
-    /// registers).
-    fn rules_for<'a>(&'a self, protocol: &str) -> impl Iterator<Item = &'a Rule> + 'a {
-        let indices = self
-            .by_protocol
-            .iter()
-            .find(|(name, _)| *name == protocol)
-            .map(|(_, indices)| indices.as_slice());
-        let all = indices.is_none().then_some(self.rules.iter());
-        let some = indices.map(|indices| indices.iter().map(|&i| &self.rules[i]));
-        all.into_iter().flatten().chain(some.into_iter().flatten())
-    }
-
     pub fn extract(&self, exchange: &Exchange) -> Extracted {
+        let record = &*exchange.record;
         let mut found: Vec<(String, String)> = Vec::new();
         let mut bodies = json::Bodies::default();
         let mut values = Vec::new();
-        for rule in self.rules_for(exchange.protocol) {
-            find(rule, exchange, &self.body_keys, &mut bodies, &mut values);
+        let mut apply = |rule: &Rule, text: Option<&str>, bodies: &mut json::Bodies| {
+            find(rule, record, text, &self.body_keys, bodies, &mut values);
             for value in values.drain(..) {
                 if !found
                     .iter()
                     .any(|(a, v)| *a == rule.attribute && *v == value)
                 {
                     found.push((rule.attribute.clone(), value));
+                }
+            }
+        };
+        match self
+            .by_protocol
+            .iter()
+            .find(|(name, _)| *name == exchange.protocol)
+        {
+            Some((_, rules)) => {
+                // Each source's text is read once for all the rules that read it (twelve
+                // built-in rules read five HTTP sources); a rule whose source has nothing
+                // in it is passed over.
+                let mut texts: [Option<Option<&str>>; MAX_SOURCES] = [None; MAX_SOURCES];
+                for &(i, slot) in rules {
+                    let rule = &self.rules[i];
+                    if rule.reads_names() {
+                        apply(rule, None, &mut bodies);
+                        continue;
+                    }
+                    let text = *texts[slot].get_or_insert_with(|| record.text(rule.source.name));
+                    if text.is_some_and(|text| !text.is_empty()) {
+                        apply(rule, text, &mut bodies);
+                    }
+                }
+            }
+            // A protocol that registers no sources: every rule asks its record.
+            None => {
+                for rule in &self.rules {
+                    apply(rule, record.text(rule.source.name), &mut bodies);
                 }
             }
         }
@@ -189,7 +227,15 @@ impl Extractor {
             .iter()
             .filter(|(_, kind)| kind.is_none_or(|k| k == exchange.kind))
             .find_map(|(rule, _)| {
-                find(rule, exchange, &self.body_keys, &mut bodies, &mut values);
+                let text = record.text(rule.source.name);
+                find(
+                    rule,
+                    record,
+                    text,
+                    &self.body_keys,
+                    &mut bodies,
+                    &mut values,
+                );
                 let first = (!values.is_empty()).then(|| values.swap_remove(0));
                 values.clear();
                 first
@@ -310,21 +356,22 @@ fn defaults() -> Vec<Rule> {
     rules
 }
 
-/// Adds the values `rule` finds in `exchange` to `out`.
+/// Adds the values `rule` finds in `record` to `out`; `text` is the record's text of the
+/// rule's source (unused by rules that read names).
 fn find(
     rule: &Rule,
-    exchange: &Exchange,
+    record: &dyn Record,
+    text: Option<&str>,
     body_keys: &[(&'static str, json::KeyFinder)],
     bodies: &mut json::Bodies,
     out: &mut Vec<String>,
 ) {
-    let record = &exchange.record;
     let name = rule.source.name;
     if let (How::Names(names), SourceShape::Named { .. }) = (&rule.how, rule.source.shape) {
         record.named_values(name, names, out);
         return;
     }
-    let Some(text) = record.text(name) else {
+    let Some(text) = text else {
         return;
     };
     if text.is_empty() {
@@ -383,6 +430,9 @@ fn template_value(text: &str, parts: &[String], separator: char) -> Option<Strin
 }
 
 fn after_segment(path: &str, words: &[String]) -> Option<String> {
+    if !path.bytes().any(|b| b.is_ascii_digit()) {
+        return None; // the id segment needs a digit: most paths are settled by this scan
+    }
     let mut segments = path.split('/').peekable();
     while let Some(segment) = segments.next() {
         let next = *segments.peek()?;

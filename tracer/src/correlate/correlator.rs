@@ -485,7 +485,14 @@ impl Correlator {
     fn resolve(&mut self, id: NodeId) -> Option<ResolvedSpan> {
         let trace_id = self.trace_of(id);
         let parent = self.parent_of(id);
-        let (mut exchange, connection) = *self.nodes.get_mut(&id)?.finished.take()?;
+        // What the span needs of its node, read in one lookup.
+        let node = self.nodes.get_mut(&id)?;
+        let (mut exchange, connection) = *node.finished.take()?;
+        let span_id = node.span_id;
+        let (producer, message_in) = (node.producer, node.message_in.is_some());
+        let end_ns = node.end_ns.unwrap_or(node.start_ns);
+        let (order_trace, parent_source, parent_ambiguous) =
+            (node.order_trace, node.parent_source, node.parent_ambiguous);
         let mut links = Vec::new();
         let (parent_span_id, parent_is_remote) = match parent {
             Parent::Local(p) => {
@@ -519,13 +526,14 @@ impl Correlator {
                 links.push((order_trace, anchor));
             }
         }
-        if let Some(producer) = self.nodes.get(&id).and_then(|n| n.producer) {
+        if let Some(producer) = producer {
             let producer_trace = self.trace_of(producer);
             if let Some(p) = self.nodes.get(&producer) {
                 links.push((producer_trace, p.span_id));
             }
         }
-        if let Some((residence_ns, source)) = self.residence(id) {
+        // Only a delivered message has a time in the queue.
+        if let Some((residence_ns, source)) = message_in.then(|| self.residence(id)).flatten() {
             exchange.attributes.push((
                 "tracer.messaging.queue_residence_ms",
                 ((residence_ns / 1_000_000) as i64).into(),
@@ -535,23 +543,21 @@ impl Correlator {
                 .push(("tracer.messaging.queue_residence_source", source.into()));
         }
         let known_ids = self.known_ids(id, trace_id);
-        let node = self.nodes.get(&id)?;
-        self.exported
-            .push_back((node.end_ns.unwrap_or(node.start_ns), id));
+        self.exported.push_back((end_ns, id));
         // A parent that became a link (another order's trace) is no parent.
-        let parent_source = parent_span_id.and(node.parent_source);
+        let parent_source = parent_span_id.and(parent_source);
         Some(ResolvedSpan {
             trace_id,
-            span_id: node.span_id,
+            span_id,
             parent_span_id,
             parent_is_remote,
             links,
-            order_trace: node.order_trace,
+            order_trace,
             known_ids,
             exchange,
             connection,
             parent_source,
-            parent_ambiguous: node.parent_ambiguous,
+            parent_ambiguous,
         })
     }
 
@@ -630,12 +636,15 @@ impl Correlator {
         if let Some(parent) = node.parent {
             return parent;
         }
-        if node.kind == ExchangeKind::Consumer && node.producer.is_none() {
+        let node = if node.kind == ExchangeKind::Consumer && node.producer.is_none() {
             // The producer's start may have been read after this consumer's.
             self.match_producer(id);
-        }
-        let Some(node) = self.nodes.get(&id) else {
-            return Parent::Root;
+            let Some(node) = self.nodes.get(&id) else {
+                return Parent::Root;
+            };
+            node
+        } else {
+            node
         };
         let (parent, source) = match node.kind {
             ExchangeKind::Server => match self.peer_client(id, node) {
@@ -702,12 +711,11 @@ impl Correlator {
         // scan past every call that connection made since (hundreds on a busy one).
         if let Some(newest) = clients.back() {
             let candidate = (newest.0, id.1);
-            let is_client = |c: &NodeId| {
-                self.nodes
-                    .get(c)
-                    .is_some_and(|n| n.kind == ExchangeKind::Client)
-            };
-            if is_client(&candidate) && started_before(&candidate) {
+            let matches = self
+                .nodes
+                .get(&candidate)
+                .is_some_and(|c| c.kind == ExchangeKind::Client && c.start_ns <= served_until);
+            if matches {
                 return Some(candidate);
             }
         }

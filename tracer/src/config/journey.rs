@@ -211,24 +211,94 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Does `name` match `pattern`, where `*` stands for any run of characters?
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let Some((first, rest)) = pattern.split_once('*') else {
-        return pattern == name;
-    };
-    // The fixed ends first: nearly every span name fails there (it runs per span, for
-    // every SLA rule), before any part between two stars is searched for.
-    let (middle, last) = rest.rsplit_once('*').unwrap_or(("", rest));
-    if name.len() < first.len() + last.len() || !name.starts_with(first) || !name.ends_with(last) {
-        return false;
-    }
-    // Every part between two stars, in order, in what the ends leave; nothing collected.
-    let mut inner = &name[first.len()..name.len() - last.len()];
-    for part in middle.split('*') {
-        match inner.find(part) {
-            Some(at) => inner = &inner[at + part.len()..],
-            None => return false,
+    GlobParts::of(pattern).matches(name)
+}
+
+/// A pattern of `glob_match` split at its stars once (at config load), for a check that
+/// runs per span and per rule.
+#[derive(Clone, Debug)]
+pub struct Glob {
+    pattern: String,
+    /// Where the part before the first star ends and the part after the last begins;
+    /// `None` without a star.
+    ends: Option<(usize, usize)>,
+}
+
+impl Glob {
+    pub fn new(pattern: &str) -> Self {
+        let ends = pattern.find('*').map(|first| {
+            let last = pattern.rfind('*').expect("a star was found");
+            (first, last + 1)
+        });
+        Self {
+            pattern: pattern.to_owned(),
+            ends,
         }
     }
-    true
+
+    pub fn matches(&self, name: &str) -> bool {
+        let parts = match self.ends {
+            None => GlobParts::Exact(&self.pattern),
+            Some((first, last)) => GlobParts::Stars {
+                first: &self.pattern[..first],
+                // Between the first and the last star (empty when they are one).
+                middle: self.pattern.get(first + 1..last - 1).unwrap_or(""),
+                last: &self.pattern[last..],
+            },
+        };
+        parts.matches(name)
+    }
+}
+
+enum GlobParts<'a> {
+    Exact(&'a str),
+    Stars {
+        first: &'a str,
+        middle: &'a str,
+        last: &'a str,
+    },
+}
+
+impl<'a> GlobParts<'a> {
+    fn of(pattern: &'a str) -> Self {
+        let Some((first, rest)) = pattern.split_once('*') else {
+            return Self::Exact(pattern);
+        };
+        let (middle, last) = rest.rsplit_once('*').unwrap_or(("", rest));
+        Self::Stars {
+            first,
+            middle,
+            last,
+        }
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        let (first, middle, last) = match *self {
+            Self::Exact(pattern) => return pattern == name,
+            Self::Stars {
+                first,
+                middle,
+                last,
+            } => (first, middle, last),
+        };
+        // The fixed ends first: nearly every span name fails there (it runs per span, for
+        // every SLA rule), before any part between two stars is searched for.
+        if name.len() < first.len() + last.len()
+            || !name.starts_with(first)
+            || !name.ends_with(last)
+        {
+            return false;
+        }
+        // Every part between two stars, in order, in what the ends leave; nothing collected.
+        let mut inner = &name[first.len()..name.len() - last.len()];
+        for part in middle.split('*') {
+            match inner.find(part) {
+                Some(at) => inner = &inner[at + part.len()..],
+                None => return false,
+            }
+        }
+        true
+    }
 }
 
 #[cfg(test)]
@@ -237,6 +307,16 @@ mod tests {
 
     #[test]
     fn globs() {
+        // The pattern split once at load (`Glob`) answers as the one split per call.
+        let glob_match = |pattern: &str, name: &str| {
+            let matched = super::glob_match(pattern, name);
+            assert_eq!(
+                Glob::new(pattern).matches(name),
+                matched,
+                "{pattern:?} {name:?}"
+            );
+            matched
+        };
         assert!(glob_match(
             "POST /orders/*/submit",
             "POST /orders/{order_id}/submit"

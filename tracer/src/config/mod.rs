@@ -4,7 +4,9 @@ mod journey;
 
 use std::{fs, path::Path};
 
-pub use journey::{glob_match, ConsistencyRule, JourneyConfig, SlaRule, StatusAt, StatusRule};
+pub use journey::{
+    glob_match, ConsistencyRule, Glob, JourneyConfig, SlaRule, StatusAt, StatusRule,
+};
 // Protocol sections are owned by their protocol's folder.
 pub use crate::protocols::{amqp::AmqpConfig, http::HttpConfig};
 

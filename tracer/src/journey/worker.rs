@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::{stuck, JourneySpan, Journeys};
 use crate::{
-    config::{glob_match, SlaRule},
+    config::{Glob, SlaRule},
     correlate::ResolvedSpan,
     export::ExportQueues,
     extract::ORDER_ID,
@@ -37,8 +37,9 @@ pub struct JourneyHandle {
     /// Spans queued, bounded by `QUEUE`.
     held: Arc<AtomicUsize>,
     dropped: Counter,
-    /// The SLA rules, to tell which spans without an order still count.
-    slas: Arc<[SlaRule]>,
+    /// The SLA rules (span kind, span name), to tell which spans without an order still
+    /// count.
+    slas: Arc<[(Option<String>, Glob)]>,
 }
 
 impl JourneyHandle {
@@ -69,21 +70,28 @@ impl JourneyHandle {
     }
 }
 
+/// The SLA rules as `teaches` reads them: each span pattern split once.
+fn compiled(slas: &[SlaRule]) -> Arc<[(Option<String>, Glob)]> {
+    (slas.iter())
+        .map(|sla| (sla.kind.clone(), Glob::new(&sla.span)))
+        .collect()
+}
+
 /// Whether the journey thread learns anything from `exchange`'s span (see `wants`).
-fn teaches(slas: &[SlaRule], exchange: &Exchange) -> bool {
-    let names_order = exchange.business.iter().any(|(k, _)| k == ORDER_ID)
-        || exchange.attributes.iter().any(|(k, _)| *k == ORDER_ID);
+fn teaches(slas: &[(Option<String>, Glob)], exchange: &Exchange) -> bool {
     let failed = !matches!(exchange.status, ExchangeStatus::Ok);
-    let queued = exchange
-        .attributes
-        .iter()
-        .any(|(k, _)| *k == "messaging.system");
+    let names_order = || {
+        exchange.business.iter().any(|(k, _)| k == ORDER_ID)
+            || exchange
+                .attributes
+                .iter()
+                .any(|(k, _)| *k == ORDER_ID || *k == "messaging.system")
+    };
     let kind = exchange.kind.name();
-    names_order
-        || failed
-        || queued
-        || slas.iter().any(|sla| {
-            sla.kind.as_deref().is_none_or(|k| k == kind) && glob_match(&sla.span, &exchange.name)
+    failed
+        || names_order()
+        || slas.iter().any(|(sla_kind, span)| {
+            sla_kind.as_deref().is_none_or(|k| k == kind) && span.matches(&exchange.name)
         })
 }
 
@@ -99,7 +107,7 @@ pub fn spawn(
         tx,
         held: held.clone(),
         dropped: journeys.metrics.spans_dropped.clone(),
-        slas: journeys.config.slas.clone().into(),
+        slas: compiled(&journeys.config.slas),
     };
     let queue = Queue { rx, held };
     let thread = std::thread::Builder::new()
@@ -201,7 +209,7 @@ mod tests {
 
     #[test]
     fn journeys_are_handed_spans_of_orders_errors_queues_and_slas_only() {
-        let slas = crate::config::JourneyConfig::default().slas; // server `* */calculate`
+        let slas = compiled(&crate::config::JourneyConfig::default().slas); // server `* */calculate`
         let plain = exchange(ExchangeKind::Server, "GET /health");
         assert!(!teaches(&slas, &plain), "nothing to learn");
         let mut order = plain.clone();

@@ -63,6 +63,9 @@ pub struct CaptureSession {
     next_expiry_ns: u64,
     /// Closes and exits read after the data of a poll, handled after the next one's.
     late_endings: Vec<Decoded>,
+    /// The data records of one poll, kept between polls: under load a poll reads hundreds,
+    /// and a vector grown from nothing each time cost reallocations (and page faults).
+    data_events: Vec<Decoded>,
 }
 
 type Decoded = Result<KernelEvent, capture::DecodeError>;
@@ -108,6 +111,7 @@ impl CaptureSession {
             tls,
             next_expiry_ns: 0,
             late_endings: Vec::new(),
+            data_events: Vec::new(),
         };
         session.seed_existing(options, out)?;
         Ok(session)
@@ -139,8 +143,8 @@ impl CaptureSession {
     /// Reads everything the kernel has produced and expires old holes. Returns the number
     /// of ring-buffer records read.
     pub fn poll(&mut self, out: &mut Vec<SessionEvent>) -> usize {
-        let (mut conn_events, mut data_events, mut late_events) =
-            (Vec::new(), Vec::new(), Vec::new());
+        let (mut conn_events, mut late_events) = (Vec::new(), Vec::new());
+        let mut data_events = std::mem::take(&mut self.data_events);
         let n = self.kernel.drain(
             |bytes| conn_events.push(capture::decode(bytes)),
             |bytes| data_events.push(capture::decode(bytes)),
@@ -168,7 +172,7 @@ impl CaptureSession {
         for event in beginnings
             .into_iter()
             .chain(late_beginnings)
-            .chain(data_events)
+            .chain(data_events.drain(..))
             .chain(earlier_endings)
             .chain(endings)
         {
@@ -180,6 +184,7 @@ impl CaptureSession {
                 }
             }
         }
+        self.data_events = data_events;
         self.tls.tick(&mut self.kernel);
         let now = capture::monotonic_now();
         self.backlog_ns = oldest.map_or(0, |oldest| now.saturating_sub(oldest));

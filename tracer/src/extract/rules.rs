@@ -4,7 +4,7 @@ use thiserror::Error;
 use super::json;
 use crate::{
     config::{ExtractConfig, ExtractRule},
-    protocols::{self, Exchange, ExchangeKind, Record, Source, SourceShape},
+    protocols::{self, http::route::segments, Exchange, ExchangeKind, Record, Source, SourceShape},
 };
 
 pub const ORDER_ID: &str = "app.order.id";
@@ -415,11 +415,11 @@ fn find(
 }
 
 fn template_value(text: &str, parts: &[String], separator: char) -> Option<String> {
-    if text.split(separator).count() != parts.len() {
+    if segments(text, separator).count() != parts.len() {
         return None;
     }
     let mut value = None;
-    for (part, segment) in parts.iter().zip(text.split(separator)) {
+    for (part, segment) in parts.iter().zip(segments(text, separator)) {
         if part.starts_with('{') && part.ends_with('}') {
             value = Some(segment.to_string()).filter(|s| !s.is_empty());
         } else if part != segment {
@@ -433,7 +433,7 @@ fn after_segment(path: &str, words: &[String]) -> Option<String> {
     if !path.bytes().any(|b| b.is_ascii_digit()) {
         return None; // the id segment needs a digit: most paths are settled by this scan
     }
-    let mut segments = path.split('/').peekable();
+    let mut segments = segments(path, '/').peekable();
     while let Some(segment) = segments.next() {
         let next = *segments.peek()?;
         if words.iter().any(|word| word == segment) && next.bytes().any(|b| b.is_ascii_digit()) {

@@ -51,9 +51,29 @@ impl Agent {
         setup: &Setup,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_under(&[], tracer, out, setup, extra, Duration::from_secs(60))
+    }
+
+    /// The same, run by `wrapper` (e.g. valgrind and its options), given `start_within` to
+    /// say it started.
+    pub fn start_under(
+        wrapper: &[String],
+        tracer: &Path,
+        out: &Path,
+        setup: &Setup,
+        extra: &[&str],
+        start_within: Duration,
+    ) -> anyhow::Result<Self> {
         let metrics_port = free_port();
         let journeys = out.join(format!("journeys-{metrics_port}.sqlite"));
-        let mut cmd = Command::new(tracer);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(tracer);
+                cmd
+            }
+            None => Command::new(tracer),
+        };
         cmd.arg("run");
         if !matches!(setup, Setup::Sampled { .. }) {
             cmd.args(["--sample-success-ratio", "1"]);
@@ -79,7 +99,7 @@ impl Agent {
             .args(extra);
         let log = out.join(format!("agent-{metrics_port}.log"));
         let mut process = Started::spawn("tracer", &mut cmd, &log)?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let deadline = std::time::Instant::now() + start_within;
         while !fs::read_to_string(&log)
             .unwrap_or_default()
             .contains("agent started")

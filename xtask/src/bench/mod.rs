@@ -2,6 +2,7 @@
 //! always against a baseline measured in the same run (untraced and traced rounds
 //! alternate). Writes a Markdown table to stdout and target/bench/report.md.
 mod agent;
+mod agent_instructions;
 mod causality;
 mod corpus;
 mod https;
@@ -46,7 +47,8 @@ pub struct BenchArgs {
     #[arg(long)]
     baseline_tracer: Option<PathBuf>,
     /// Run only these parts (comma-separated): http, loss, idle, chain, https, amqp,
-    /// syscalls, pipeline.
+    /// syscalls, pipeline, instructions (the whole running agent under callgrind; with
+    /// `--baseline-tracer`, that build too).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Record the pipeline bench's corpus from real programs (tracer capture) and stop.
@@ -219,6 +221,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if wanted("pipeline") {
         pipeline(&mut report)?;
         instructions::per_span(&out, &mut report)?;
+    }
+    if wanted("instructions") {
+        let baseline = args.baseline_tracer.as_ref();
+        agent_instructions::per_request(&tracer, baseline, &out, &mut report)?;
     }
     fs::write(out.join("report.md"), &report)?;
     println!("{report}");

@@ -21,10 +21,33 @@ pub fn template_segments(text: &str, separator: char) -> String {
     })
 }
 
+/// The `separator`-delimited segments of `text`, as `str::split` gives them, for an ASCII
+/// separator: a byte scan per segment rather than a searcher's (paths and names have short
+/// segments, and a span's path is split three or four times). A byte below 0x80 is never
+/// inside a multi-byte character, so every cut is at a character boundary.
+pub fn segments(text: &str, separator: char) -> impl Iterator<Item = &str> + Clone {
+    assert!(separator.is_ascii(), "separators are ASCII: {separator:?}");
+    let separator = separator as u8;
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match current.bytes().position(|b| b == separator) {
+            Some(at) => {
+                rest = Some(&current[at + 1..]);
+                Some(&current[..at])
+            }
+            None => {
+                rest = None;
+                Some(current)
+            }
+        }
+    })
+}
+
 /// `text` with each `separator`-delimited segment replaced by what `f` makes of it.
 fn map_segments<'a>(text: &'a str, separator: char, f: impl Fn(&'a str) -> &'a str) -> String {
     let mut out = String::with_capacity(text.len());
-    for (i, segment) in text.split(separator).enumerate() {
+    for (i, segment) in segments(text, separator).enumerate() {
         if i > 0 {
             out.push(separator);
         }
@@ -102,7 +125,7 @@ fn is_placeholder(segment: &str) -> bool {
 pub fn match_template<'a>(path: &str, templates: &'a [String]) -> Option<&'a str> {
     templates.iter().map(String::as_str).find(|template| {
         // Segment by segment, as many on both sides; nothing collected.
-        let (mut parts, mut segments) = (template.split('/'), path.split('/'));
+        let (mut parts, mut segments) = (segments(template, '/'), segments(path, '/'));
         loop {
             match (parts.next(), segments.next()) {
                 (None, None) => return true,
@@ -156,6 +179,27 @@ fn is_id_like(segment: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segments_are_what_str_split_gives() {
+        for text in [
+            "",
+            "/",
+            "//",
+            "/orders/17/items",
+            "orders",
+            "/a//b/",
+            "ü/é/ß",
+            "/€uro/x",
+            "a.b..c.",
+        ] {
+            for separator in ['/', '.'] {
+                let ours: Vec<&str> = segments(text, separator).collect();
+                let theirs: Vec<&str> = text.split(separator).collect();
+                assert_eq!(ours, theirs, "{text:?} split at {separator:?}");
+            }
+        }
+    }
 
     #[test]
     fn id_like_segments_are_templated() {

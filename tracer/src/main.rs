@@ -30,34 +30,11 @@ enum Command {
 }
 
 /// glibc returns large blocks to the kernel and maps them again on the next batch: each
-/// batch of events then pays page faults (18 % of the agent's time under load). Keep them
-/// (glibc's malloc still serves the C libraries, SQLite's among them).
-///
-/// mimalloc the same: it gives memory unused for a second back to the kernel, and under a
-/// steady load the spans of the next seconds fault it in again (a third of the agent's
-/// page faults at 30k requests/s). Memory unused for 10 s goes back, so a burst's still
-/// does. `MIMALLOC_PURGE_DELAY` in the environment wins.
+/// batch of events then pays page faults (18 % of the agent's time under load). Keep them.
 fn keep_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-    }
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets one of mimalloc's options, which it reads when it next purges.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) };
-    }
-}
-
-/// `mi_option_purge_delay` in mimalloc.h (libmimalloc-sys does not name it).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_purge_delay_option_is_the_one_mimalloc_defaults_to_a_second() {
-        // mimalloc's options.c: purge_delay defaults to 1000 ms; no option near it does.
-        let default = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
-        assert_eq!(default, 1000, "option 15 is not mimalloc's purge delay");
     }
 }
 

@@ -218,33 +218,40 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 /// runs per span and per rule.
 #[derive(Clone, Debug)]
 pub struct Glob {
-    pattern: String,
-    /// Where the part before the first star ends and the part after the last begins;
-    /// `None` without a star.
-    ends: Option<(usize, usize)>,
+    /// No star: `first` is the whole pattern.
+    exact: bool,
+    first: String,
+    middle: String,
+    last: String,
 }
 
 impl Glob {
     pub fn new(pattern: &str) -> Self {
-        let ends = pattern.find('*').map(|first| {
-            let last = pattern.rfind('*').expect("a star was found");
-            (first, last + 1)
-        });
+        let (exact, [first, middle, last]) = match GlobParts::of(pattern) {
+            GlobParts::Exact(pattern) => (true, [pattern, "", ""]),
+            GlobParts::Stars {
+                first,
+                middle,
+                last,
+            } => (false, [first, middle, last]),
+        };
         Self {
-            pattern: pattern.to_owned(),
-            ends,
+            exact,
+            first: first.to_owned(),
+            middle: middle.to_owned(),
+            last: last.to_owned(),
         }
     }
 
     pub fn matches(&self, name: &str) -> bool {
-        let parts = match self.ends {
-            None => GlobParts::Exact(&self.pattern),
-            Some((first, last)) => GlobParts::Stars {
-                first: &self.pattern[..first],
-                // Between the first and the last star (empty when they are one).
-                middle: self.pattern.get(first + 1..last - 1).unwrap_or(""),
-                last: &self.pattern[last..],
-            },
+        let parts = if self.exact {
+            GlobParts::Exact(&self.first)
+        } else {
+            GlobParts::Stars {
+                first: &self.first,
+                middle: &self.middle,
+                last: &self.last,
+            }
         };
         parts.matches(name)
     }

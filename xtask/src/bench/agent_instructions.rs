@@ -24,10 +24,7 @@ use super::{
     agent::{self, Agent, Sink},
     load,
 };
-use crate::{
-    infra::{free_port, wait_for_port, Started},
-    setup,
-};
+use crate::setup;
 
 /// Requests per second of the two windows, each `SECONDS` long.
 const RATES: [u32; 2] = [150, 450];
@@ -59,15 +56,7 @@ pub fn per_request(
 ) -> anyhow::Result<()> {
     eprintln!("bench: the whole agent's instructions per request (callgrind)");
     setup::debian_packages_named(&["valgrind"])?;
-    let port = free_port();
-    let mut server = Started::spawn(
-        "bench server",
-        Command::new("node")
-            .arg("xtask/bench/server.js")
-            .arg(port.to_string()),
-        &out.join("server-instructions.log"),
-    )?;
-    wait_for_port(port, "the bench server", Duration::from_secs(10))?;
+    let (mut server, port) = super::bench_server(&out.join("server-instructions.log"))?;
     let this = measure(tracer, "this", port, out);
     let before = baseline.map(|b| measure(b, "baseline", port, out));
     server.stop(Duration::from_secs(5));

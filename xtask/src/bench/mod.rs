@@ -182,15 +182,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let wanted = |part: &str| args.only.is_empty() || args.only.iter().any(|p| p == part);
     if wanted("http") || wanted("loss") {
-        let port = free_port();
-        let mut server = Started::spawn(
-            "bench server",
-            Command::new("node")
-                .arg("xtask/bench/server.js")
-                .arg(port.to_string()),
-            &out.join("server.log"),
-        )?;
-        wait_for_port(port, "the bench server", Duration::from_secs(10))?;
+        let (mut server, port) = bench_server(&out.join("server.log"))?;
         if wanted("http") {
             let server_pid = server.child.id();
             http_overhead(&args, &tracer, &out, (port, server_pid), &mut report)?;
@@ -230,6 +222,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("{report}");
     eprintln!("bench: report in {}", out.join("report.md").display());
     Ok(())
+}
+
+/// The bench's Node.js HTTP server (`xtask/bench/server.js`) on a free port, listening.
+fn bench_server(log: &Path) -> anyhow::Result<(Started, u16)> {
+    let port = free_port();
+    let server = Started::spawn(
+        "bench server",
+        Command::new("node")
+            .arg("xtask/bench/server.js")
+            .arg(port.to_string()),
+        log,
+    )?;
+    wait_for_port(port, "the bench server", Duration::from_secs(10))?;
+    Ok((server, port))
 }
 
 /// One traced round's cost, read once everything it caused was exported.

@@ -147,16 +147,19 @@ impl Seen {
 /// Whether `value` has one of the words every `LABELLED` key contains (ASCII case
 /// ignored): most values have none, and the regex is then not run.
 fn names_a_secret(value: &str) -> bool {
-    const WORDS: [&[u8]; 10] = [
-        b"key", b"token", b"secret", b"passw", b"pwd", b"code", b"state", b"session", b"sig",
-        b"auth",
-    ];
     let bytes = value.as_bytes();
     bytes.iter().enumerate().any(|(at, b)| {
-        matches!(
-            b.to_ascii_lowercase(),
-            b'k' | b't' | b's' | b'p' | b'c' | b'a'
-        ) && WORDS.iter().any(|word| {
+        // Only the words that start with this byte are compared.
+        let words: &[&[u8]] = match b.to_ascii_lowercase() {
+            b'k' => &[b"key"],
+            b't' => &[b"token"],
+            b's' => &[b"secret", b"state", b"session", b"sig"],
+            b'p' => &[b"passw", b"pwd"],
+            b'c' => &[b"code"],
+            b'a' => &[b"auth"],
+            _ => return false,
+        };
+        words.iter().any(|word| {
             bytes[at..]
                 .get(..word.len())
                 .is_some_and(|w| w.eq_ignore_ascii_case(word))

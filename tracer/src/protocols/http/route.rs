@@ -94,19 +94,90 @@ pub fn classify(segment: &str) -> Segment {
     if version {
         return Segment::Word;
     }
-    let word_char = |b: &u8| b.is_ascii_alphabetic() || matches!(b, b'-' | b'_' | b'.' | b'*');
-    if bytes.len() <= MAX_WORD && bytes.iter().all(word_char) {
+    let shape = Shape::of(bytes);
+    if bytes.len() <= MAX_WORD && shape.all(WORD) {
         return Segment::Word;
     }
-    if is_id_like(segment) {
+    if shape.is_id_like(segment) {
         return Segment::Id;
     }
     // Short names with a digit that are no id (`b2b`, `p1`, `h2c`).
-    let name_char = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
-    if bytes.len() <= MAX_WORD && bytes.iter().all(name_char) {
+    if bytes.len() <= MAX_WORD && shape.all(NAME) {
         Segment::Word
     } else {
         Segment::Value
+    }
+}
+
+/// Byte classes a segment is judged by, as bits of [`CLASSES`].
+const WORD: u8 = 1; // letters and `-_.*`: a word of an API
+const NAME: u8 = 2; // letters, digits and `-_.`: a name
+const ID: u8 = 4; // letters, digits and `-_.#+~`: a business id's characters
+const DIGIT: u8 = 8;
+const HEX: u8 = 16;
+
+/// Each byte's classes, so a segment is classified in one pass over its bytes.
+static CLASSES: [u8; 256] = {
+    let mut classes = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let mut bits = 0;
+        if c.is_ascii_alphabetic() || matches!(c, b'-' | b'_' | b'.' | b'*') {
+            bits |= WORD;
+        }
+        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.') {
+            bits |= NAME;
+        }
+        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'#' | b'+' | b'~') {
+            bits |= ID;
+        }
+        if c.is_ascii_digit() {
+            bits |= DIGIT;
+        }
+        if c.is_ascii_hexdigit() {
+            bits |= HEX;
+        }
+        classes[b] = bits;
+        b += 1;
+    }
+    classes
+};
+
+/// The classes every byte of a segment has, and whether any byte is a digit.
+#[derive(Clone, Copy)]
+struct Shape {
+    every: u8,
+    has_digit: bool,
+}
+
+impl Shape {
+    fn of(bytes: &[u8]) -> Self {
+        let (mut every, mut any) = (u8::MAX, 0);
+        for &b in bytes {
+            let class = CLASSES[usize::from(b)];
+            every &= class;
+            any |= class;
+        }
+        Self {
+            every,
+            has_digit: any & DIGIT != 0,
+        }
+    }
+
+    fn all(self, class: u8) -> bool {
+        self.every & class != 0
+    }
+
+    /// A number, a UUID, a long hex string with a digit, or a business id (`ORD-0`,
+    /// `A17-3`, `#1001`: a digit and some length, or an id marker in front).
+    fn is_id_like(self, segment: &str) -> bool {
+        let marked = segment.starts_with(['#', '+']);
+        let mixed = self.has_digit && self.all(ID) && (segment.len() >= 4 || marked);
+        self.all(DIGIT)
+            || is_uuid(segment)
+            || (self.all(HEX) && self.has_digit && segment.len() >= 12)
+            || mixed
     }
 }
 
@@ -158,24 +229,6 @@ fn is_uuid(segment: &str) -> bool {
         })
 }
 
-fn is_id_like(segment: &str) -> bool {
-    if segment.is_empty() {
-        return false;
-    }
-    let all_digits = segment.bytes().all(|b| b.is_ascii_digit());
-    let hex = segment.bytes().all(|b| b.is_ascii_hexdigit());
-    let has_digit = segment.bytes().any(|b| b.is_ascii_digit());
-    let uuid = is_uuid(segment);
-    let id_chars = segment
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'#' | b'+' | b'~'));
-    // Business ids like ORD-0, A17-3 or #1001: a digit and some length (`p1`, `h2` are
-    // words of an API), or an id marker in front.
-    let marked = segment.starts_with(['#', '+']);
-    let mixed = has_digit && id_chars && (segment.len() >= 4 || marked);
-    all_digits || uuid || (hex && has_digit && segment.len() >= 12) || mixed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +252,78 @@ mod tests {
                 assert_eq!(ours, theirs, "{text:?} split at {separator:?}");
             }
         }
+    }
+
+    /// The classification rules spelled out one test per pass, as they read before
+    /// `Shape` folded them into one pass over the bytes.
+    fn classify_spelled_out(segment: &str) -> Segment {
+        let bytes = segment.as_bytes();
+        if segment.is_empty() || is_placeholder(segment) {
+            return Segment::Word;
+        }
+        if bytes.len() <= 4
+            && bytes[0].eq_ignore_ascii_case(&b'v')
+            && bytes.len() > 1
+            && bytes[1..].iter().all(u8::is_ascii_digit)
+        {
+            return Segment::Word;
+        }
+        let word_char = |b: &u8| b.is_ascii_alphabetic() || matches!(b, b'-' | b'_' | b'.' | b'*');
+        if bytes.len() <= MAX_WORD && bytes.iter().all(word_char) {
+            return Segment::Word;
+        }
+        let all_digits = bytes.iter().all(u8::is_ascii_digit);
+        let hex = bytes.iter().all(u8::is_ascii_hexdigit);
+        let has_digit = bytes.iter().any(u8::is_ascii_digit);
+        let id_chars = bytes.iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'#' | b'+' | b'~')
+        });
+        let marked = segment.starts_with(['#', '+']);
+        let mixed = has_digit && id_chars && (segment.len() >= 4 || marked);
+        if all_digits || is_uuid(segment) || (hex && has_digit && segment.len() >= 12) || mixed {
+            return Segment::Id;
+        }
+        let name_char = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+        if bytes.len() <= MAX_WORD && bytes.iter().all(name_char) {
+            Segment::Word
+        } else {
+            Segment::Value
+        }
+    }
+
+    #[test]
+    fn one_pass_classification_agrees_with_the_rules_spelled_out() {
+        // Every segment of up to four characters from an alphabet with one byte of each
+        // class boundary, then longer ones around the length limits.
+        let alphabet = [
+            "a", "F", "g", "Z", "0", "9", "-", "_", ".", "*", "#", "+", "~", "{", "}", "%", " ",
+            "@", "é", "/",
+        ];
+        let mut segments = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..4 {
+            last = last
+                .iter()
+                .flat_map(|prefix| alphabet.iter().map(move |c| format!("{prefix}{c}")))
+                .collect();
+            segments.extend(last.iter().cloned());
+        }
+        for length in [11, 12, 13, 31, 32, 33, 36, 40] {
+            for fill in ["a", "A", "7", "f", "a7", "x-", "#1", "g1"] {
+                segments.push(fill.repeat(length).chars().take(length).collect());
+            }
+        }
+        segments.push("123e4567-e89b-12d3-a456-426614174000".into());
+        segments.push("123e4567-e89b-12d3-a456-42661417400g".into());
+        segments.push("{order_id}".into());
+        for segment in &segments {
+            assert_eq!(
+                classify(segment),
+                classify_spelled_out(segment),
+                "{segment:?}"
+            );
+        }
+        assert!(segments.len() > 150_000, "{}", segments.len());
     }
 
     #[test]

@@ -22,7 +22,8 @@ use opentelemetry_proto::tonic::{
     common::v1::any_value::Value,
 };
 use prost::Message;
-use tokio::sync::oneshot;
+use tokio::{net::TcpSocket, sync::oneshot};
+use tonic::transport::server::TcpIncoming;
 
 /// One received span, flattened for assertions.
 #[derive(Clone, Debug)]
@@ -126,16 +127,51 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A local port held for a receiver that is not there yet: bound but not listening, so
+/// connections to it are refused as by a receiver that is down, and no other socket (a
+/// service's listener, an outgoing connection's local port) can take it meanwhile.
+pub struct ReservedPort {
+    socket: TcpSocket,
+    pub port: u16,
+}
+
+pub fn reserve_port() -> ReservedPort {
+    let socket = bound(0, "reserved");
+    let port = socket
+        .local_addr()
+        .expect("a bound socket's address")
+        .port();
+    ReservedPort { socket, port }
+}
+
+/// A socket bound to `127.0.0.1:port` (0: any free port), not yet listening.
+fn bound(port: u16, what: &str) -> TcpSocket {
+    let socket = TcpSocket::new_v4().expect("a TCP socket");
+    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+    socket
+        .bind(([127, 0, 0, 1], port).into())
+        .unwrap_or_else(|error| {
+            panic!("the test OTLP receiver cannot bind its {what} port 127.0.0.1:{port}: {error}")
+        });
+    socket
+}
+
 impl Receiver {
     pub fn start() -> Self {
-        Self::start_on(free_port(), free_port())
+        Self::serve(bound(0, "gRPC"), bound(0, "HTTP"))
     }
 
-    /// Listens on the given ports (to come back where a previous receiver was).
-    pub fn start_on(grpc_port: u16, http_port: u16) -> Self {
+    /// Listens on a reserved port (a receiver coming up where agents were sent spans).
+    pub fn start_reserved(grpc: ReservedPort) -> Self {
+        Self::serve(grpc.socket, bound(0, "HTTP"))
+    }
+
+    /// Both ports are bound before this is called and listening when it returns: no
+    /// window in which a span could be refused or another socket take a port.
+    fn serve(grpc_socket: TcpSocket, http_socket: TcpSocket) -> Self {
         let store: Store = Arc::default();
-        let grpc: SocketAddr = ([127, 0, 0, 1], grpc_port).into();
-        let http: SocketAddr = ([127, 0, 0, 1], http_port).into();
+        let grpc = grpc_socket.local_addr().expect("the gRPC port");
+        let http = http_socket.local_addr().expect("the HTTP port");
         let (grpc_stop, grpc_stopped) = oneshot::channel::<()>();
         let (http_stop, mut http_stopped) = oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -148,10 +184,11 @@ impl Receiver {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(http).await.expect("binding the OTLP/HTTP port");
+                let grpc_listener = grpc_socket.listen(1024).expect("listening on the gRPC port");
+                let listener = http_socket.listen(1024).expect("listening on the HTTP port");
                 let grpc_server = tonic::transport::Server::builder()
                     .add_service(TraceServiceServer::new(collector))
-                    .serve_with_shutdown(grpc, async {
+                    .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener), async {
                         let _ = grpc_stopped.await;
                     });
                 let grpc_task = tokio::spawn(grpc_server);
@@ -169,16 +206,14 @@ impl Receiver {
                         }
                     }
                 }
-                let _ = grpc_task.await;
+                if let Ok(Err(error)) = grpc_task.await {
+                    eprintln!("the test OTLP/gRPC receiver stopped with an error: {error}");
+                }
             });
         });
         ready_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("OTLP receiver did not start");
-        // Give tonic a moment to bind its port.
-        wait_until(Duration::from_secs(5), || {
-            std::net::TcpStream::connect(grpc).is_ok()
-        });
         Self {
             grpc,
             http,
@@ -286,13 +321,6 @@ async fn handle_http(
             .body(Full::new(Bytes::from_static(b"bad request"))),
     };
     Ok(response.unwrap())
-}
-
-fn wait_until(timeout: Duration, ok: impl Fn() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn value_string(value: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {

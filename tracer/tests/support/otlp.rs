@@ -144,10 +144,10 @@ pub fn reserve_port() -> ReservedPort {
     ReservedPort { socket, port }
 }
 
-/// A socket bound to `127.0.0.1:port` (0: any free port), not yet listening.
+/// A socket bound to `127.0.0.1:port` (0: any free port), not yet listening. Without
+/// `SO_REUSEADDR`, so no other socket can bind the port while this one holds it.
 fn bound(port: u16, what: &str) -> TcpSocket {
     let socket = TcpSocket::new_v4().expect("a TCP socket");
-    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
     socket
         .bind(([127, 0, 0, 1], port).into())
         .unwrap_or_else(|error| {

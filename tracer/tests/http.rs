@@ -359,15 +359,11 @@ fn receiver_outage_counts_drops_and_export_resumes() {
             .filter(|s| s.kind == SERVER && s.attr("url.path").starts_with("/after/"))
             .count()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while after(&receiver.spans()) < 3 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    if after(&receiver.spans()) < 3 {
-        let received = receiver.spans().len();
+    if let Err(spans) = receiver.try_wait_for(Duration::from_secs(30), |spans| after(spans) == 3) {
         panic!(
-            "{} of 3 /after/ server spans and {received} spans in all reached the receiver 30 s after it came back; the agent's log:\n{}",
-            after(&receiver.spans()),
+            "{} of 3 /after/ server spans and {} spans in all reached the receiver 30 s after it came back; the agent's log:\n{}",
+            after(&spans),
+            spans.len(),
             agent.stop()
         );
     }

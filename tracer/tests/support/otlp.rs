@@ -258,30 +258,42 @@ impl Receiver {
         timeout: Duration,
         done: impl Fn(&[ReceivedSpan]) -> bool,
     ) -> Vec<ReceivedSpan> {
+        self.try_wait_for(timeout, done).unwrap_or_else(|spans| {
+            let summary: Vec<String> = spans
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} {} kind={} {}",
+                        s.service,
+                        s.name,
+                        s.kind,
+                        s.attr("url.path")
+                    )
+                })
+                .collect();
+            panic!(
+                "timed out waiting for {what}; received {} spans:\n{}",
+                spans.len(),
+                summary.join("\n")
+            );
+        })
+    }
+
+    /// Waits until `done` holds for the spans received so far: `Err` with what arrived if it
+    /// does not within `timeout` (for a caller that reports more than the spans).
+    pub fn try_wait_for(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[ReceivedSpan]) -> bool,
+    ) -> Result<Vec<ReceivedSpan>, Vec<ReceivedSpan>> {
         let deadline = Instant::now() + timeout;
         loop {
             let spans = self.spans();
             if done(&spans) {
-                return spans;
+                return Ok(spans);
             }
             if Instant::now() > deadline {
-                let summary: Vec<String> = spans
-                    .iter()
-                    .map(|s| {
-                        format!(
-                            "{} {} kind={} {}",
-                            s.service,
-                            s.name,
-                            s.kind,
-                            s.attr("url.path")
-                        )
-                    })
-                    .collect();
-                panic!(
-                    "timed out waiting for {what}; received {} spans:\n{}",
-                    spans.len(),
-                    summary.join("\n")
-                );
+                return Err(spans);
             }
             thread::sleep(Duration::from_millis(100));
         }

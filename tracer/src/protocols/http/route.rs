@@ -213,9 +213,8 @@ const GENERATED: usize = 16;
 
 /// A number, a UUID or a long hex string: an id whatever it names.
 fn is_plain_id(segment: &str) -> bool {
-    let bytes = segment.as_bytes();
-    let hex = bytes.iter().all(u8::is_ascii_hexdigit) && bytes.len() >= 12;
-    bytes.iter().all(u8::is_ascii_digit) || hex || is_uuid(segment)
+    let shape = Shape::of(segment.as_bytes());
+    shape.all(DIGIT) || (shape.all(HEX) && segment.len() >= 12) || is_uuid(segment)
 }
 
 fn is_uuid(segment: &str) -> bool {
